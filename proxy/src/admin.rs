@@ -1,0 +1,122 @@
+//! The admin API, on its own listener (loopback by default).
+//!
+//! | path | what |
+//! |---|---|
+//! | `GET /healthz` | the process is up (no token needed: probes) |
+//! | `GET /readyz` | 200 while serving, 503 once draining (no token needed) |
+//! | `GET /routes` | the active table, its hash, when it was loaded, the last reload error, breakers, upstream health |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /reload` | reload now; 200 with the routing diff, or 422 with every error (old table kept) |
+//!
+//! When `[admin] token_env` names a variable, every path but the probes needs
+//! `Authorization: Bearer <token>`; compile refuses a non-loopback admin address without one.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::reload::{unix_secs, LiveState, ReloadOutcome};
+
+pub struct Admin {
+    pub state: Arc<LiveState>,
+    pub prometheus: PrometheusHandle,
+    pub token: Option<String>,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .expect("static parts are valid")
+}
+
+fn reply_json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Admin {
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else { return true };
+        let given = session.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    }
+
+    fn routes(&self) -> serde_json::Value {
+        let table = self.state.table.load_full();
+        let mut v = table.to_json();
+        v["loaded_at_unix_secs"] = json!(unix_secs(self.state.loaded_at()));
+        v["config_path"] = json!(self.state.config_path.display().to_string());
+        v["last_reload_error"] = json!(self.state.last_error());
+        v["breakers"] = self.state.breakers.states().into_iter().map(|(route, s)| (route.to_string(), json!(s.as_str()))).collect::<serde_json::Map<_, _>>().into();
+        v["upstream_health"] = self.state.health.snapshot().into_iter().map(|(n, h)| (n.to_string(), json!(h))).collect::<serde_json::Map<_, _>>().into();
+        v
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        match self.state.reload("admin").await {
+            Ok(ReloadOutcome::Unchanged) => reply_json(StatusCode::OK, json!({ "result": "unchanged", "hash": self.state.table.load().hash })),
+            Ok(ReloadOutcome::Applied { diff, warnings }) => reply_json(
+                StatusCode::OK,
+                json!({
+                    "result": "applied",
+                    "hash": self.state.table.load().hash,
+                    "changes": diff.changes.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                    "warnings": warnings,
+                }),
+            ),
+            Err(failure) => reply_json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "result": "error", "message": "the file is invalid; the previous table keeps serving", "errors": failure.errors }),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => return reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            (&Method::GET, "/readyz") if self.state.is_draining() => {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"draining\n".to_vec())
+            }
+            (&Method::GET, "/readyz") => return reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+            _ => {}
+        }
+        if !self.authorized(session) {
+            let mut r = reply_json(StatusCode::UNAUTHORIZED, json!({ "statusCode": 401, "message": "admin token required" }));
+            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        match (&method, path.as_str()) {
+            (&Method::GET, "/routes") => reply_json(StatusCode::OK, self.routes()),
+            (&Method::GET, "/metrics") => {
+                self.prometheus.run_upkeep();
+                reply(StatusCode::OK, "text/plain; version=0.0.4", self.prometheus.render().into_bytes())
+            }
+            (&Method::POST, "/reload") => self.reload().await,
+            (_, "/routes" | "/metrics" | "/reload" | "/healthz" | "/readyz") => reply_json(StatusCode::METHOD_NOT_ALLOWED, json!({ "statusCode": 405, "message": "method not allowed" })),
+            _ => reply_json(StatusCode::NOT_FOUND, json!({ "statusCode": 404, "message": "no such admin endpoint", "endpoints": ["/healthz", "/readyz", "/routes", "/metrics", "POST /reload"] })),
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The second stage: [`RawConfig`] → [`RouteTable`], running every check before returning.
+//!
+//! Pure: no file system, no DNS, no clock. `strangler check`, startup and every reload call
+//! [`RouteTable::compile`], so what `check` accepts is exactly what the proxy will serve.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::de::DeTable;
+use toml::Spanned;
+
+use super::error::{ConfigError, ConfigErrorKind as K, ConfigErrors, ConfigWarning, Source};
+use super::model::*;
+use super::raw::*;
+use super::schema;
+use crate::routing::{normalize_path, prefix_segments, Matcher};
+
+/// A table that passed every check, with what looked suspicious.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub table: RouteTable,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+impl RouteTable {
+    /// Parses and validates a whole `routes.toml`, reporting every problem at once.
+    pub fn compile(source: Source<'_>) -> Result<Compiled, ConfigErrors> {
+        let mut cx = Cx { src: source, errors: Vec::new(), warnings: Vec::new() };
+        let mut doc = match DeTable::parse(source.text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                return Err(ConfigErrors(vec![source.error(span, K::Syntax(e.message().to_string()))]));
+            }
+        };
+        for unknown in schema::prune_unknown_keys(doc.get_mut(), &schema::ROOT, "the top level") {
+            let suggestion = schema::suggest(&unknown.key, &unknown.allowed).map(str::to_string);
+            cx.push(
+                unknown.span,
+                K::UnknownKey {
+                    key: unknown.key,
+                    section: if unknown.section.is_empty() { "the top level".into() } else { unknown.section },
+                    suggestion,
+                    allowed: unknown.allowed.iter().map(|s| s.to_string()).collect(),
+                },
+            );
+        }
+        let raw = match RawConfig::deserialize(toml::de::Deserializer::from(doc)) {
+            Ok(raw) => raw,
+            Err(e) => {
+                cx.push(e.span().unwrap_or(0..0), K::Type(e.message().trim_end_matches('\n').to_string()));
+                return Err(cx.into_errors());
+            }
+        };
+        let table = cx.build(raw);
+        if cx.errors.is_empty() {
+            let table = table.expect("a table is built when there are no errors");
+            Ok(Compiled { table, warnings: cx.warnings })
+        } else {
+            Err(cx.into_errors())
+        }
+    }
+}
+
+struct Cx<'a> {
+    src: Source<'a>,
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
+}
+
+impl<'a> Cx<'a> {
+    fn push(&mut self, span: std::ops::Range<usize>, kind: K) {
+        self.errors.push(self.src.error(span, kind));
+    }
+
+    fn warn(&mut self, span: std::ops::Range<usize>, message: String) {
+        self.warnings.push(ConfigWarning { at: self.src.locate(span.start), message });
+    }
+
+    fn into_errors(mut self) -> ConfigErrors {
+        self.errors.sort_by(|a, b| (a.at.line, a.at.column).cmp(&(b.at.line, b.at.column)));
+        ConfigErrors(self.errors)
+    }
+
+    /// A number that must lie in `range`, or the default.
+    fn number(&mut self, v: &Option<Spanned<i64>>, key: &'static str, range: std::ops::RangeInclusive<i64>, expected: &'static str, default: i64) -> i64 {
+        match v {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.push(v.span(), K::OutOfRange { key, got: *v.get_ref(), expected });
+                default
+            }
+        }
+    }
+
+    fn build(&mut self, raw: RawConfig) -> Option<RouteTable> {
+        let server = self.server(&raw);
+        let upstreams = self.upstreams(&raw);
+        let known: Vec<String> = upstreams.keys().map(|n| n.to_string()).collect();
+
+        let default_upstream = match raw.server.as_ref().and_then(|s| s.get_ref().default_upstream.as_ref()) {
+            Some(name) => {
+                if !upstreams.contains_key(&UpstreamName::from(name.get_ref().as_str())) {
+                    self.push(name.span(), K::UnknownDefaultUpstream { name: name.get_ref().clone(), known: known.clone() });
+                }
+                UpstreamName::from(name.get_ref().as_str())
+            }
+            None if upstreams.contains_key(&UpstreamName::from("legacy")) => UpstreamName::from("legacy"),
+            None => {
+                self.push(0..0, K::NoDefaultUpstream);
+                UpstreamName::from("legacy")
+            }
+        };
+
+        let mut routes = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for raw_route in &raw.routes {
+            let line = self.src.locate(raw_route.span().start).line;
+            let r = raw_route.get_ref();
+            let name = r.name.get_ref();
+            if let Some(first_line) = seen.get(name) {
+                self.push(r.name.span(), K::DuplicateRoute { name: name.clone(), first_line: *first_line });
+            } else {
+                seen.insert(name.clone(), line);
+            }
+            if !valid_name(name) {
+                self.push(r.name.span(), K::BadRouteName(name.clone()));
+            }
+            if let Some(route) = self.route(r, line, &upstreams, &known) {
+                routes.push((Arc::new(route), raw_route.span()));
+            }
+        }
+
+        // Dead routes: an earlier route on the same path whose conditions cover this one.
+        for (i, (route, span)) in routes.iter().enumerate() {
+            if let Some((by, _)) = routes[..i]
+                .iter()
+                .find(|(earlier, _)| earlier.matcher.path == route.matcher.path && earlier.matcher.conditions_cover(&route.matcher))
+            {
+                let kind = K::Unreachable { route: route.name.to_string(), by: by.name.to_string(), by_line: by.line };
+                self.push(span.clone(), kind);
+            }
+        }
+
+        let server = server?;
+        if !self.errors.is_empty() {
+            return None;
+        }
+        let routes: Vec<Arc<Route>> = routes.into_iter().map(|(r, _)| r).collect();
+        let matcher = Matcher::new(&routes);
+        Some(RouteTable {
+            server,
+            upstreams,
+            default_upstream,
+            routes,
+            matcher,
+            hash: content_hash(self.src.text.as_bytes()),
+        })
+    }
+
+    fn server(&mut self, raw: &RawConfig) -> Option<ServerSettings> {
+        let default = RawServer::default();
+        let s = raw.server.as_ref().map(|s| s.get_ref()).unwrap_or(&default);
+        let threads = self.number(&s.threads, "threads", 1..=256, "1..=256", 2) as usize;
+        let grace = self.number(&s.grace_period_secs, "grace_period_secs", 0..=3600, "0..=3600 seconds", 5);
+        let shutdown = self.number(&s.shutdown_timeout_secs, "shutdown_timeout_secs", 0..=3600, "0..=3600 seconds", 5);
+
+        let mut listeners = Vec::new();
+        let mut addrs_seen = Vec::new();
+        for l in &raw.listeners {
+            let l = l.get_ref();
+            let Some(addr) = self.socket_addr(&l.addr, "listener address") else { continue };
+            if addrs_seen.contains(&addr) {
+                self.push(l.addr.span(), K::DuplicateListener(l.addr.get_ref().clone()));
+            }
+            addrs_seen.push(addr);
+            let tls = l.tls.as_ref().map(|t| (t.get_ref().cert.get_ref().clone(), t.get_ref().key.get_ref().clone()));
+            listeners.push(Listener { addr, tls });
+        }
+        if raw.listeners.is_empty() {
+            listeners.push(Listener { addr: DEFAULT_LISTEN.parse().expect("valid default"), tls: None });
+        }
+
+        let admin = match &raw.admin {
+            None => AdminSettings { addr: DEFAULT_ADMIN.parse().expect("valid default"), token_env: None },
+            Some(a) => {
+                let a = a.get_ref();
+                let addr = match &a.addr {
+                    None => Some(DEFAULT_ADMIN.parse().expect("valid default")),
+                    Some(addr) => self.socket_addr(addr, "admin address"),
+                };
+                let token_env = a.token_env.as_ref().map(|t| t.get_ref().clone());
+                match (addr, &a.addr) {
+                    (Some(addr), Some(raw_addr)) if !addr.ip().is_loopback() && token_env.is_none() => {
+                        self.push(raw_addr.span(), K::AdminNeedsToken(raw_addr.get_ref().clone()));
+                        return None;
+                    }
+                    (Some(addr), _) => AdminSettings { addr, token_env },
+                    (None, _) => return None,
+                }
+            }
+        };
+        Some(ServerSettings {
+            threads,
+            grace_period: Duration::from_secs(grace as u64),
+            shutdown_timeout: Duration::from_secs(shutdown as u64),
+            listeners,
+            h2c: s.h2c.unwrap_or(false),
+            admin,
+        })
+    }
+
+    fn socket_addr(&mut self, v: &Spanned<String>, what: &'static str) -> Option<SocketAddr> {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                let reason = "expected IP:PORT, such as 0.0.0.0:8080 or [::]:8080".to_string();
+                self.push(v.span(), K::BadValue { what, value: v.get_ref().clone(), reason });
+                None
+            }
+        }
+    }
+
+    fn upstreams(&mut self, raw: &RawConfig) -> BTreeMap<UpstreamName, Arc<Upstream>> {
+        let mut out = BTreeMap::new();
+        for (name, u) in &raw.upstreams {
+            let span = u.span();
+            let u = u.get_ref();
+            if !valid_name(name) {
+                self.push(span.clone(), K::BadValue { what: "upstream name", value: name.clone(), reason: "use letters, digits, `-`, `_` and `.`".into() });
+            }
+            let Some((tls, host, port)) = self.url(&u.url) else { continue };
+            let addr = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port));
+            let health = match &u.health {
+                Some(h) if !h.get_ref().starts_with('/') => {
+                    self.push(h.span(), K::BadValue { what: "health path", value: h.get_ref().clone(), reason: "it must start with `/`".into() });
+                    None
+                }
+                h => h.as_ref().map(|h| h.get_ref().clone()),
+            };
+            let ms = |cx: &mut Self, v: &Option<Spanned<i64>>, key, default| {
+                Duration::from_millis(cx.number(v, key, 1..=3_600_000, "1..=3600000 milliseconds", default) as u64)
+            };
+            let connect_timeout = ms(self, &u.connect_timeout_ms, "connect_timeout_ms", 2_000);
+            let read_timeout = ms(self, &u.read_timeout_ms, "read_timeout_ms", 60_000);
+            let write_timeout = ms(self, &u.write_timeout_ms, "write_timeout_ms", 60_000);
+            let idle = self.number(&u.idle_timeout_secs, "idle_timeout_secs", 1..=3600, "1..=3600 seconds", 60);
+            let interval = self.number(&u.health_interval_secs, "health_interval_secs", 1..=3600, "1..=3600 seconds", 5);
+            let pool_size = self.number(&u.pool_size, "pool_size", 0..=100_000, "0..=100000 connections", 128) as usize;
+            let name = UpstreamName::from(name.as_str());
+            out.insert(
+                name.clone(),
+                Arc::new(Upstream {
+                    name,
+                    url: u.url.get_ref().clone(),
+                    tls,
+                    host,
+                    port,
+                    addr,
+                    health,
+                    health_interval: Duration::from_secs(interval as u64),
+                    connect_timeout,
+                    read_timeout,
+                    write_timeout,
+                    idle_timeout: Duration::from_secs(idle as u64),
+                    pool_size,
+                }),
+            );
+        }
+        out
+    }
+
+    fn url(&mut self, v: &Spanned<String>) -> Option<(bool, String, u16)> {
+        let bad = |cx: &mut Self, reason: String| {
+            cx.push(v.span(), K::BadUrl { url: v.get_ref().clone(), reason });
+            None
+        };
+        let url = match url::Url::parse(v.get_ref()) {
+            Ok(u) => u,
+            Err(e) => return bad(self, e.to_string()),
+        };
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => return bad(self, format!("scheme `{other}` is not http or https")),
+        };
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return bad(self, "a path or query is not supported; the request's own path is forwarded".into());
+        }
+        let Some(host) = url.host_str() else { return bad(self, "no host".into()) };
+        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+        Some((tls, host.to_string(), port))
+    }
+
+    fn route(&mut self, r: &RawRoute, line: usize, upstreams: &BTreeMap<UpstreamName, Arc<Upstream>>, known: &[String]) -> Option<Route> {
+        let name = r.name.get_ref().clone();
+        let target = UpstreamName::from(r.target.get_ref().as_str());
+        if !upstreams.contains_key(&target) {
+            self.push(r.target.span(), K::UnknownUpstream { route: name.clone(), name: r.target.get_ref().clone(), known: known.to_vec() });
+        }
+        let mode = match &r.mode {
+            None => Mode::Legacy,
+            Some(m) => match Mode::parse(m.get_ref()) {
+                Some(mode) => mode,
+                None => {
+                    self.push(m.span(), K::UnknownMode(m.get_ref().clone()));
+                    Mode::Legacy
+                }
+            },
+        };
+        let percent = match &r.percent {
+            None => {
+                if mode == Mode::Canary {
+                    self.push(r.mode.as_ref().map_or(r.name.span(), |m| m.span()), K::CanaryWithoutPercent);
+                }
+                Percent::default()
+            }
+            Some(p) => match Percent::try_new(*p.get_ref()) {
+                Some(pct) => {
+                    if mode != Mode::Canary {
+                        self.warn(p.span(), format!("route `{name}`: `percent` only applies in canary mode; it is ignored in {mode} mode"));
+                    }
+                    pct
+                }
+                None => {
+                    self.push(p.span(), K::PercentOutOfRange { got: *p.get_ref() });
+                    Percent::default()
+                }
+            },
+        };
+        if mode == Mode::Shadow {
+            let span = r.mode.as_ref().map_or(0..0, |m| m.span());
+            self.warn(span, format!("route `{name}`: shadow mode routes like legacy until the shadow engine lands (no copy is sent yet)"));
+        }
+        let sticky = match &r.sticky {
+            None => StickyKey::JwtSub,
+            Some(s) => StickyKey::parse(s.get_ref()).unwrap_or_else(|| {
+                self.push(s.span(), K::BadSticky(s.get_ref().clone()));
+                StickyKey::JwtSub
+            }),
+        };
+        let breaker = match &r.breaker {
+            None => BreakerSettings::default(),
+            Some(b) => {
+                let b = b.get_ref();
+                let d = BreakerSettings::default();
+                BreakerSettings {
+                    failures: self.number(&b.failures, "failures", 1..=10_000, "1..=10000", d.failures as i64) as u32,
+                    cooldown: Duration::from_secs(self.number(&b.cooldown_secs, "cooldown_secs", 1..=3600, "1..=3600 seconds", d.cooldown.as_secs() as i64) as u64),
+                }
+            }
+        };
+        let matcher = self.route_match(&name, r.matcher.as_ref(), r.name.span())?;
+        Some(Route {
+            name: RouteName::from(name.as_str()),
+            line,
+            matcher,
+            target,
+            mode,
+            percent,
+            sticky,
+            fallback: r.fallback.as_ref().is_none_or(|f| *f.get_ref()),
+            breaker,
+        })
+    }
+
+    fn route_match(&mut self, route: &str, m: Option<&Spanned<RawMatch>>, fallback_span: std::ops::Range<usize>) -> Option<RouteMatch> {
+        let default = Spanned::new(fallback_span, RawMatch::default());
+        let m = m.unwrap_or(&default);
+        let raw = m.get_ref();
+        let mut ok = true;
+        let path = match (&raw.path, &raw.path_prefix) {
+            (Some(_), Some(p)) => {
+                self.push(p.span(), K::BothPaths(route.to_string()));
+                return None;
+            }
+            (Some(p), None) => match self.path(p) {
+                Some(p) => PathMatch::Exact(normalize_path(&p)),
+                None => return None,
+            },
+            (None, Some(p)) => match self.path(p) {
+                Some(p) => PathMatch::Prefix(prefix_segments(&p)),
+                None => return None,
+            },
+            (None, None) => PathMatch::Prefix(Vec::new()),
+        };
+        let methods = raw.methods.as_ref().map(|ms| {
+            let mut out = Vec::new();
+            for m in ms.get_ref() {
+                let upper = m.get_ref().to_ascii_uppercase();
+                match Method::from_bytes(upper.as_bytes()) {
+                    Ok(method) if !upper.is_empty() => {
+                        if !out.contains(&method) {
+                            out.push(method)
+                        }
+                    }
+                    _ => {
+                        ok = false;
+                        self.push(m.span(), K::BadValue { what: "method", value: m.get_ref().clone(), reason: "expected an HTTP method such as GET".into() });
+                    }
+                }
+            }
+            out
+        });
+        let host = raw.host.as_ref().map(|h| {
+            let v = h.get_ref().to_ascii_lowercase();
+            match v.strip_prefix('*') {
+                Some(suffix) if suffix.starts_with('.') => HostMatch::Suffix(suffix.to_string()),
+                _ => {
+                    if v.contains(['*', '/', ':']) || v.is_empty() {
+                        ok = false;
+                        self.push(h.span(), K::BadValue { what: "host", value: h.get_ref().clone(), reason: "expected a host name without port, or *.example.com".into() });
+                    }
+                    HostMatch::Exact(v)
+                }
+            }
+        });
+        let mut headers = Vec::new();
+        if let Some(hs) = &raw.headers {
+            for (name, value) in hs.get_ref() {
+                match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(h) => headers.push((h, value.get_ref().clone())),
+                    Err(_) => {
+                        ok = false;
+                        self.push(hs.span(), K::BadValue { what: "header name", value: name.clone(), reason: "not a valid HTTP header name".into() });
+                    }
+                }
+            }
+        }
+        ok.then_some(RouteMatch { path, methods, host, headers })
+    }
+
+    fn path(&mut self, p: &Spanned<String>) -> Option<String> {
+        let v = p.get_ref();
+        if !v.starts_with('/') || v.contains(['?', '#', ' ']) {
+            self.push(p.span(), K::BadValue { what: "path", value: v.clone(), reason: "a path starts with `/` and has no query, fragment or spaces".into() });
+            return None;
+        }
+        Some(v.clone())
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// SHA-256 of a file's bytes, hex: names the version of the table being served.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,378 @@
+//! The compiled, validated configuration: what the proxy actually serves.
+//!
+//! A [`RouteTable`] is built once by [`RouteTable::compile`] and then only read. Reloading builds
+//! a new one and swaps it in whole; requests in flight keep an `Arc` to the table they started
+//! with.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use crate::routing::Matcher;
+
+/// A route's unique name; it appears in metrics, logs and reports.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteName(pub Arc<str>);
+
+/// An upstream's name, the key of `[upstreams.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UpstreamName(pub Arc<str>);
+
+macro_rules! name_impls {
+    ($t:ty) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl From<&str> for $t {
+            fn from(s: &str) -> Self {
+                Self(Arc::from(s))
+            }
+        }
+    };
+}
+name_impls!(RouteName);
+name_impls!(UpstreamName);
+
+/// Where a route is in its migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    /// Everything goes to the monolith.
+    Legacy,
+    /// The monolith answers; a copy goes to the extracted service (until the shadow engine
+    /// lands, this routes like `Legacy`).
+    Shadow,
+    /// A sticky share of users goes to the extracted service.
+    Canary,
+    /// Everything goes to the extracted service, idempotent requests fall back to the monolith.
+    Extracted,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        Some(match s {
+            "legacy" => Mode::Legacy,
+            "shadow" => Mode::Shadow,
+            "canary" => Mode::Canary,
+            "extracted" => Mode::Extracted,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Legacy => "legacy",
+            Mode::Shadow => "shadow",
+            Mode::Canary => "canary",
+            Mode::Extracted => "extracted",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A canary share, 0..=100, checked at construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Percent(u8);
+
+impl Percent {
+    pub fn try_new(v: i64) -> Option<Percent> {
+        (0..=100).contains(&v).then_some(Percent(v as u8))
+    }
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+/// What identifies "the same user" for canary stickiness.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StickyKey {
+    /// The `sub` claim of a bearer JWT (decoded, not verified: it only picks a bucket), else the
+    /// client address.
+    JwtSub,
+    /// The client's address.
+    ClientIp,
+    /// A request header's value, else the client address.
+    Header(HeaderName),
+    /// A cookie's value, else the client address.
+    Cookie(String),
+}
+
+impl StickyKey {
+    pub fn parse(s: &str) -> Option<StickyKey> {
+        Some(match s {
+            "jwt_sub" => StickyKey::JwtSub,
+            "client_ip" => StickyKey::ClientIp,
+            _ => {
+                if let Some(h) = s.strip_prefix("header:") {
+                    StickyKey::Header(HeaderName::from_bytes(h.as_bytes()).ok()?)
+                } else if let Some(c) = s.strip_prefix("cookie:") {
+                    if c.is_empty() {
+                        return None;
+                    }
+                    StickyKey::Cookie(c.to_string())
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+}
+
+impl fmt::Display for StickyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StickyKey::JwtSub => f.write_str("jwt_sub"),
+            StickyKey::ClientIp => f.write_str("client_ip"),
+            StickyKey::Header(h) => write!(f, "header:{h}"),
+            StickyKey::Cookie(c) => write!(f, "cookie:{c}"),
+        }
+    }
+}
+
+/// When to stop trying a dead extracted service, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BreakerSettings {
+    /// Consecutive failures (refused connection, 502/503/504) that open the breaker.
+    pub failures: u32,
+    /// How long an open breaker sends everything to the fallback before one probe is let through.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings { failures: 5, cooldown: Duration::from_secs(10) }
+    }
+}
+
+/// How a route's path is matched. Prefixes are segment-aware: `/auth` matches `/auth`,
+/// `/auth/` and `/auth/login`, never `/authors`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    Exact(String),
+    /// Normalised segments of the prefix; empty for `/`.
+    Prefix(Vec<String>),
+}
+
+impl fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathMatch::Exact(p) => write!(f, "path = {p}"),
+            PathMatch::Prefix(segs) => write!(f, "path_prefix = /{}", segs.join("/")),
+        }
+    }
+}
+
+/// Host to match: exact, or `*.example.com` for any subdomain. Lowercase, without port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    Exact(String),
+    Suffix(String),
+}
+
+impl HostMatch {
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+    /// Whether every host this matches is also matched by `self` (used to find dead routes).
+    pub fn covers(&self, other: &HostMatch) -> bool {
+        match (self, other) {
+            (a, b) if a == b => true,
+            (HostMatch::Suffix(s), HostMatch::Exact(h)) => h.len() > s.len() && h.ends_with(s.as_str()),
+            (HostMatch::Suffix(s), HostMatch::Suffix(t)) => t.ends_with(s.as_str()),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// The conditions of one route. All given conditions must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    /// `None` matches every method.
+    pub methods: Option<Vec<Method>>,
+    pub host: Option<HostMatch>,
+    /// Header name and the exact value it must have.
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+impl RouteMatch {
+    /// Whether every request `other` matches (on methods, host and headers) is matched by
+    /// `self` too. Paths are compared by the caller.
+    pub fn conditions_cover(&self, other: &RouteMatch) -> bool {
+        let methods = match (&self.methods, &other.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => theirs.iter().all(|m| mine.contains(m)),
+        };
+        let host = match (&self.host, &other.host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => a.covers(b),
+        };
+        let headers = self.headers.iter().all(|h| other.headers.contains(h));
+        methods && host && headers
+    }
+}
+
+impl fmt::Display for RouteMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path)?;
+        if let Some(methods) = &self.methods {
+            let m: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+            write!(f, ", methods = {}", m.join("|"))?;
+        }
+        if let Some(host) = &self.host {
+            write!(f, ", host = {host}")?;
+        }
+        for (name, value) in &self.headers {
+            write!(f, ", {name}: {value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One route, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: RouteName,
+    /// Line of `[[routes]]` in the file, for messages.
+    pub line: usize,
+    pub matcher: RouteMatch,
+    /// The extracted service.
+    pub target: UpstreamName,
+    pub mode: Mode,
+    pub percent: Percent,
+    pub sticky: StickyKey,
+    /// Whether idempotent requests fall back to the monolith when the service is down
+    /// (`extracted` mode).
+    pub fallback: bool,
+    pub breaker: BreakerSettings,
+}
+
+/// A backend the proxy forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: UpstreamName,
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Filled from the host when it is an IP literal; otherwise by [`RouteTable::resolve`].
+    pub addr: Option<SocketAddr>,
+    pub health: Option<String>,
+    pub health_interval: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Idle keep-alive connections kept for this upstream. Pingora's pool is shared and
+    /// LRU-evicted, so the proxy sizes it as the sum over all upstreams.
+    pub pool_size: usize,
+}
+
+/// A client-facing listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// Certificate and key paths (PEM), resolved against the config file's folder.
+    pub tls: Option<(String, String)>,
+}
+
+/// The admin API listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub addr: SocketAddr,
+    /// Environment variable that holds the admin bearer token.
+    pub token_env: Option<String>,
+}
+
+/// Process-wide settings: changing them needs a restart, not a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+    pub listeners: Vec<Listener>,
+    /// Accept HTTP/2 with prior knowledge on plain listeners (TLS listeners offer h2 by ALPN).
+    pub h2c: bool,
+    pub admin: AdminSettings,
+}
+
+/// The whole compiled configuration.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub server: ServerSettings,
+    pub upstreams: BTreeMap<UpstreamName, Arc<Upstream>>,
+    pub default_upstream: UpstreamName,
+    /// In file order.
+    pub routes: Vec<Arc<Route>>,
+    pub(crate) matcher: Matcher,
+    /// SHA-256 of the file's bytes, hex: tells which version is being served.
+    pub hash: String,
+}
+
+impl RouteTable {
+    pub fn upstream(&self, name: &UpstreamName) -> &Arc<Upstream> {
+        // compile() guarantees every name a route or the default points at exists.
+        &self.upstreams[name]
+    }
+
+    pub fn default_upstream(&self) -> &Arc<Upstream> {
+        self.upstream(&self.default_upstream)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.name.as_str() == name)
+    }
+
+    /// Resolves upstream host names that are not IP literals. Blocking (DNS): call it from a
+    /// blocking context.
+    pub fn resolve(&mut self) -> Result<(), String> {
+        use std::net::ToSocketAddrs;
+        let mut problems = Vec::new();
+        for upstream in self.upstreams.values_mut() {
+            if upstream.addr.is_some() {
+                continue;
+            }
+            match (upstream.host.as_str(), upstream.port).to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(a) => Arc::make_mut(upstream).addr = Some(a),
+                    None => problems.push(format!("upstream `{}`: `{}` has no address", upstream.name, upstream.host)),
+                },
+                Err(e) => problems.push(format!("upstream `{}`: cannot resolve `{}`: {e}", upstream.name, upstream.host)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}

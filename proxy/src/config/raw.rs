@@ -1,0 +1,103 @@
+//! The first stage of configuration: `routes.toml` exactly as written.
+//!
+//! Every value an error might point at is wrapped in [`Spanned`] so the compile stage can name
+//! file, line and column. Numbers are read as `i64` so that a negative `percent` is reported by
+//! our own validation (with a hint) rather than as a serde type error. Unknown keys are found
+//! before serde runs (see `schema.rs`), so that every typo in a file is reported at once; the
+//! `deny_unknown_fields` here is a second line of defence that a unit test keeps in step with
+//! the key schema.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: Option<Spanned<RawServer>>,
+    #[serde(default)]
+    pub listeners: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub admin: Option<Spanned<RawAdmin>>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub default_upstream: Option<Spanned<String>>,
+    pub threads: Option<Spanned<i64>>,
+    pub grace_period_secs: Option<Spanned<i64>>,
+    pub shutdown_timeout_secs: Option<Spanned<i64>>,
+    pub h2c: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub addr: Spanned<String>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub addr: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: Spanned<String>,
+    pub health: Option<Spanned<String>>,
+    pub health_interval_secs: Option<Spanned<i64>>,
+    pub connect_timeout_ms: Option<Spanned<i64>>,
+    pub read_timeout_ms: Option<Spanned<i64>>,
+    pub write_timeout_ms: Option<Spanned<i64>>,
+    pub idle_timeout_secs: Option<Spanned<i64>>,
+    pub pool_size: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Spanned<String>,
+    #[serde(rename = "match")]
+    pub matcher: Option<Spanned<RawMatch>>,
+    pub target: Spanned<String>,
+    pub mode: Option<Spanned<String>>,
+    pub percent: Option<Spanned<i64>>,
+    pub sticky: Option<Spanned<String>>,
+    pub fallback: Option<Spanned<bool>>,
+    pub breaker: Option<Spanned<RawBreaker>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub path: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub host: Option<Spanned<String>>,
+    pub headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failures: Option<Spanned<i64>>,
+    pub cooldown_secs: Option<Spanned<i64>>,
+}

@@ -1,0 +1,337 @@
+//! The Pingora edge: one [`Edge`] implements `ProxyHttp`, each phase does one job.
+//!
+//! - `request_filter` decides once per request (route, side, breaker) and stores it in
+//!   [`RequestCtx`]; the table `Arc` it loads stays with the request, so a reload never changes
+//!   a request mid-flight.
+//! - `upstream_peer` only turns that decision into a peer.
+//! - `upstream_request_filter` / `upstream_response_filter` / `response_filter` keep headers
+//!   honest: hop-by-hop headers dropped (RFC 9110 §7.6.1), `X-Forwarded-*` and `X-Request-Id`
+//!   set, `traceparent` passed through untouched.
+//! - `fail_to_connect` and `upstream_response_filter` implement the `extracted` fallback:
+//!   an idempotent request whose extracted upstream refuses the connection or answers
+//!   502/503/504 is retried once against the monolith (Pingora's retry loop calls
+//!   `upstream_peer` again). Non-idempotent requests are never replayed.
+//! - `logging` records the access log line and the metrics.
+
+mod headers;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::{ErrorType, RetryType};
+use tracing::{info, warn};
+
+use crate::breaker::{Admit, BreakerState};
+use crate::config::{Mode, Route, RouteTable, Upstream};
+use crate::metrics as m;
+use crate::reload::LiveState;
+use crate::routing::{decide, host_of, RequestFacts, Side};
+
+pub use headers::{DRY_RUN_HEADER, REQUEST_ID_HEADER};
+
+pub struct Edge {
+    state: Arc<LiveState>,
+}
+
+impl Edge {
+    pub fn new(state: Arc<LiveState>) -> Self {
+        Edge { state }
+    }
+}
+
+/// Per-request facts, decided in `request_filter` and read by later phases.
+pub struct RequestCtx {
+    started: Instant,
+    table: Option<Arc<RouteTable>>,
+    route: Option<Arc<Route>>,
+    /// The side the route chose; `upstream` is where the request goes now.
+    side: Side,
+    upstream: Option<Arc<Upstream>>,
+    /// An extracted-mode idempotent request that may be retried against the monolith.
+    fallback_eligible: bool,
+    /// Why the request went to the monolith instead of the extracted service.
+    fell_back: Option<&'static str>,
+    /// Whether the breaker must be told how the extracted attempt went.
+    breaker_pending: bool,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    upstream_started: Option<Instant>,
+    upstream_status: Option<u16>,
+}
+
+impl RequestCtx {
+    fn route_label(&self) -> String {
+        self.route.as_ref().map_or_else(|| "default".to_string(), |r| r.name.to_string())
+    }
+    fn target_label(&self) -> String {
+        self.upstream.as_ref().map_or_else(|| "none".to_string(), |u| u.name.to_string())
+    }
+    fn mode_label(&self) -> &'static str {
+        self.route.as_ref().map_or("default", |r| r.mode.as_str())
+    }
+}
+
+/// A NestJS-shaped error body, so clients parse proxy errors like the monolith's.
+fn error_body(status: u16, message: &str) -> Bytes {
+    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    Bytes::from(serde_json::json!({ "statusCode": status, "message": message, "error": reason }).to_string())
+}
+
+async fn respond_json(session: &mut Session, status: u16, message: &str, extra: &[(&'static str, String)]) -> Result<()> {
+    let body = error_body(status, message);
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    for (k, v) in extra {
+        resp.insert_header(*k, v)?;
+    }
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+impl Edge {
+    /// Tells the route's breaker how the extracted attempt went, once.
+    fn record_breaker(&self, ctx: &mut RequestCtx, success: bool) {
+        if !std::mem::take(&mut ctx.breaker_pending) {
+            return;
+        }
+        let Some(route) = ctx.route.clone() else { return };
+        let before = self.state.breakers.with(&route.name, route.breaker, |b| b.state()).0;
+        let ((), after) = self.state.breakers.with(&route.name, route.breaker, |b| b.record(success, Instant::now()));
+        note_breaker(&route, before, after);
+    }
+
+    fn fall_back(&self, ctx: &mut RequestCtx, reason: &'static str) {
+        let route = ctx.route_label();
+        ctx.fell_back = Some(reason);
+        ctx.upstream = ctx.table.as_ref().map(|t| t.default_upstream().clone());
+        metrics::counter!(m::FALLBACKS_TOTAL, "route" => route.clone(), "reason" => reason).increment(1);
+        warn!(route = %route, reason, request_id = %ctx.request_id, "extracted upstream unavailable; serving from legacy");
+    }
+}
+
+fn note_breaker(route: &Route, before: BreakerState, after: BreakerState) {
+    metrics::gauge!(m::BREAKER_STATE, "route" => route.name.to_string()).set(after.gauge());
+    if before != after {
+        metrics::counter!(m::BREAKER_TRANSITIONS_TOTAL, "route" => route.name.to_string(), "state" => after.as_str()).increment(1);
+        match after {
+            BreakerState::Open => warn!(route = %route.name, target = %route.target, cooldown_secs = route.breaker.cooldown.as_secs(), "circuit breaker opened"),
+            _ => info!(route = %route.name, target = %route.target, state = after.as_str(), "circuit breaker state changed"),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            table: None,
+            route: None,
+            side: Side::Legacy,
+            upstream: None,
+            fallback_eligible: false,
+            fell_back: None,
+            breaker_pending: false,
+            request_id: String::new(),
+            client_ip: None,
+            upstream_started: None,
+            upstream_status: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Instant::now();
+        ctx.client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        ctx.request_id = headers::ensure_request_id(session.req_header_mut());
+
+        let table = self.state.table.load_full();
+        let req = session.req_header();
+        let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(host_of).or_else(|| req.uri.host().map(|h| h.to_ascii_lowercase()));
+        let facts = RequestFacts { method: &req.method, path: req.uri.path(), host: host.as_deref(), headers: &req.headers };
+        let decision = decide(&table, &facts, ctx.client_ip);
+        let idempotent = req.method.is_idempotent();
+        ctx.route = decision.route;
+        ctx.side = decision.side;
+        ctx.upstream = Some(match (decision.side, &ctx.route) {
+            (Side::Extracted, Some(route)) => table.upstream(&route.target).clone(),
+            _ => table.default_upstream().clone(),
+        });
+        ctx.table = Some(table);
+
+        if let (Side::Extracted, Some(route)) = (ctx.side, ctx.route.clone()) {
+            let can_fall_back = route.mode == Mode::Extracted && route.fallback && idempotent && ctx.table.as_ref().is_some_and(|t| t.default_upstream != route.target);
+            let (admit, _) = self.state.breakers.with(&route.name, route.breaker, |b| b.admit(Instant::now()));
+            match admit {
+                Admit::Yes | Admit::Probe => {
+                    ctx.breaker_pending = true;
+                    ctx.fallback_eligible = can_fall_back;
+                    if can_fall_back && !session.is_body_empty() {
+                        // Keep a copy of the body (up to Pingora's retry buffer) for the retry.
+                        session.enable_retry_buffering();
+                    }
+                }
+                Admit::No if can_fall_back => self.fall_back(ctx, "breaker_open"),
+                Admit::No => {
+                    let retry_after = route.breaker.cooldown.as_secs().max(1).to_string();
+                    metrics::counter!(m::FALLBACKS_TOTAL, "route" => route.name.to_string(), "reason" => "breaker_rejected").increment(1);
+                    respond_json(session, 503, "service temporarily unavailable", &[("retry-after", retry_after)]).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let u = ctx.upstream.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        let addr = u.addr.ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream address unresolved"))?;
+        let mut peer = HttpPeer::new(addr, u.tls, u.host.clone());
+        peer.options.connection_timeout = Some(u.connect_timeout);
+        peer.options.read_timeout = Some(u.read_timeout);
+        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.idle_timeout = Some(u.idle_timeout);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        headers::prepare_upstream_request(upstream_request, ctx.client_ip, tls, session.is_upgrade_req())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        if ctx.breaker_pending && ctx.fell_back.is_none() {
+            self.record_breaker(ctx, false);
+            if ctx.fallback_eligible {
+                self.fall_back(ctx, "connect_error");
+                e.set_retry(true);
+            } else {
+                // A request that is not replayable must not be retried, even on the same peer.
+                e.set_retry(false);
+            }
+        }
+        e
+    }
+
+    async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let status = resp.status.as_u16();
+        if resp.status.is_informational() && status != 101 {
+            return Ok(());
+        }
+        ctx.upstream_status = Some(status);
+        if let (Some(start), Some(route)) = (ctx.upstream_started, &ctx.route) {
+            metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "route" => route.name.to_string(), "target" => ctx.target_label()).record(start.elapsed().as_secs_f64());
+        }
+        if ctx.breaker_pending && ctx.fell_back.is_none() {
+            let failed = matches!(status, 502..=504);
+            self.record_breaker(ctx, !failed);
+            if failed && ctx.fallback_eligible {
+                self.fall_back(ctx, "bad_status");
+                let mut e = Error::explain(ErrorType::HTTPStatus(status), "extracted upstream answered a gateway error; retrying on legacy");
+                e.retry = RetryType::Decided(true);
+                return Err(e);
+            }
+        }
+        headers::clean_upstream_response(resp, session.is_upgrade_req() && status == 101)
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        if !resp.headers.contains_key(REQUEST_ID_HEADER) {
+            resp.insert_header(REQUEST_ID_HEADER, &ctx.request_id)?;
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        // Our own fallback signal: replay the (idempotent, buffered) request on legacy.
+        if ctx.fell_back == Some("bad_status") && matches!(e.etype(), ErrorType::HTTPStatus(_)) && !session.as_ref().retry_buffer_truncated() {
+            e.set_retry(true);
+            return e;
+        }
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => {
+                    if matches!(e.etype(), ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) {
+                        504
+                    } else {
+                        502
+                    }
+                }
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if code > 0 {
+            let message = match code {
+                400 => "bad request",
+                502 => "upstream unavailable",
+                504 => "upstream timed out",
+                _ => "proxy error",
+            };
+            let id = ctx.request_id.clone();
+            if let Err(err) = respond_json(session, code, message, &[(REQUEST_ID_HEADER, id)]).await {
+                warn!(error = %err, "could not send the error response");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.breaker_pending {
+            // The extracted attempt failed in a way no other phase saw (e.g. read timeout).
+            self.record_breaker(ctx, e.is_none());
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route_label();
+        let target = ctx.target_label();
+        let mode = ctx.mode_label();
+        let elapsed = ctx.started.elapsed();
+        metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "target" => target.clone(), "mode" => mode, "status" => m::status_class(status)).increment(1);
+        metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route.clone()).record(elapsed.as_secs_f64());
+        let req = session.req_header();
+        info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            method = %req.method,
+            path = %req.uri.path(),
+            route = %route,
+            target_upstream = %target,
+            mode,
+            side = ctx.side.as_str(),
+            fallback = ctx.fell_back.unwrap_or(""),
+            status,
+            upstream_status = ctx.upstream_status.unwrap_or(0),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            client = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            error = %e.map(|e| e.to_string()).unwrap_or_default(),
+            "request"
+        );
+    }
+}
+
+/// Retries allowed per request: one fallback plus Pingora's stale-connection retries.
+pub const MAX_RETRIES: usize = 3;

@@ -1,0 +1,24 @@
+//! strangler: a Pingora edge proxy that moves a monolith's routes to extracted services one at a
+//! time, as a hand-edited `routes.toml` says.
+//!
+//! Map of the crate:
+//! - [`config`]: `routes.toml` → validated [`config::RouteTable`] (pure), errors with locations,
+//!   routing diffs.
+//! - [`routing`]: route lookup and canary bucketing over a compiled table (pure).
+//! - [`breaker`]: the per-route circuit breaker (pure; the clock is passed in).
+//! - [`edge`]: the Pingora `ProxyHttp` implementation: per-request decisions, header hygiene,
+//!   fallback.
+//! - [`reload`]: the live table behind an `ArcSwap`, file watching, SIGHUP and the admin reload.
+//! - [`admin`]: the admin API (routes, health, readiness, metrics, reload).
+//! - [`metrics`]: metric names, in one place.
+//! - [`serve`]: assembling the Pingora server from a table.
+
+pub mod admin;
+pub mod breaker;
+pub mod config;
+pub mod edge;
+pub mod health;
+pub mod metrics;
+pub mod reload;
+pub mod routing;
+pub mod serve;

@@ -1,0 +1,145 @@
+//! The `strangler` binary: `serve`, `check`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use strangler::config::{RouteTable, Source};
+
+/// Exit code for an invalid configuration.
+const EXIT_INVALID: u8 = 1;
+/// Exit code when the command could not run at all (unreadable file, bad arguments).
+const EXIT_FAILURE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "strangler", version, about = "Edge proxy that strangles a monolith one route at a time")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STRANGLER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the route table; reloads on file change, SIGHUP and POST /reload.
+    Serve {
+        /// The route table.
+        #[arg(long, short, default_value = "routes.toml", env = "STRANGLER_CONFIG")]
+        config: PathBuf,
+        /// How often the file is re-read in case a file-system event was missed.
+        #[arg(long, default_value_t = 2)]
+        poll_interval_secs: u64,
+    },
+    /// Validate a route table and print it; with --against, print what it changes.
+    Check {
+        file: PathBuf,
+        /// The previous version (e.g. from `git show main:routes.toml`): print the routing diff.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STRANGLER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve { config, poll_interval_secs } => {
+            let opts = strangler::serve::ServeOptions { config, poll_interval: Duration::from_secs(poll_interval_secs.max(1)) };
+            match strangler::serve::run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.is::<strangler::serve::StartupConfigError>() => {
+                    eprintln!("{e}\nstrangler: not starting: the configuration is invalid");
+                    ExitCode::from(EXIT_INVALID)
+                }
+                Err(e) => {
+                    eprintln!("strangler: {e:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+        Command::Check { file, against, json } => match check(&file, against.as_deref(), json) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("strangler: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+    }
+}
+
+fn compile(path: &Path) -> anyhow::Result<Result<strangler::config::Compiled, strangler::config::ConfigErrors>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(RouteTable::compile(Source::new(&path.display().to_string(), &text)))
+}
+
+fn check(file: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let new = match compile(file)? {
+        Ok(c) => c,
+        Err(errors) => {
+            if json {
+                let v = serde_json::json!({ "valid": false, "errors": errors.0.iter().map(|e| serde_json::json!({
+                    "file": e.at.file, "line": e.at.line, "column": e.at.column,
+                    "message": e.kind.to_string(), "hint": e.kind.hint(),
+                })).collect::<Vec<_>>() });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                eprintln!("{errors}");
+            }
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let old = match against {
+        None => None,
+        Some(old_path) => match compile(old_path)? {
+            Ok(c) => Some(c.table),
+            Err(errors) => {
+                eprintln!("{errors}\nnote: the --against file is itself invalid; showing the new table only");
+                None
+            }
+        },
+    };
+    if json {
+        let mut v = serde_json::json!({ "valid": true, "table": new.table.to_json(), "warnings": new.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>() });
+        if let Some(old) = &old {
+            v["changes"] = serde_json::to_value(RouteTable::diff(old, &new.table))?;
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for w in &new.warnings {
+        eprintln!("{w}");
+    }
+    println!("{}: ok ({} routes, {} upstreams)\n", file.display(), new.table.routes.len(), new.table.upstreams.len());
+    println!("{}", new.table.summary());
+    if let (Some(old), Some(old_path)) = (&old, against) {
+        println!("\nrouting changes from {}:", old_path.display());
+        let diff = RouteTable::diff(old, &new.table);
+        for line in diff.to_string().lines() {
+            println!("  {line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,68 @@
+//! Metric names, in one place, Prometheus style: `strangler_` prefix, base units, `_total` for
+//! counters. Label values come from bounded sets: route and upstream names from the table,
+//! status classes, fixed reasons. Never a raw path, user or error text.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by `route`, `target` (upstream name), `mode` and `status` class (`2xx`…).
+pub const REQUESTS_TOTAL: &str = "strangler_requests_total";
+/// Time from choosing an upstream to its response header, by `route` and `target`.
+pub const UPSTREAM_DURATION_SECONDS: &str = "strangler_upstream_response_seconds";
+/// Whole request time as the client sees it, by `route`.
+pub const REQUEST_DURATION_SECONDS: &str = "strangler_request_duration_seconds";
+/// Requests an extracted route sent to the monolith instead, by `route` and `reason`
+/// (`connect_error`, `bad_status`, `breaker_open`).
+pub const FALLBACKS_TOTAL: &str = "strangler_fallbacks_total";
+/// Per route: 0 closed, 1 open, 2 half-open.
+pub const BREAKER_STATE: &str = "strangler_breaker_state";
+/// Breaker transitions into `state`, by `route`.
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "strangler_breaker_transitions_total";
+/// Reloads by `result` (`ok`, `error`, `unchanged`) and `trigger` (`file`, `sighup`, `admin`).
+pub const CONFIG_RELOADS_TOTAL: &str = "strangler_config_reloads_total";
+/// Unix time of the table being served.
+pub const CONFIG_LOADED_TIMESTAMP_SECONDS: &str = "strangler_config_loaded_timestamp_seconds";
+/// 1 when the served table is the file on disk, 0 when the file is broken and an older table serves.
+pub const CONFIG_IN_SYNC: &str = "strangler_config_in_sync";
+/// Health-check result per `upstream`: 1 up, 0 down.
+pub const UPSTREAM_UP: &str = "strangler_upstream_up";
+
+/// Buckets for latency histograms, in seconds: 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Installs the global recorder; the handle renders `/metrics`.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .upkeep_timeout(Duration::from_secs(5))
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS_TOTAL, "Requests answered, by route, target, mode and status class");
+    describe_histogram!(UPSTREAM_DURATION_SECONDS, Unit::Seconds, "Upstream time to response header");
+    describe_histogram!(REQUEST_DURATION_SECONDS, Unit::Seconds, "Whole request duration");
+    describe_counter!(FALLBACKS_TOTAL, "Extracted-route requests served by the monolith instead");
+    describe_gauge!(BREAKER_STATE, "Circuit breaker per route: 0 closed, 1 open, 2 half-open");
+    describe_counter!(BREAKER_TRANSITIONS_TOTAL, "Circuit breaker transitions");
+    describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads by result and trigger");
+    describe_gauge!(CONFIG_LOADED_TIMESTAMP_SECONDS, Unit::Seconds, "When the served table was loaded");
+    describe_gauge!(CONFIG_IN_SYNC, "1 when the served table is the file on disk");
+    describe_gauge!(UPSTREAM_UP, "Health check per upstream: 1 up, 0 down");
+}
+
+/// `2xx`, `4xx`…; `0xx` when no response was sent (client gone).
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "none",
+    }
+}

@@ -1,0 +1,115 @@
+//! Assembles and runs the Pingora server for a compiled table: the proxy service on the
+//! configured listeners, the admin service, the reloader and the health checker.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use tracing::info;
+
+use crate::admin::Admin;
+use crate::config::RouteTable;
+use crate::edge::{Edge, MAX_RETRIES};
+use crate::health::HealthChecker;
+use crate::reload::{LiveState, Reloader};
+
+pub struct ServeOptions {
+    pub config: PathBuf,
+    /// How often the file is re-read in case a file-system event was missed.
+    pub poll_interval: Duration,
+}
+
+/// Everything wrong with a file at startup; the binary prints it and exits with the config
+/// error code.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct StartupConfigError(pub Vec<String>);
+
+fn resolve_against(base: &Path, p: &str) -> String {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.display().to_string()
+    } else {
+        base.join(p).display().to_string()
+    }
+}
+
+pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    let (table, warnings) = crate::reload::load_file(&opts.config).map_err(StartupConfigError)?;
+    for w in &warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
+    let prometheus = crate::metrics::install()?;
+    let admin_token = match &table.server.admin.token_env {
+        Some(var) => match std::env::var(var) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => bail!("[admin] token_env names `{var}`, but that environment variable is empty or unset"),
+        },
+        None => None,
+    };
+    let server_conf = server_conf(&table);
+    let settings = table.server.clone();
+    let base = opts.config.parent().map(Path::to_path_buf).unwrap_or_default();
+    let state = LiveState::new(table, opts.config.clone());
+
+    let mut server = Server::new_with_opt_and_conf(None::<pingora::server::configuration::Opt>, server_conf);
+    server.bootstrap();
+
+    let mut builder = ProxyServiceBuilder::new(&server.configuration, Edge::new(state.clone())).name("strangler edge");
+    if settings.h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        builder = builder.server_options(options);
+    }
+    let mut proxy = builder.build();
+    for l in &settings.listeners {
+        let addr = l.addr.to_string();
+        match &l.tls {
+            Some((cert, key)) => {
+                let (cert, key) = (resolve_against(&base, cert), resolve_against(&base, key));
+                for f in [&cert, &key] {
+                    if !Path::new(f).is_file() {
+                        bail!("listener {addr}: TLS file `{f}` does not exist");
+                    }
+                }
+                let mut tls = TlsSettings::intermediate(&cert, &key).with_context(|| format!("listener {addr}: loading certificate `{cert}` and key `{key}`"))?;
+                tls.enable_h2();
+                proxy.add_tls_with_settings(&addr, None, tls);
+            }
+            None => proxy.add_tcp(&addr),
+        }
+        info!(addr = %addr, tls = l.tls.is_some(), "listening");
+    }
+
+    let mut admin = Service::new("strangler admin".to_string(), Admin { state: state.clone(), prometheus, token: admin_token });
+    admin.add_tcp(&settings.admin.addr.to_string());
+    info!(addr = %settings.admin.addr, "admin listening");
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(background_service("reloader", Reloader { state: state.clone(), poll_interval: opts.poll_interval }));
+    server.add_service(background_service("health", HealthChecker { state }));
+    server.run(RunArgs::default());
+    info!("stopped");
+    Ok(())
+}
+
+fn server_conf(table: &RouteTable) -> ServerConf {
+    let s = &table.server;
+    ServerConf {
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.as_secs()),
+        // Pingora's keep-alive pool is one LRU shared by all peers: size it as the sum.
+        upstream_keepalive_pool_size: table.upstreams.values().map(|u| u.pool_size).sum::<usize>().max(1),
+        max_retries: MAX_RETRIES,
+        ..ServerConf::default()
+    }
+}
