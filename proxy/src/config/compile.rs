@@ -41,7 +41,7 @@ impl RouteTable {
                 return Err(ConfigErrors(vec![source.error(span, K::Syntax(e.message().to_string()))]));
             }
         };
-        for unknown in schema::prune_unknown_keys(doc.get_mut(), &schema::ROOT, "the top level") {
+        for unknown in schema::prune_unknown_keys(doc.get_mut(), &schema::ROOT, "") {
             let suggestion = schema::suggest(&unknown.key, &unknown.allowed).map(str::to_string);
             cx.push(
                 unknown.span,
@@ -105,11 +105,13 @@ impl<'a> Cx<'a> {
     fn build(&mut self, raw: RawConfig) -> Option<RouteTable> {
         let server = self.server(&raw);
         let upstreams = self.upstreams(&raw);
-        let known: Vec<String> = upstreams.keys().map(|n| n.to_string()).collect();
+        // Names defined in the file, valid or not: a route pointing at a broken upstream gets
+        // that upstream's error, not a misleading "unknown upstream".
+        let known: Vec<String> = raw.upstreams.keys().cloned().collect();
 
         let default_upstream = match raw.server.as_ref().and_then(|s| s.get_ref().default_upstream.as_ref()) {
             Some(name) => {
-                if !upstreams.contains_key(&UpstreamName::from(name.get_ref().as_str())) {
+                if !known.contains(name.get_ref()) {
                     self.push(name.span(), K::UnknownDefaultUpstream { name: name.get_ref().clone(), known: known.clone() });
                 }
                 UpstreamName::from(name.get_ref().as_str())
@@ -135,7 +137,7 @@ impl<'a> Cx<'a> {
             if !valid_name(name) {
                 self.push(r.name.span(), K::BadRouteName(name.clone()));
             }
-            if let Some(route) = self.route(r, line, &upstreams, &known) {
+            if let Some(route) = self.route(r, line, &known) {
                 routes.push((Arc::new(route), raw_route.span()));
             }
         }
@@ -301,10 +303,10 @@ impl<'a> Cx<'a> {
         Some((tls, host.to_string(), port))
     }
 
-    fn route(&mut self, r: &RawRoute, line: usize, upstreams: &BTreeMap<UpstreamName, Arc<Upstream>>, known: &[String]) -> Option<Route> {
+    fn route(&mut self, r: &RawRoute, line: usize, known: &[String]) -> Option<Route> {
         let name = r.name.get_ref().clone();
         let target = UpstreamName::from(r.target.get_ref().as_str());
-        if !upstreams.contains_key(&target) {
+        if !known.contains(r.target.get_ref()) {
             self.push(r.target.span(), K::UnknownUpstream { route: name.clone(), name: r.target.get_ref().clone(), known: known.to_vec() });
         }
         let mode = match &r.mode {
@@ -385,11 +387,17 @@ impl<'a> Cx<'a> {
             }
             (Some(p), None) => match self.path(p) {
                 Some(p) => PathMatch::Exact(normalize_path(&p)),
-                None => return None,
+                None => {
+                    ok = false;
+                    PathMatch::Prefix(Vec::new())
+                }
             },
             (None, Some(p)) => match self.path(p) {
                 Some(p) => PathMatch::Prefix(prefix_segments(&p)),
-                None => return None,
+                None => {
+                    ok = false;
+                    PathMatch::Prefix(Vec::new())
+                }
             },
             (None, None) => PathMatch::Prefix(Vec::new()),
         };

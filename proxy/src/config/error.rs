@@ -119,6 +119,7 @@ impl ConfigErrorKind {
             UnknownKey { suggestion: Some(s), .. } => format!("did you mean `{s}`?"),
             UnknownKey { allowed, .. } => format!("allowed keys here: {}", allowed.join(", ")),
             Type(_) => "fix the value's type (strings are quoted, numbers are not)".into(),
+            UnknownUpstream { name, known, .. } if known.is_empty() => format!("add [upstreams.{name}] with its url"),
             UnknownUpstream { name, known, .. } => {
                 format!("add [upstreams.{name}] or use one of: {}", known.join(", "))
             }

@@ -25,7 +25,7 @@ impl RouteTable {
             let _ = writeln!(s, "  {:<14} {}{health}{default}", u.name.as_str(), u.url);
         }
         let _ = writeln!(s, "\nroutes ({}):", self.routes.len());
-        let w = self.routes.iter().map(|r| r.name.as_str().len()).max().unwrap_or(0);
+        let w = self.routes.iter().map(|r| r.name.as_str().len()).max().unwrap_or(0).max("(unmatched)".len());
         for r in &self.routes {
             let mode = match r.mode {
                 Mode::Canary => format!("canary {}% (sticky {})", r.percent.get(), r.sticky),

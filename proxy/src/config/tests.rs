@@ -1,0 +1,308 @@
+//! Tests of the whole configuration stage: golden error messages (insta), the matcher against a
+//! reference linear scan (proptest), and routing diffs.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+use proptest::prelude::*;
+
+use super::*;
+use crate::routing::{conditions_hold, normalize_path, path_holds, specificity, RequestFacts};
+
+const BASE: &str = r#"
+[upstreams.legacy]
+url = "http://127.0.0.1:3000"
+
+[upstreams.auth]
+url = "http://127.0.0.1:4001"
+health = "/health"
+"#;
+
+fn compile(text: &str) -> Result<Compiled, ConfigErrors> {
+    RouteTable::compile(Source::new("routes.toml", text))
+}
+
+fn errors(text: &str) -> String {
+    match compile(text) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn route_for(table: &RouteTable, method: &str, path: &str, host: Option<&str>, headers: &[(&str, &str)]) -> Option<String> {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let facts = RequestFacts { method: &method, path, host, headers: &map };
+    table.find(&facts).map(|r| r.name.to_string())
+}
+
+#[test]
+fn the_repository_routes_toml_is_valid() {
+    let text = include_str!("../../../routes.toml");
+    let compiled = compile(text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!compiled.table.routes.is_empty());
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_locations() {
+    let text = format!(
+        r#"{BASE}
+[upstreams.chat]
+url = "htp://127.0.0.1:4002"
+
+[[routes]]
+name = "auth"
+match = {{ path_prefx = "/auth/" }}
+target = "auth"
+mdoe = "canary"
+
+[[routes]]
+name = "auth"
+match = {{ path_prefix = "/users/" }}
+target = "auht"
+
+[[routes]]
+name = "pay"
+match = {{ path_prefix = "/pay/" }}
+target = "auth"
+mode = "canary"
+percent = 140
+
+[[routes]]
+name = "pay-get"
+match = {{ path_prefix = "/pay", methods = ["GET"] }}
+target = "auth"
+mode = "extracted"
+"#
+    );
+    insta::assert_snapshot!("many_errors", errors(&text));
+}
+
+#[test]
+fn syntax_error_points_at_the_place() {
+    insta::assert_snapshot!("syntax_error", errors("[upstreams.legacy]\nurl = \"http://127.0.0.1:3000\n"));
+}
+
+#[test]
+fn type_error_points_at_the_value() {
+    let text = format!("{BASE}\n[[routes]]\nname = \"a\"\ntarget = \"auth\"\nmode = \"canary\"\npercent = \"25\"\n");
+    insta::assert_snapshot!("type_error", errors(&text));
+}
+
+#[test]
+fn missing_default_and_bad_values() {
+    let text = r#"
+[server]
+threads = 0
+
+[[listeners]]
+addr = "localhost:8080"
+
+[admin]
+addr = "0.0.0.0:9901"
+
+[upstreams.monolith]
+url = "http://127.0.0.1:3000/api"
+
+[[routes]]
+name = "x y"
+match = { path = "auth", methods = ["G T"], host = "a:80" }
+target = "monolith"
+sticky = "session"
+"#;
+    insta::assert_snapshot!("bad_values", errors(text));
+}
+
+#[test]
+fn canary_needs_percent_and_unknown_mode() {
+    let text = format!("{BASE}\n[[routes]]\nname = \"a\"\ntarget = \"auth\"\nmode = \"canary\"\n\n[[routes]]\nname = \"b\"\nmatch = {{ path = \"/b\" }}\ntarget = \"auth\"\nmode = \"extract\"\n");
+    insta::assert_snapshot!("canary_and_mode", errors(&text));
+}
+
+#[test]
+fn valid_table_summary() {
+    let text = format!(
+        r#"{BASE}
+[[routes]]
+name = "auth"
+match = {{ path_prefix = "/auth/" }}
+target = "auth"
+mode = "canary"
+percent = 25
+
+[[routes]]
+name = "auth-me"
+match = {{ path = "/auth/me", methods = ["GET"] }}
+target = "auth"
+mode = "extracted"
+
+[[routes]]
+name = "shadowed"
+match = {{ path_prefix = "/chat" }}
+target = "auth"
+mode = "shadow"
+percent = 10
+"#
+    );
+    let compiled = compile(&text).unwrap();
+    insta::assert_snapshot!("summary", compiled.table.summary());
+    let warnings: Vec<String> = compiled.warnings.iter().map(|w| w.to_string()).collect();
+    insta::assert_snapshot!("warnings", warnings.join("\n"));
+}
+
+#[test]
+fn precedence_exact_then_longest_prefix_then_file_order() {
+    let text = format!(
+        r#"{BASE}
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api" }}
+target = "auth"
+
+[[routes]]
+name = "api-users-post"
+match = {{ path_prefix = "/api/users", methods = ["POST"] }}
+target = "auth"
+
+[[routes]]
+name = "api-users-admin-host"
+match = {{ path_prefix = "/api/users", host = "admin.example.com" }}
+target = "auth"
+
+[[routes]]
+name = "api-users"
+match = {{ path_prefix = "/api/users" }}
+target = "auth"
+
+[[routes]]
+name = "api-users-me"
+match = {{ path = "/api/users/me" }}
+target = "auth"
+
+[[routes]]
+name = "beta"
+match = {{ path_prefix = "/beta", headers = {{ "x-beta" = "1" }} }}
+target = "auth"
+"#
+    );
+    let t = compile(&text).unwrap().table;
+    assert_eq!(route_for(&t, "GET", "/api/x", None, &[]).as_deref(), Some("api"));
+    assert_eq!(route_for(&t, "GET", "/api", None, &[]).as_deref(), Some("api"));
+    assert_eq!(route_for(&t, "GET", "/apix", None, &[]), None);
+    assert_eq!(route_for(&t, "POST", "/api/users/7", None, &[]).as_deref(), Some("api-users-post"));
+    assert_eq!(route_for(&t, "GET", "/api/users/7", Some("admin.example.com"), &[]).as_deref(), Some("api-users-admin-host"));
+    assert_eq!(route_for(&t, "GET", "/api/users/7", None, &[]).as_deref(), Some("api-users"));
+    assert_eq!(route_for(&t, "POST", "/api/users/me", None, &[]).as_deref(), Some("api-users-me"));
+    assert_eq!(route_for(&t, "GET", "/api/users/me/", None, &[]).as_deref(), Some("api-users"));
+    // Dot segments cannot dodge a route.
+    assert_eq!(route_for(&t, "GET", "/beta/../api/users/me", None, &[]).as_deref(), Some("api-users-me"));
+    assert_eq!(route_for(&t, "GET", "/beta/x", None, &[("x-beta", "1")]).as_deref(), Some("beta"));
+    assert_eq!(route_for(&t, "GET", "/beta/x", None, &[("x-beta", "2")]), None);
+}
+
+#[test]
+fn diff_names_what_moved() {
+    let old = compile(&format!("{BASE}\n[[routes]]\nname = \"auth\"\nmatch = {{ path_prefix = \"/auth\" }}\ntarget = \"auth\"\nmode = \"shadow\"\n\n[[routes]]\nname = \"old\"\nmatch = {{ path = \"/old\" }}\ntarget = \"auth\"\n")).unwrap().table;
+    let new = compile(&format!("{BASE}\n[upstreams.chat]\nurl = \"http://127.0.0.1:4002\"\n\n[[routes]]\nname = \"auth\"\nmatch = {{ path_prefix = \"/auth\" }}\ntarget = \"auth\"\nmode = \"canary\"\npercent = 5\n\n[[routes]]\nname = \"chat\"\nmatch = {{ path = \"/graphql\" }}\ntarget = \"chat\"\nmode = \"shadow\"\n")).unwrap().table;
+    insta::assert_snapshot!("diff", RouteTable::diff(&old, &new).to_string());
+    assert!(RouteTable::diff(&new, &new).is_empty());
+}
+
+#[test]
+fn lookup_uses_the_trie_for_large_tables() {
+    let mut text = String::from(BASE);
+    for i in 0..2000 {
+        text.push_str(&format!("\n[[routes]]\nname = \"r{i}\"\nmatch = {{ path_prefix = \"/svc{i}/v1\" }}\ntarget = \"auth\"\n"));
+    }
+    let t = compile(&text).unwrap().table;
+    assert_eq!(route_for(&t, "GET", "/svc1999/v1/items/3", None, &[]).as_deref(), Some("r1999"));
+    assert_eq!(route_for(&t, "GET", "/svc1999/v2", None, &[]), None);
+}
+
+// ---- properties ----
+
+/// The specification the trie must agree with: among routes whose conditions hold, the most
+/// specific path wins, then the earliest in the file.
+fn reference(routes: &[Arc<Route>], req: &RequestFacts<'_>) -> Option<usize> {
+    let path = normalize_path(req.path);
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| path_holds(&r.matcher.path, &path) && conditions_hold(&r.matcher, req))
+        .max_by(|(i, a), (j, b)| specificity(&a.matcher.path).cmp(&specificity(&b.matcher.path)).then(j.cmp(i)))
+        .map(|(i, _)| i)
+}
+
+fn arb_path() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "api", "users", ".."]), 0..4).prop_map(|segs| format!("/{}", segs.join("/")))
+}
+
+#[derive(Debug, Clone)]
+struct ArbRoute {
+    exact: bool,
+    path: String,
+    method: Option<&'static str>,
+    header: Option<&'static str>,
+}
+
+fn arb_route() -> impl Strategy<Value = ArbRoute> {
+    (any::<bool>(), arb_path(), prop::option::of(prop::sample::select(vec!["GET", "POST"])), prop::option::of(prop::sample::select(vec!["1", "2"])))
+        .prop_map(|(exact, path, method, header)| ArbRoute { exact, path: path.replace("..", "x"), method, header })
+}
+
+fn table_text(routes: &[ArbRoute]) -> String {
+    let mut text = String::from(BASE);
+    for (i, r) in routes.iter().enumerate() {
+        let key = if r.exact { "path" } else { "path_prefix" };
+        let mut m = format!("{key} = \"{}\"", r.path);
+        if let Some(method) = r.method {
+            m.push_str(&format!(", methods = [\"{method}\"]"));
+        }
+        if let Some(h) = r.header {
+            m.push_str(&format!(", headers = {{ \"x-h\" = \"{h}\" }}"));
+        }
+        text.push_str(&format!("\n[[routes]]\nname = \"r{i}\"\nmatch = {{ {m} }}\ntarget = \"auth\"\n"));
+    }
+    text
+}
+
+proptest! {
+    #[test]
+    fn trie_agrees_with_reference_scan(routes in prop::collection::vec(arb_route(), 0..12), path in arb_path(), post in any::<bool>(), h in prop::option::of(prop::sample::select(vec!["1", "2"]))) {
+        // Tables with dead routes are rejected by compile; those are tested elsewhere.
+        let Ok(compiled) = compile(&table_text(&routes)) else { return Ok(()) };
+        let t = compiled.table;
+        let mut headers = HeaderMap::new();
+        if let Some(h) = h { headers.insert("x-h", h.parse().unwrap()); }
+        let method = if post { Method::POST } else { Method::GET };
+        let facts = RequestFacts { method: &method, path: &path, host: None, headers: &headers };
+        prop_assert_eq!(t.matcher.find(&t.routes, &facts), reference(&t.routes, &facts));
+    }
+
+    /// When no two routes share a path, file order cannot change the answer.
+    #[test]
+    fn answer_does_not_depend_on_order_of_distinct_paths(routes in prop::collection::vec(arb_route(), 1..10), path in arb_path(), seed in any::<u64>()) {
+        let mut routes = routes;
+        routes.sort_by(|a, b| (a.exact, &a.path).cmp(&(b.exact, &b.path)));
+        routes.dedup_by(|a, b| a.exact == b.exact && a.path == b.path);
+        let mut shuffled: Vec<(usize, ArbRoute)> = routes.iter().cloned().enumerate().collect();
+        shuffled.sort_by_key(|(i, _)| (*i as u64).wrapping_mul(seed | 1).rotate_left(17));
+        let a = compile(&table_text(&routes)).unwrap().table;
+        let b_routes: Vec<ArbRoute> = shuffled.iter().map(|(_, r)| r.clone()).collect();
+        let b = compile(&table_text(&b_routes)).unwrap().table;
+        let headers = HeaderMap::new();
+        let facts = RequestFacts { method: &Method::GET, path: &path, host: None, headers: &headers };
+        let name_a = a.find(&facts).map(|r| {
+            let i: usize = r.name.as_str()[1..].parse().unwrap();
+            (routes[i].exact, routes[i].path.clone())
+        });
+        let name_b = b.find(&facts).map(|r| {
+            let i: usize = r.name.as_str()[1..].parse().unwrap();
+            (b_routes[i].exact, b_routes[i].path.clone())
+        });
+        prop_assert_eq!(name_a, name_b);
+    }
+}

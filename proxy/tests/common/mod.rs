@@ -1,0 +1,426 @@
+//! Fixtures for integration tests: real upstream servers and a real `strangler` process, all on
+//! ephemeral loopback ports, cleaned up on drop.
+//!
+//! ```ignore
+//! let legacy = TestUpstream::start("legacy").await;
+//! let proxy = Proxy::start(&Routes::new().upstream("legacy", &legacy).route(...)).await;
+//! ```
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+/// Deterministic content for big bodies: byte i is `i % 251`.
+pub fn pattern_chunk(offset: u64, len: usize) -> Bytes {
+    (0..len).map(|i| ((offset + i as u64) % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A real HTTP/1.1 server (hyper) that says who it is.
+///
+/// - any path: JSON `{server, method, uri, headers, body_len, body_sha256}`
+/// - `/status/{code}`: that status
+/// - `/big/{bytes}`: a streamed body of that many pattern bytes
+/// - `/slow/{ms}`: answers after a delay
+/// - `/hop`: a response carrying hop-by-hop headers
+/// - `/not-modified`: 304 with an ETag
+/// - `/ws`: WebSocket echo
+pub struct TestUpstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestUpstream {
+    pub async fn start(name: &str) -> Self {
+        Self::start_on(name, TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// Restart on a known address (after [`TestUpstream::kill`]).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => return Self::start_on(name, l),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("rebinding {addr}: {e}"),
+            }
+        }
+    }
+
+    pub fn start_on(name: &str, listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (n, h, s) = (name.to_string(), hits.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            // Connection tasks live in the set: aborting this task drops the set and closes
+            // every connection, as a killed process would.
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (n, h, s) = (n.clone(), h.clone(), s.clone());
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(n.clone(), h.clone(), s.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        TestUpstream { name: name.to_string(), addr, hits, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops listening and drops every open connection.
+    pub async fn kill(mut self) -> SocketAddr {
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        task.abort();
+        let _ = task.await;
+        self.addr
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(name: String, hits: Arc<AtomicUsize>, seen: Arc<Mutex<Vec<String>>>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    seen.lock().unwrap().push(req.uri().to_string());
+    let segs: Vec<&str> = path.split('/').collect();
+    match segs.get(1).copied().unwrap_or("") {
+        "status" => {
+            let code: u16 = segs.get(2).and_then(|s| s.parse().ok()).unwrap_or(500);
+            return Ok(Response::builder().status(code).header("x-served-by", &name).body(full(format!("{{\"server\":\"{name}\",\"status\":{code}}}"))).unwrap());
+        }
+        "big" => {
+            let total: u64 = segs.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+            const CHUNK: u64 = 64 * 1024;
+            let stream = futures_util::stream::unfold(0u64, move |off| async move {
+                if off >= total {
+                    return None;
+                }
+                let len = CHUNK.min(total - off);
+                Some((Ok::<_, Infallible>(Frame::data(pattern_chunk(off, len as usize))), off + len))
+            });
+            return Ok(Response::builder().header("x-served-by", &name).body(BodyExt::boxed(StreamBody::new(stream))).unwrap());
+        }
+        "slow" => {
+            let ms: u64 = segs.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        "hop" => {
+            return Ok(Response::builder()
+                .header("connection", "x-up-secret")
+                .header("x-up-secret", "1")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-connection", "keep-alive")
+                .header("x-served-by", &name)
+                .body(full("hop"))
+                .unwrap());
+        }
+        "not-modified" => {
+            return Ok(Response::builder().status(304).header("etag", "\"v1\"").header("x-served-by", &name).body(full(Bytes::new())).unwrap());
+        }
+        "ws" => return Ok(websocket_echo(req)),
+        _ => {}
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+        .collect();
+    // Stream the body through a hasher: an upload is never held whole.
+    let mut body = req.into_body();
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map(|f| f.into_data()) {
+            if let Ok(d) = data {
+                len += d.len() as u64;
+                hasher.update(&d);
+            }
+        } else {
+            break;
+        }
+    }
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let v = serde_json::json!({ "server": name, "method": method, "uri": uri, "headers": headers, "body_len": len, "body_sha256": digest });
+    Ok(Response::builder().header("content-type", "application/json").header("x-served-by", &name).body(full(v.to_string())).unwrap())
+}
+
+fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::builder().status(400).body(full("not a websocket request")).unwrap();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(&mut req).await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
+/// A free loopback port. The proxy binds its own listeners (Pingora takes addresses), so the
+/// port is found by binding and releasing; start-up retries if another process took it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `strangler serve` process with its own routes.toml in a temp folder.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Child,
+    log: PathBuf,
+}
+
+/// The [server], [[listeners]] and [admin] sections the fixture owns.
+pub fn header(addr: SocketAddr, admin: SocketAddr, extra_admin: &str) -> String {
+    format!(
+        "[server]\ndefault_upstream = \"legacy\"\nthreads = 2\ngrace_period_secs = 1\nshutdown_timeout_secs = 2\n\n[[listeners]]\naddr = \"{addr}\"\n\n[admin]\naddr = \"{admin}\"\n{extra_admin}\n"
+    )
+}
+
+impl Proxy {
+    /// `body` holds the upstreams and routes.
+    pub async fn start(body: &str) -> Proxy {
+        Self::start_with(body, "", &[]).await
+    }
+
+    pub async fn start_with(body: &str, extra_admin: &str, env: &[(&str, &str)]) -> Proxy {
+        for attempt in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let config = dir.path().join("routes.toml");
+            std::fs::write(&config, format!("{}{body}", header(addr, admin, extra_admin))).unwrap();
+            let log = dir.path().join("strangler.log");
+            let child = Command::new(env!("CARGO_BIN_EXE_strangler"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .args(["--poll-interval-secs", "1"])
+                .envs(env.iter().copied())
+                .env("STRANGLER_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let mut p = Proxy { addr, admin, dir, config, child, log };
+            if p.wait_ready().await {
+                return p;
+            }
+            eprintln!("proxy start attempt {attempt} failed:\n{}", p.logs());
+        }
+        panic!("strangler did not start");
+    }
+
+    async fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let admin_ready = matches!(self.admin_get("/readyz").await, Ok((200, _)));
+            if admin_ready && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Replaces routes.toml the way editors do: write a temp file, rename it into place.
+    pub fn write_body(&self, body: &str) {
+        self.write_raw(&format!("{}{body}", header(self.addr, self.admin, "")));
+    }
+
+    pub fn write_raw(&self, text: &str) {
+        let tmp = self.dir.path().join(".routes.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Result<(u16, String)> {
+        let r = reqwest::get(format!("http://{}{path}", self.admin)).await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    }
+
+    pub async fn admin_post(&self, path: &str) -> (u16, String) {
+        let r = reqwest::Client::new().post(format!("http://{}{path}", self.admin)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    pub async fn routes_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.admin_get("/routes").await.unwrap().1).unwrap()
+    }
+
+    /// Waits until the served table has `hash`, or panics with the logs.
+    pub async fn wait_for_hash_change(&self, old: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.routes_json().await;
+            if v["hash"].as_str() != Some(old) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("table never reloaded; logs:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Peak resident memory of the proxy process, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("strangler did not exit after SIGTERM; logs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- strangler logs ---\n{}", self.logs());
+        }
+    }
+}
+
+/// Builds the upstream and route sections of a routes.toml.
+#[derive(Default)]
+pub struct Routes(String);
+
+impl Routes {
+    pub fn new() -> Self {
+        Routes::default()
+    }
+    pub fn upstream(mut self, name: &str, url: &str) -> Self {
+        self.0.push_str(&format!("[upstreams.{name}]\nurl = \"{url}\"\nconnect_timeout_ms = 500\n\n"));
+        self
+    }
+    pub fn raw(mut self, text: &str) -> Self {
+        self.0.push_str(text);
+        self.0.push('\n');
+        self
+    }
+    pub fn route(mut self, name: &str, prefix: &str, target: &str, mode: &str, extra: &str) -> Self {
+        self.0.push_str(&format!("[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"{prefix}\" }}\ntarget = \"{target}\"\nmode = \"{mode}\"\n{extra}\n\n"));
+        self
+    }
+    pub fn build(&self) -> String {
+        self.0.clone()
+    }
+}
+
+/// Which upstream answered (from the echo's `x-served-by`).
+pub async fn served_by(client: &reqwest::Client, url: &str) -> String {
+    let r = client.get(url).send().await.unwrap();
+    r.headers().get("x-served-by").map(|v| v.to_str().unwrap().to_string()).unwrap_or_else(|| format!("status {}", r.status()))
+}
+
+/// An unsigned JWT with the given subject (the proxy only decodes it).
+pub fn jwt_for(sub: &str) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!("{}.{}.c2ln", b.encode(r#"{"alg":"HS256","typ":"JWT"}"#), b.encode(format!(r#"{{"sub":"{sub}"}}"#)))
+}
