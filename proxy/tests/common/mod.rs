@@ -239,7 +239,7 @@ pub struct Proxy {
 /// The [server], [[listeners]] and [admin] sections the fixture owns.
 pub fn header(addr: SocketAddr, admin: SocketAddr, extra_admin: &str) -> String {
     format!(
-        "[server]\ndefault_upstream = \"legacy\"\nthreads = 2\ngrace_period_secs = 1\nshutdown_timeout_secs = 2\n\n[[listeners]]\naddr = \"{addr}\"\n\n[admin]\naddr = \"{admin}\"\n{extra_admin}\n"
+        "[server]\ndefault_upstream = \"legacy\"\nthreads = 2\ngrace_period_secs = 3\nshutdown_timeout_secs = 2\n\n[[listeners]]\naddr = \"{addr}\"\n\n[admin]\naddr = \"{admin}\"\n{extra_admin}\n"
     )
 }
 

@@ -1,0 +1,61 @@
+//! `strangler check`: exit codes and what a reviewer reads.
+
+use std::process::Command;
+
+fn strangler(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_strangler")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+const GOOD: &str = "[upstreams.legacy]\nurl = \"http://127.0.0.1:3000\"\n[upstreams.auth]\nurl = \"http://127.0.0.1:4001\"\n\n[[routes]]\nname = \"auth\"\nmatch = { path_prefix = \"/auth\" }\ntarget = \"auth\"\nmode = \"shadow\"\n";
+
+#[test]
+fn check_accepts_a_valid_file_and_prints_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "routes.toml", GOOD);
+    let (code, out, _) = strangler(&["check", &f]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ok (1 routes, 2 upstreams)"), "{out}");
+    assert!(out.contains("auth") && out.contains("path_prefix = /auth"), "{out}");
+}
+
+#[test]
+fn check_reports_every_error_with_location_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "routes.toml", &format!("{GOOD}mdoe = \"x\"\npercent = 101\n\n[[routes]]\nname = \"auth\"\ntarget = \"chat\"\n"));
+    let (code, _, err) = strangler(&["check", &f]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("routes.toml:11:1: error: unknown key `mdoe`"), "{err}");
+    assert!(err.contains("routes.toml:12:11: error: `percent` is 101"), "{err}");
+    assert!(err.contains("route name `auth` is used twice"), "{err}");
+    assert!(err.contains("unknown upstream `chat`"), "{err}");
+    assert!(err.contains("4 errors found"), "{err}");
+    let (code, out, _) = strangler(&["check", &f, "--json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["errors"].as_array().unwrap().len(), 4);
+    assert_eq!(v["errors"][0]["line"], 11);
+}
+
+#[test]
+fn check_against_prints_what_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write(dir.path(), "old.toml", GOOD);
+    let new = write(dir.path(), "new.toml", &GOOD.replace("mode = \"shadow\"", "mode = \"canary\"\npercent = 5"));
+    let (code, out, _) = strangler(&["check", &new, "--against", &old]);
+    assert_eq!(code, 0);
+    assert!(out.contains("~ route `auth`: mode shadow → canary; percent 0 → 5"), "{out}");
+}
+
+#[test]
+fn unreadable_file_exits_2() {
+    let (code, _, err) = strangler(&["check", "/nonexistent/routes.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("reading /nonexistent/routes.toml"), "{err}");
+}
