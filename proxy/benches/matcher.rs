@@ -9,7 +9,11 @@ use strangler::routing::{conditions_hold, normalize_path, path_holds, specificit
 fn table(n: usize) -> RouteTable {
     let mut text = String::from("[upstreams.legacy]\nurl = \"http://127.0.0.1:3000\"\n[upstreams.svc]\nurl = \"http://127.0.0.1:4000\"\n");
     for i in 0..n {
-        let m = if i % 3 == 0 { format!("path = \"/svc{i}/v1/items\"") } else { format!("path_prefix = \"/svc{i}/v1\", methods = [\"GET\", \"POST\"]") };
+        let m = if i % 3 == 0 {
+            format!("path = \"/svc{i}/v1/items\"")
+        } else {
+            format!("path_prefix = \"/svc{i}/v1\", methods = [\"GET\", \"POST\"]")
+        };
         text.push_str(&format!("[[routes]]\nname = \"r{i}\"\nmatch = {{ {m} }}\ntarget = \"svc\"\n"));
     }
     RouteTable::compile(Source::new("bench.toml", &text)).unwrap().table
@@ -34,9 +38,13 @@ fn bench(c: &mut Criterion) {
         let hit = format!("/svc{}/v1/items/42", n - 1);
         for (label, path) in [("hit", hit.as_str()), ("miss", "/graphql")] {
             let req = RequestFacts { method: &Method::GET, path, host: None, headers: &headers };
-            g.bench_with_input(BenchmarkId::new(format!("trie/{label}"), n), &req, |b, req| b.iter(|| black_box(t.find(black_box(req)).map(|r| r.line))));
+            g.bench_with_input(BenchmarkId::new(format!("trie/{label}"), n), &req, |b, req| {
+                b.iter(|| black_box(t.find(black_box(req)).map(|r| r.line)))
+            });
             if n <= 10_000 {
-                g.bench_with_input(BenchmarkId::new(format!("linear/{label}"), n), &req, |b, req| b.iter(|| black_box(linear(&t, black_box(req)))));
+                g.bench_with_input(BenchmarkId::new(format!("linear/{label}"), n), &req, |b, req| {
+                    b.iter(|| black_box(linear(&t, black_box(req))))
+                });
             }
         }
     }

@@ -55,7 +55,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl Admin {
     fn authorized(&self, session: &ServerSession) -> bool {
         let Some(token) = &self.token else { return true };
-        let given = session.req_header().headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
         constant_time_eq(given.trim().as_bytes(), token.as_bytes())
     }
 
@@ -65,14 +71,24 @@ impl Admin {
         v["loaded_at_unix_secs"] = json!(unix_secs(self.state.loaded_at()));
         v["config_path"] = json!(self.state.config_path.display().to_string());
         v["last_reload_error"] = json!(self.state.last_error());
-        v["breakers"] = self.state.breakers.states().into_iter().map(|(route, s)| (route.to_string(), json!(s.as_str()))).collect::<serde_json::Map<_, _>>().into();
-        v["upstream_health"] = self.state.health.snapshot().into_iter().map(|(n, h)| (n.to_string(), json!(h))).collect::<serde_json::Map<_, _>>().into();
+        v["breakers"] = self
+            .state
+            .breakers
+            .states()
+            .into_iter()
+            .map(|(route, s)| (route.to_string(), json!(s.as_str())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        v["upstream_health"] =
+            self.state.health.snapshot().into_iter().map(|(n, h)| (n.to_string(), json!(h))).collect::<serde_json::Map<_, _>>().into();
         v
     }
 
     async fn reload(&self) -> Response<Vec<u8>> {
         match self.state.reload("admin").await {
-            Ok(ReloadOutcome::Unchanged) => reply_json(StatusCode::OK, json!({ "result": "unchanged", "hash": self.state.table.load().hash })),
+            Ok(ReloadOutcome::Unchanged) => {
+                reply_json(StatusCode::OK, json!({ "result": "unchanged", "hash": self.state.table.load().hash }))
+            }
             Ok(ReloadOutcome::Applied { diff, warnings }) => reply_json(
                 StatusCode::OK,
                 json!({
@@ -115,8 +131,13 @@ impl ServeHttp for Admin {
                 reply(StatusCode::OK, "text/plain; version=0.0.4", self.prometheus.render().into_bytes())
             }
             (&Method::POST, "/reload") => self.reload().await,
-            (_, "/routes" | "/metrics" | "/reload" | "/healthz" | "/readyz") => reply_json(StatusCode::METHOD_NOT_ALLOWED, json!({ "statusCode": 405, "message": "method not allowed" })),
-            _ => reply_json(StatusCode::NOT_FOUND, json!({ "statusCode": 404, "message": "no such admin endpoint", "endpoints": ["/healthz", "/readyz", "/routes", "/metrics", "POST /reload"] })),
+            (_, "/routes" | "/metrics" | "/reload" | "/healthz" | "/readyz") => {
+                reply_json(StatusCode::METHOD_NOT_ALLOWED, json!({ "statusCode": 405, "message": "method not allowed" }))
+            }
+            _ => reply_json(
+                StatusCode::NOT_FOUND,
+                json!({ "statusCode": 404, "message": "no such admin endpoint", "endpoints": ["/healthz", "/readyz", "/routes", "/metrics", "POST /reload"] }),
+            ),
         }
     }
 }

@@ -56,11 +56,17 @@ pub struct CircuitBreaker {
 
 #[derive(Debug, Clone, Copy)]
 enum Inner {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// `probe_since`: when the probe was let through; a probe that never reports back (client
     /// gone) is replaced after another cooldown.
-    HalfOpen { probe_since: Option<Instant> },
+    HalfOpen {
+        probe_since: Option<Instant>,
+    },
 }
 
 impl CircuitBreaker {

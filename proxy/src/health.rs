@@ -61,7 +61,10 @@ pub async fn probe(upstream: &Upstream, path: &str) -> Result<u16, String> {
     let timeout = upstream.connect_timeout + Duration::from_secs(2);
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: strangler-health\r\nConnection: close\r\n\r\n", upstream.host, upstream.port);
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: strangler-health\r\nConnection: close\r\n\r\n",
+            upstream.host, upstream.port
+        );
         stream.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
         let mut buf = [0u8; 64];
         let mut n = 0;

@@ -48,7 +48,8 @@ pub enum ReloadOutcome {
 pub fn load_file(path: &Path) -> Result<(RouteTable, Vec<String>), Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
     let name = path.display().to_string();
-    let compiled = RouteTable::compile(Source::new(&name, &text)).map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let compiled =
+        RouteTable::compile(Source::new(&name, &text)).map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     let mut table = compiled.table;
     table.resolve().map_err(|e| vec![format!("{name}: {e}")])?;
     Ok((table, compiled.warnings.iter().map(|w| w.to_string()).collect()))
@@ -127,9 +128,8 @@ impl LiveState {
             info!(trigger, hash = %current.hash, "configuration unchanged");
             return Ok(ReloadOutcome::Unchanged);
         }
-        let loaded = tokio::task::spawn_blocking(move || load_file(&path))
-            .await
-            .unwrap_or_else(|e| Err(vec![format!("reload task failed: {e}")]));
+        let loaded =
+            tokio::task::spawn_blocking(move || load_file(&path)).await.unwrap_or_else(|e| Err(vec![format!("reload task failed: {e}")]));
         match loaded {
             Ok((table, warnings)) => {
                 let diff = RouteTable::diff(&current, &table);

@@ -79,7 +79,8 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
                         bail!("listener {addr}: TLS file `{f}` does not exist");
                     }
                 }
-                let mut tls = TlsSettings::intermediate(&cert, &key).with_context(|| format!("listener {addr}: loading certificate `{cert}` and key `{key}`"))?;
+                let mut tls = TlsSettings::intermediate(&cert, &key)
+                    .with_context(|| format!("listener {addr}: loading certificate `{cert}` and key `{key}`"))?;
                 tls.enable_h2();
                 proxy.add_tls_with_settings(&addr, None, tls);
             }
@@ -110,6 +111,8 @@ fn server_conf(table: &RouteTable) -> ServerConf {
         // Pingora's keep-alive pool is one LRU shared by all peers: size it as the sum.
         upstream_keepalive_pool_size: table.upstreams.values().map(|u| u.pool_size).sum::<usize>().max(1),
         max_retries: MAX_RETRIES,
+        // One single-threaded runtime per thread: no cross-thread task stealing on the hot path.
+        work_stealing: false,
         ..ServerConf::default()
     }
 }

@@ -28,7 +28,8 @@ fn check_accepts_a_valid_file_and_prints_the_table() {
 #[test]
 fn check_reports_every_error_with_location_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let f = write(dir.path(), "routes.toml", &format!("{GOOD}mdoe = \"x\"\npercent = 101\n\n[[routes]]\nname = \"auth\"\ntarget = \"chat\"\n"));
+    let f =
+        write(dir.path(), "routes.toml", &format!("{GOOD}mdoe = \"x\"\npercent = 101\n\n[[routes]]\nname = \"auth\"\ntarget = \"chat\"\n"));
     let (code, _, err) = strangler(&["check", &f]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("routes.toml:11:1: error: unknown key `mdoe`"), "{err}");

@@ -46,7 +46,8 @@ async fn hundred_megabytes_stream_both_ways_with_bounded_proxy_memory() {
         let len = (256 * 1024).min(SIZE - off);
         Some((Ok::<_, std::io::Error>(pattern_chunk(off, len as usize)), off + len))
     });
-    let r: serde_json::Value = c.post(proxy.url("/upload")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap().json().await.unwrap();
+    let r: serde_json::Value =
+        c.post(proxy.url("/upload")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap().json().await.unwrap();
     assert_eq!(r["body_len"], SIZE);
     let mut expected = sha2::Sha256::default();
     {
@@ -54,7 +55,7 @@ async fn hundred_megabytes_stream_both_ways_with_bounded_proxy_memory() {
         let mut off = 0;
         while off < SIZE {
             let len = (1 << 20).min(SIZE - off);
-            expected.update(&pattern_chunk(off, len as usize));
+            expected.update(pattern_chunk(off, len as usize));
             off += len;
         }
         let hex: String = expected.finalize().iter().map(|b| format!("{b:02x}")).collect();
@@ -147,15 +148,27 @@ async fn request_smuggling_attempts_are_rejected_or_neutralised() {
     assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "more than one response: {out}");
 
     // Two different Content-Length values.
-    let out = raw_exchange(proxy.addr, b"POST /dup HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc", Duration::from_secs(2)).await;
+    let out = raw_exchange(
+        proxy.addr,
+        b"POST /dup HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
 
     // A final transfer coding other than chunked.
-    let out = raw_exchange(proxy.addr, b"POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", Duration::from_secs(2)).await;
+    let out = raw_exchange(
+        proxy.addr,
+        b"POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
 
     // Transfer-Encoding on HTTP/1.0.
-    let out = raw_exchange(proxy.addr, b"POST /te10 HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Duration::from_secs(2)).await;
+    let out =
+        raw_exchange(proxy.addr, b"POST /te10 HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Duration::from_secs(2))
+            .await;
     assert!(out.starts_with("HTTP/1.1 400") || out.starts_with("HTTP/1.0 400"), "{out}");
 
     // Whitespace before the colon (a classic desync vector).
@@ -190,7 +203,9 @@ async fn head_304_chunked_and_expect_continue() {
 
     // Expect: 100-continue: the client hears 100 before sending the body.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"PUT /expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n").await.unwrap();
+    s.write_all(b"PUT /expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("no 100 Continue").unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -209,7 +224,20 @@ async fn tls_termination_with_h2_and_http1() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("edge.pem"), dir.path().join("edge.key"));
     let ok = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
@@ -237,5 +265,35 @@ async fn tls_termination_with_h2_and_http1() {
         assert!(text.trim_end().ends_with(version), "{proto}: {text}");
         assert!(text.contains("\"x-forwarded-proto\":\"https\""), "{text}");
         assert!(text.contains("\"uri\":\"/tls?x=1\""), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (legacy, proxy) = legacy_only().await;
+    let c = reqwest::Client::new();
+    for i in 0..200 {
+        let r = c.get(proxy.url(&format!("/k/{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let conns = legacy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(conns <= 4, "200 sequential requests opened {conns} upstream connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_with_prior_knowledge_when_enabled() {
+    let legacy = TestUpstream::start("legacy").await;
+    let proxy =
+        Proxy::start_opts(&Routes::new().upstream("legacy", &legacy.url()).build(), Opts { server: "h2c = true\n", ..Opts::default() })
+            .await;
+    for flag in ["--http2-prior-knowledge", "--http1.1"] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", flag, "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &proxy.url("/h2c")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let expected = if flag.contains("http2") { "2 200" } else { "1.1 200" };
+        assert_eq!(text, expected, "{flag}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }

@@ -32,7 +32,8 @@ async fn each_mode_routes_as_configured() {
     assert_eq!(served_by(&c, &proxy.url("/unmatched")).await, "legacy");
 
     // Method, path, query and body arrive exactly as sent.
-    let r: serde_json::Value = c.put(proxy.url("/extracted-mode/a%20b/c?x=1&y=%2F")).body("hello").send().await.unwrap().json().await.unwrap();
+    let r: serde_json::Value =
+        c.put(proxy.url("/extracted-mode/a%20b/c?x=1&y=%2F")).body("hello").send().await.unwrap().json().await.unwrap();
     assert_eq!(r["method"], "PUT");
     assert_eq!(r["uri"], "/extracted-mode/a%20b/c?x=1&y=%2F");
     assert_eq!(r["body_len"], 5);
@@ -151,7 +152,8 @@ async fn extracted_upstream_killed_get_falls_back_post_gets_502_breaker_opens_an
 async fn gateway_errors_from_the_service_fall_back_for_idempotent_requests_only() {
     let legacy = TestUpstream::start("legacy").await;
     let svc = TestUpstream::start("svc").await;
-    let body = two_sided(&legacy, &svc).route("e", "/status", "svc", "extracted", "breaker = { failures = 100, cooldown_secs = 1 }").build();
+    let body =
+        two_sided(&legacy, &svc).route("e", "/status", "svc", "extracted", "breaker = { failures = 100, cooldown_secs = 1 }").build();
     let proxy = Proxy::start(&body).await;
     let c = reqwest::Client::new();
     for code in [502, 503, 504] {

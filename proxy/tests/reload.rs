@@ -10,7 +10,12 @@ use std::time::Duration;
 use common::*;
 
 fn body(legacy: &TestUpstream, svc: &TestUpstream, mode: &str, comment: &str) -> String {
-    Routes::new().upstream("legacy", &legacy.url()).upstream("svc", &svc.url()).raw(&format!("# {comment}")).route("r", "/r", "svc", mode, "").build()
+    Routes::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("svc", &svc.url())
+        .raw(&format!("# {comment}"))
+        .route("r", "/r", "svc", mode, "")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +36,11 @@ async fn reload_every_100ms_under_load_fails_no_request() {
             // Bounded: stops when told, and never runs past 2,000 requests per worker.
             while !stop.load(Ordering::SeqCst) && i < 2000 {
                 i += 1;
-                let req = if i % 3 == 0 { c.post(proxy.url(&format!("/r/{w}/{i}"))).body(format!("body-{i}")) } else { c.get(proxy.url(&format!("/r/{w}/{i}"))) };
+                let req = if i % 3 == 0 {
+                    c.post(proxy.url(&format!("/r/{w}/{i}"))).body(format!("body-{i}"))
+                } else {
+                    c.get(proxy.url(&format!("/r/{w}/{i}")))
+                };
                 match req.send().await {
                     Ok(r) if r.status() == 200 => {
                         let v: serde_json::Value = r.json().await.unwrap();
@@ -78,7 +87,10 @@ async fn a_broken_file_keeps_the_old_table_and_says_why() {
     let good = proxy.routes_json().await;
 
     // Two mistakes at once: a typo'd key and an unknown upstream.
-    let broken = format!("{}[[routes]]\nname = \"oops\"\nmatch = {{ path_prefx = \"/x\" }}\ntarget = \"nope\"\n", body(&legacy, &svc, "legacy", "broken"));
+    let broken = format!(
+        "{}[[routes]]\nname = \"oops\"\nmatch = {{ path_prefx = \"/x\" }}\ntarget = \"nope\"\n",
+        body(&legacy, &svc, "legacy", "broken")
+    );
     proxy.write_body(&broken);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let routes = loop {
@@ -90,7 +102,8 @@ async fn a_broken_file_keeps_the_old_table_and_says_why() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(routes["hash"], good["hash"], "the broken table was applied");
-    let errors: Vec<String> = routes["last_reload_error"]["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect();
+    let errors: Vec<String> =
+        routes["last_reload_error"]["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0].contains("routes.toml:") && errors[0].contains("path_prefx"), "{errors:?}");
     assert!(errors[1].contains("unknown upstream `nope`"), "{errors:?}");
@@ -128,7 +141,7 @@ async fn sighup_and_configmap_symlink_swap_reload() {
     // Kubernetes mounts a ConfigMap as routes.toml -> ..data/routes.toml, ..data -> ..<stamp>/,
     // and updates it by swapping the ..data symlink.
     let dir = proxy.dir.path();
-    let header = header(proxy.addr, proxy.admin, "");
+    let header = header(proxy.addr, proxy.admin, Opts::default());
     let stamp = |name: &str, mode: &str| {
         let d = dir.join(name);
         std::fs::create_dir(&d).unwrap();
@@ -153,13 +166,20 @@ async fn sighup_and_configmap_symlink_swap_reload() {
 async fn in_flight_requests_finish_and_sigterm_drains() {
     let legacy = TestUpstream::start("legacy").await;
     let svc = TestUpstream::start("svc").await;
-    let mut proxy = Proxy::start(&Routes::new().upstream("legacy", &legacy.url()).upstream("svc", &svc.url()).route("s", "/slow", "svc", "extracted", "").build()).await;
+    let mut proxy = Proxy::start(
+        &Routes::new().upstream("legacy", &legacy.url()).upstream("svc", &svc.url()).route("s", "/slow", "svc", "extracted", "").build(),
+    )
+    .await;
     let url = proxy.url("/slow/1500");
-    let in_flight = tokio::spawn(async move { reqwest::get(url).await.map(|r| (r.status().as_u16(), r.headers()["x-served-by"].to_str().unwrap().to_string())) });
+    let in_flight = tokio::spawn(async move {
+        reqwest::get(url).await.map(|r| (r.status().as_u16(), r.headers()["x-served-by"].to_str().unwrap().to_string()))
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Reload mid-request: the request keeps the table it started with.
     let old = proxy.routes_json().await["hash"].as_str().unwrap().to_string();
-    proxy.write_body(&Routes::new().upstream("legacy", &legacy.url()).upstream("svc", &svc.url()).route("s", "/slow", "svc", "legacy", "").build());
+    proxy.write_body(
+        &Routes::new().upstream("legacy", &legacy.url()).upstream("svc", &svc.url()).route("s", "/slow", "svc", "legacy", "").build(),
+    );
     proxy.wait_for_hash_change(&old).await;
     // And shut down mid-request: it still completes.
     proxy.signal(libc::SIGTERM);
@@ -172,7 +192,8 @@ async fn in_flight_requests_finish_and_sigterm_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_needs_its_token_except_for_probes() {
     let legacy = TestUpstream::start("legacy").await;
-    let proxy = Proxy::start_with(&Routes::new().upstream("legacy", &legacy.url()).build(), "token_env = \"TEST_ADMIN_TOKEN\"\n", &[("TEST_ADMIN_TOKEN", "s3cret")]).await;
+    let opts = Opts { admin: "token_env = \"TEST_ADMIN_TOKEN\"\n", env: &[("TEST_ADMIN_TOKEN", "s3cret")], ..Opts::default() };
+    let proxy = Proxy::start_opts(&Routes::new().upstream("legacy", &legacy.url()).build(), opts).await;
     assert_eq!(proxy.admin_get("/healthz").await.unwrap().0, 200);
     assert_eq!(proxy.admin_get("/readyz").await.unwrap().0, 200);
     assert_eq!(proxy.admin_get("/routes").await.unwrap().0, 401);
@@ -187,7 +208,11 @@ async fn admin_api_needs_its_token_except_for_probes() {
     assert!(v["loaded_at_unix_secs"].as_u64().unwrap() > 0);
     reqwest::get(proxy.url("/x")).await.unwrap();
     let m = c.get(format!("http://{}/metrics", proxy.admin)).bearer_auth("s3cret").send().await.unwrap().text().await.unwrap();
-    for name in ["strangler_requests_total{route=\"default\",target=\"legacy\",mode=\"default\",status=\"2xx\"}", "strangler_request_duration_seconds_bucket", "strangler_config_in_sync 1"] {
+    for name in [
+        "strangler_requests_total{route=\"default\",target=\"legacy\",mode=\"default\",status=\"2xx\"}",
+        "strangler_request_duration_seconds_bucket",
+        "strangler_config_in_sync 1",
+    ] {
         assert!(m.contains(name), "{name} missing:\n{m}");
     }
     let r = c.post(format!("http://{}/reload", proxy.admin)).bearer_auth("s3cret").send().await.unwrap();

@@ -86,12 +86,19 @@ impl<'a> Cx<'a> {
     }
 
     fn into_errors(mut self) -> ConfigErrors {
-        self.errors.sort_by(|a, b| (a.at.line, a.at.column).cmp(&(b.at.line, b.at.column)));
+        self.errors.sort_by_key(|a| (a.at.line, a.at.column));
         ConfigErrors(self.errors)
     }
 
     /// A number that must lie in `range`, or the default.
-    fn number(&mut self, v: &Option<Spanned<i64>>, key: &'static str, range: std::ops::RangeInclusive<i64>, expected: &'static str, default: i64) -> i64 {
+    fn number(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &'static str,
+        range: std::ops::RangeInclusive<i64>,
+        expected: &'static str,
+        default: i64,
+    ) -> i64 {
         match v {
             None => default,
             Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
@@ -159,14 +166,7 @@ impl<'a> Cx<'a> {
         }
         let routes: Vec<Arc<Route>> = routes.into_iter().map(|(r, _)| r).collect();
         let matcher = Matcher::new(&routes);
-        Some(RouteTable {
-            server,
-            upstreams,
-            default_upstream,
-            routes,
-            matcher,
-            hash: content_hash(self.src.text.as_bytes()),
-        })
+        Some(RouteTable { server, upstreams, default_upstream, routes, matcher, hash: content_hash(self.src.text.as_bytes()) })
     }
 
     fn server(&mut self, raw: &RawConfig) -> Option<ServerSettings> {
@@ -238,13 +238,19 @@ impl<'a> Cx<'a> {
             let span = u.span();
             let u = u.get_ref();
             if !valid_name(name) {
-                self.push(span.clone(), K::BadValue { what: "upstream name", value: name.clone(), reason: "use letters, digits, `-`, `_` and `.`".into() });
+                self.push(
+                    span.clone(),
+                    K::BadValue { what: "upstream name", value: name.clone(), reason: "use letters, digits, `-`, `_` and `.`".into() },
+                );
             }
             let Some((tls, host, port)) = self.url(&u.url) else { continue };
             let addr = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port));
             let health = match &u.health {
                 Some(h) if !h.get_ref().starts_with('/') => {
-                    self.push(h.span(), K::BadValue { what: "health path", value: h.get_ref().clone(), reason: "it must start with `/`".into() });
+                    self.push(
+                        h.span(),
+                        K::BadValue { what: "health path", value: h.get_ref().clone(), reason: "it must start with `/`".into() },
+                    );
                     None
                 }
                 h => h.as_ref().map(|h| h.get_ref().clone()),
@@ -357,7 +363,13 @@ impl<'a> Cx<'a> {
                 let d = BreakerSettings::default();
                 BreakerSettings {
                     failures: self.number(&b.failures, "failures", 1..=10_000, "1..=10000", d.failures as i64) as u32,
-                    cooldown: Duration::from_secs(self.number(&b.cooldown_secs, "cooldown_secs", 1..=3600, "1..=3600 seconds", d.cooldown.as_secs() as i64) as u64),
+                    cooldown: Duration::from_secs(self.number(
+                        &b.cooldown_secs,
+                        "cooldown_secs",
+                        1..=3600,
+                        "1..=3600 seconds",
+                        d.cooldown.as_secs() as i64,
+                    ) as u64),
                 }
             }
         };
@@ -413,7 +425,14 @@ impl<'a> Cx<'a> {
                     }
                     _ => {
                         ok = false;
-                        self.push(m.span(), K::BadValue { what: "method", value: m.get_ref().clone(), reason: "expected an HTTP method such as GET".into() });
+                        self.push(
+                            m.span(),
+                            K::BadValue {
+                                what: "method",
+                                value: m.get_ref().clone(),
+                                reason: "expected an HTTP method such as GET".into(),
+                            },
+                        );
                     }
                 }
             }
@@ -426,7 +445,14 @@ impl<'a> Cx<'a> {
                 _ => {
                     if v.contains(['*', '/', ':']) || v.is_empty() {
                         ok = false;
-                        self.push(h.span(), K::BadValue { what: "host", value: h.get_ref().clone(), reason: "expected a host name without port, or *.example.com".into() });
+                        self.push(
+                            h.span(),
+                            K::BadValue {
+                                what: "host",
+                                value: h.get_ref().clone(),
+                                reason: "expected a host name without port, or *.example.com".into(),
+                            },
+                        );
                     }
                     HostMatch::Exact(v)
                 }
@@ -439,7 +465,10 @@ impl<'a> Cx<'a> {
                     Ok(h) => headers.push((h, value.get_ref().clone())),
                     Err(_) => {
                         ok = false;
-                        self.push(hs.span(), K::BadValue { what: "header name", value: name.clone(), reason: "not a valid HTTP header name".into() });
+                        self.push(
+                            hs.span(),
+                            K::BadValue { what: "header name", value: name.clone(), reason: "not a valid HTTP header name".into() },
+                        );
                     }
                 }
             }
@@ -450,7 +479,14 @@ impl<'a> Cx<'a> {
     fn path(&mut self, p: &Spanned<String>) -> Option<String> {
         let v = p.get_ref();
         if !v.starts_with('/') || v.contains(['?', '#', ' ']) {
-            self.push(p.span(), K::BadValue { what: "path", value: v.clone(), reason: "a path starts with `/` and has no query, fragment or spaces".into() });
+            self.push(
+                p.span(),
+                K::BadValue {
+                    what: "path",
+                    value: v.clone(),
+                    reason: "a path starts with `/` and has no query, fragment or spaces".into(),
+                },
+            );
             return None;
         }
         Some(v.clone())

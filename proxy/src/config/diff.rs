@@ -13,17 +13,43 @@ use super::model::{Route, RouteTable};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
-    RouteAdded { route: String, summary: String },
-    RouteRemoved { route: String, summary: String },
-    RouteChanged { route: String, what: Vec<String> },
+    RouteAdded {
+        route: String,
+        summary: String,
+    },
+    RouteRemoved {
+        route: String,
+        summary: String,
+    },
+    RouteChanged {
+        route: String,
+        what: Vec<String>,
+    },
     /// Same routes, different order: can change which route wins among routes on one path.
-    RouteMoved { route: String, from: usize, to: usize },
-    UpstreamAdded { upstream: String, url: String },
-    UpstreamRemoved { upstream: String },
-    UpstreamChanged { upstream: String, what: Vec<String> },
-    DefaultUpstreamChanged { from: String, to: String },
+    RouteMoved {
+        route: String,
+        from: usize,
+        to: usize,
+    },
+    UpstreamAdded {
+        upstream: String,
+        url: String,
+    },
+    UpstreamRemoved {
+        upstream: String,
+    },
+    UpstreamChanged {
+        upstream: String,
+        what: Vec<String>,
+    },
+    DefaultUpstreamChanged {
+        from: String,
+        to: String,
+    },
     /// Listener, admin or thread settings: they apply only after a restart.
-    NeedsRestart { what: String },
+    NeedsRestart {
+        what: String,
+    },
 }
 
 /// Every change from one table to another, in a stable order.
@@ -142,7 +168,9 @@ impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Change::RouteAdded { route, summary } => write!(f, "+ route `{route}`: {summary}"),
-            Change::RouteRemoved { route, summary } => write!(f, "- route `{route}`: {summary} (its requests now go to the next matching route or the default upstream)"),
+            Change::RouteRemoved { route, summary } => {
+                write!(f, "- route `{route}`: {summary} (its requests now go to the next matching route or the default upstream)")
+            }
             Change::RouteChanged { route, what } => write!(f, "~ route `{route}`: {}", what.join("; ")),
             Change::RouteMoved { route, from, to } => write!(f, "~ route `{route}`: moved from position {from} to {to}"),
             Change::UpstreamAdded { upstream, url } => write!(f, "+ upstream `{upstream}`: {url}"),

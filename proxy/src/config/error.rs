@@ -140,9 +140,7 @@ impl ConfigErrorKind {
             BothPaths(_) => "keep `path` for one exact path or `path_prefix` for a subtree".into(),
             BadSticky(_) => "use jwt_sub, client_ip, header:NAME or cookie:NAME".into(),
             DuplicateListener(_) => "remove one of the [[listeners]] entries".into(),
-            AdminNeedsToken(_) => {
-                "set [admin] token_env = \"STRANGLER_ADMIN_TOKEN\" (and that variable), or bind it to 127.0.0.1".into()
-            }
+            AdminNeedsToken(_) => "set [admin] token_env = \"STRANGLER_ADMIN_TOKEN\" (and that variable), or bind it to 127.0.0.1".into(),
         })
     }
 }

@@ -46,13 +46,7 @@ static UPSTREAM: Shape = Shape::Table(&[
     ("pool_size", &ANY),
 ]);
 static UPSTREAMS: Shape = Shape::MapOf(&UPSTREAM);
-static MATCH: Shape = Shape::Table(&[
-    ("path", &ANY),
-    ("path_prefix", &ANY),
-    ("methods", &ANY),
-    ("host", &ANY),
-    ("headers", &ANY),
-]);
+static MATCH: Shape = Shape::Table(&[("path", &ANY), ("path_prefix", &ANY), ("methods", &ANY), ("host", &ANY), ("headers", &ANY)]);
 static BREAKER: Shape = Shape::Table(&[("failures", &ANY), ("cooldown_secs", &ANY)]);
 static ROUTE: Shape = Shape::Table(&[
     ("name", &ANY),
@@ -65,13 +59,8 @@ static ROUTE: Shape = Shape::Table(&[
     ("breaker", &BREAKER),
 ]);
 static ROUTES: Shape = Shape::ArrayOf(&ROUTE);
-pub(crate) static ROOT: Shape = Shape::Table(&[
-    ("server", &SERVER),
-    ("listeners", &LISTENERS),
-    ("admin", &ADMIN),
-    ("upstreams", &UPSTREAMS),
-    ("routes", &ROUTES),
-]);
+pub(crate) static ROOT: Shape =
+    Shape::Table(&[("server", &SERVER), ("listeners", &LISTENERS), ("admin", &ADMIN), ("upstreams", &UPSTREAMS), ("routes", &ROUTES)]);
 
 /// A key that the schema does not know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,12 +96,7 @@ fn walk_table(table: &mut DeTable<'_>, shape: &Shape, section: &str, found: &mut
         .collect();
     for (key, span) in unknown {
         table.remove(key.as_str());
-        found.push(UnknownKey {
-            key,
-            section: section.to_string(),
-            span,
-            allowed: keys.iter().map(|(k, _)| *k).collect(),
-        });
+        found.push(UnknownKey { key, section: section.to_string(), span, allowed: keys.iter().map(|(k, _)| *k).collect() });
     }
     for (name, value) in table.iter_mut() {
         if let Some((_, inner)) = keys.iter().find(|(k, _)| *k == name.get_ref().as_ref()) {

@@ -14,10 +14,17 @@ impl RouteTable {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         for l in &self.server.listeners {
-            let proto = if l.tls.is_some() { "https (h2, http/1.1)" } else if self.server.h2c { "http (h2c, http/1.1)" } else { "http/1.1" };
+            let proto = if l.tls.is_some() {
+                "https (h2, http/1.1)"
+            } else if self.server.h2c {
+                "http (h2c, http/1.1)"
+            } else {
+                "http/1.1"
+            };
             let _ = writeln!(s, "listen {} {proto}", l.addr);
         }
-        let _ = writeln!(s, "admin  {}{}", self.server.admin.addr, if self.server.admin.token_env.is_some() { " (bearer token)" } else { "" });
+        let _ =
+            writeln!(s, "admin  {}{}", self.server.admin.addr, if self.server.admin.token_env.is_some() { " (bearer token)" } else { "" });
         let _ = writeln!(s, "\nupstreams:");
         for u in self.upstreams.values() {
             let default = if u.name == self.default_upstream { "  [default]" } else { "" };

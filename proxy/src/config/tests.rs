@@ -237,7 +237,8 @@ fn reference(routes: &[Arc<Route>], req: &RequestFacts<'_>) -> Option<usize> {
 }
 
 fn arb_path() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "api", "users", ".."]), 0..4).prop_map(|segs| format!("/{}", segs.join("/")))
+    prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "api", "users", ".."]), 0..4)
+        .prop_map(|segs| format!("/{}", segs.join("/")))
 }
 
 #[derive(Debug, Clone)]
@@ -249,7 +250,12 @@ struct ArbRoute {
 }
 
 fn arb_route() -> impl Strategy<Value = ArbRoute> {
-    (any::<bool>(), arb_path(), prop::option::of(prop::sample::select(vec!["GET", "POST"])), prop::option::of(prop::sample::select(vec!["1", "2"])))
+    (
+        any::<bool>(),
+        arb_path(),
+        prop::option::of(prop::sample::select(vec!["GET", "POST"])),
+        prop::option::of(prop::sample::select(vec!["1", "2"])),
+    )
         .prop_map(|(exact, path, method, header)| ArbRoute { exact, path: path.replace("..", "x"), method, header })
 }
 

@@ -122,7 +122,9 @@ fn note_breaker(route: &Route, before: BreakerState, after: BreakerState) {
     if before != after {
         metrics::counter!(m::BREAKER_TRANSITIONS_TOTAL, "route" => route.name.to_string(), "state" => after.as_str()).increment(1);
         match after {
-            BreakerState::Open => warn!(route = %route.name, target = %route.target, cooldown_secs = route.breaker.cooldown.as_secs(), "circuit breaker opened"),
+            BreakerState::Open => {
+                warn!(route = %route.name, target = %route.target, cooldown_secs = route.breaker.cooldown.as_secs(), "circuit breaker opened")
+            }
             _ => info!(route = %route.name, target = %route.target, state = after.as_str(), "circuit breaker state changed"),
         }
     }
@@ -156,7 +158,12 @@ impl ProxyHttp for Edge {
 
         let table = self.state.table.load_full();
         let req = session.req_header();
-        let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(host_of).or_else(|| req.uri.host().map(|h| h.to_ascii_lowercase()));
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(host_of)
+            .or_else(|| req.uri.host().map(|h| h.to_ascii_lowercase()));
         let facts = RequestFacts { method: &req.method, path: req.uri.path(), host: host.as_deref(), headers: &req.headers };
         let decision = decide(&table, &facts, ctx.client_ip);
         let idempotent = req.method.is_idempotent();
@@ -169,7 +176,10 @@ impl ProxyHttp for Edge {
         ctx.table = Some(table);
 
         if let (Side::Extracted, Some(route)) = (ctx.side, ctx.route.clone()) {
-            let can_fall_back = route.mode == Mode::Extracted && route.fallback && idempotent && ctx.table.as_ref().is_some_and(|t| t.default_upstream != route.target);
+            let can_fall_back = route.mode == Mode::Extracted
+                && route.fallback
+                && idempotent
+                && ctx.table.as_ref().is_some_and(|t| t.default_upstream != route.target);
             let (admit, _) = self.state.breakers.with(&route.name, route.breaker, |b| b.admit(Instant::now()));
             match admit {
                 Admit::Yes | Admit::Probe => {
@@ -204,7 +214,12 @@ impl ProxyHttp for Edge {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         headers::prepare_upstream_request(upstream_request, ctx.client_ip, tls, session.is_upgrade_req())
     }
@@ -230,14 +245,16 @@ impl ProxyHttp for Edge {
         }
         ctx.upstream_status = Some(status);
         if let (Some(start), Some(route)) = (ctx.upstream_started, &ctx.route) {
-            metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "route" => route.name.to_string(), "target" => ctx.target_label()).record(start.elapsed().as_secs_f64());
+            metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "route" => route.name.to_string(), "target" => ctx.target_label())
+                .record(start.elapsed().as_secs_f64());
         }
         if ctx.breaker_pending && ctx.fell_back.is_none() {
             let failed = matches!(status, 502..=504);
             self.record_breaker(ctx, !failed);
             if failed && ctx.fallback_eligible {
                 self.fall_back(ctx, "bad_status");
-                let mut e = Error::explain(ErrorType::HTTPStatus(status), "extracted upstream answered a gateway error; retrying on legacy");
+                let mut e =
+                    Error::explain(ErrorType::HTTPStatus(status), "extracted upstream answered a gateway error; retrying on legacy");
                 e.retry = RetryType::Decided(true);
                 return Err(e);
             }
@@ -252,10 +269,20 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestCtx, client_reused: bool) -> Box<Error> {
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
         // Our own fallback signal: replay the (idempotent, buffered) request on legacy.
-        if ctx.fell_back == Some("bad_status") && matches!(e.etype(), ErrorType::HTTPStatus(_)) && !session.as_ref().retry_buffer_truncated() {
+        if ctx.fell_back == Some("bad_status")
+            && matches!(e.etype(), ErrorType::HTTPStatus(_))
+            && !session.as_ref().retry_buffer_truncated()
+        {
             e.set_retry(true);
             return e;
         }

@@ -42,11 +42,9 @@ pub fn in_canary(bucket: u32, percent: Percent) -> bool {
 /// source is absent; `None` only when there is no address either.
 pub fn sticky_key(sticky: &StickyKey, headers: &HeaderMap, client: Option<IpAddr>) -> Option<String> {
     let from_request = match sticky {
-        StickyKey::JwtSub => headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(jwt_sub)
-            .map(|sub| format!("sub:{sub}")),
+        StickyKey::JwtSub => {
+            headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(jwt_sub).map(|sub| format!("sub:{sub}"))
+        }
         StickyKey::ClientIp => None,
         StickyKey::Header(name) => headers.get(name).and_then(|v| v.to_str().ok()).map(|v| format!("h:{v}")),
         StickyKey::Cookie(name) => cookie(headers, name).map(|v| format!("c:{v}")),
@@ -116,7 +114,8 @@ mod tests {
     fn share_is_near_percent_over_10k_keys() {
         for pct in [1u8, 5, 25, 50, 99] {
             let n = 10_000;
-            let hits = (0..n).filter(|i| in_canary(bucket(format!("sub:user-{i}").as_bytes()), Percent::try_new(pct as i64).unwrap())).count();
+            let hits =
+                (0..n).filter(|i| in_canary(bucket(format!("sub:user-{i}").as_bytes()), Percent::try_new(pct as i64).unwrap())).count();
             let expected = n as f64 * pct as f64 / 100.0;
             // 4 standard deviations of a binomial: fails by chance about once in 15,000 runs,
             // and the keys are fixed, so it either always passes or always fails.

@@ -54,6 +54,8 @@ pub struct TestUpstream {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted: shows whether the proxy reuses keep-alive connections.
+    pub connections: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -82,13 +84,15 @@ impl TestUpstream {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (n, h, s) = (name.to_string(), hits.clone(), seen.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (n, h, s, conn_count) = (name.to_string(), hits.clone(), seen.clone(), connections.clone());
         let task = tokio::spawn(async move {
             // Connection tasks live in the set: aborting this task drops the set and closes
             // every connection, as a killed process would.
             let mut conns = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                conn_count.fetch_add(1, Ordering::SeqCst);
                 let (n, h, s) = (n.clone(), h.clone(), s.clone());
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(n.clone(), h.clone(), s.clone(), req));
@@ -97,7 +101,7 @@ impl TestUpstream {
                 while conns.try_join_next().is_some() {}
             }
         });
-        TestUpstream { name: name.to_string(), addr, hits, seen, task }
+        TestUpstream { name: name.to_string(), addr, hits, connections, seen, task }
     }
 
     pub fn url(&self) -> String {
@@ -123,7 +127,12 @@ impl Drop for TestUpstream {
     }
 }
 
-async fn handle(name: String, hits: Arc<AtomicUsize>, seen: Arc<Mutex<Vec<String>>>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    name: String,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<String>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     seen.lock().unwrap().push(req.uri().to_string());
@@ -131,7 +140,11 @@ async fn handle(name: String, hits: Arc<AtomicUsize>, seen: Arc<Mutex<Vec<String
     match segs.get(1).copied().unwrap_or("") {
         "status" => {
             let code: u16 = segs.get(2).and_then(|s| s.parse().ok()).unwrap_or(500);
-            return Ok(Response::builder().status(code).header("x-served-by", &name).body(full(format!("{{\"server\":\"{name}\",\"status\":{code}}}"))).unwrap());
+            return Ok(Response::builder()
+                .status(code)
+                .header("x-served-by", &name)
+                .body(full(format!("{{\"server\":\"{name}\",\"status\":{code}}}")))
+                .unwrap());
         }
         "big" => {
             let total: u64 = segs.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -160,18 +173,20 @@ async fn handle(name: String, hits: Arc<AtomicUsize>, seen: Arc<Mutex<Vec<String
                 .unwrap());
         }
         "not-modified" => {
-            return Ok(Response::builder().status(304).header("etag", "\"v1\"").header("x-served-by", &name).body(full(Bytes::new())).unwrap());
+            return Ok(Response::builder()
+                .status(304)
+                .header("etag", "\"v1\"")
+                .header("x-served-by", &name)
+                .body(full(Bytes::new()))
+                .unwrap());
         }
         "ws" => return Ok(websocket_echo(req)),
         _ => {}
     }
     let method = req.method().to_string();
     let uri = req.uri().to_string();
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
-        .collect();
+    let headers: serde_json::Map<String, serde_json::Value> =
+        req.headers().iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string()))).collect();
     // Stream the body through a hasher: an upload is never held whole.
     let mut body = req.into_body();
     let mut hasher = Sha256::new();
@@ -204,10 +219,8 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
             if msg.is_close() {
                 break;
             }
-            if msg.is_text() || msg.is_binary() {
-                if ws.send(msg).await.is_err() {
-                    break;
-                }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
             }
         }
     });
@@ -236,32 +249,41 @@ pub struct Proxy {
     log: PathBuf,
 }
 
+/// Extra lines for the sections the fixture owns, and the process environment.
+#[derive(Default, Clone, Copy)]
+pub struct Opts<'a> {
+    pub server: &'a str,
+    pub admin: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 /// The [server], [[listeners]] and [admin] sections the fixture owns.
-pub fn header(addr: SocketAddr, admin: SocketAddr, extra_admin: &str) -> String {
+pub fn header(addr: SocketAddr, admin: SocketAddr, opts: Opts<'_>) -> String {
     format!(
-        "[server]\ndefault_upstream = \"legacy\"\nthreads = 2\ngrace_period_secs = 3\nshutdown_timeout_secs = 2\n\n[[listeners]]\naddr = \"{addr}\"\n\n[admin]\naddr = \"{admin}\"\n{extra_admin}\n"
+        "[server]\ndefault_upstream = \"legacy\"\nthreads = 2\ngrace_period_secs = 3\nshutdown_timeout_secs = 2\n{}\n[[listeners]]\naddr = \"{addr}\"\n\n[admin]\naddr = \"{admin}\"\n{}\n",
+        opts.server, opts.admin
     )
 }
 
 impl Proxy {
     /// `body` holds the upstreams and routes.
     pub async fn start(body: &str) -> Proxy {
-        Self::start_with(body, "", &[]).await
+        Self::start_opts(body, Opts::default()).await
     }
 
-    pub async fn start_with(body: &str, extra_admin: &str, env: &[(&str, &str)]) -> Proxy {
+    pub async fn start_opts(body: &str, opts: Opts<'_>) -> Proxy {
         for attempt in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let config = dir.path().join("routes.toml");
-            std::fs::write(&config, format!("{}{body}", header(addr, admin, extra_admin))).unwrap();
+            std::fs::write(&config, format!("{}{body}", header(addr, admin, opts))).unwrap();
             let log = dir.path().join("strangler.log");
             let child = Command::new(env!("CARGO_BIN_EXE_strangler"))
                 .args(["serve", "--config"])
                 .arg(&config)
                 .args(["--poll-interval-secs", "1"])
-                .envs(env.iter().copied())
+                .envs(opts.env.iter().copied())
                 .env("STRANGLER_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
@@ -315,7 +337,7 @@ impl Proxy {
 
     /// Replaces routes.toml the way editors do: write a temp file, rename it into place.
     pub fn write_body(&self, body: &str) {
-        self.write_raw(&format!("{}{body}", header(self.addr, self.admin, "")));
+        self.write_raw(&format!("{}{body}", header(self.addr, self.admin, Opts::default())));
     }
 
     pub fn write_raw(&self, text: &str) {
@@ -356,7 +378,12 @@ impl Proxy {
     /// Peak resident memory of the proxy process, in bytes.
     pub fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
     }
 
     /// SIGTERM, then waits for exit; returns the exit status.
