@@ -207,7 +207,15 @@ async fn admin_api_needs_its_token_except_for_probes() {
     assert_eq!(v["hash"].as_str().unwrap().len(), 64);
     assert!(v["loaded_at_unix_secs"].as_u64().unwrap() > 0);
     reqwest::get(proxy.url("/x")).await.unwrap();
-    let m = c.get(format!("http://{}/metrics", proxy.admin)).bearer_auth("s3cret").send().await.unwrap().text().await.unwrap();
+    // The request is counted in Pingora's logging phase, after the client has its response.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = c.get(format!("http://{}/metrics", proxy.admin)).bearer_auth("s3cret").send().await.unwrap().text().await.unwrap();
+        if m.contains("strangler_requests_total{") || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     for name in [
         "strangler_requests_total{route=\"default\",target=\"legacy\",mode=\"default\",status=\"2xx\"}",
         "strangler_request_duration_seconds_bucket",
