@@ -12,6 +12,7 @@
 //! - [`admin`]: the admin API (routes, health, readiness, metrics, reload).
 //! - [`metrics`]: metric names, in one place.
 //! - [`serve`]: assembling the Pingora server from a table.
+//! - [`shadow`]: response diffing with noise cancellation (pure; the tee builds on it).
 
 pub mod admin;
 pub mod breaker;
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod reload;
 pub mod routing;
 pub mod serve;
+pub mod shadow;

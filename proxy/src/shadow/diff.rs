@@ -1,0 +1,440 @@
+//! Comparing the monolith's answer with the extracted service's: status, a documented set of
+//! headers, and bodies — JSON structurally with field paths, anything else as normalised bytes,
+//! after undoing gzip/deflate/br.
+//!
+//! Pure: two [`Exchange`]s and the route's [`Rules`] in, a list of [`Difference`]s out. The
+//! same function serves live shadowing, replay in CI and noise learning (legacy vs legacy).
+//!
+//! ## Headers
+//! Compared: `content-type` (media type and charset, case-insensitive), `location`,
+//! `cache-control`, `www-authenticate`, `allow`, `vary`, `content-disposition`, and `set-cookie`
+//! by cookie name and attributes (values are secrets and differ per call, so they are not
+//! compared). Everything else — `date`, `server`, `etag`, `content-length`, framing, request
+//! ids, `x-powered-by` — is transport noise. A route adds names with `rules.headers`.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::path::{FieldPath, PathPattern};
+
+/// One side's response.
+#[derive(Debug, Clone, Default)]
+pub struct Exchange {
+    pub status: u16,
+    /// Header names lowercase, in arrival order; repeated headers appear repeatedly.
+    pub headers: Vec<(String, String)>,
+    /// As received (possibly compressed).
+    pub body: Vec<u8>,
+}
+
+impl Exchange {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// What a value must be when only its type is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Null,
+    Array,
+    Object,
+    /// A string holding an RFC 3339 timestamp.
+    Rfc3339,
+    /// A string holding a UUID.
+    Uuid,
+    /// Present, any value.
+    Present,
+}
+
+impl ValueType {
+    pub fn parse(s: &str) -> Option<ValueType> {
+        Some(match s {
+            "string" => ValueType::String,
+            "number" => ValueType::Number,
+            "integer" => ValueType::Integer,
+            "boolean" => ValueType::Boolean,
+            "null" => ValueType::Null,
+            "array" => ValueType::Array,
+            "object" => ValueType::Object,
+            "rfc3339" => ValueType::Rfc3339,
+            "uuid" => ValueType::Uuid,
+            "present" => ValueType::Present,
+            _ => return None,
+        })
+    }
+
+    pub fn holds(self, v: &Value) -> bool {
+        match self {
+            ValueType::String => v.is_string(),
+            ValueType::Number => v.is_number(),
+            ValueType::Integer => v.is_i64() || v.is_u64(),
+            ValueType::Boolean => v.is_boolean(),
+            ValueType::Null => v.is_null(),
+            ValueType::Array => v.is_array(),
+            ValueType::Object => v.is_object(),
+            ValueType::Rfc3339 => v.as_str().is_some_and(is_rfc3339),
+            ValueType::Uuid => v.as_str().is_some_and(is_uuid),
+            ValueType::Present => true,
+        }
+    }
+}
+
+/// How arrays at a path are ordered before comparing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortBy {
+    /// By the whole element's canonical JSON.
+    Value,
+    /// By one field of each (object) element.
+    Field(String),
+}
+
+/// A route's comparison rules.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// Not compared at all (nor anything inside).
+    pub ignore: Vec<PathPattern>,
+    /// Compared by type only: the candidate's value must have the type.
+    pub types: Vec<(PathPattern, ValueType)>,
+    /// Arrays sorted before comparing.
+    pub sort: Vec<(PathPattern, SortBy)>,
+    /// Extra header names to compare.
+    pub headers: Vec<String>,
+}
+
+pub const COMPARED_HEADERS: &[&str] =
+    &["content-type", "location", "cache-control", "www-authenticate", "allow", "vary", "content-disposition"];
+
+/// Where a difference is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "in", rename_all = "snake_case")]
+pub enum Place {
+    Status,
+    Header {
+        name: String,
+    },
+    /// A JSON field.
+    Field {
+        path: String,
+    },
+    /// A non-JSON body, or a JSON body on one side only.
+    Body,
+}
+
+impl Place {
+    /// The unit mismatches are grouped and noise is learned by: indices generalised.
+    pub fn key(&self) -> String {
+        match self {
+            Place::Status => "status".into(),
+            Place::Header { name } => format!("header:{name}"),
+            Place::Field { path } => path.clone(),
+            Place::Body => "body".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DiffKind {
+    Changed {
+        legacy: Value,
+        candidate: Value,
+    },
+    /// In the monolith's answer, not in the candidate's.
+    Missing {
+        legacy: Value,
+    },
+    /// In the candidate's answer, not in the monolith's.
+    Extra {
+        candidate: Value,
+    },
+    /// A type-only rule failed.
+    WrongType {
+        expected: ValueType,
+        candidate: Value,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Difference {
+    pub place: Place,
+    /// The concrete path (`$.messages[3].createdAt`) for fields; equals `place.key()` otherwise.
+    pub at: String,
+    #[serde(flatten)]
+    pub kind: DiffKind,
+}
+
+/// Compares two answers under the rules.
+pub fn compare(legacy: &Exchange, candidate: &Exchange, rules: &Rules) -> Vec<Difference> {
+    let mut out = Vec::new();
+    if legacy.status != candidate.status {
+        out.push(Difference { place: Place::Status, at: "status".into(), kind: changed(legacy.status.into(), candidate.status.into()) });
+    }
+    compare_headers(legacy, candidate, rules, &mut out);
+    let (lb, cb) = (decoded(legacy), decoded(candidate));
+    match (as_json(legacy, &lb), as_json(candidate, &cb)) {
+        (Some(a), Some(b)) => compare_json(&a, &b, &FieldPath::root(), rules, &mut out),
+        (None, None) => {
+            if normalize_text(legacy, &lb) != normalize_text(candidate, &cb) {
+                out.push(Difference { place: Place::Body, at: "body".into(), kind: changed(body_summary(&lb), body_summary(&cb)) });
+            }
+        }
+        _ => out.push(Difference { place: Place::Body, at: "body".into(), kind: changed(body_summary(&lb), body_summary(&cb)) }),
+    }
+    out
+}
+
+fn changed(legacy: Value, candidate: Value) -> DiffKind {
+    DiffKind::Changed { legacy, candidate }
+}
+
+fn compare_headers(legacy: &Exchange, candidate: &Exchange, rules: &Rules, out: &mut Vec<Difference>) {
+    let names = COMPARED_HEADERS.iter().map(|s| s.to_string()).chain(rules.headers.iter().map(|h| h.to_ascii_lowercase()));
+    for name in names.collect::<BTreeSet<_>>() {
+        let norm = |e: &Exchange| -> Vec<String> {
+            e.all(&name)
+                .into_iter()
+                .map(|v| match name.as_str() {
+                    "content-type" => v
+                        .to_ascii_lowercase()
+                        .split(';')
+                        .map(|p| p.trim().replace(' ', ""))
+                        .filter(|p| !p.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                    _ => v.trim().to_string(),
+                })
+                .collect()
+        };
+        let (a, b) = (norm(legacy), norm(candidate));
+        if a != b {
+            out.push(Difference { place: Place::Header { name: name.clone() }, at: format!("header:{name}"), kind: header_kind(&a, &b) });
+        }
+    }
+    let (a, b) = (cookie_shapes(legacy), cookie_shapes(candidate));
+    if a != b {
+        out.push(Difference {
+            place: Place::Header { name: "set-cookie".into() },
+            at: "header:set-cookie".into(),
+            kind: header_kind(&a, &b),
+        });
+    }
+}
+
+fn header_kind(a: &[String], b: &[String]) -> DiffKind {
+    let v = |x: &[String]| if x.len() == 1 { Value::String(x[0].clone()) } else { Value::from(x.to_vec()) };
+    match (a.is_empty(), b.is_empty()) {
+        (false, true) => DiffKind::Missing { legacy: v(a) },
+        (true, false) => DiffKind::Extra { candidate: v(b) },
+        _ => changed(v(a), v(b)),
+    }
+}
+
+/// `Set-Cookie` reduced to name and sorted attributes (`Max-Age` and `Expires` values dropped:
+/// they move with the clock); cookie values are never compared or shown.
+fn cookie_shapes(e: &Exchange) -> Vec<String> {
+    let mut v: Vec<String> = e
+        .all("set-cookie")
+        .into_iter()
+        .map(|c| {
+            let mut parts = c.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("").split('=').next().unwrap_or("").to_string();
+            let mut attrs: Vec<String> = parts
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, val) = p.split_once('=').unwrap_or((p, ""));
+                    let k = k.trim().to_ascii_lowercase();
+                    if k == "max-age" || k == "expires" || val.is_empty() {
+                        k
+                    } else {
+                        format!("{k}={}", val.trim().to_ascii_lowercase())
+                    }
+                })
+                .collect();
+            attrs.sort();
+            format!("{name}; {}", attrs.join("; "))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The body with its `content-encoding` undone; undecodable bodies are compared as received.
+pub fn decoded(e: &Exchange) -> Vec<u8> {
+    let enc = e.header("content-encoding").unwrap_or("").trim().to_ascii_lowercase();
+    let mut out = Vec::new();
+    let ok = match enc.as_str() {
+        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(&e.body[..]).read_to_end(&mut out).is_ok(),
+        "deflate" => flate2::read::ZlibDecoder::new(&e.body[..]).read_to_end(&mut out).is_ok(),
+        "br" => brotli::Decompressor::new(&e.body[..], 4096).read_to_end(&mut out).is_ok(),
+        _ => false,
+    };
+    if ok {
+        out
+    } else {
+        e.body.clone()
+    }
+}
+
+fn as_json(e: &Exchange, body: &[u8]) -> Option<Value> {
+    let ct = e.header("content-type").unwrap_or("").to_ascii_lowercase();
+    let looks_json = ct.contains("json") || (ct.is_empty() && body.first().is_some_and(|b| *b == b'{' || *b == b'['));
+    if !looks_json || body.is_empty() {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
+/// Text bodies: line endings and trailing whitespace normalised; other bodies byte for byte.
+fn normalize_text(e: &Exchange, body: &[u8]) -> Vec<u8> {
+    let ct = e.header("content-type").unwrap_or("").to_ascii_lowercase();
+    if ct.starts_with("text/") || ct.contains("json") || ct.contains("xml") || ct.contains("javascript") {
+        String::from_utf8_lossy(body)
+            .replace("\r\n", "\n")
+            .lines()
+            .map(str::trim_end)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim_end()
+            .as_bytes()
+            .to_vec()
+    } else {
+        body.to_vec()
+    }
+}
+
+fn body_summary(body: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]).to_string();
+    serde_json::json!({ "bytes": body.len(), "start": text })
+}
+
+fn compare_json(a: &Value, b: &Value, path: &FieldPath, rules: &Rules, out: &mut Vec<Difference>) {
+    if rules.ignore.iter().any(|p| p.matches(path)) {
+        return;
+    }
+    if let Some((_, ty)) = rules.types.iter().find(|(p, _)| p.matches(path)) {
+        if !ty.holds(b) {
+            out.push(field(path, DiffKind::WrongType { expected: *ty, candidate: b.clone() }));
+        }
+        return;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = path.key(k);
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) => compare_json(va, vb, &p, rules, out),
+                    (Some(va), None) if !ignored(&p, rules) => out.push(field(&p, DiffKind::Missing { legacy: va.clone() })),
+                    (None, Some(vb)) if !ignored(&p, rules) => out.push(field(&p, DiffKind::Extra { candidate: vb.clone() })),
+                    _ => {}
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            let (x, y) = match rules.sort.iter().find(|(p, _)| p.matches(path)) {
+                Some((_, by)) => (sorted(x, by), sorted(y, by)),
+                None => (x.clone(), y.clone()),
+            };
+            for i in 0..x.len().max(y.len()) {
+                let p = path.index(i);
+                match (x.get(i), y.get(i)) {
+                    (Some(va), Some(vb)) => compare_json(va, vb, &p, rules, out),
+                    (Some(va), None) if !ignored(&p, rules) => out.push(field(&p, DiffKind::Missing { legacy: va.clone() })),
+                    (None, Some(vb)) if !ignored(&p, rules) => out.push(field(&p, DiffKind::Extra { candidate: vb.clone() })),
+                    _ => {}
+                }
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
+        _ if a == b => {}
+        _ => out.push(field(path, changed(a.clone(), b.clone()))),
+    }
+}
+
+fn ignored(path: &FieldPath, rules: &Rules) -> bool {
+    rules.ignore.iter().any(|p| p.matches(path))
+}
+
+fn field(path: &FieldPath, kind: DiffKind) -> Difference {
+    Difference { place: Place::Field { path: path.generalized() }, at: path.to_string(), kind }
+}
+
+fn sorted(items: &[Value], by: &SortBy) -> Vec<Value> {
+    let mut v = items.to_vec();
+    let key = |x: &Value| match by {
+        SortBy::Value => canonical(x),
+        SortBy::Field(f) => x.get(f).map(canonical).unwrap_or_default(),
+    };
+    v.sort_by_key(key);
+    v
+}
+
+/// JSON with object keys sorted, for ordering and grouping.
+pub fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&m[*k]))).collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
+
+/// `2026-11-24T23:59:59Z`, `2026-11-24T23:59:59.123+03:00` (RFC 3339 `date-time`).
+pub fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let num = |r: std::ops::Range<usize>| std::str::from_utf8(&b[r]).ok().and_then(|x| x.parse::<u32>().ok()).unwrap_or(99);
+    if b.len() < 20 || !digits(0..4) || b[4] != b'-' || !digits(5..7) || b[7] != b'-' || !digits(8..10) {
+        return false;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') || !digits(11..13) || b[13] != b':' || !digits(14..16) || b[16] != b':' || !digits(17..19) {
+        return false;
+    }
+    if !(1..=12).contains(&num(5..7)) || !(1..=31).contains(&num(8..10)) || num(11..13) > 23 || num(14..16) > 59 || num(17..19) > 60 {
+        return false;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z' | b'z') => i + 1 == b.len(),
+        Some(b'+' | b'-') => {
+            i + 6 == b.len()
+                && digits(i + 1..i + 3)
+                && b[i + 3] == b':'
+                && digits(i + 4..i + 6)
+                && num(i + 1..i + 3) <= 23
+                && num(i + 4..i + 6) <= 59
+        }
+        _ => false,
+    }
+}
+
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36 && b.iter().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() })
+}

@@ -1,0 +1,18 @@
+//! Shadow traffic and response diffing.
+//!
+//! Pure parts (this foundation): [`path`] (field paths and rule patterns), [`diff`]
+//! (comparing two answers), [`noise`] (learning what differs between two monolith answers),
+//! [`template`] (grouping URLs into endpoints). The tee, the store and the reports build on them.
+
+pub mod diff;
+pub mod noise;
+pub mod path;
+pub mod template;
+
+#[cfg(test)]
+mod tests;
+
+pub use diff::{compare, DiffKind, Difference, Exchange, Place, Rules, SortBy, ValueType};
+pub use noise::NoiseModel;
+pub use path::{FieldPath, PathPattern};
+pub use template::endpoint_template;
