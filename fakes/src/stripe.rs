@@ -90,6 +90,7 @@ fn not_found(kind: &str, id: &str) -> Response {
 }
 
 /// Stripe answers 401 without a `Bearer sk_…` key.
+#[allow(clippy::result_large_err)] // the error is the response itself
 fn authorize(headers: &HeaderMap) -> Result<(), Response> {
     match bearer(headers) {
         Some(k) if k.starts_with("sk_") => Ok(()),
@@ -127,7 +128,7 @@ async fn create_session(State(s): State<FakeState>, headers: HeaderMap, Form(p):
     if !["payment", "setup", "subscription"].contains(&mode) {
         return stripe_error(
             StatusCode::BAD_REQUEST,
-            format!("Invalid mode: must be one of payment, setup, or subscription"),
+            "Invalid mode: must be one of payment, setup, or subscription".to_string(),
             Some("mode"),
             None,
         );

@@ -5,6 +5,7 @@
 //! | `GET /healthz` | the process is up (no token needed: probes) |
 //! | `GET /readyz` | 200 while serving, 503 once draining (no token needed) |
 //! | `GET /routes` | the active table, its hash, when it was loaded, the last reload error, breakers, upstream health |
+//! | `GET /shadow` | shadow comparisons per route: parity, mismatching fields with examples, noise, drops |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /reload` | reload now; 200 with the routing diff, or 422 with every error (old table kept) |
 //!
@@ -26,6 +27,7 @@ pub struct Admin {
     pub state: Arc<LiveState>,
     pub prometheus: PrometheusHandle,
     pub token: Option<String>,
+    pub tee: std::sync::Arc<crate::shadow::tee::Tee>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -126,12 +128,21 @@ impl ServeHttp for Admin {
         }
         match (&method, path.as_str()) {
             (&Method::GET, "/routes") => reply_json(StatusCode::OK, self.routes()),
+            (&Method::GET, "/shadow") => {
+                let summary = self.tee.summary();
+                let mut v = serde_json::to_value(&summary).unwrap_or_default();
+                for (route, r) in &summary.routes {
+                    v["routes"][route]["parity"] = json!((r.parity() * 100.0).round() / 100.0);
+                }
+                v["noise"] = serde_json::to_value(self.tee.noise()).unwrap_or_default();
+                reply_json(StatusCode::OK, v)
+            }
             (&Method::GET, "/metrics") => {
                 self.prometheus.run_upkeep();
                 reply(StatusCode::OK, "text/plain; version=0.0.4", self.prometheus.render().into_bytes())
             }
             (&Method::POST, "/reload") => self.reload().await,
-            (_, "/routes" | "/metrics" | "/reload" | "/healthz" | "/readyz") => {
+            (_, "/routes" | "/shadow" | "/metrics" | "/reload" | "/healthz" | "/readyz") => {
                 reply_json(StatusCode::METHOD_NOT_ALLOWED, json!({ "statusCode": 405, "message": "method not allowed" }))
             }
             _ => reply_json(

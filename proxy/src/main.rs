@@ -30,6 +30,13 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Markdown,
+    Junit,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -45,6 +52,20 @@ enum Command {
         /// How often the file is re-read in case a file-system event was missed.
         #[arg(long, default_value_t = 2)]
         poll_interval_secs: u64,
+    },
+    /// Summarise stored shadow comparisons: parity per route, mismatching fields, noise.
+    Report {
+        /// The shadow store folder (or one JSONL file).
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
+        format: ReportFormat,
+        /// Routes below this parity (percent) fail: exit 1, failing JUnit test case.
+        #[arg(long, default_value_t = 100.0)]
+        min_parity: f64,
+        /// Write the report here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Validate a route table and print it; with --against, print what it changes.
     Check {
@@ -86,6 +107,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Report { store, format, min_parity, out } => match report(&store, format, min_parity, out.as_deref()) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("strangler: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Check { file, against, json } => match check(&file, against.as_deref(), json) {
             Ok(code) => code,
             Err(e) => {
@@ -93,6 +121,30 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
+    }
+}
+
+fn report(store: &Path, format: ReportFormat, min_parity: f64, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use strangler::shadow::{report, store::summarize};
+    let (summary, read, bad) = summarize(store).with_context(|| format!("reading the shadow store {}", store.display()))?;
+    if bad > 0 {
+        eprintln!("note: skipped {bad} unreadable record(s) of {}", read + bad);
+    }
+    let text = match format {
+        ReportFormat::Markdown => report::markdown(&summary, min_parity),
+        ReportFormat::Junit => report::junit(&summary, min_parity),
+        ReportFormat::Json => report::json(&summary, min_parity),
+    };
+    match out {
+        Some(path) => std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?,
+        None => print_out(&text)?,
+    }
+    let failing: Vec<&String> = summary.routes.iter().filter(|(_, r)| r.parity() < min_parity).map(|(k, _)| k).collect();
+    if failing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("parity below {min_parity}% on: {}", failing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+        Ok(ExitCode::from(EXIT_INVALID))
     }
 }
 

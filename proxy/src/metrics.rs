@@ -25,6 +25,11 @@ pub const CONFIG_RELOADS_TOTAL: &str = "strangler_config_reloads_total";
 pub const CONFIG_LOADED_TIMESTAMP_SECONDS: &str = "strangler_config_loaded_timestamp_seconds";
 /// 1 when the served table is the file on disk, 0 when the file is broken and an older table serves.
 pub const CONFIG_IN_SYNC: &str = "strangler_config_in_sync";
+/// Shadow comparisons by `route` and `outcome` (`match`, `noise`, `mismatch`, `error`, `timeout`).
+pub const SHADOW_COMPARISONS_TOTAL: &str = "strangler_shadow_comparisons_total";
+/// Shadows not sent or not stored, by `route` and `reason` (`saturated`, `too_large`,
+/// `unsafe_method`, `store_full`).
+pub const SHADOW_DROPPED_TOTAL: &str = "strangler_shadow_dropped_total";
 /// Health-check result per `upstream`: 1 up, 0 down.
 pub const UPSTREAM_UP: &str = "strangler_upstream_up";
 
@@ -52,6 +57,8 @@ fn describe() {
     describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reloads by result and trigger");
     describe_gauge!(CONFIG_LOADED_TIMESTAMP_SECONDS, Unit::Seconds, "When the served table was loaded");
     describe_gauge!(CONFIG_IN_SYNC, "1 when the served table is the file on disk");
+    describe_counter!(SHADOW_COMPARISONS_TOTAL, "Shadow comparisons by route and outcome");
+    describe_counter!(SHADOW_DROPPED_TOTAL, "Shadows dropped by route and reason");
     describe_gauge!(UPSTREAM_UP, "Health check per upstream: 1 up, 0 down");
 }
 

@@ -19,6 +19,8 @@ use crate::config::RouteTable;
 use crate::edge::{Edge, MAX_RETRIES};
 use crate::health::HealthChecker;
 use crate::reload::{LiveState, Reloader};
+use crate::shadow::store::{StoreService, StoreWriter};
+use crate::shadow::tee::Tee;
 
 pub struct ServeOptions {
     pub config: PathBuf,
@@ -62,7 +64,18 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None::<pingora::server::configuration::Opt>, server_conf);
     server.bootstrap();
 
-    let mut builder = ProxyServiceBuilder::new(&server.configuration, Edge::new(state.clone())).name("strangler edge");
+    // Shadow: bounded in-flight copies, records to a bounded channel drained by the store writer.
+    let shadow = settings.shadow.clone();
+    let store_dir = Path::new(&resolve_against(&base, &shadow.store_dir)).to_path_buf();
+    let (store_tx, store_rx) = tokio::sync::mpsc::channel(1024);
+    let tee = Tee::new(shadow.max_in_flight, shadow.timeout, Some(store_tx));
+    let store = StoreService {
+        writer: std::sync::Mutex::new(Some((StoreWriter { dir: store_dir.clone(), max_bytes: shadow.store_max_bytes }, store_rx))),
+    };
+    info!(dir = %store_dir.display(), "shadow store");
+
+    let mut builder = ProxyServiceBuilder::new(&server.configuration, Edge::new(state.clone(), tee.clone(), shadow.max_body_bytes))
+        .name("strangler edge");
     if settings.h2c {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
@@ -89,7 +102,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         info!(addr = %addr, tls = l.tls.is_some(), "listening");
     }
 
-    let mut admin = Service::new("strangler admin".to_string(), Admin { state: state.clone(), prometheus, token: admin_token });
+    let mut admin = Service::new("strangler admin".to_string(), Admin { state: state.clone(), prometheus, token: admin_token, tee });
     admin.add_tcp(&settings.admin.addr.to_string());
     info!(addr = %settings.admin.addr, "admin listening");
 
@@ -97,6 +110,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     server.add_service(admin);
     server.add_service(background_service("reloader", Reloader { state: state.clone(), poll_interval: opts.poll_interval }));
     server.add_service(background_service("health", HealthChecker { state }));
+    server.add_service(background_service("shadow store", store));
     server.run(RunArgs::default());
     info!("stopped");
     Ok(())

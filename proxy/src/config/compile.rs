@@ -211,7 +211,9 @@ impl<'a> Cx<'a> {
                 }
             }
         };
+        let shadow = self.shadow_settings(raw);
         Some(ServerSettings {
+            shadow,
             threads,
             grace_period: Duration::from_secs(grace as u64),
             shutdown_timeout: Duration::from_secs(shutdown as u64),
@@ -219,6 +221,107 @@ impl<'a> Cx<'a> {
             h2c: s.h2c.unwrap_or(false),
             admin,
         })
+    }
+
+    fn shadow_settings(&mut self, raw: &RawConfig) -> ShadowSettings {
+        let d = ShadowSettings::default();
+        let Some(s) = raw.shadow.as_ref().map(|s| s.get_ref()) else { return d };
+        ShadowSettings {
+            max_in_flight: self.number(&s.max_in_flight, "max_in_flight", 1..=100_000, "1..=100000", d.max_in_flight as i64) as usize,
+            timeout: Duration::from_millis(self.number(
+                &s.timeout_ms,
+                "timeout_ms",
+                1..=600_000,
+                "1..=600000 milliseconds",
+                d.timeout.as_millis() as i64,
+            ) as u64),
+            max_body_bytes: self.number(
+                &s.max_body_bytes,
+                "max_body_bytes",
+                0..=(256 << 20),
+                "0..=268435456 bytes",
+                d.max_body_bytes as i64,
+            ) as usize,
+            store_dir: s.store_dir.as_ref().map_or(d.store_dir, |v| v.get_ref().clone()),
+            store_max_bytes: self.number(
+                &s.store_max_bytes,
+                "store_max_bytes",
+                1 << 16..=(1 << 40),
+                "65536..=1099511627776 bytes",
+                d.store_max_bytes as i64,
+            ) as u64,
+        }
+    }
+
+    fn route_shadow(&mut self, r: &RawRoute) -> RouteShadow {
+        use crate::shadow::{PathPattern, Rules, SortBy, ValueType};
+        let mut out = RouteShadow::default();
+        let Some(s) = r.shadow.as_ref().map(|s| s.get_ref()) else { return out };
+        if let Some(w) = &s.writes {
+            out.writes = match w.get_ref().as_str() {
+                "skip" => Writes::Skip,
+                "dry-run" => Writes::DryRun,
+                other => {
+                    let reason = "expected `skip` (only safe methods are shadowed) or `dry-run`".into();
+                    self.push(w.span(), K::BadValue { what: "shadow writes", value: other.into(), reason });
+                    Writes::Skip
+                }
+            };
+        }
+        out.reverse = s.reverse.unwrap_or(false);
+        out.noise_sample_percent = self.number(&s.noise_sample_percent, "noise_sample_percent", 0..=100, "0..=100", 10) as u8;
+        let pattern = |cx: &mut Self, v: &Spanned<String>| match PathPattern::parse(v.get_ref()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                cx.push(
+                    v.span(),
+                    K::BadValue { what: "JSON path", value: v.get_ref().clone(), reason: format!("at character {}: {}", e.at, e.reason) },
+                );
+                None
+            }
+        };
+        let mut rules = Rules::default();
+        let mut text = Vec::new();
+        for v in s.ignore.iter().flatten() {
+            text.push(format!("ignore {}", v.get_ref()));
+            rules.ignore.extend(pattern(self, v));
+        }
+        for (path, ty) in s.types.iter().flatten() {
+            text.push(format!("type {path} = {}", ty.get_ref()));
+            let Some(t) = ValueType::parse(ty.get_ref()) else {
+                let reason = "expected string, number, integer, boolean, null, array, object, rfc3339, uuid or present".into();
+                self.push(ty.span(), K::BadValue { what: "value type", value: ty.get_ref().clone(), reason });
+                continue;
+            };
+            let spanned = Spanned::new(ty.span(), path.clone());
+            if let Some(p) = pattern(self, &spanned) {
+                rules.types.push((p, t));
+            }
+        }
+        for v in s.sort.iter().flatten() {
+            text.push(format!("sort {}", v.get_ref()));
+            // `$.members:id` sorts by the `id` field of each element; `$.tags` by value.
+            let (path, by) = match v.get_ref().rsplit_once(':') {
+                Some((p, f)) if !f.is_empty() && !f.contains(['.', '[']) => (p.to_string(), SortBy::Field(f.to_string())),
+                _ => (v.get_ref().clone(), SortBy::Value),
+            };
+            if let Some(p) = pattern(self, &Spanned::new(v.span(), path)) {
+                rules.sort.push((p, by));
+            }
+        }
+        for h in s.headers.iter().flatten() {
+            text.push(format!("header {}", h.get_ref()));
+            match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) => rules.headers.push(name.as_str().to_string()),
+                Err(_) => self.push(
+                    h.span(),
+                    K::BadValue { what: "header name", value: h.get_ref().clone(), reason: "not a valid HTTP header name".into() },
+                ),
+            }
+        }
+        out.rules = rules;
+        out.rules_text = text;
+        out
     }
 
     fn socket_addr(&mut self, v: &Spanned<String>, what: &'static str) -> Option<SocketAddr> {
@@ -345,10 +448,6 @@ impl<'a> Cx<'a> {
                 }
             },
         };
-        if mode == Mode::Shadow {
-            let span = r.mode.as_ref().map_or(0..0, |m| m.span());
-            self.warn(span, format!("route `{name}`: shadow mode routes like legacy until the shadow engine lands (no copy is sent yet)"));
-        }
         let sticky = match &r.sticky {
             None => StickyKey::JwtSub,
             Some(s) => StickyKey::parse(s.get_ref()).unwrap_or_else(|| {
@@ -373,8 +472,14 @@ impl<'a> Cx<'a> {
                 }
             }
         };
+        let shadow = self.route_shadow(r);
+        if (shadow.writes == Writes::DryRun || !shadow.rules_text.is_empty()) && mode == Mode::Legacy {
+            let span = r.shadow.as_ref().map_or(0..0, |s| s.span());
+            self.warn(span, format!("route `{name}`: shadow settings have no effect in legacy mode"));
+        }
         let matcher = self.route_match(&name, r.matcher.as_ref(), r.name.span())?;
         Some(Route {
+            shadow,
             name: RouteName::from(name.as_str()),
             line,
             matcher,

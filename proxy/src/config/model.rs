@@ -274,6 +274,68 @@ pub struct Route {
     /// (`extracted` mode).
     pub fallback: bool,
     pub breaker: BreakerSettings,
+    pub shadow: RouteShadow,
+}
+
+/// Whether unsafe methods are copied to the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Writes {
+    /// Only safe methods (GET, HEAD, OPTIONS) are shadowed.
+    Skip,
+    /// Unsafe methods are shadowed with the dry-run header; the service rolls them back.
+    DryRun,
+}
+
+/// How a route's traffic is shadowed and compared.
+#[derive(Debug, Clone)]
+pub struct RouteShadow {
+    pub writes: Writes,
+    /// `extracted` mode: copy requests to the monolith and compare (until it is switched off).
+    pub reverse: bool,
+    pub rules: crate::shadow::Rules,
+    /// Share of shadowed requests for which the monolith is asked twice to learn noise.
+    pub noise_sample_percent: u8,
+    /// The rule patterns as written, for diffs and the admin API.
+    pub rules_text: Vec<String>,
+}
+
+impl Default for RouteShadow {
+    fn default() -> Self {
+        RouteShadow { writes: Writes::Skip, reverse: false, rules: Default::default(), noise_sample_percent: 10, rules_text: Vec::new() }
+    }
+}
+
+impl PartialEq for RouteShadow {
+    fn eq(&self, o: &Self) -> bool {
+        (self.writes, self.reverse, self.noise_sample_percent, &self.rules_text)
+            == (o.writes, o.reverse, o.noise_sample_percent, &o.rules_text)
+    }
+}
+impl Eq for RouteShadow {}
+
+/// Process-wide shadow limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowSettings {
+    /// Shadow requests in flight at once; more are dropped and counted, never queued.
+    pub max_in_flight: usize,
+    pub timeout: Duration,
+    /// Larger request or response bodies are not shadowed (counted as `too_large`).
+    pub max_body_bytes: usize,
+    /// Where comparison records go (JSONL, rotated), relative to the config file.
+    pub store_dir: String,
+    pub store_max_bytes: u64,
+}
+
+impl Default for ShadowSettings {
+    fn default() -> Self {
+        ShadowSettings {
+            max_in_flight: 64,
+            timeout: Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+            store_dir: "shadow-store".into(),
+            store_max_bytes: 64 << 20,
+        }
+    }
 }
 
 /// A backend the proxy forwards to.
@@ -320,6 +382,7 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub listeners: Vec<Listener>,
+    pub shadow: ShadowSettings,
     /// Accept HTTP/2 with prior knowledge on plain listeners (TLS listeners offer h2 by ALPN).
     pub h2c: bool,
     pub admin: AdminSettings,

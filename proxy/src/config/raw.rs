@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub shadow: Option<Spanned<RawShadow>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +85,29 @@ pub struct RawRoute {
     pub sticky: Option<Spanned<String>>,
     pub fallback: Option<Spanned<bool>>,
     pub breaker: Option<Spanned<RawBreaker>>,
+    pub shadow: Option<Spanned<RawRouteShadow>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteShadow {
+    pub writes: Option<Spanned<String>>,
+    pub reverse: Option<bool>,
+    pub ignore: Option<Vec<Spanned<String>>>,
+    pub types: Option<BTreeMap<String, Spanned<String>>>,
+    pub sort: Option<Vec<Spanned<String>>>,
+    pub headers: Option<Vec<Spanned<String>>>,
+    pub noise_sample_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub timeout_ms: Option<Spanned<i64>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub store_dir: Option<Spanned<String>>,
+    pub store_max_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -47,6 +47,22 @@ static UPSTREAM: Shape = Shape::Table(&[
 ]);
 static UPSTREAMS: Shape = Shape::MapOf(&UPSTREAM);
 static MATCH: Shape = Shape::Table(&[("path", &ANY), ("path_prefix", &ANY), ("methods", &ANY), ("host", &ANY), ("headers", &ANY)]);
+static ROUTE_SHADOW: Shape = Shape::Table(&[
+    ("writes", &ANY),
+    ("reverse", &ANY),
+    ("ignore", &ANY),
+    ("types", &ANY),
+    ("sort", &ANY),
+    ("headers", &ANY),
+    ("noise_sample_percent", &ANY),
+]);
+static SHADOW: Shape = Shape::Table(&[
+    ("max_in_flight", &ANY),
+    ("timeout_ms", &ANY),
+    ("max_body_bytes", &ANY),
+    ("store_dir", &ANY),
+    ("store_max_bytes", &ANY),
+]);
 static BREAKER: Shape = Shape::Table(&[("failures", &ANY), ("cooldown_secs", &ANY)]);
 static ROUTE: Shape = Shape::Table(&[
     ("name", &ANY),
@@ -57,10 +73,17 @@ static ROUTE: Shape = Shape::Table(&[
     ("sticky", &ANY),
     ("fallback", &ANY),
     ("breaker", &BREAKER),
+    ("shadow", &ROUTE_SHADOW),
 ]);
 static ROUTES: Shape = Shape::ArrayOf(&ROUTE);
-pub(crate) static ROOT: Shape =
-    Shape::Table(&[("server", &SERVER), ("listeners", &LISTENERS), ("admin", &ADMIN), ("upstreams", &UPSTREAMS), ("routes", &ROUTES)]);
+pub(crate) static ROOT: Shape = Shape::Table(&[
+    ("server", &SERVER),
+    ("listeners", &LISTENERS),
+    ("admin", &ADMIN),
+    ("upstreams", &UPSTREAMS),
+    ("routes", &ROUTES),
+    ("shadow", &SHADOW),
+]);
 
 /// A key that the schema does not know.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -123,6 +123,12 @@ fn canary_needs_percent_and_unknown_mode() {
 }
 
 #[test]
+fn shadow_rule_errors() {
+    let text = format!("{BASE}\n[[routes]]\nname = \"a\"\ntarget = \"auth\"\nmode = \"shadow\"\nshadow = {{ writes = \"always\", ignore = [\"accessToken\"], types = {{ \"$.at\" = \"date\" }}, sort = [\"$.x[\"] }}\n");
+    insta::assert_snapshot!("shadow_rules", errors(&text));
+}
+
+#[test]
 fn valid_table_summary() {
     let text = format!(
         r#"{BASE}

@@ -28,20 +28,25 @@ use pingora::{ErrorType, RetryType};
 use tracing::{info, warn};
 
 use crate::breaker::{Admit, BreakerState};
-use crate::config::{Mode, Route, RouteTable, Upstream};
+use crate::config::{Mode, Route, RouteTable, Upstream, Writes};
 use crate::metrics as m;
 use crate::reload::LiveState;
 use crate::routing::{decide, host_of, RequestFacts, Side};
+use crate::shadow::tee::{Capture, Tee};
+use crate::shadow::Exchange;
 
 pub use headers::{DRY_RUN_HEADER, REQUEST_ID_HEADER};
 
 pub struct Edge {
     state: Arc<LiveState>,
+    tee: Arc<Tee>,
+    /// Bodies larger than this are not shadowed.
+    shadow_max_body: usize,
 }
 
 impl Edge {
-    pub fn new(state: Arc<LiveState>) -> Self {
-        Edge { state }
+    pub fn new(state: Arc<LiveState>, tee: Arc<Tee>, shadow_max_body: usize) -> Self {
+        Edge { state, tee, shadow_max_body }
     }
 }
 
@@ -63,6 +68,34 @@ pub struct RequestCtx {
     client_ip: Option<IpAddr>,
     upstream_started: Option<Instant>,
     upstream_status: Option<u16>,
+    /// Set when this request is to be copied to the other side.
+    shadow: Option<ShadowCtx>,
+}
+
+/// What is captured for the shadow copy while the request is served.
+struct ShadowCtx {
+    other: Arc<Upstream>,
+    dry_run: bool,
+    sample_noise: bool,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    response: Exchange,
+    /// A body passed the bound: nothing is shadowed.
+    too_large: bool,
+    answered: bool,
+}
+
+impl ShadowCtx {
+    fn append(buf: &mut Vec<u8>, chunk: &Option<Bytes>, max: usize, too_large: &mut bool) {
+        if let Some(c) = chunk {
+            if buf.len() + c.len() > max {
+                *too_large = true;
+                *buf = Vec::new();
+            } else if !*too_large {
+                buf.extend_from_slice(c);
+            }
+        }
+    }
 }
 
 impl RequestCtx {
@@ -97,6 +130,70 @@ async fn respond_json(session: &mut Session, status: u16, message: &str, extra: 
 }
 
 impl Edge {
+    /// Decides whether this request is copied to the other side, and to which upstream.
+    fn plan_shadow(&self, session: &Session, ctx: &mut RequestCtx, table: &RouteTable) {
+        let Some(route) = ctx.route.clone() else { return };
+        let other = match (route.mode, ctx.side) {
+            (Mode::Shadow, _) | (Mode::Canary, Side::Legacy) => table.upstream(&route.target).clone(),
+            (Mode::Canary, Side::Extracted) => table.default_upstream().clone(),
+            (Mode::Extracted, _) if route.shadow.reverse => table.default_upstream().clone(),
+            _ => return,
+        };
+        let req = session.req_header();
+        let safe = req.method.is_safe();
+        if !safe && route.shadow.writes == Writes::Skip {
+            self.tee.dropped(route.name.as_str(), "unsafe_method");
+            return;
+        }
+        let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.shadow_max_body) {
+            self.tee.dropped(route.name.as_str(), "too_large");
+            return;
+        }
+        let sample_noise = crate::routing::bucket(ctx.request_id.as_bytes()) % 100 < u32::from(route.shadow.noise_sample_percent);
+        ctx.shadow = Some(ShadowCtx {
+            other,
+            dry_run: !safe,
+            sample_noise,
+            headers: Vec::new(),
+            body: Vec::new(),
+            response: Exchange::default(),
+            too_large: false,
+            answered: false,
+        });
+    }
+
+    /// Hands the captured exchange to the tee once the client's exchange is complete.
+    fn finish_shadow(&self, session: &Session, ctx: &mut RequestCtx, failed: bool) {
+        let Some(shadow) = ctx.shadow.take() else { return };
+        let Some(route) = ctx.route.clone() else { return };
+        if failed || !shadow.answered || ctx.fell_back.is_some() {
+            return;
+        }
+        if shadow.too_large {
+            self.tee.dropped(route.name.as_str(), "too_large");
+            return;
+        }
+        let Some(table) = ctx.table.as_ref() else { return };
+        let req = session.req_header();
+        let uri = req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string());
+        self.tee.dispatch(Capture {
+            endpoint: crate::shadow::endpoint_template(req.method.as_str(), req.uri.path()),
+            request_id: ctx.request_id.clone(),
+            method: req.method.clone(),
+            uri,
+            headers: shadow.headers,
+            body: shadow.body,
+            primary_is_legacy: ctx.side == Side::Legacy,
+            primary: shadow.response,
+            other: shadow.other,
+            legacy: table.default_upstream().clone(),
+            dry_run: shadow.dry_run,
+            sample_noise: shadow.sample_noise,
+            route,
+        });
+    }
+
     /// Tells the route's breaker how the extracted attempt went, once.
     fn record_breaker(&self, ctx: &mut RequestCtx, success: bool) {
         if !std::mem::take(&mut ctx.breaker_pending) {
@@ -148,6 +245,7 @@ impl ProxyHttp for Edge {
             client_ip: None,
             upstream_started: None,
             upstream_status: None,
+            shadow: None,
         }
     }
 
@@ -173,6 +271,7 @@ impl ProxyHttp for Edge {
             (Side::Extracted, Some(route)) => table.upstream(&route.target).clone(),
             _ => table.default_upstream().clone(),
         });
+        self.plan_shadow(session, ctx, &table);
         ctx.table = Some(table);
 
         if let (Side::Extracted, Some(route)) = (ctx.side, ctx.route.clone()) {
@@ -221,7 +320,35 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        headers::prepare_upstream_request(upstream_request, ctx.client_ip, tls, session.is_upgrade_req())
+        headers::prepare_upstream_request(upstream_request, ctx.client_ip, tls, session.is_upgrade_req())?;
+        if let Some(shadow) = ctx.shadow.as_mut() {
+            shadow.headers = upstream_request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(s) = ctx.shadow.as_mut() {
+            ShadowCtx::append(&mut s.body, body, self.shadow_max_body, &mut s.too_large);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(s) = ctx.shadow.as_mut() {
+            ShadowCtx::append(&mut s.response.body, body, self.shadow_max_body, &mut s.too_large);
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
@@ -259,7 +386,14 @@ impl ProxyHttp for Edge {
                 return Err(e);
             }
         }
-        headers::clean_upstream_response(resp, session.is_upgrade_req() && status == 101)
+        headers::clean_upstream_response(resp, session.is_upgrade_req() && status == 101)?;
+        if let Some(s) = ctx.shadow.as_mut() {
+            s.answered = status != 101;
+            s.response.status = status;
+            s.response.headers =
+                resp.headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        }
+        Ok(())
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
@@ -332,6 +466,7 @@ impl ProxyHttp for Edge {
             // The extracted attempt failed in a way no other phase saw (e.g. read timeout).
             self.record_breaker(ctx, e.is_none());
         }
+        self.finish_shadow(session, ctx, e.is_some());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_label();
         let target = ctx.target_label();

@@ -2,11 +2,16 @@
 //!
 //! Pure parts (this foundation): [`path`] (field paths and rule patterns), [`diff`]
 //! (comparing two answers), [`noise`] (learning what differs between two monolith answers),
-//! [`template`] (grouping URLs into endpoints). The tee, the store and the reports build on them.
+//! [`template`] (grouping URLs into endpoints), [`record`] (redacted records and summaries),
+//! [`report`] (Markdown, JUnit, JSON). I/O: [`tee`] (the off-path copy) and [`store`] (JSONL).
 
 pub mod diff;
 pub mod noise;
 pub mod path;
+pub mod record;
+pub mod report;
+pub mod store;
+pub mod tee;
 pub mod template;
 
 #[cfg(test)]

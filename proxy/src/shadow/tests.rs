@@ -250,3 +250,43 @@ fn parse_concrete(s: &str) -> FieldPath {
     }
     out
 }
+
+#[test]
+fn reports_in_three_formats() {
+    use super::record::{Outcome, Record, Summary};
+    let mut summary = Summary::default();
+    let base = Record {
+        ts_unix_ms: 0,
+        route: "auth".into(),
+        endpoint: "POST /auth/login".into(),
+        request_id: "req-1".into(),
+        method: "POST".into(),
+        uri: "/auth/login".into(),
+        primary: "legacy".into(),
+        outcome: Outcome::Match,
+        legacy_status: Some(200),
+        candidate_status: Some(200),
+        differences: vec![],
+        noise: vec![],
+        error: None,
+        request_headers: vec![],
+        request_body: None,
+    };
+    let legacy = ex(200, json!({ "user": { "displayName": "Ann" }, "accessToken": "x" }));
+    let candidate = ex(200, json!({ "user": { "displayName": "ann" }, "accessToken": "y" }));
+    let diffs = compare(&legacy, &candidate, &Rules::default());
+    let (reg, noise): (Vec<_>, Vec<_>) = diffs.into_iter().partition(|d| d.at != "$.accessToken");
+    summary.add(&base);
+    summary.add(&Record {
+        request_id: "req-2".into(),
+        outcome: Outcome::Mismatch,
+        differences: Record::differences(&reg),
+        noise: Record::differences(&noise),
+        ..base.clone()
+    });
+    summary.add(&Record { route: "chat".into(), endpoint: "POST /graphql".into(), outcome: Outcome::Timeout, ..base.clone() });
+    summary.dropped("chat", "saturated");
+    insta::assert_snapshot!("report_markdown", super::report::markdown(&summary, 99.0));
+    insta::assert_snapshot!("report_junit", super::report::junit(&summary, 99.0));
+    insta::assert_snapshot!("report_json", super::report::json(&summary, 99.0));
+}

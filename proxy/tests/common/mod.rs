@@ -28,6 +28,9 @@ use tokio::task::JoinSet;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// Method, URI and headers of each request an upstream received.
+pub type Received = Arc<Mutex<Vec<(String, String, Vec<(String, String)>)>>>;
+
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
@@ -57,6 +60,10 @@ pub struct TestUpstream {
     /// TCP connections accepted: shows whether the proxy reuses keep-alive connections.
     pub connections: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<String>>>,
+    /// Requests as received: method, uri and headers (for shadow tests).
+    pub requests: Received,
+    /// When set, every request waits until [`TestUpstream::release`].
+    gate: Option<Arc<tokio::sync::Semaphore>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -80,12 +87,30 @@ impl TestUpstream {
         }
     }
 
+    /// An upstream that holds every request until [`TestUpstream::release`] is called.
+    pub async fn start_gated(name: &str) -> Self {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        Self::start_inner(name, TcpListener::bind("127.0.0.1:0").await.unwrap(), Some(gate))
+    }
+
+    pub fn release(&self) {
+        if let Some(g) = &self.gate {
+            g.add_permits(1_000_000);
+        }
+    }
+
     pub fn start_on(name: &str, listener: TcpListener) -> Self {
+        Self::start_inner(name, listener, None)
+    }
+
+    fn start_inner(name: &str, listener: TcpListener, gate: Option<Arc<tokio::sync::Semaphore>>) -> Self {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (n, h, s, conn_count) = (name.to_string(), hits.clone(), seen.clone(), connections.clone());
+        let requests: Received = Arc::default();
+        let (n, h, s, conn_count, reqs, g) =
+            (name.to_string(), hits.clone(), seen.clone(), connections.clone(), requests.clone(), gate.clone());
         let task = tokio::spawn(async move {
             // Connection tasks live in the set: aborting this task drops the set and closes
             // every connection, as a killed process would.
@@ -93,15 +118,26 @@ impl TestUpstream {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 conn_count.fetch_add(1, Ordering::SeqCst);
-                let (n, h, s) = (n.clone(), h.clone(), s.clone());
+                let (n, h, s, reqs, g) = (n.clone(), h.clone(), s.clone(), reqs.clone(), g.clone());
                 conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(n.clone(), h.clone(), s.clone(), req));
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (n, h, s, reqs, g) = (n.clone(), h.clone(), s.clone(), reqs.clone(), g.clone());
+                        async move {
+                            let headers =
+                                req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+                            reqs.lock().unwrap().push((req.method().to_string(), req.uri().to_string(), headers));
+                            if let Some(g) = g {
+                                let _ = g.acquire().await;
+                            }
+                            handle(n, h, s, req).await
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
                 });
                 while conns.try_join_next().is_some() {}
             }
         });
-        TestUpstream { name: name.to_string(), addr, hits, connections, seen, task }
+        TestUpstream { name: name.to_string(), addr, hits, connections, seen, requests, gate, task }
     }
 
     pub fn url(&self) -> String {
@@ -181,6 +217,14 @@ async fn handle(
                 .unwrap());
         }
         "ws" => return Ok(websocket_echo(req)),
+        "random" => {
+            let body = serde_json::json!({ "server": name, "nonce": uuid_like(), "fixed": [1, 2, 3] });
+            return Ok(Response::builder()
+                .header("content-type", "application/json")
+                .header("x-served-by", &name)
+                .body(full(body.to_string()))
+                .unwrap());
+        }
         _ => {}
     }
     let method = req.method().to_string();
@@ -204,6 +248,12 @@ async fn handle(
     let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let v = serde_json::json!({ "server": name, "method": method, "uri": uri, "headers": headers, "body_len": len, "body_sha256": digest });
     Ok(Response::builder().header("content-type", "application/json").header("x-served-by", &name).body(full(v.to_string())).unwrap())
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}-{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos(), N.fetch_add(1, Ordering::SeqCst))
 }
 
 fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {

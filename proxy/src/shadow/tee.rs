@@ -1,0 +1,194 @@
+//! The tee: sends a copy of a served request to the other side, off the request path, and
+//! compares the answers.
+//!
+//! The edge captures the request (headers, body up to `max_body_bytes`) and the answer the
+//! client got; when the client's exchange is over (Pingora's logging phase) it hands a
+//! [`Capture`] to [`Tee::dispatch`]. Dispatch never waits: a `Semaphore` bounds shadow requests
+//! in flight, and when none is free the copy is dropped and counted
+//! (`strangler_shadow_dropped_total{reason="saturated"}`). Each copy has its own timeout. So the
+//! client's latency, status and bytes never depend on the shadow.
+//!
+//! Unsafe methods are copied only when the route says `writes = "dry-run"`, with the dry-run
+//! header, so the extracted service rolls the work back. The monolith is never sent a second
+//! write: noise sampling (asking the monolith twice) is for safe methods only.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, Semaphore};
+use tracing::debug;
+
+use super::diff::{compare, Exchange, Rules};
+use super::noise::NoiseModel;
+use super::record::{redact_headers, redact_uri, Outcome, Record, Summary};
+use crate::config::{Route, Upstream};
+use crate::metrics as m;
+
+/// Header marking a shadow copy (informational; services may log it).
+pub const SHADOW_HEADER: &str = "x-strangler-shadow";
+
+/// Everything needed to replay one request against the other side and compare.
+pub struct Capture {
+    pub route: Arc<Route>,
+    pub endpoint: String,
+    pub request_id: String,
+    pub method: http::Method,
+    /// Path and query, as the client sent them.
+    pub uri: String,
+    /// Request headers as forwarded (hop-by-hop already removed).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The side that answered the client: `true` when that was the monolith.
+    pub primary_is_legacy: bool,
+    /// The answer the client got.
+    pub primary: Exchange,
+    /// Where the copy goes.
+    pub other: Arc<Upstream>,
+    /// The monolith (for noise sampling).
+    pub legacy: Arc<Upstream>,
+    pub dry_run: bool,
+    pub sample_noise: bool,
+}
+
+pub struct Tee {
+    client: reqwest::Client,
+    permits: Arc<Semaphore>,
+    timeout: Duration,
+    noise: Mutex<NoiseModel>,
+    summary: Mutex<Summary>,
+    store: Option<mpsc::Sender<Record>>,
+}
+
+impl Tee {
+    pub fn new(max_in_flight: usize, timeout: Duration, store: Option<mpsc::Sender<Record>>) -> Arc<Self> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_max_idle_per_host(max_in_flight)
+            .build()
+            .expect("a client without TLS settings always builds");
+        Arc::new(Tee {
+            client,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            timeout,
+            noise: Mutex::default(),
+            summary: Mutex::default(),
+            store,
+        })
+    }
+
+    pub fn summary(&self) -> Summary {
+        self.summary.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn noise(&self) -> NoiseModel {
+        self.noise.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A shadow that was not sent, and why (`saturated`, `too_large`, `unsafe_method`, `error_response`).
+    pub fn dropped(&self, route: &str, reason: &'static str) {
+        metrics::counter!(m::SHADOW_DROPPED_TOTAL, "route" => route.to_string(), "reason" => reason).increment(1);
+        self.summary.lock().unwrap_or_else(|e| e.into_inner()).dropped(route, reason);
+    }
+
+    /// Starts the comparison in the background, or drops it when saturated. Never waits.
+    pub fn dispatch(self: &Arc<Self>, cap: Capture) {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.dropped(cap.route.name.as_str(), "saturated");
+            return;
+        };
+        let tee = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tee.compare(cap).await;
+        });
+    }
+
+    async fn send(&self, to: &Upstream, cap: &Capture) -> Result<Exchange, Outcome> {
+        let Some(addr) = to.addr else { return Err(Outcome::Error) };
+        let scheme = if to.tls { "https" } else { "http" };
+        let mut req = self.client.request(cap.method.clone(), format!("{scheme}://{addr}{}", cap.uri)).timeout(self.timeout);
+        for (k, v) in &cap.headers {
+            if k != "content-length" && k != "transfer-encoding" {
+                req = req.header(k, v);
+            }
+        }
+        req = req.header(SHADOW_HEADER, "1");
+        if cap.dry_run {
+            req = req.header(crate::edge::DRY_RUN_HEADER, "1");
+        }
+        if !cap.body.is_empty() {
+            req = req.body(cap.body.clone());
+        }
+        let resp = req.send().await.map_err(|e| if e.is_timeout() { Outcome::Timeout } else { Outcome::Error })?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
+        let body = tokio::time::timeout(self.timeout, resp.bytes()).await.map_err(|_| Outcome::Timeout)?.map_err(|_| Outcome::Error)?;
+        Ok(Exchange { status, headers, body: body.to_vec() })
+    }
+
+    async fn compare(&self, cap: Capture) {
+        let route = cap.route.name.to_string();
+        let rules: &Rules = &cap.route.shadow.rules;
+        let other = self.send(&cap.other, &cap).await;
+        // Noise sampling: ask the monolith a second time (safe methods only).
+        if cap.sample_noise && cap.method.is_safe() && other.is_ok() {
+            let second = if cap.primary_is_legacy { self.send(&cap.legacy, &cap).await.ok() } else { None };
+            let pair = match (&second, cap.primary_is_legacy) {
+                (Some(s), true) => Some((&cap.primary, s)),
+                _ => None,
+            };
+            if let Some((a, b)) = pair {
+                let learned = self.noise.lock().unwrap_or_else(|e| e.into_inner()).learn(&cap.endpoint, a, b, rules);
+                if !learned.is_empty() {
+                    debug!(route = %route, endpoint = %cap.endpoint, places = ?learned, "learned noise");
+                }
+            }
+        }
+        let (outcome, regressions, noise, error, statuses) = match other {
+            Err(o) => {
+                (o, Vec::new(), Vec::new(), Some(format!("shadow request to {} failed ({})", cap.other.name, o.as_str())), (None, None))
+            }
+            Ok(other) => {
+                let (legacy, candidate) = if cap.primary_is_legacy { (&cap.primary, &other) } else { (&other, &cap.primary) };
+                let diffs = compare(legacy, candidate, rules);
+                let (regressions, noise) = self.noise.lock().unwrap_or_else(|e| e.into_inner()).split(&cap.endpoint, diffs);
+                let outcome = if !regressions.is_empty() {
+                    Outcome::Mismatch
+                } else if !noise.is_empty() {
+                    Outcome::Noise
+                } else {
+                    Outcome::Match
+                };
+                (outcome, regressions, noise, None, (Some(legacy.status), Some(candidate.status)))
+            }
+        };
+        metrics::counter!(m::SHADOW_COMPARISONS_TOTAL, "route" => route.clone(), "outcome" => outcome.as_str()).increment(1);
+        let record = Record {
+            ts_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            route: route.clone(),
+            endpoint: cap.endpoint.clone(),
+            request_id: cap.request_id.clone(),
+            method: cap.method.to_string(),
+            uri: redact_uri(&cap.uri),
+            primary: if cap.primary_is_legacy { "legacy".into() } else { "extracted".into() },
+            outcome,
+            legacy_status: statuses.0,
+            candidate_status: statuses.1,
+            differences: Record::differences(&regressions),
+            noise: Record::differences(&noise),
+            error,
+            request_headers: redact_headers(&cap.headers),
+            request_body: Record::body(&cap.body),
+        };
+        if outcome == Outcome::Mismatch {
+            debug!(route = %route, request_id = %cap.request_id, differences = record.differences.len(), "shadow mismatch");
+        }
+        self.summary.lock().unwrap_or_else(|e| e.into_inner()).add(&record);
+        if let Some(store) = &self.store {
+            if store.try_send(record).is_err() {
+                metrics::counter!(m::SHADOW_DROPPED_TOTAL, "route" => route, "reason" => "store_full").increment(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Shadow traffic through the real proxy: copies go off the request path, are compared with the
+//! rules, learned noise is set apart, saturation drops instead of queueing, writes are only
+//! shadowed as dry runs, and the store feeds `strangler report`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+async fn wait_for<F, Fut>(what: &str, mut f: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn shadow_json(proxy: &Proxy) -> Value {
+    serde_json::from_str(&proxy.admin_get("/shadow").await.unwrap().1).unwrap()
+}
+
+/// Waits until `route` has at least `n` comparisons.
+async fn compared(proxy: &Proxy, route: &str, n: u64) -> Value {
+    wait_for(&format!("{n} comparisons on {route}"), || async {
+        let v = shadow_json(proxy).await;
+        (v["routes"][route]["compared"].as_u64().unwrap_or(0) >= n).then_some(v)
+    })
+    .await
+}
+
+fn routes(legacy: &TestUpstream, svc: &TestUpstream, extra: &str) -> String {
+    Routes::new().upstream("legacy", &legacy.url()).upstream("svc", &svc.url()).raw(extra).build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_compares_with_rules_and_serves_legacy() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    let body = routes(&legacy, &svc, "[[routes]]\nname = \"plain\"\nmatch = { path_prefix = \"/status\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { noise_sample_percent = 0 }\n\n[[routes]]\nname = \"ruled\"\nmatch = { path_prefix = \"/ruled\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { ignore = [\"$.server\", \"$.headers\"], noise_sample_percent = 0 }\n");
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    let r = c.get(proxy.url("/status/200")).send().await.unwrap();
+    assert_eq!(r.headers()["x-served-by"], "legacy");
+    let v = compared(&proxy, "plain", 1).await;
+    let plain = &v["routes"]["plain"];
+    assert_eq!(plain["mismatches"], 1, "{v}");
+    let example = &plain["mismatched_fields"]["$.server"]["example"];
+    assert_eq!((example["legacy"].as_str(), example["candidate"].as_str()), (Some("legacy"), Some("svc")), "{v}");
+
+    // The echo differs only in `server` and the headers block: ignored, so they match.
+    c.get(proxy.url("/ruled/a?x=1")).header("authorization", "Bearer secret-token").send().await.unwrap();
+    let v = compared(&proxy, "ruled", 1).await;
+    assert_eq!(v["routes"]["ruled"]["matches"], 1, "{v}");
+    assert_eq!(v["routes"]["ruled"]["parity"], 100.0);
+    // The copy reached the service with the client's headers and the shadow marker.
+    let reqs = svc.requests.lock().unwrap().clone();
+    let (_, uri, headers) = reqs.iter().find(|(_, u, _)| u.starts_with("/ruled")).unwrap();
+    assert_eq!(uri, "/ruled/a?x=1");
+    assert!(headers.iter().any(|(k, v)| k == "x-strangler-shadow" && v == "1"));
+    assert!(headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer secret-token"));
+    let metrics = proxy.admin_get("/metrics").await.unwrap().1;
+    assert!(metrics.contains("strangler_shadow_comparisons_total{route=\"plain\",outcome=\"mismatch\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_dead_shadow_target_changes_nothing_for_the_client() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start_gated("svc").await;
+    let dead = free_port();
+    let body = format!(
+        "{}[upstreams.dead]\nurl = \"http://127.0.0.1:{dead}\"\n\n[[routes]]\nname = \"slow\"\nmatch = {{ path_prefix = \"/slow-target\" }}\ntarget = \"svc\"\nmode = \"shadow\"\n\n[[routes]]\nname = \"dead\"\nmatch = {{ path_prefix = \"/dead-target\" }}\ntarget = \"dead\"\nmode = \"shadow\"\n",
+        routes(&legacy, &svc, "")
+    );
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    // The client has its whole answer while the shadow target still holds the copy: no timing
+    // involved, the order of events proves the client did not wait.
+    let r = c.get(proxy.url("/slow-target/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"server\":\"legacy\""));
+    wait_for("the copy to reach the held service", || async { (!svc.requests.lock().unwrap().is_empty()).then_some(Value::Null) }).await;
+    assert_eq!(svc.hits(), 0, "the service answered before being released");
+    svc.release();
+    compared(&proxy, "slow", 1).await;
+
+    for _ in 0..3 {
+        let r = c.get(proxy.url("/dead-target/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-served-by"], "legacy");
+    }
+    let v = compared(&proxy, "dead", 3).await;
+    assert_eq!(v["routes"]["dead"]["errors"], 3, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturation_drops_and_counts_instead_of_queueing() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start_gated("svc").await;
+    let body = format!(
+        "[shadow]\nmax_in_flight = 2\n\n{}",
+        routes(&legacy, &svc, "[[routes]]\nname = \"s\"\nmatch = { path_prefix = \"/s\" }\ntarget = \"svc\"\nmode = \"shadow\"\n")
+    );
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    for i in 0..10 {
+        assert_eq!(c.get(proxy.url(&format!("/s/{i}"))).send().await.unwrap().status(), 200);
+    }
+    let v = wait_for("8 saturated drops", || async {
+        let v = shadow_json(&proxy).await;
+        (v["routes"]["s"]["dropped"]["saturated"].as_u64() == Some(8)).then_some(v)
+    })
+    .await;
+    assert_eq!(svc.requests.lock().unwrap().len(), 2, "{v}");
+    svc.release();
+    compared(&proxy, "s", 2).await;
+    let metrics = proxy.admin_get("/metrics").await.unwrap().1;
+    assert!(metrics.contains("strangler_shadow_dropped_total{route=\"s\",reason=\"saturated\"} 8"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_shadowed_only_as_dry_runs_and_big_bodies_not_at_all() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    let body = format!(
+        "[shadow]\nmax_body_bytes = 1000\n\n{}",
+        routes(&legacy, &svc, "[[routes]]\nname = \"ro\"\nmatch = { path_prefix = \"/ro\" }\ntarget = \"svc\"\nmode = \"shadow\"\n\n[[routes]]\nname = \"rw\"\nmatch = { path_prefix = \"/rw\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { writes = \"dry-run\", noise_sample_percent = 100 }\n")
+    );
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    // A client cannot send the dry-run header itself.
+    c.post(proxy.url("/ro/x")).header("x-strangler-dry-run", "1").body("{\"a\":1}").send().await.unwrap();
+    let v = wait_for("the unsafe method to be counted", || async {
+        let v = shadow_json(&proxy).await;
+        (v["routes"]["ro"]["dropped"]["unsafe_method"].as_u64() == Some(1)).then_some(v)
+    })
+    .await;
+    assert!(svc.requests.lock().unwrap().is_empty(), "{v}");
+    let (_, _, legacy_headers) = legacy.requests.lock().unwrap()[0].clone();
+    assert!(!legacy_headers.iter().any(|(k, _)| k == "x-strangler-dry-run"), "the client's dry-run header reached the monolith");
+
+    let payload = "{\"text\":\"hello\",\"password\":\"hunter2\"}";
+    c.post(proxy.url("/rw/messages")).header("content-type", "application/json").body(payload).send().await.unwrap();
+    compared(&proxy, "rw", 1).await;
+    let reqs = svc.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 1);
+    assert!(reqs[0].2.iter().any(|(k, v)| k == "x-strangler-dry-run" && v == "1"), "{:?}", reqs[0]);
+    // Writes are never sent to the monolith twice, even with noise sampling at 100%.
+    assert_eq!(legacy.requests.lock().unwrap().iter().filter(|(m, u, _)| m == "POST" && u == "/rw/messages").count(), 1);
+
+    let big = "x".repeat(5000);
+    c.post(proxy.url("/rw/big")).body(big).send().await.unwrap();
+    let v = wait_for("the big body to be counted", || async {
+        let v = shadow_json(&proxy).await;
+        (v["routes"]["rw"]["dropped"]["too_large"].as_u64() == Some(1)).then_some(v)
+    })
+    .await;
+    assert_eq!(svc.requests.lock().unwrap().len(), 1, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_is_learned_stored_redacted_and_reported() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    let body = routes(&legacy, &svc, "[[routes]]\nname = \"n\"\nmatch = { path_prefix = \"/random\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { noise_sample_percent = 100 }\n\n[[routes]]\nname = \"same\"\nmatch = { path_prefix = \"/ok\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { ignore = [\"$.server\", \"$.headers\"], noise_sample_percent = 0 }\n");
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    c.get(proxy.url("/random?token=abc")).header("authorization", "Bearer s3cret").send().await.unwrap();
+    let v = compared(&proxy, "n", 1).await;
+    let n = &v["routes"]["n"];
+    // `nonce` differs between two monolith answers: noise. `server` differs only with the service.
+    assert_eq!(n["noise_fields"]["$.nonce"], 1, "{v}");
+    assert!(n["mismatched_fields"]["$.server"].is_object(), "{v}");
+    assert!(n["mismatched_fields"].get("$.nonce").is_none(), "{v}");
+    assert!(v["noise"]["endpoints"]["GET /random"]["places"].as_array().unwrap().iter().any(|p| p == "$.nonce"), "{v}");
+    // And a route whose answers match after its rules.
+    let r = c.get(proxy.url("/ok")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    compared(&proxy, "same", 1).await;
+
+    // The store: one JSON line per comparison, secrets redacted.
+    let store = proxy.dir.path().join("shadow-store");
+    let text = wait_for("records in the store", || {
+        let store = store.clone();
+        async move {
+            let files = std::fs::read_dir(&store).ok()?;
+            let all: String = files.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect();
+            (all.lines().count() >= 2).then_some(Value::String(all))
+        }
+    })
+    .await;
+    let text = text.as_str().unwrap();
+    assert!(!text.contains("s3cret") && !text.contains("token=abc"), "a secret reached the store: {text}");
+    assert!(text.contains("[redacted]"));
+
+    let report = |format: &str, min: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_strangler"))
+            .args(["report", "--store"])
+            .arg(&store)
+            .args(["--format", format, "--min-parity", min])
+            .output()
+            .unwrap()
+    };
+    let md = report("markdown", "100");
+    assert_eq!(md.status.code(), Some(1), "route n is below 100% parity");
+    let md = String::from_utf8_lossy(&md.stdout).to_string();
+    assert!(md.contains("| `n` | 1 | 0.00% |"), "{md}");
+    assert!(md.contains("| `same` | 1 | 100.00% |"), "{md}");
+    assert!(md.contains("`$.server`") && md.contains("`$.nonce` (1)"), "{md}");
+    let junit = String::from_utf8_lossy(&report("junit", "100").stdout).to_string();
+    assert!(
+        junit.contains("<testcase classname=\"shadow\" name=\"n\">") && junit.contains("<failure message=\"parity 0.00% below 100%"),
+        "{junit}"
+    );
+    assert!(junit.contains("<testcase classname=\"shadow\" name=\"same\"></testcase>"), "{junit}");
+    let json = report("json", "0");
+    assert_eq!(json.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["routes"]["same"]["passed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_diffs_both_ways_and_extracted_can_reverse_shadow() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    let body = routes(&legacy, &svc, "[[routes]]\nname = \"c\"\nmatch = { path_prefix = \"/c\" }\ntarget = \"svc\"\nmode = \"canary\"\npercent = 50\nsticky = \"header:x-user\"\nshadow = { ignore = [\"$.headers\"], noise_sample_percent = 0 }\n\n[[routes]]\nname = \"e\"\nmatch = { path_prefix = \"/e\" }\ntarget = \"svc\"\nmode = \"extracted\"\nshadow = { reverse = true, ignore = [\"$.headers\"], noise_sample_percent = 0 }\n");
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    let mut sides = std::collections::BTreeSet::new();
+    for u in 0..20 {
+        let r = c.get(proxy.url("/c/x")).header("x-user", format!("u{u}")).send().await.unwrap();
+        sides.insert(r.headers()["x-served-by"].to_str().unwrap().to_string());
+    }
+    assert_eq!(sides.len(), 2, "both sides should serve some users");
+    let v = compared(&proxy, "c", 20).await;
+    // Each comparison is oriented legacy → candidate, whichever side served the client.
+    let ex = &v["routes"]["c"]["mismatched_fields"]["$.server"];
+    assert_eq!(ex["count"], 20, "{v}");
+    assert_eq!((ex["example"]["legacy"].as_str(), ex["example"]["candidate"].as_str()), (Some("legacy"), Some("svc")));
+
+    let r = c.get(proxy.url("/e/x")).send().await.unwrap();
+    assert_eq!(r.headers()["x-served-by"], "svc");
+    let v = compared(&proxy, "e", 1).await;
+    assert_eq!(v["routes"]["e"]["mismatched_fields"]["$.server"]["example"]["legacy"], "legacy");
+    assert!(legacy.requests.lock().unwrap().iter().any(|(_, u, _)| u == "/e/x"), "no reverse shadow reached the monolith");
+}
