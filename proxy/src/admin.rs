@@ -73,6 +73,14 @@ impl Admin {
         v["loaded_at_unix_secs"] = json!(unix_secs(self.state.loaded_at()));
         v["config_path"] = json!(self.state.config_path.display().to_string());
         v["last_reload_error"] = json!(self.state.last_error());
+        v["demoted"] = self
+            .state
+            .demoter
+            .demotions()
+            .into_iter()
+            .map(|(route, d)| (route.to_string(), json!(d)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         v["breakers"] = self
             .state
             .breakers

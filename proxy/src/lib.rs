@@ -6,6 +6,7 @@
 //!   routing diffs.
 //! - [`routing`]: route lookup and canary bucketing over a compiled table (pure).
 //! - [`breaker`]: the per-route circuit breaker (pure; the clock is passed in).
+//! - [`demote`]: automatic demotion of misbehaving canaries (sliding windows, pure).
 //! - [`edge`]: the Pingora `ProxyHttp` implementation: per-request decisions, header hygiene,
 //!   fallback.
 //! - [`reload`]: the live table behind an `ArcSwap`, file watching, SIGHUP and the admin reload.
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod config;
+pub mod demote;
 pub mod edge;
 pub mod health;
 pub mod metrics;

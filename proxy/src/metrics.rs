@@ -30,6 +30,10 @@ pub const SHADOW_COMPARISONS_TOTAL: &str = "strangler_shadow_comparisons_total";
 /// Shadows not sent or not stored, by `route` and `reason` (`saturated`, `too_large`,
 /// `unsafe_method`, `store_full`).
 pub const SHADOW_DROPPED_TOTAL: &str = "strangler_shadow_dropped_total";
+/// 1 while a canary route is demoted to shadow at run time.
+pub const ROUTE_DEMOTED: &str = "strangler_route_demoted";
+/// Automatic demotions by `route` and `reason` (`errors`, `mismatches`).
+pub const DEMOTIONS_TOTAL: &str = "strangler_demotions_total";
 /// Health-check result per `upstream`: 1 up, 0 down.
 pub const UPSTREAM_UP: &str = "strangler_upstream_up";
 
@@ -59,6 +63,8 @@ fn describe() {
     describe_gauge!(CONFIG_IN_SYNC, "1 when the served table is the file on disk");
     describe_counter!(SHADOW_COMPARISONS_TOTAL, "Shadow comparisons by route and outcome");
     describe_counter!(SHADOW_DROPPED_TOTAL, "Shadows dropped by route and reason");
+    describe_gauge!(ROUTE_DEMOTED, "1 while a canary is demoted to shadow");
+    describe_counter!(DEMOTIONS_TOTAL, "Automatic canary demotions");
     describe_gauge!(UPSTREAM_UP, "Health check per upstream: 1 up, 0 down");
 }
 

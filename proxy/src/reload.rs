@@ -69,6 +69,8 @@ pub struct LiveState {
     /// One reload at a time.
     reload_lock: tokio::sync::Mutex<()>,
     pub health: crate::health::HealthTable,
+    /// Canary routes demoted at run time; any successful reload re-promotes them.
+    pub demoter: Arc<crate::demote::Demoter>,
 }
 
 impl LiveState {
@@ -86,6 +88,7 @@ impl LiveState {
             last_seen_hash: Mutex::new(hash),
             reload_lock: tokio::sync::Mutex::new(()),
             health: Default::default(),
+            demoter: Default::default(),
         })
     }
 
@@ -124,6 +127,7 @@ impl LiveState {
         let current = self.table.load_full();
         if hash_now.as_deref() == Some(current.hash.as_str()) {
             self.set_error(None);
+            self.demoter.reset();
             metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "unchanged", "trigger" => trigger).increment(1);
             info!(trigger, hash = %current.hash, "configuration unchanged");
             return Ok(ReloadOutcome::Unchanged);
@@ -135,6 +139,7 @@ impl LiveState {
                 let diff = RouteTable::diff(&current, &table);
                 let hash = table.hash.clone();
                 self.table.store(Arc::new(table));
+                self.demoter.reset();
                 *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner()) = SystemTime::now();
                 self.set_error(None);
                 metrics::counter!(m::CONFIG_RELOADS_TOTAL, "result" => "ok", "trigger" => trigger).increment(1);

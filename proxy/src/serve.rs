@@ -68,7 +68,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let shadow = settings.shadow.clone();
     let store_dir = Path::new(&resolve_against(&base, &shadow.store_dir)).to_path_buf();
     let (store_tx, store_rx) = tokio::sync::mpsc::channel(1024);
-    let tee = Tee::new(shadow.max_in_flight, shadow.timeout, Some(store_tx));
+    let tee = Tee::new(shadow.max_in_flight, shadow.timeout, Some(store_tx), state.demoter.clone());
     let store = StoreService {
         writer: std::sync::Mutex::new(Some((StoreWriter { dir: store_dir.clone(), max_bytes: shadow.store_max_bytes }, store_rx))),
     };

@@ -253,3 +253,35 @@ async fn canary_diffs_both_ways_and_extracted_can_reverse_shadow() {
     assert_eq!(v["routes"]["e"]["mismatched_fields"]["$.server"]["example"]["legacy"], "legacy");
     assert!(legacy.requests.lock().unwrap().iter().any(|(_, u, _)| u == "/e/x"), "no reverse shadow reached the monolith");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_demoted_to_shadow_and_a_reload_promotes_it() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    let body = routes(&legacy, &svc, "[[routes]]\nname = \"c\"\nmatch = { path_prefix = \"/status\" }\ntarget = \"svc\"\nmode = \"canary\"\npercent = 100\nshadow = { noise_sample_percent = 0 }\ndemote = { max_error_percent = 20, max_mismatch_percent = 100, window_secs = 600, min_requests = 5 }\n");
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    // The service fails every request: after min_requests the route is demoted.
+    for _ in 0..5 {
+        let r = c.get(proxy.url("/status/500")).send().await.unwrap();
+        assert_eq!(r.headers()["x-served-by"], "svc");
+    }
+    let routes = wait_for("the demotion", || async {
+        let v = proxy.routes_json().await;
+        v["demoted"].get("c").is_some().then_some(v)
+    })
+    .await;
+    assert!(routes["demoted"]["c"]["reason"].as_str().unwrap().starts_with("5xx answers: 5 of 5"), "{routes}");
+    // Everyone is back on the monolith, and comparisons continue (shadow).
+    let r = c.get(proxy.url("/status/500")).send().await.unwrap();
+    assert_eq!(r.headers()["x-served-by"], "legacy");
+    compared(&proxy, "c", 1).await;
+    let metrics = proxy.admin_get("/metrics").await.unwrap().1;
+    assert!(metrics.contains("strangler_route_demoted{route=\"c\"} 1"), "{metrics}");
+    assert!(proxy.logs().contains("canary demoted to shadow"));
+    // An operator re-promotes by reloading.
+    assert_eq!(proxy.admin_post("/reload").await.0, 200);
+    let r = c.get(proxy.url("/status/200")).send().await.unwrap();
+    assert_eq!(r.headers()["x-served-by"], "svc");
+    assert!(proxy.routes_json().await["demoted"].as_object().unwrap().is_empty());
+}

@@ -477,8 +477,21 @@ impl<'a> Cx<'a> {
             let span = r.shadow.as_ref().map_or(0..0, |s| s.span());
             self.warn(span, format!("route `{name}`: shadow settings have no effect in legacy mode"));
         }
+        let demote = r.demote.as_ref().map(|d| {
+            if mode != Mode::Canary {
+                self.warn(d.span(), format!("route `{name}`: `demote` only watches canary routes; it is ignored in {mode} mode"));
+            }
+            let d = d.get_ref();
+            DemoteSettings {
+                max_error_percent: self.number(&d.max_error_percent, "max_error_percent", 0..=100, "0..=100", 5) as u8,
+                max_mismatch_percent: self.number(&d.max_mismatch_percent, "max_mismatch_percent", 0..=100, "0..=100", 5) as u8,
+                window: Duration::from_secs(self.number(&d.window_secs, "window_secs", 1..=86_400, "1..=86400 seconds", 60) as u64),
+                min_requests: self.number(&d.min_requests, "min_requests", 1..=1_000_000, "1..=1000000", 20) as u64,
+            }
+        });
         let matcher = self.route_match(&name, r.matcher.as_ref(), r.name.span())?;
         Some(Route {
+            demote,
             shadow,
             name: RouteName::from(name.as_str()),
             line,

@@ -275,6 +275,17 @@ pub struct Route {
     pub fallback: bool,
     pub breaker: BreakerSettings,
     pub shadow: RouteShadow,
+    /// Automatic demotion of a canary (see `demote.rs`); `None` when not configured.
+    pub demote: Option<DemoteSettings>,
+}
+
+/// Limits past which a canary is demoted to shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DemoteSettings {
+    pub max_error_percent: u8,
+    pub max_mismatch_percent: u8,
+    pub window: Duration,
+    pub min_requests: u64,
 }
 
 /// Whether unsafe methods are copied to the other side.

@@ -86,6 +86,16 @@ pub struct RawRoute {
     pub fallback: Option<Spanned<bool>>,
     pub breaker: Option<Spanned<RawBreaker>>,
     pub shadow: Option<Spanned<RawRouteShadow>>,
+    pub demote: Option<Spanned<RawDemote>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDemote {
+    pub max_error_percent: Option<Spanned<i64>>,
+    pub max_mismatch_percent: Option<Spanned<i64>>,
+    pub window_secs: Option<Spanned<i64>>,
+    pub min_requests: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -63,6 +63,8 @@ static SHADOW: Shape = Shape::Table(&[
     ("store_dir", &ANY),
     ("store_max_bytes", &ANY),
 ]);
+static DEMOTE: Shape =
+    Shape::Table(&[("max_error_percent", &ANY), ("max_mismatch_percent", &ANY), ("window_secs", &ANY), ("min_requests", &ANY)]);
 static BREAKER: Shape = Shape::Table(&[("failures", &ANY), ("cooldown_secs", &ANY)]);
 static ROUTE: Shape = Shape::Table(&[
     ("name", &ANY),
@@ -74,6 +76,7 @@ static ROUTE: Shape = Shape::Table(&[
     ("fallback", &ANY),
     ("breaker", &BREAKER),
     ("shadow", &ROUTE_SHADOW),
+    ("demote", &DEMOTE),
 ]);
 static ROUTES: Shape = Shape::ArrayOf(&ROUTE);
 pub(crate) static ROOT: Shape = Shape::Table(&[

@@ -70,6 +70,8 @@ pub struct RequestCtx {
     upstream_status: Option<u16>,
     /// Set when this request is to be copied to the other side.
     shadow: Option<ShadowCtx>,
+    /// The route is a canary demoted to shadow at run time.
+    demoted: bool,
 }
 
 /// What is captured for the shadow copy while the request is served.
@@ -106,6 +108,9 @@ impl RequestCtx {
         self.upstream.as_ref().map_or_else(|| "none".to_string(), |u| u.name.to_string())
     }
     fn mode_label(&self) -> &'static str {
+        if self.demoted {
+            return "demoted";
+        }
         self.route.as_ref().map_or("default", |r| r.mode.as_str())
     }
 }
@@ -246,6 +251,7 @@ impl ProxyHttp for Edge {
             upstream_started: None,
             upstream_status: None,
             shadow: None,
+            demoted: false,
         }
     }
 
@@ -263,7 +269,14 @@ impl ProxyHttp for Edge {
             .map(host_of)
             .or_else(|| req.uri.host().map(|h| h.to_ascii_lowercase()));
         let facts = RequestFacts { method: &req.method, path: req.uri.path(), host: host.as_deref(), headers: &req.headers };
-        let decision = decide(&table, &facts, ctx.client_ip);
+        let mut decision = decide(&table, &facts, ctx.client_ip);
+        if let Some(route) = &decision.route {
+            // A demoted canary serves everyone from the monolith and keeps comparing.
+            if route.mode == Mode::Canary && self.state.demoter.is_demoted(&route.name) {
+                decision.side = Side::Legacy;
+                ctx.demoted = true;
+            }
+        }
         let idempotent = req.method.is_idempotent();
         ctx.route = decision.route;
         ctx.side = decision.side;
@@ -468,6 +481,12 @@ impl ProxyHttp for Edge {
         }
         self.finish_shadow(session, ctx, e.is_some());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let (Some(route), Side::Extracted, None) = (&ctx.route, ctx.side, ctx.fell_back) {
+            if let (Mode::Canary, Some(limits)) = (route.mode, route.demote) {
+                let failed = e.is_some() || status >= 500;
+                self.state.demoter.observe(&route.name, limits, crate::demote::Signal::Answer(failed), Instant::now());
+            }
+        }
         let route = ctx.route_label();
         let target = ctx.target_label();
         let mode = ctx.mode_label();

@@ -57,10 +57,16 @@ pub struct Tee {
     noise: Mutex<NoiseModel>,
     summary: Mutex<Summary>,
     store: Option<mpsc::Sender<Record>>,
+    demoter: Arc<crate::demote::Demoter>,
 }
 
 impl Tee {
-    pub fn new(max_in_flight: usize, timeout: Duration, store: Option<mpsc::Sender<Record>>) -> Arc<Self> {
+    pub fn new(
+        max_in_flight: usize,
+        timeout: Duration,
+        store: Option<mpsc::Sender<Record>>,
+        demoter: Arc<crate::demote::Demoter>,
+    ) -> Arc<Self> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -74,6 +80,7 @@ impl Tee {
             noise: Mutex::default(),
             summary: Mutex::default(),
             store,
+            demoter,
         })
     }
 
@@ -164,6 +171,10 @@ impl Tee {
             }
         };
         metrics::counter!(m::SHADOW_COMPARISONS_TOTAL, "route" => route.clone(), "outcome" => outcome.as_str()).increment(1);
+        if let (crate::config::Mode::Canary, Some(limits)) = (cap.route.mode, cap.route.demote) {
+            let signal = crate::demote::Signal::Comparison(outcome == Outcome::Mismatch);
+            self.demoter.observe(&cap.route.name, limits, signal, std::time::Instant::now());
+        }
         let record = Record {
             ts_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
             route: route.clone(),
