@@ -67,6 +67,27 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Replay a cut-over corpus (shadow-tests/<cut-over>/) through the monolith and the
+    /// candidate; write reports; exit 1 below the folder's parity threshold.
+    Replay {
+        dir: PathBuf,
+        /// The monolith's base URL (default: legacy_url in parity.toml).
+        #[arg(long)]
+        legacy: Option<String>,
+        /// The candidate's base URL (default: candidate_url in parity.toml).
+        #[arg(long)]
+        candidate: Option<String>,
+        /// Where report.md, report.junit.xml and report.json go (default: print Markdown).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Extract a route's recorded requests from a shadow store as a replay corpus (JSONL).
+    Corpus {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        route: String,
+    },
     /// Validate a route table and print it; with --against, print what it changes.
     Check {
         file: PathBuf,
@@ -114,6 +135,26 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
+        Command::Replay { dir, legacy, candidate, out } => match replay(&dir, legacy, candidate, out.as_deref()) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("strangler: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Command::Corpus { store, route } => match strangler::shadow::replay::corpus_from_store(&store, &route) {
+            Ok(lines) => match print_out(&lines.iter().map(|l| format!("{l}\n")).collect::<String>()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("strangler: {e:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            },
+            Err(e) => {
+                eprintln!("strangler: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Check { file, against, json } => match check(&file, against.as_deref(), json) {
             Ok(code) => code,
             Err(e) => {
@@ -146,6 +187,24 @@ fn report(store: &Path, format: ReportFormat, min_parity: f64, out: Option<&Path
         eprintln!("parity below {min_parity}% on: {}", failing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
         Ok(ExitCode::from(EXIT_INVALID))
     }
+}
+
+fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String>, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use strangler::shadow::report;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (summary, min_parity) = runtime.block_on(strangler::shadow::replay::replay(dir, legacy, candidate))?;
+    match out {
+        Some(out) => {
+            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+            std::fs::write(out.join("report.md"), report::markdown(&summary, min_parity))?;
+            std::fs::write(out.join("report.junit.xml"), report::junit(&summary, min_parity))?;
+            std::fs::write(out.join("report.json"), report::json(&summary, min_parity))?;
+            eprintln!("reports written to {}", out.display());
+        }
+        None => print_out(&report::markdown(&summary, min_parity))?,
+    }
+    let failing = summary.routes.values().any(|r| r.parity() < min_parity);
+    Ok(if failing { ExitCode::from(EXIT_INVALID) } else { ExitCode::SUCCESS })
 }
 
 fn compile(path: &Path) -> anyhow::Result<Result<strangler::config::Compiled, strangler::config::ConfigErrors>> {

@@ -98,7 +98,7 @@ pub struct RawDemote {
     pub min_requests: Option<Spanned<i64>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteShadow {
     pub writes: Option<Spanned<String>>,

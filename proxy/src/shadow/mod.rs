@@ -9,6 +9,7 @@ pub mod diff;
 pub mod noise;
 pub mod path;
 pub mod record;
+pub mod replay;
 pub mod report;
 pub mod store;
 pub mod tee;
