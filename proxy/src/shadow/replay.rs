@@ -134,9 +134,9 @@ pub async fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String
         let endpoint = endpoint_template(&r.method, path);
         let safe = matches!(r.method.as_str(), "GET" | "HEAD" | "OPTIONS");
         let a = send(&client, &legacy, r).await;
-        if safe && a.is_ok() && sampled.get(&endpoint).copied().unwrap_or(0) < parity.noise_samples {
+        if let (true, Ok(first)) = (safe && sampled.get(&endpoint).copied().unwrap_or(0) < parity.noise_samples, &a) {
             if let Ok(second) = send(&client, &legacy, r).await {
-                noise.learn(&endpoint, a.as_ref().expect("checked"), &second, &rules);
+                noise.learn(&endpoint, first, &second, &rules);
                 *sampled.entry(endpoint.clone()).or_default() += 1;
             }
         }
