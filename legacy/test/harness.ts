@@ -1,0 +1,218 @@
+// End-to-end test harness: starts the real monolith (dist/src/main.js) against the real
+// Postgres and Redis of scripts/stack and the fake SaaS servers of the `fakes` crate, each on an
+// ephemeral loopback port, and stops them after the test file.
+import { ChildProcess, spawn } from 'node:child_process';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { existsSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { generateSync } from 'otplib';
+
+export const LEGACY_DIR = resolve(__dirname, '..', '..');
+export const REPO_DIR = resolve(LEGACY_DIR, '..');
+
+export interface Stack {
+  /** base URL of the monolith */
+  url: string;
+  /** base URL of the fakes server (Stripe, FCM, Google, Gmail) */
+  fakes: string;
+  env: Record<string, string>;
+  /** everything the monolith printed so far */
+  logs(): string;
+  stop(): Promise<void>;
+}
+
+export const STRIPE_WEBHOOK_SECRET = 'whsec_test_secret';
+
+function requireEnv(name: string): string {
+  const v = process.env[name];
+  if (!v) {
+    throw new Error(`${name} is not set: run the tests with scripts/test, or \`scripts/stack up && source .run/stack.env\` first`);
+  }
+  return v;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+let keyFile: string | undefined;
+/** One RSA signing key per test process, like a deployment's configured key. */
+export function jwtKeyFile(): string {
+  if (!keyFile) {
+    const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    keyFile = join(tmpdir(), `bm-legacy-test-${process.pid}.pem`);
+    writeFileSync(keyFile, privateKey.export({ format: 'pem', type: 'pkcs8' }));
+  }
+  return keyFile;
+}
+
+/** Spawns a process and resolves with it once a line of its output matches `ready`. */
+function spawnUntil(cmd: string, args: string[], opts: { env: NodeJS.ProcessEnv; cwd?: string }, ready: RegExp, what: string) {
+  return new Promise<{ child: ChildProcess; match: RegExpMatchArray; output: () => string }>((res, rej) => {
+    const child = spawn(cmd, args, { env: opts.env, cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let done = false;
+    const timer = setTimeout(() => finish(new Error(`${what} did not start within 30 s:\n${out}`)), 30_000);
+    const finish = (err?: Error, match?: RegExpMatchArray) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (err) {
+        child.kill('SIGKILL');
+        rej(err);
+      } else res({ child, match: match!, output: () => out });
+    };
+    const onData = (b: Buffer) => {
+      out += b.toString();
+      // strip ANSI colours before matching
+      const m = out.replace(/\x1b\[[0-9;]*m/g, '').match(ready);
+      if (m) finish(undefined, m);
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => finish(new Error(`${what} exited with ${code} before it was ready:\n${out}`)));
+  });
+}
+
+async function stopChild(child: ChildProcess) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(t);
+}
+
+export async function startStack(extraEnv: Record<string, string> = {}): Promise<Stack> {
+  const databaseUrl = requireEnv('DATABASE_URL');
+  const redisUrl = requireEnv('REDIS_URL');
+  const fakesBin = process.env.FAKES_BIN || join(REPO_DIR, 'target', 'debug', 'fakes');
+  if (!existsSync(fakesBin)) throw new Error(`${fakesBin} is missing: build it with \`cargo build -p fakes\``);
+
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const fakes = await spawnUntil(
+    fakesBin,
+    ['--listen', '127.0.0.1:0', '--stripe-webhook-url', `${url}/payments/webhook`, '--stripe-webhook-secret', STRIPE_WEBHOOK_SECRET],
+    { env: { ...process.env, RUST_LOG: 'warn' } },
+    /listening on (http:\/\/\S+)/,
+    'fakes',
+  );
+  const fakesUrl = fakes.match[1];
+  const env: Record<string, string> = {
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    DATABASE_URL: databaseUrl,
+    REDIS_URL: redisUrl,
+    JWT_PRIVATE_KEY_FILE: jwtKeyFile(),
+    BCRYPT_COST: '4',
+    GOOGLE_ACCOUNTS_BASE_URL: fakesUrl,
+    GOOGLE_OAUTH2_BASE_URL: fakesUrl,
+    GOOGLE_OPENID_BASE_URL: fakesUrl,
+    GMAIL_BASE_URL: fakesUrl,
+    FCM_BASE_URL: fakesUrl,
+    STRIPE_BASE_URL: fakesUrl,
+    STRIPE_WEBHOOK_SECRET,
+    ...extraEnv,
+  };
+  let legacy;
+  try {
+    legacy = await spawnUntil(
+      process.execPath,
+      [join(LEGACY_DIR, 'dist', 'src', 'main.js')],
+      { env: { PATH: process.env.PATH, ...env }, cwd: LEGACY_DIR },
+      /listening on http:\/\//,
+      'the monolith',
+    );
+  } catch (e) {
+    await stopChild(fakes.child);
+    throw e;
+  }
+  return {
+    url,
+    fakes: fakesUrl,
+    env,
+    logs: legacy.output,
+    async stop() {
+      await Promise.all([stopChild(legacy.child), stopChild(fakes.child)]);
+    },
+  };
+}
+
+export interface Res {
+  status: number;
+  headers: Headers;
+  body: any;
+  text: string;
+}
+
+export async function api(
+  base: string,
+  method: string,
+  path: string,
+  opts: { body?: unknown; token?: string; headers?: Record<string, string>; redirect?: RequestRedirect } = {},
+): Promise<Res> {
+  const headers: Record<string, string> = { ...opts.headers };
+  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  let body: string | undefined;
+  if (opts.body !== undefined) {
+    body = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
+    headers['content-type'] ??= 'application/json';
+  }
+  const res = await fetch(base + path, { method, headers, body, redirect: opts.redirect ?? 'manual' });
+  const text = await res.text();
+  let parsed: any = text;
+  try {
+    parsed = text ? JSON.parse(text) : undefined;
+  } catch {
+    /* not JSON */
+  }
+  return { status: res.status, headers: res.headers, body: parsed, text };
+}
+
+/** A GraphQL request over HTTP POST /graphql. */
+export async function gql(base: string, query: string, variables: Record<string, unknown> = {}, token?: string): Promise<Res> {
+  return api(base, 'POST', '/graphql', { body: { query, variables }, token });
+}
+
+export const uniqueEmail = (prefix = 'user') => `${prefix}.${randomBytes(6).toString('hex')}@example.test`;
+
+export interface TestUser {
+  id: string;
+  email: string;
+  password: string;
+  displayName: string;
+  accessToken: string;
+  refreshToken: string;
+}
+
+/** Registers a fresh user and returns its credentials and tokens. */
+export async function newUser(base: string, displayName = 'Test User'): Promise<TestUser> {
+  const email = uniqueEmail(displayName.toLowerCase().replace(/\W+/g, '') || 'user');
+  const password = `pw-${randomBytes(8).toString('hex')}`;
+  const r = await api(base, 'POST', '/auth/register', { body: { email, password, displayName } });
+  if (r.status !== 201) throw new Error(`register failed: ${r.status} ${r.text}`);
+  return { id: r.body.user.id, email, password, displayName, accessToken: r.body.accessToken, refreshToken: r.body.refreshToken };
+}
+
+export const totp = (secret: string) => generateSync({ secret });
+
+/** Polls `probe` until it returns a truthy value (or throws after `timeoutMs`). */
+export async function waitFor<T>(probe: () => Promise<T | undefined | null | false>, what: string, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
