@@ -1,0 +1,92 @@
+//! Settings from the environment. A service declares what it reads through [`Env`], which
+//! collects every missing or malformed variable, and fails once with all of them.
+
+use std::fmt::Display;
+use std::str::FromStr;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Reads variables from a source (the process environment, or a map in tests).
+pub struct Env<'a> {
+    get: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    problems: Vec<String>,
+}
+
+impl Env<'static> {
+    pub fn from_process() -> Self {
+        Self { get: Box::new(|k| std::env::var(k).ok().filter(|v| !v.is_empty())), problems: Vec::new() }
+    }
+}
+
+impl<'a> Env<'a> {
+    pub fn from_fn(get: impl Fn(&str) -> Option<String> + 'a) -> Self {
+        Self { get: Box::new(get), problems: Vec::new() }
+    }
+
+    /// A required variable.
+    pub fn required(&mut self, name: &str) -> String {
+        (self.get)(name).unwrap_or_else(|| {
+            self.problems.push(format!("{name} is not set"));
+            String::new()
+        })
+    }
+
+    pub fn optional(&mut self, name: &str) -> Option<String> {
+        (self.get)(name)
+    }
+
+    pub fn or(&mut self, name: &str, default: &str) -> String {
+        (self.get)(name).unwrap_or_else(|| default.to_string())
+    }
+
+    /// A parsed variable with a default; a value that does not parse is a problem.
+    pub fn parse_or<T: FromStr>(&mut self, name: &str, default: T) -> T
+    where
+        T::Err: Display,
+    {
+        match (self.get)(name) {
+            None => default,
+            Some(raw) => raw.parse().unwrap_or_else(|e| {
+                self.problems.push(format!("{name}={raw}: {e}"));
+                default
+            }),
+        }
+    }
+
+    /// Records a problem found while validating values together.
+    pub fn problem(&mut self, p: impl Into<String>) {
+        self.problems.push(p.into());
+    }
+
+    /// Ok when nothing was missing or malformed.
+    pub fn finish(self) -> Result<(), ConfigError> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(self.problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let vars: HashMap<&str, &str> = [("PORT", "eighty"), ("NAME", "x")].into();
+        let mut env = Env::from_fn(|k| vars.get(k).map(|v| v.to_string()));
+        assert_eq!(env.required("NAME"), "x");
+        let _ = env.required("DATABASE_URL");
+        assert_eq!(env.parse_or("PORT", 8080u16), 8080);
+        assert_eq!(env.parse_or("WORKERS", 4u16), 4);
+        let err = env.finish().unwrap_err();
+        assert_eq!(err.0.len(), 2);
+        let text = err.to_string();
+        assert!(text.contains("DATABASE_URL is not set"), "{text}");
+        assert!(text.contains("PORT=eighty: invalid digit"), "{text}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Verification of BrainMessenger access tokens (RS256 JWTs signed by the auth service or the
+//! monolith with the same configured key). Keys come from a JWKS URL (fetched at start and again
+//! when a token names an unknown `kid`, at most every 30 s) or from a PEM public key.
+//!
+//! Handlers take [`AuthUser`]; install the verifier with `Router::layer(Extension(verifier))`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+/// The claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    pub sub: String,
+    pub email: String,
+    /// the session (refresh-token family)
+    pub sid: String,
+    pub iss: String,
+    pub aud: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("token is malformed or its signature, issuer, audience or expiry is wrong: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("no key with kid {0:?}")]
+    UnknownKey(Option<String>),
+    #[error("fetching the JWKS from {url}: {reason}")]
+    Jwks { url: String, reason: String },
+}
+
+enum Source {
+    Static,
+    Jwks { url: String, http: reqwest::Client },
+}
+
+struct Keys {
+    by_kid: HashMap<String, DecodingKey>,
+    /// used for tokens without a `kid`, and with a static PEM key
+    default: Option<DecodingKey>,
+    fetched: Option<Instant>,
+}
+
+/// Verifies access tokens; cheap to clone.
+#[derive(Clone)]
+pub struct Verifier(Arc<VerifierInner>);
+
+struct VerifierInner {
+    source: Source,
+    keys: RwLock<Keys>,
+    validation: Validation,
+}
+
+const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(30);
+
+impl Verifier {
+    fn validation(issuer: &str, audience: &str) -> Validation {
+        let mut v = Validation::new(Algorithm::RS256);
+        v.set_issuer(&[issuer]);
+        v.set_audience(&[audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = 30;
+        v
+    }
+
+    /// A verifier with one RSA public key (PEM, SPKI or PKCS#1).
+    pub fn from_pem(pem: &[u8], issuer: &str, audience: &str) -> Result<Self, JwtError> {
+        let key = DecodingKey::from_rsa_pem(pem)?;
+        Ok(Verifier(Arc::new(VerifierInner {
+            source: Source::Static,
+            keys: RwLock::new(Keys { by_kid: HashMap::new(), default: Some(key), fetched: None }),
+            validation: Self::validation(issuer, audience),
+        })))
+    }
+
+    /// A verifier that reads keys from a JWKS URL (fetched now, so a wrong URL fails at start).
+    pub async fn from_jwks_url(url: &str, issuer: &str, audience: &str) -> Result<Self, JwtError> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| JwtError::Jwks { url: url.into(), reason: e.to_string() })?;
+        let v = Verifier(Arc::new(VerifierInner {
+            source: Source::Jwks { url: url.into(), http },
+            keys: RwLock::new(Keys { by_kid: HashMap::new(), default: None, fetched: None }),
+            validation: Self::validation(issuer, audience),
+        }));
+        v.refresh().await?;
+        Ok(v)
+    }
+
+    async fn refresh(&self) -> Result<(), JwtError> {
+        let Source::Jwks { url, http } = &self.0.source else { return Ok(()) };
+        let err = |reason: String| JwtError::Jwks { url: url.clone(), reason };
+        let set: JwkSet = http.get(url).send().await.map_err(|e| err(e.to_string()))?.error_for_status().map_err(|e| err(e.to_string()))?.json().await.map_err(|e| err(e.to_string()))?;
+        let mut by_kid = HashMap::new();
+        let mut default = None;
+        for jwk in &set.keys {
+            let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
+            match &jwk.common.key_id {
+                Some(kid) => {
+                    by_kid.insert(kid.clone(), key);
+                }
+                None => default = Some(key),
+            }
+        }
+        *self.0.keys.write().await = Keys { by_kid, default, fetched: Some(Instant::now()) };
+        Ok(())
+    }
+
+    /// Verifies a token: signature, `exp`, `iss`, `aud`.
+    pub async fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        let kid = decode_header(token)?.kid;
+        for attempt in 0..2 {
+            {
+                let keys = self.0.keys.read().await;
+                let key = match &kid {
+                    Some(k) => keys.by_kid.get(k).or(keys.default.as_ref().filter(|_| keys.by_kid.is_empty())),
+                    None => keys.default.as_ref(),
+                };
+                if let Some(key) = key {
+                    return Ok(decode::<Claims>(token, key, &self.0.validation)?.claims);
+                }
+                let stale = keys.fetched.is_none_or(|t| t.elapsed() >= REFETCH_AT_MOST_EVERY);
+                if attempt == 1 || !stale || matches!(self.0.source, Source::Static) {
+                    break;
+                }
+            }
+            // an unknown kid: the issuer may have rotated its key
+            self.refresh().await?;
+        }
+        Err(JwtError::UnknownKey(kid))
+    }
+}
+
+/// The authenticated caller of a request (`Authorization: Bearer <access token>`). Rejects with
+/// NestJS's 401 body, as the monolith does.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub Claims);
+
+pub fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "message": "Unauthorized", "statusCode": 401 }))).into_response()
+}
+
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(verifier) = parts.extensions.get::<Verifier>().cloned() else {
+            tracing::error!("AuthUser used without a Verifier extension");
+            return Err(StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        };
+        let token = bearer(&parts.headers).ok_or_else(unauthorized)?;
+        match verifier.verify(token).await {
+            Ok(c) => Ok(AuthUser(c)),
+            Err(e) => {
+                tracing::debug!(error = %e, "rejected access token");
+                Err(unauthorized())
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The shared crate of the extracted BrainMessenger services (auth, chat, notification, call,
+//! payment, ai). Each service gets the same operational surface from here:
+//!
+//! * [`config`]: typed settings from the environment, every problem reported at once;
+//! * [`telemetry`]: `tracing` logs (text or JSON) and a Prometheus `/metrics` endpoint;
+//! * [`health`]: `/health` (liveness) and `/ready` (dependencies answer);
+//! * [`jwt`]: verification of the access tokens the auth service and the monolith issue (RS256,
+//!   keys from a JWKS URL or a PEM), as an axum extractor;
+//! * [`dryrun`]: one database transaction per request, rolled back when the proxy marks the
+//!   request as a shadow dry run (`x-strangler-dry-run`), so shadowed writes leave nothing behind;
+//! * [`serve`]: serving a router with graceful shutdown on SIGTERM/SIGINT.
+
+pub mod config;
+pub mod dryrun;
+pub mod health;
+pub mod jwt;
+pub mod serve;
+pub mod telemetry;
+
+/// The header the strangler proxy puts on shadow copies of unsafe requests of a route with
+/// `writes = "dry-run"`, and strips from every client request.
+pub const DRY_RUN_HEADER: &str = "x-strangler-dry-run";
+/// The header the proxy puts on every shadow copy.
+pub const SHADOW_HEADER: &str = "x-strangler-shadow";

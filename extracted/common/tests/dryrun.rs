@@ -1,0 +1,119 @@
+//! The per-request transaction against the real Postgres of scripts/stack (DATABASE_URL):
+//! normal writes commit, 5xx answers roll back, dry runs answer normally and leave no row.
+
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bm_common::dryrun::{transaction_per_request, DryRun, RequestTx};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+pub async fn pool() -> PgPool {
+    let url = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run the tests with scripts/test, or `scripts/stack up && source .run/stack.env`");
+    PgPool::connect(&url).await.expect("Postgres at DATABASE_URL answers")
+}
+
+/// A table of its own for one test, in a fresh schema.
+async fn table(pool: &PgPool) -> String {
+    let schema = format!("dryrun_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(pool).await.unwrap();
+    sqlx::query(&format!("CREATE TABLE {schema}.items (id serial PRIMARY KEY, name text NOT NULL)")).execute(pool).await.unwrap();
+    format!("{schema}.items")
+}
+
+#[derive(Clone)]
+struct App {
+    table: String,
+}
+
+async fn create(State(app): State<App>, tx: RequestTx, dry: DryRun, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+    let mut conn = tx.conn().await.unwrap();
+    let id: i32 = sqlx::query_scalar(&format!("INSERT INTO {} (name) VALUES ($1) RETURNING id", app.table))
+        .bind(body["name"].as_str().unwrap_or(""))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    // the handler sees its own write inside the transaction, dry run or not
+    let seen: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {} WHERE id = $1", app.table)).bind(id).fetch_one(&mut *conn).await.unwrap();
+    (StatusCode::CREATED, Json(json!({ "id": id, "seen": seen, "dryRun": dry.0 })))
+}
+
+async fn create_then_fail(State(app): State<App>, tx: RequestTx) -> StatusCode {
+    let mut conn = tx.conn().await.unwrap();
+    sqlx::query(&format!("INSERT INTO {} (name) VALUES ('doomed')", app.table)).execute(&mut *conn).await.unwrap();
+    StatusCode::INTERNAL_SERVER_ERROR
+}
+
+async fn rejected_after_write(State(app): State<App>, tx: RequestTx) -> StatusCode {
+    // e.g. refresh-token reuse: the revocation is written, the client gets 401
+    let mut conn = tx.conn().await.unwrap();
+    sqlx::query(&format!("INSERT INTO {} (name) VALUES ('kept')", app.table)).execute(&mut *conn).await.unwrap();
+    StatusCode::UNAUTHORIZED
+}
+
+pub fn router(pool: PgPool, table: String) -> Router {
+    Router::new()
+        .route("/items", post(create))
+        .route("/fail", post(create_then_fail))
+        .route("/reject", post(rejected_after_write))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(App { table })
+        .layer(axum::middleware::from_fn_with_state(pool, transaction_per_request))
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn commits_normal_writes_and_rolls_back_dry_runs_and_5xx() {
+    let pool = pool().await;
+    let table = table(&pool).await;
+    let addr = serve(router(pool.clone(), table.clone())).await;
+    let c = reqwest::Client::new();
+    let url = format!("http://{addr}/items");
+
+    let r = c.post(&url).json(&json!({ "name": "real" })).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["dryRun"], false);
+    assert_eq!(count(&pool, &table).await, 1);
+
+    let r = c.post(&url).header("x-strangler-dry-run", "1").json(&json!({ "name": "shadow" })).send().await.unwrap();
+    assert_eq!(r.status(), 201, "a dry run answers as the real request would");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["seen"], 1, "the handler saw its own write");
+    assert_eq!(body["dryRun"], true);
+    assert_eq!(count(&pool, &table).await, 1, "the dry run left no row behind");
+
+    assert_eq!(c.post(format!("http://{addr}/fail")).send().await.unwrap().status(), 500);
+    assert_eq!(count(&pool, &table).await, 1, "a 5xx answer rolls back");
+
+    assert_eq!(c.post(format!("http://{addr}/reject")).send().await.unwrap().status(), 401);
+    assert_eq!(count(&pool, &table).await, 2, "a 4xx answer keeps what the handler wrote");
+
+    // other header values do not trigger a dry run
+    c.post(&url).header("x-strangler-dry-run", "0").json(&json!({ "name": "zero" })).send().await.unwrap();
+    assert_eq!(count(&pool, &table).await, 3);
+}
+
+#[tokio::test]
+async fn requests_that_never_touch_the_database_take_no_connection() {
+    let pool = pool().await;
+    let table = table(&pool).await;
+    let small = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&std::env::var("DATABASE_URL").unwrap()).await.unwrap();
+    let _held = small.acquire().await.unwrap(); // the only connection is taken
+    let addr = serve(router(small.clone(), table)).await;
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), reqwest::get(format!("http://{addr}/health"))).await;
+    assert_eq!(r.expect("a request without database work must not wait for a connection").unwrap().status(), 200);
+}
