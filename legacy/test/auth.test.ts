@@ -1,23 +1,13 @@
 // Auth and users against the real monolith, Postgres, Redis and the Google/Gmail fakes.
 import assert from 'node:assert/strict';
 import { createPublicKey, createVerify } from 'node:crypto';
-import { after, before, describe, test } from 'node:test';
-import { Client } from 'pg';
-import { api, newUser, Stack, startStack, totp, uniqueEmail, waitFor } from './harness';
+import { describe, test } from 'node:test';
+import { api, newUser, withStack, totp, uniqueEmail, waitFor } from './harness';
 
-let stack: Stack;
-let db: Client;
-before(async () => {
-  stack = await startStack();
-  db = new Client({ connectionString: process.env.DATABASE_URL });
-  await db.connect();
-});
-after(async () => {
-  await db?.end();
-  await stack?.stop();
-});
+// the monolith + fakes for this file, and a Postgres client to check what it stored
+const env = withStack();
 
-const post = (path: string, body: unknown, token?: string) => api(stack.url, 'POST', path, { body, token });
+const post = (path: string, body: unknown, token?: string) => api(env.stack.url, 'POST', path, { body, token });
 
 describe('register and login', () => {
   test('register returns tokens and stores a bcrypt hash, never the password', async () => {
@@ -29,13 +19,13 @@ describe('register and login', () => {
     assert.equal(r.body.user.email, email, 'e-mail is trimmed and lower-cased');
     assert.equal(r.body.user.displayName, 'Reg');
     assert.equal(r.body.user.twoFactorEnabled, false);
-    const row = (await db.query('SELECT password_hash FROM legacy.users WHERE id = $1', [r.body.user.id])).rows[0];
+    const row = (await env.db.query('SELECT password_hash FROM legacy.users WHERE id = $1', [r.body.user.id])).rows[0];
     assert.match(row.password_hash, /^\$2[aby]\$04\$/);
     assert.ok(!JSON.stringify(r.body).includes('correct horse'));
   });
 
   test('a second account with the same address (any case) is 409', async () => {
-    const u = await newUser(stack.url);
+    const u = await newUser(env.stack.url);
     const r = await post('/auth/register', { email: u.email.toUpperCase(), password: 'password123', displayName: 'X' });
     assert.equal(r.status, 409);
     assert.deepEqual(r.body, { statusCode: 409, message: 'Email is already registered', error: 'Conflict' });
@@ -53,13 +43,13 @@ describe('register and login', () => {
   });
 
   test('malformed JSON is 400, not 500', async () => {
-    const r = await api(stack.url, 'POST', '/auth/login', { body: '{"email":', headers: { 'content-type': 'application/json' } });
+    const r = await api(env.stack.url, 'POST', '/auth/login', { body: '{"email":', headers: { 'content-type': 'application/json' } });
     assert.equal(r.status, 400);
     assert.equal(r.body.statusCode, 400);
   });
 
   test('login: right password 200, wrong password and unknown user the same 401', async () => {
-    const u = await newUser(stack.url);
+    const u = await newUser(env.stack.url);
     const ok = await post('/auth/login', { email: u.email, password: u.password });
     assert.equal(ok.status, 200);
     assert.equal(ok.body.user.id, u.id);
@@ -73,8 +63,8 @@ describe('register and login', () => {
 
 describe('access tokens', () => {
   test('are RS256 JWTs verifiable with the JWKS, with issuer, audience and expiry', async () => {
-    const u = await newUser(stack.url);
-    const jwks = await api(stack.url, 'GET', '/.well-known/jwks.json');
+    const u = await newUser(env.stack.url);
+    const jwks = await api(env.stack.url, 'GET', '/.well-known/jwks.json');
     assert.equal(jwks.status, 200);
     const [h, p, s] = u.accessToken.split('.');
     const header = JSON.parse(Buffer.from(h, 'base64url').toString());
@@ -91,12 +81,12 @@ describe('access tokens', () => {
   });
 
   test('me needs a valid token', async () => {
-    const u = await newUser(stack.url);
-    const me = await api(stack.url, 'GET', '/auth/me', { token: u.accessToken });
+    const u = await newUser(env.stack.url);
+    const me = await api(env.stack.url, 'GET', '/auth/me', { token: u.accessToken });
     assert.equal(me.status, 200);
     assert.equal(me.body.email, u.email);
     for (const token of [undefined, 'garbage', u.accessToken.slice(0, -4) + 'AAAA']) {
-      const r = await api(stack.url, 'GET', '/auth/me', { token });
+      const r = await api(env.stack.url, 'GET', '/auth/me', { token });
       assert.equal(r.status, 401);
       assert.deepEqual(r.body, { statusCode: 401, message: 'Unauthorized' });
     }
@@ -105,7 +95,7 @@ describe('access tokens', () => {
 
 describe('refresh-token rotation', () => {
   test('rotates, and reuse of a rotated token revokes the whole family', async () => {
-    const u = await newUser(stack.url);
+    const u = await newUser(env.stack.url);
     const r1 = await post('/auth/refresh', { refreshToken: u.refreshToken });
     assert.equal(r1.status, 200);
     assert.notEqual(r1.body.refreshToken, u.refreshToken);
@@ -118,19 +108,19 @@ describe('refresh-token rotation', () => {
     // the newest token of the family is dead too
     const after = await post('/auth/refresh', { refreshToken: r2.body.refreshToken });
     assert.equal(after.status, 401);
-    const { rows } = await db.query('SELECT count(*)::int AS n, count(revoked_at)::int AS revoked FROM legacy.refresh_tokens WHERE user_id = $1', [u.id]);
+    const { rows } = await env.db.query('SELECT count(*)::int AS n, count(revoked_at)::int AS revoked FROM legacy.refresh_tokens WHERE user_id = $1', [u.id]);
     assert.deepEqual(rows[0], { n: 3, revoked: 3 });
   });
 
   test('two concurrent refreshes with one token: exactly one wins', async () => {
-    const u = await newUser(stack.url);
+    const u = await newUser(env.stack.url);
     const rs = await Promise.all([1, 2, 3].map(() => post('/auth/refresh', { refreshToken: u.refreshToken })));
     assert.equal(rs.filter((r) => r.status === 200).length, 1);
   });
 
   test('unknown token 401; logout revokes the session, other sessions live on', async () => {
     assert.equal((await post('/auth/refresh', { refreshToken: 'nope' })).status, 401);
-    const u = await newUser(stack.url);
+    const u = await newUser(env.stack.url);
     const other = await post('/auth/login', { email: u.email, password: u.password });
     const out = await post('/auth/logout', { refreshToken: u.refreshToken });
     assert.equal(out.status, 204);
@@ -143,7 +133,7 @@ describe('refresh-token rotation', () => {
 
 describe('TOTP two-factor authentication', () => {
   test('setup, enable, login challenge, verify, disable', async () => {
-    const u = await newUser(stack.url);
+    const u = await newUser(env.stack.url);
     const setup = await post('/auth/2fa/setup', {}, u.accessToken);
     assert.equal(setup.status, 201);
     assert.match(setup.body.secret, /^[A-Z2-7]{16,}$/);
@@ -175,7 +165,7 @@ describe('TOTP two-factor authentication', () => {
   });
 
   test('five wrong codes burn the challenge', async () => {
-    const u = await newUser(stack.url);
+    const u = await newUser(env.stack.url);
     const setup = await post('/auth/2fa/setup', {}, u.accessToken);
     await post('/auth/2fa/enable', { code: totp(setup.body.secret) }, u.accessToken);
     const login = await post('/auth/login', { email: u.email, password: u.password });
@@ -188,16 +178,16 @@ describe('TOTP two-factor authentication', () => {
 
 describe('Google sign-in', () => {
   async function signIn(email: string, name: string) {
-    await api(stack.fakes, 'POST', '/_fake/google/users', { body: { email, name } });
-    const start = await api(stack.url, 'GET', `/auth/google?login_hint=${encodeURIComponent(email)}`);
+    await api(env.stack.fakes, 'POST', '/_fake/google/users', { body: { email, name } });
+    const start = await api(env.stack.url, 'GET', `/auth/google?login_hint=${encodeURIComponent(email)}`);
     assert.equal(start.status, 302);
     const authorize = new URL(start.headers.get('location')!);
-    assert.equal(authorize.origin + authorize.pathname, `${stack.fakes}/o/oauth2/v2/auth`);
-    assert.equal(authorize.searchParams.get('redirect_uri'), `${stack.url}/auth/google/callback`);
+    assert.equal(authorize.origin + authorize.pathname, `${env.stack.fakes}/o/oauth2/v2/auth`);
+    assert.equal(authorize.searchParams.get('redirect_uri'), `${env.stack.url}/auth/google/callback`);
     const consent = await fetch(authorize, { redirect: 'manual' });
     assert.equal(consent.status, 302);
     const callback = new URL(consent.headers.get('location')!);
-    return api(stack.url, 'GET', callback.pathname + callback.search);
+    return api(env.stack.url, 'GET', callback.pathname + callback.search);
   }
 
   test('creates an account on first sign-in and finds it the next time', async () => {
@@ -213,21 +203,21 @@ describe('Google sign-in', () => {
   });
 
   test('links to an existing password account with the same verified address', async () => {
-    const u = await newUser(stack.url);
+    const u = await newUser(env.stack.url);
     const r = await signIn(u.email, 'Linked');
     assert.equal(r.body.user.id, u.id);
   });
 
   test('a callback with a forged or replayed state is 400', async () => {
-    const r = await api(stack.url, 'GET', '/auth/google/callback?code=4/x&state=forged');
+    const r = await api(env.stack.url, 'GET', '/auth/google/callback?code=4/x&state=forged');
     assert.equal(r.status, 400);
     assert.equal(r.body.message, 'Invalid OAuth state');
   });
 
   test('a code the provider rejects is 401', async () => {
-    const start = await api(stack.url, 'GET', '/auth/google');
+    const start = await api(env.stack.url, 'GET', '/auth/google');
     const state = new URL(start.headers.get('location')!).searchParams.get('state');
-    const r = await api(stack.url, 'GET', `/auth/google/callback?code=4/invalid&state=${state}`);
+    const r = await api(env.stack.url, 'GET', `/auth/google/callback?code=4/invalid&state=${state}`);
     assert.equal(r.status, 401);
     assert.equal(r.body.message, 'Google sign-in failed');
   });
@@ -235,7 +225,7 @@ describe('Google sign-in', () => {
 
 describe('password reset by e-mail', () => {
   test('sends a Gmail message with a link; the token resets once and revokes sessions', async () => {
-    const u = await newUser(stack.url);
+    const u = await newUser(env.stack.url);
     const r = await post('/auth/password/forgot', { email: u.email });
     assert.equal(r.status, 202);
     const unknown = await post('/auth/password/forgot', { email: uniqueEmail('nobody') });
@@ -243,7 +233,7 @@ describe('password reset by e-mail', () => {
     assert.equal(unknown.status, 202);
 
     const mail = await waitFor(async () => {
-      const sent = await api(stack.fakes, 'GET', '/_fake/gmail/messages');
+      const sent = await api(env.stack.fakes, 'GET', '/_fake/gmail/messages');
       return (sent.body.items as any[]).find((m) => m.to === u.email);
     }, 'the reset mail');
     const token = decodeURIComponent(/reset-password\?token=([A-Za-z0-9_%-]+)/.exec(mail.body)![1]);
@@ -261,30 +251,30 @@ describe('password reset by e-mail', () => {
 
 describe('users', () => {
   test('profile read and update; public profile of others; 404 and 400', async () => {
-    const a = await newUser(stack.url, 'Alice');
-    const b = await newUser(stack.url, 'Bob');
-    const upd = await api(stack.url, 'PATCH', '/users/me', {
+    const a = await newUser(env.stack.url, 'Alice');
+    const b = await newUser(env.stack.url, 'Bob');
+    const upd = await api(env.stack.url, 'PATCH', '/users/me', {
       token: a.accessToken,
       body: { displayName: 'Alice A.', bio: 'hi', avatarUrl: 'https://cdn.example/a.png' },
     });
     assert.equal(upd.status, 200);
     assert.equal(upd.body.displayName, 'Alice A.');
     assert.equal(upd.body.bio, 'hi');
-    const cleared = await api(stack.url, 'PATCH', '/users/me', { token: a.accessToken, body: { bio: null } });
+    const cleared = await api(env.stack.url, 'PATCH', '/users/me', { token: a.accessToken, body: { bio: null } });
     assert.equal(cleared.body.bio, null);
     assert.equal(cleared.body.avatarUrl, 'https://cdn.example/a.png', 'fields not sent stay as they were');
-    const pub = await api(stack.url, 'GET', `/users/${a.id}`, { token: b.accessToken });
+    const pub = await api(env.stack.url, 'GET', `/users/${a.id}`, { token: b.accessToken });
     assert.deepEqual(pub.body, { id: a.id, displayName: 'Alice A.', avatarUrl: 'https://cdn.example/a.png', bio: null });
-    assert.equal((await api(stack.url, 'GET', '/users/00000000-0000-4000-8000-000000000000', { token: b.accessToken })).status, 404);
-    assert.equal((await api(stack.url, 'GET', '/users/not-a-uuid', { token: b.accessToken })).status, 400);
-    assert.equal((await api(stack.url, 'PATCH', '/users/me', { token: a.accessToken, body: { avatarUrl: 'javascript:x' } })).status, 400);
-    assert.equal((await api(stack.url, 'PATCH', '/users/me', { token: a.accessToken, body: { email: 'x@y.z' } })).status, 400);
-    assert.equal((await api(stack.url, 'GET', '/users/me')).status, 401);
+    assert.equal((await api(env.stack.url, 'GET', '/users/00000000-0000-4000-8000-000000000000', { token: b.accessToken })).status, 404);
+    assert.equal((await api(env.stack.url, 'GET', '/users/not-a-uuid', { token: b.accessToken })).status, 400);
+    assert.equal((await api(env.stack.url, 'PATCH', '/users/me', { token: a.accessToken, body: { avatarUrl: 'javascript:x' } })).status, 400);
+    assert.equal((await api(env.stack.url, 'PATCH', '/users/me', { token: a.accessToken, body: { email: 'x@y.z' } })).status, 400);
+    assert.equal((await api(env.stack.url, 'GET', '/users/me')).status, 401);
   });
 });
 
 test('health reports Postgres and Redis', async () => {
-  const r = await api(stack.url, 'GET', '/health');
+  const r = await api(env.stack.url, 'GET', '/health');
   assert.equal(r.status, 200);
   assert.deepEqual(r.body, { status: 'ok', checks: { database: 'up', redis: 'up' } });
 });

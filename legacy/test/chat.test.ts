@@ -1,30 +1,21 @@
 // Chat over GraphQL (HTTP and graphql-ws) against the real monolith and Postgres.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { after, before, describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { Client as WsClient, createClient } from 'graphql-ws';
 import { Client } from 'pg';
 import WebSocket from 'ws';
-import { api, gql, newUser, Stack, startStack, TestUser, waitFor } from './harness';
+import { api, gql, newUser, withStack, TestUser, waitFor } from './harness';
 
-let stack: Stack;
-let db: Client;
-before(async () => {
-  stack = await startStack();
-  db = new Client({ connectionString: process.env.DATABASE_URL });
-  await db.connect();
-});
-after(async () => {
-  await db?.end();
-  await stack?.stop();
-});
+// the monolith + fakes for this file, and a Postgres client to check what it stored
+const env = withStack();
 
 const CHAT_FIELDS = 'id title isGroup createdAt updatedAt unreadCount members { role joinedAt user { id displayName avatarUrl } } lastMessage { id body }';
 const MSG_FIELDS = 'id chatId senderId sender { id displayName } body clientMessageId createdAt editedAt deletedAt';
 
 /** Runs an operation and returns `data`, failing on any error. */
 async function ok(user: TestUser, query: string, variables: Record<string, unknown> = {}) {
-  const r = await gql(stack.url, query, variables, user.accessToken);
+  const r = await gql(env.stack.url, query, variables, user.accessToken);
   assert.equal(r.status, 200, r.text);
   assert.equal(r.body.errors, undefined, r.text);
   return r.body.data;
@@ -32,7 +23,7 @@ async function ok(user: TestUser, query: string, variables: Record<string, unkno
 
 /** Runs an operation expected to fail and returns its single error's code. */
 async function errCode(token: string | undefined, query: string, variables: Record<string, unknown> = {}) {
-  const r = await gql(stack.url, query, variables, token);
+  const r = await gql(env.stack.url, query, variables, token);
   assert.ok(r.body.errors?.length, `expected an error, got ${r.text}`);
   return { status: r.status, code: r.body.errors[0].extensions?.code as string, message: r.body.errors[0].message as string, body: r.body };
 }
@@ -63,8 +54,8 @@ describe('authentication', () => {
 
 describe('createChat', () => {
   test('a direct chat: creator is owner, the same pair gets the same chat back from either side', async () => {
-    const a = await newUser(stack.url, 'Alice');
-    const b = await newUser(stack.url, 'Bob');
+    const a = await newUser(env.stack.url, 'Alice');
+    const b = await newUser(env.stack.url, 'Bob');
     const chat = await createChat(a, [b.id]);
     assert.equal(chat.isGroup, false);
     assert.equal(chat.title, null);
@@ -74,12 +65,12 @@ describe('createChat', () => {
     assert.deepEqual(roles, { [a.id]: 'owner', [b.id]: 'member' });
     assert.equal((await createChat(a, [b.id, b.id, a.id])).id, chat.id);
     assert.equal((await createChat(b, [a.id])).id, chat.id);
-    const n = await db.query('SELECT count(*)::int AS n FROM legacy.chat_members WHERE chat_id = $1', [chat.id]);
+    const n = await env.db.query('SELECT count(*)::int AS n FROM legacy.chat_members WHERE chat_id = $1', [chat.id]);
     assert.equal(n.rows[0].n, 2);
   });
 
   test('a titled chat or several members make a group, a new one each time', async () => {
-    const [a, b, c] = await Promise.all([newUser(stack.url, 'A'), newUser(stack.url, 'B'), newUser(stack.url, 'C')]);
+    const [a, b, c] = await Promise.all([newUser(env.stack.url, 'A'), newUser(env.stack.url, 'B'), newUser(env.stack.url, 'C')]);
     const g1 = await createChat(a, [b.id, c.id]);
     assert.equal(g1.isGroup, true);
     assert.equal(g1.members.length, 3);
@@ -90,7 +81,7 @@ describe('createChat', () => {
   });
 
   test('unknown, malformed, or only-self member ids are BAD_USER_INPUT', async () => {
-    const a = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
     const ghost = randomUUID();
     const q = `mutation($i: CreateChatInput!) { createChat(input: $i) { id } }`;
     let e = await errCode(a.accessToken, q, { i: { memberIds: [ghost] } });
@@ -109,8 +100,8 @@ describe('createChat', () => {
 
 describe('messages', () => {
   test('sendMessage is idempotent per clientMessageId: same message, one row', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
     const chat = await createChat(a, [b.id]);
     const m1 = await send(a, chat.id, 'hello', 'cm-1');
     assert.equal(m1.body, 'hello');
@@ -120,7 +111,7 @@ describe('messages', () => {
     assert.equal(m1.clientMessageId, 'cm-1');
     const again = await send(a, chat.id, 'hello (retry)', 'cm-1');
     assert.deepEqual(again, m1, 'the repeat returns the first message unchanged');
-    const rows = await db.query('SELECT count(*)::int AS n FROM legacy.messages WHERE chat_id = $1', [chat.id]);
+    const rows = await env.db.query('SELECT count(*)::int AS n FROM legacy.messages WHERE chat_id = $1', [chat.id]);
     assert.equal(rows.rows[0].n, 1);
     // the same client id from the other member is a different message
     const mb = await send(b, chat.id, 'hi', 'cm-1');
@@ -128,8 +119,8 @@ describe('messages', () => {
   });
 
   test('validation: empty, blank and too long bodies, missing clientMessageId', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
     const chat = await createChat(a, [b.id]);
     for (const body of ['', '   ', 'x'.repeat(4001)]) {
       const e = await errCode(a.accessToken, SEND, { i: { chatId: chat.id, body, clientMessageId: randomUUID() } });
@@ -143,9 +134,9 @@ describe('messages', () => {
   });
 
   test('non-members get FORBIDDEN, unknown chats NOT_FOUND', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
-    const outsider = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
+    const outsider = await newUser(env.stack.url);
     const chat = await createChat(a, [b.id]);
     const m = await send(a, chat.id, 'secret');
     const t = outsider.accessToken;
@@ -164,8 +155,8 @@ describe('messages', () => {
   });
 
   test('messages are paginated newest first with opaque cursors', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
     const chat = await createChat(a, [b.id]);
     const sent = [];
     for (let i = 0; i < 5; i++) sent.push(await send(i % 2 ? b : a, chat.id, `m${i}`));
@@ -181,7 +172,7 @@ describe('messages', () => {
     // the default page holds all five; the cursor is base64 of messages.seq
     const all = (await ok(b, MESSAGES, { c: chat.id })).messages;
     assert.equal(all.edges.length, 5);
-    const seq = await db.query('SELECT seq::text FROM legacy.messages WHERE id = $1', [sent[4].id]);
+    const seq = await env.db.query('SELECT seq::text FROM legacy.messages WHERE id = $1', [sent[4].id]);
     assert.equal(Buffer.from(all.edges[0].cursor, 'base64').toString(), seq.rows[0].seq);
     for (const bad of [{ first: 0 }, { first: 101 }, { after: 'not a cursor' }, { after: Buffer.from('abc').toString('base64') }]) {
       assert.equal((await errCode(a.accessToken, MESSAGES, { c: chat.id, ...bad })).code, 'BAD_USER_INPUT', JSON.stringify(bad));
@@ -189,8 +180,8 @@ describe('messages', () => {
   });
 
   test('edit and delete: only the sender; deleted messages keep their id with an empty body', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
     const chat = await createChat(a, [b.id]);
     const m = await send(a, chat.id, 'first draft');
     const EDIT = `mutation($id: ID!, $body: String!) { editMessage(id: $id, body: $body) { ${MSG_FIELDS} } }`;
@@ -210,13 +201,13 @@ describe('messages', () => {
     assert.equal((await errCode(a.accessToken, EDIT, { id: m.id, body: 'revive' })).code, 'NOT_FOUND');
     const list = (await ok(b, MESSAGES, { c: chat.id })).messages;
     assert.deepEqual(list.edges.map((e: any) => [e.node.id, e.node.body]), [[m.id, '']]);
-    const row = await db.query('SELECT deleted_at IS NOT NULL AS d FROM legacy.messages WHERE id = $1', [m.id]);
+    const row = await env.db.query('SELECT deleted_at IS NOT NULL AS d FROM legacy.messages WHERE id = $1', [m.id]);
     assert.equal(row.rows[0].d, true, 'soft delete: the row stays');
   });
 
   test('markRead moves the read marker forward only; unreadCount follows', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
     const chat = await createChat(a, [b.id]);
     const ms = [];
     for (let i = 0; i < 3; i++) ms.push(await send(a, chat.id, `n${i}`));
@@ -226,8 +217,8 @@ describe('messages', () => {
     assert.equal(await unread(a), 0, 'own messages are never unread');
     assert.equal((await ok(b, READ, { c: chat.id, m: ms[1].id })).markRead.unreadCount, 1);
     assert.equal((await ok(b, READ, { c: chat.id, m: ms[0].id })).markRead.unreadCount, 1, 'never backwards');
-    const marker = await db.query('SELECT last_read_seq::text FROM legacy.chat_members WHERE chat_id = $1 AND user_id = $2', [chat.id, b.id]);
-    const seq1 = await db.query('SELECT seq::text FROM legacy.messages WHERE id = $1', [ms[1].id]);
+    const marker = await env.db.query('SELECT last_read_seq::text FROM legacy.chat_members WHERE chat_id = $1 AND user_id = $2', [chat.id, b.id]);
+    const seq1 = await env.db.query('SELECT seq::text FROM legacy.messages WHERE id = $1', [ms[1].id]);
     assert.equal(marker.rows[0].last_read_seq, seq1.rows[0].seq);
     // a message of another chat
     const other = await createChat(a, [b.id], 'other');
@@ -237,9 +228,9 @@ describe('messages', () => {
   });
 
   test('chats lists the caller’s chats by newest activity with lastMessage', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
-    const c = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
+    const c = await newUser(env.stack.url);
     const ab = await createChat(a, [b.id]);
     const ac = await createChat(a, [c.id]);
     await send(a, ab.id, 'to b');
@@ -255,7 +246,7 @@ describe('messages', () => {
 });
 
 describe('subscription messageAdded over graphql-ws', () => {
-  const wsUrl = () => stack.url.replace(/^http/, 'ws') + '/graphql';
+  const wsUrl = () => env.stack.url.replace(/^http/, 'ws') + '/graphql';
   const clients: WsClient[] = [];
   after(async () => {
     await Promise.all(clients.map((c) => c.dispose()));
@@ -284,8 +275,8 @@ describe('subscription messageAdded over graphql-ws', () => {
   };
 
   test('a member receives messages of that chat only, once each, in order', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
     const chat = await createChat(a, [b.id]);
     const other = await createChat(a, [b.id], 'other');
     const c = client(b.accessToken);
@@ -322,9 +313,9 @@ describe('subscription messageAdded over graphql-ws', () => {
   });
 
   test('a non-member subscribing gets FORBIDDEN, an unknown chat NOT_FOUND', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
-    const outsider = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
+    const outsider = await newUser(env.stack.url);
     const chat = await createChat(a, [b.id]);
     const c = client(outsider.accessToken);
     const got = subscribe(c, chat.id);
@@ -341,7 +332,7 @@ describe('subscription messageAdded over graphql-ws', () => {
   });
 
   test('a plain HTTP GET to /graphql is not a 500', async () => {
-    const r = await api(stack.url, 'GET', '/graphql');
+    const r = await api(env.stack.url, 'GET', '/graphql');
     assert.ok(r.status < 500, `status ${r.status}`);
   });
 });

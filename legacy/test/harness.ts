@@ -7,7 +7,9 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { after, before } from 'node:test';
 import { generateSync } from 'otplib';
+import { Client } from 'pg';
 
 export const LEGACY_DIR = resolve(__dirname, '..', '..');
 export const REPO_DIR = resolve(LEGACY_DIR, '..');
@@ -215,4 +217,22 @@ export async function waitFor<T>(probe: () => Promise<T | undefined | null | fal
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/**
+ * Starts the monolith + fakes before the file's tests and stops them after, with a Postgres
+ * client on the same database for checking what the monolith stored.
+ */
+export function withStack(extraEnv: Record<string, string> = {}): { stack: Stack; db: Client } {
+  const ctx = {} as { stack: Stack; db: Client };
+  before(async () => {
+    ctx.stack = await startStack(extraEnv);
+    ctx.db = new Client({ connectionString: process.env.DATABASE_URL });
+    await ctx.db.connect();
+  });
+  after(async () => {
+    await ctx.db?.end();
+    await ctx.stack?.stop();
+  });
+  return ctx;
 }

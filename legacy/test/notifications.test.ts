@@ -1,43 +1,33 @@
 // Devices, in-app notifications and FCM push against the real monolith, Postgres and the FCM fake.
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { after, before, describe, test } from 'node:test';
-import { Client } from 'pg';
-import { api, gql, newUser, Stack, startStack, TestUser, waitFor } from './harness';
+import { describe, test } from 'node:test';
+import { api, gql, newUser, withStack, TestUser, waitFor } from './harness';
 
-let stack: Stack;
-let db: Client;
-before(async () => {
-  stack = await startStack();
-  db = new Client({ connectionString: process.env.DATABASE_URL });
-  await db.connect();
-});
-after(async () => {
-  await db?.end();
-  await stack?.stop();
-});
+// the monolith + fakes for this file, and a Postgres client to check what it stored
+const env = withStack();
 
 const token = (prefix = 'tok') => `${prefix}-${randomBytes(12).toString('hex')}`;
 const registerDevice = (u: TestUser, t: string, platform = 'android') =>
-  api(stack.url, 'POST', '/notifications/devices', { token: u.accessToken, body: { token: t, platform } });
+  api(env.stack.url, 'POST', '/notifications/devices', { token: u.accessToken, body: { token: t, platform } });
 
 /** Every message the FCM fake accepted. */
 async function pushes(): Promise<any[]> {
-  const r = await api(stack.fakes, 'GET', '/_fake/fcm/messages');
+  const r = await api(env.stack.fakes, 'GET', '/_fake/fcm/messages');
   assert.equal(r.status, 200);
   return r.body.items;
 }
 const pushesTo = async (t: string) => (await pushes()).filter((p) => p.message.token === t);
 
 async function directChat(a: TestUser, b: TestUser): Promise<string> {
-  const r = await gql(stack.url, 'mutation($i: CreateChatInput!) { createChat(input: $i) { id } }', { i: { memberIds: [b.id] } }, a.accessToken);
+  const r = await gql(env.stack.url, 'mutation($i: CreateChatInput!) { createChat(input: $i) { id } }', { i: { memberIds: [b.id] } }, a.accessToken);
   assert.equal(r.body.errors, undefined, r.text);
   return r.body.data.createChat.id;
 }
 
 async function send(u: TestUser, chatId: string, body: string, clientMessageId: string = randomUUID()) {
   const r = await gql(
-    stack.url,
+    env.stack.url,
     'mutation($i: SendMessageInput!) { sendMessage(input: $i) { id chatId } }',
     { i: { chatId, body, clientMessageId } },
     u.accessToken,
@@ -50,8 +40,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('devices', () => {
   test('register is 201 and an upsert: the same token registered by another user moves to them', async () => {
-    const a = await newUser(stack.url);
-    const b = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
+    const b = await newUser(env.stack.url);
     const t = token();
     const r = await registerDevice(a, t, 'ios');
     assert.equal(r.status, 201);
@@ -60,28 +50,28 @@ describe('devices', () => {
     assert.ok(Date.parse(r.body.createdAt));
     assert.equal((await registerDevice(a, t, 'ios')).status, 201, 'registering again is fine');
     assert.equal((await registerDevice(b, t, 'web')).status, 201);
-    const rows = await db.query('SELECT user_id, platform FROM legacy.devices WHERE token = $1', [t]);
+    const rows = await env.db.query('SELECT user_id, platform FROM legacy.devices WHERE token = $1', [t]);
     assert.deepEqual(rows.rows, [{ user_id: b.id, platform: 'web' }]);
     // A no longer owns it
-    assert.equal((await api(stack.url, 'DELETE', `/notifications/devices/${t}`, { token: a.accessToken })).status, 404);
+    assert.equal((await api(env.stack.url, 'DELETE', `/notifications/devices/${t}`, { token: a.accessToken })).status, 404);
   });
 
   test('delete: own token 204, then 404; unknown token 404', async () => {
-    const a = await newUser(stack.url);
+    const a = await newUser(env.stack.url);
     const t = token();
     await registerDevice(a, t);
-    const del = await api(stack.url, 'DELETE', `/notifications/devices/${encodeURIComponent(t)}`, { token: a.accessToken });
+    const del = await api(env.stack.url, 'DELETE', `/notifications/devices/${encodeURIComponent(t)}`, { token: a.accessToken });
     assert.equal(del.status, 204);
     assert.equal(del.text, '');
-    const again = await api(stack.url, 'DELETE', `/notifications/devices/${encodeURIComponent(t)}`, { token: a.accessToken });
+    const again = await api(env.stack.url, 'DELETE', `/notifications/devices/${encodeURIComponent(t)}`, { token: a.accessToken });
     assert.equal(again.status, 404);
     assert.deepEqual(again.body, { statusCode: 404, message: 'Device not found', error: 'Not Found' });
-    assert.equal((await db.query('SELECT 1 FROM legacy.devices WHERE token = $1', [t])).rowCount, 0);
+    assert.equal((await env.db.query('SELECT 1 FROM legacy.devices WHERE token = $1', [t])).rowCount, 0);
   });
 
   test('validation errors are 400 with every problem listed', async () => {
-    const a = await newUser(stack.url);
-    let r = await api(stack.url, 'POST', '/notifications/devices', { token: a.accessToken, body: { token: '', platform: 'symbian', extra: 1 } });
+    const a = await newUser(env.stack.url);
+    let r = await api(env.stack.url, 'POST', '/notifications/devices', { token: a.accessToken, body: { token: '', platform: 'symbian', extra: 1 } });
     assert.equal(r.status, 400);
     assert.equal(r.body.error, 'Bad Request');
     assert.ok(r.body.message.some((m: string) => m.startsWith('token must be longer')), r.text);
@@ -90,7 +80,7 @@ describe('devices', () => {
     r = await registerDevice(a, 'x'.repeat(4097));
     assert.equal(r.status, 400);
     assert.equal((await registerDevice(a, 'x'.repeat(4096), 'web')).status, 201);
-    r = await api(stack.url, 'POST', '/notifications/devices', { token: a.accessToken, body: '{"token":', headers: { 'content-type': 'application/json' } });
+    r = await api(env.stack.url, 'POST', '/notifications/devices', { token: a.accessToken, body: '{"token":', headers: { 'content-type': 'application/json' } });
     assert.equal(r.status, 400);
   });
 
@@ -104,7 +94,7 @@ describe('devices', () => {
       ['POST', `/notifications/${randomUUID()}/read`],
     ];
     for (const [method, path] of routes) {
-      const r = await api(stack.url, method, path, { token: method === 'GET' ? 'bad.token.here' : undefined, body: method === 'POST' ? {} : undefined });
+      const r = await api(env.stack.url, method, path, { token: method === 'GET' ? 'bad.token.here' : undefined, body: method === 'POST' ? {} : undefined });
       assert.equal(r.status, 401, `${method} ${path}`);
       assert.deepEqual(r.body, { statusCode: 401, message: 'Unauthorized' });
     }
@@ -113,8 +103,8 @@ describe('devices', () => {
 
 describe('a new message', () => {
   test('pushes once to each device of the other member, none to the sender, and is listed for the recipient', async () => {
-    const a = await newUser(stack.url, 'Alice');
-    const b = await newUser(stack.url, 'Bob');
+    const a = await newUser(env.stack.url, 'Alice');
+    const b = await newUser(env.stack.url, 'Bob');
     const [ta, tb1, tb2] = [token('a'), token('b1'), token('b2')];
     assert.equal((await registerDevice(a, ta)).status, 201);
     assert.equal((await registerDevice(b, tb1, 'android')).status, 201);
@@ -136,7 +126,7 @@ describe('a new message', () => {
     assert.equal((await pushesTo(tb2)).length, 1);
     assert.equal((await pushesTo(ta)).length, 0, 'nothing to the sender');
 
-    const list = await api(stack.url, 'GET', '/notifications', { token: b.accessToken });
+    const list = await api(env.stack.url, 'GET', '/notifications', { token: b.accessToken });
     assert.equal(list.status, 200);
     assert.equal(list.body.items.length, 1);
     const n = list.body.items[0];
@@ -144,28 +134,28 @@ describe('a new message', () => {
     assert.equal(n.readAt, null);
     assert.deepEqual(n.payload, { chatId, messageId: m.id, senderId: a.id, senderName: 'Alice', chatTitle: null, preview: 'Hello Bob, lunch?' });
     assert.equal(list.body.nextBefore, null);
-    const mine = await api(stack.url, 'GET', '/notifications', { token: a.accessToken });
+    const mine = await api(env.stack.url, 'GET', '/notifications', { token: a.accessToken });
     assert.deepEqual(mine.body, { items: [], nextBefore: null }, 'the sender is not notified');
 
-    let count = await api(stack.url, 'GET', '/notifications/unread-count', { token: b.accessToken });
+    let count = await api(env.stack.url, 'GET', '/notifications/unread-count', { token: b.accessToken });
     assert.deepEqual(count.body, { count: 1 });
-    const read = await api(stack.url, 'POST', `/notifications/${n.id}/read`, { token: b.accessToken });
+    const read = await api(env.stack.url, 'POST', `/notifications/${n.id}/read`, { token: b.accessToken });
     assert.equal(read.status, 200);
     assert.equal(read.body.id, n.id);
     assert.ok(Date.parse(read.body.readAt));
-    const readAgain = await api(stack.url, 'POST', `/notifications/${n.id}/read`, { token: b.accessToken });
+    const readAgain = await api(env.stack.url, 'POST', `/notifications/${n.id}/read`, { token: b.accessToken });
     assert.equal(readAgain.body.readAt, read.body.readAt, 'the first read time is kept');
-    count = await api(stack.url, 'GET', '/notifications/unread-count', { token: b.accessToken });
+    count = await api(env.stack.url, 'GET', '/notifications/unread-count', { token: b.accessToken });
     assert.deepEqual(count.body, { count: 0 });
     // someone else's notification, an unknown one, a malformed id
-    assert.equal((await api(stack.url, 'POST', `/notifications/${n.id}/read`, { token: a.accessToken })).status, 404);
-    assert.equal((await api(stack.url, 'POST', `/notifications/${randomUUID()}/read`, { token: b.accessToken })).status, 404);
-    assert.equal((await api(stack.url, 'POST', '/notifications/not-a-uuid/read', { token: b.accessToken })).status, 400);
+    assert.equal((await api(env.stack.url, 'POST', `/notifications/${n.id}/read`, { token: a.accessToken })).status, 404);
+    assert.equal((await api(env.stack.url, 'POST', `/notifications/${randomUUID()}/read`, { token: b.accessToken })).status, 404);
+    assert.equal((await api(env.stack.url, 'POST', '/notifications/not-a-uuid/read', { token: b.accessToken })).status, 400);
   });
 
   test('a token FCM reports UNREGISTERED is removed; the other devices still get the push', async () => {
-    const a = await newUser(stack.url, 'Ann');
-    const b = await newUser(stack.url, 'Ben');
+    const a = await newUser(env.stack.url, 'Ann');
+    const b = await newUser(env.stack.url, 'Ben');
     const dead = token('unregistered');
     const live = token('live');
     await registerDevice(b, dead);
@@ -174,20 +164,20 @@ describe('a new message', () => {
     await send(a, chatId, 'are you there?');
     await waitFor(async () => (await pushesTo(live)).length, 'the push to the live device');
     await waitFor(
-      async () => (await db.query('SELECT 1 FROM legacy.devices WHERE token = $1', [dead])).rowCount === 0,
+      async () => (await env.db.query('SELECT 1 FROM legacy.devices WHERE token = $1', [dead])).rowCount === 0,
       'the unregistered token to be deleted',
     );
-    assert.equal((await db.query('SELECT 1 FROM legacy.devices WHERE token = $1', [live])).rowCount, 1);
+    assert.equal((await env.db.query('SELECT 1 FROM legacy.devices WHERE token = $1', [live])).rowCount, 1);
     assert.equal((await pushesTo(dead)).length, 0);
   });
 
   test('group messages use the chat title; list pagination with limit and before', async () => {
-    const a = await newUser(stack.url, 'Gina');
-    const b = await newUser(stack.url, 'Hal');
+    const a = await newUser(env.stack.url, 'Gina');
+    const b = await newUser(env.stack.url, 'Hal');
     const tb = token('grp');
     await registerDevice(b, tb, 'web');
     const r = await gql(
-      stack.url,
+      env.stack.url,
       'mutation($i: CreateChatInput!) { createChat(input: $i) { id } }',
       { i: { memberIds: [b.id], title: 'Team' } },
       a.accessToken,
@@ -201,19 +191,19 @@ describe('a new message', () => {
     assert.ok(last.message.notification.body.startsWith('Gina: msg 2 '));
     assert.ok(last.message.notification.body.length <= 'Gina: '.length + 100, 'the preview is cut to 100 characters');
 
-    const p1 = await api(stack.url, 'GET', '/notifications?limit=2', { token: b.accessToken });
+    const p1 = await api(env.stack.url, 'GET', '/notifications?limit=2', { token: b.accessToken });
     assert.equal(p1.status, 200);
     assert.deepEqual(p1.body.items.map((n: any) => n.payload.messageId), [sent[2].id, sent[1].id]);
     assert.equal(p1.body.nextBefore, p1.body.items[1].id);
-    const p2 = await api(stack.url, 'GET', `/notifications?limit=2&before=${p1.body.nextBefore}`, { token: b.accessToken });
+    const p2 = await api(env.stack.url, 'GET', `/notifications?limit=2&before=${p1.body.nextBefore}`, { token: b.accessToken });
     assert.deepEqual(p2.body.items.map((n: any) => n.payload.messageId), [sent[0].id]);
     assert.equal(p2.body.nextBefore, null);
     for (const q of ['limit=0', 'limit=101', 'limit=abc', 'before=nope', `before=${randomUUID()}`]) {
-      const bad = await api(stack.url, 'GET', `/notifications?${q}`, { token: b.accessToken });
+      const bad = await api(env.stack.url, 'GET', `/notifications?${q}`, { token: b.accessToken });
       assert.equal(bad.status, 400, q);
     }
-    const all = await api(stack.url, 'POST', '/notifications/read-all', { token: b.accessToken });
+    const all = await api(env.stack.url, 'POST', '/notifications/read-all', { token: b.accessToken });
     assert.deepEqual(all.body, { updated: 3 });
-    assert.deepEqual((await api(stack.url, 'GET', '/notifications/unread-count', { token: b.accessToken })).body, { count: 0 });
+    assert.deepEqual((await api(env.stack.url, 'GET', '/notifications/unread-count', { token: b.accessToken })).body, { count: 0 });
   });
 });

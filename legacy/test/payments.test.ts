@@ -3,39 +3,29 @@
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { Client } from 'pg';
-import { api, newUser, Stack, startStack, STRIPE_WEBHOOK_SECRET, TestUser, waitFor } from './harness';
+import { api, newUser, Stack, startStack, withStack, STRIPE_WEBHOOK_SECRET, TestUser, waitFor } from './harness';
 
-let stack: Stack;
-let db: Client;
-before(async () => {
-  stack = await startStack();
-  db = new Client({ connectionString: process.env.DATABASE_URL });
-  await db.connect();
-});
-after(async () => {
-  await db?.end();
-  await stack?.stop();
-});
+// the monolith + fakes for this file, and a Postgres client to check what it stored
+const env = withStack();
 
 const DAY = 86_400_000;
-const stripeGet = (path: string) => api(stack.fakes, 'GET', path, { headers: { authorization: 'Bearer sk_test_reader' } });
-const sql = async (q: string, params: unknown[] = []) => (await db.query(q, params)).rows;
+const stripeGet = (path: string) => api(env.stack.fakes, 'GET', path, { headers: { authorization: 'Bearer sk_test_reader' } });
+const sql = async (q: string, params: unknown[] = []) => (await env.db.query(q, params)).rows;
 
 async function checkout(u: TestUser, planId = 'pro-monthly') {
-  return api(stack.url, 'POST', '/payments/checkout', { body: { planId }, token: u.accessToken });
+  return api(env.stack.url, 'POST', '/payments/checkout', { body: { planId }, token: u.accessToken });
 }
 
 /** Checkout + paying the session at the fake; returns the fake's events and deliveries. */
 async function subscribe(u: TestUser, planId = 'pro-monthly') {
   const co = await checkout(u, planId);
   assert.equal(co.status, 201, co.text);
-  const done = await api(stack.fakes, 'POST', `/_fake/stripe/checkout/sessions/${co.body.sessionId}/complete`);
+  const done = await api(env.stack.fakes, 'POST', `/_fake/stripe/checkout/sessions/${co.body.sessionId}/complete`);
   assert.equal(done.status, 200, done.text);
   return { sessionId: co.body.sessionId as string, events: done.body.events as any[], deliveries: done.body.deliveries as any[] };
 }
 
-const subscriptionOf = (u: TestUser) => api(stack.url, 'GET', '/payments/subscription', { token: u.accessToken });
+const subscriptionOf = (u: TestUser) => api(env.stack.url, 'GET', '/payments/subscription', { token: u.accessToken });
 
 // --- webhooks built by hand -------------------------------------------------------------------
 
@@ -43,7 +33,7 @@ const now = () => Math.floor(Date.now() / 1000);
 const sign = (payload: string, secret = STRIPE_WEBHOOK_SECRET, t = now()) =>
   `t=${t},v1=${createHmac('sha256', secret).update(`${t}.${payload}`).digest('hex')}`;
 const sendWebhook = (payload: string, signature?: string) =>
-  api(stack.url, 'POST', '/payments/webhook', {
+  api(env.stack.url, 'POST', '/payments/webhook', {
     body: payload,
     headers: { 'content-type': 'application/json', ...(signature !== undefined ? { 'stripe-signature': signature } : {}) },
   });
@@ -73,7 +63,7 @@ function subscriptionEvent(type: string, userId: string, sub: Partial<Record<str
 
 describe('plans', () => {
   test('GET /payments/plans is public and lists the seeded plans', async () => {
-    const r = await api(stack.url, 'GET', '/payments/plans');
+    const r = await api(env.stack.url, 'GET', '/payments/plans');
     assert.equal(r.status, 200);
     assert.deepEqual(r.body, [
       { id: 'pro-monthly', name: 'Pro (monthly)', amountCents: 499, currency: 'usd', interval: 'month' },
@@ -89,30 +79,30 @@ describe('checkout', () => {
       ['GET', '/payments/subscription'],
       ['POST', '/payments/subscription/cancel'],
     ]) {
-      const r = await api(stack.url, m, p, { body: m === 'POST' ? { planId: 'pro-monthly' } : undefined });
+      const r = await api(env.stack.url, m, p, { body: m === 'POST' ? { planId: 'pro-monthly' } : undefined });
       assert.equal(r.status, 401, `${m} ${p}`);
       assert.deepEqual(r.body, { statusCode: 401, message: 'Unauthorized' });
     }
-    const bad = await api(stack.url, 'POST', '/payments/checkout', { body: { planId: 'pro-monthly' }, token: 'not-a-jwt' });
+    const bad = await api(env.stack.url, 'POST', '/payments/checkout', { body: { planId: 'pro-monthly' }, token: 'not-a-jwt' });
     assert.equal(bad.status, 401);
   });
 
   test('validation errors are 400', async () => {
-    const u = await newUser(stack.url, 'Val');
-    const r = await api(stack.url, 'POST', '/payments/checkout', { body: { extra: 1 }, token: u.accessToken });
+    const u = await newUser(env.stack.url, 'Val');
+    const r = await api(env.stack.url, 'POST', '/payments/checkout', { body: { extra: 1 }, token: u.accessToken });
     assert.equal(r.status, 400);
     assert.equal(r.body.error, 'Bad Request');
     assert.ok(r.body.message.includes('planId must be a string'), r.text);
     assert.ok(r.body.message.includes('property extra should not exist'), r.text);
-    const num = await api(stack.url, 'POST', '/payments/checkout', { body: { planId: 7 }, token: u.accessToken });
+    const num = await api(env.stack.url, 'POST', '/payments/checkout', { body: { planId: 7 }, token: u.accessToken });
     assert.equal(num.status, 400);
-    const empty = await api(stack.url, 'POST', '/payments/checkout', { body: { planId: '' }, token: u.accessToken });
+    const empty = await api(env.stack.url, 'POST', '/payments/checkout', { body: { planId: '' }, token: u.accessToken });
     assert.equal(empty.status, 400);
     assert.ok(empty.body.message.includes('planId should not be empty'), empty.text);
   });
 
   test('an unknown plan is 404 and nothing is created at Stripe', async () => {
-    const u = await newUser(stack.url, 'NoPlan');
+    const u = await newUser(env.stack.url, 'NoPlan');
     const r = await checkout(u, 'gold-forever');
     assert.equal(r.status, 404);
     assert.deepEqual(r.body, { statusCode: 404, message: 'Plan not found', error: 'Not Found' });
@@ -120,7 +110,7 @@ describe('checkout', () => {
   });
 
   test('creates the session at Stripe with the customer, price and metadata; the customer only once', async () => {
-    const u = await newUser(stack.url, 'Buyer');
+    const u = await newUser(env.stack.url, 'Buyer');
     const a = await checkout(u, 'pro-monthly');
     assert.equal(a.status, 201, a.text);
     assert.deepEqual(Object.keys(a.body).sort(), ['sessionId', 'url']);
@@ -155,17 +145,17 @@ describe('checkout', () => {
 
 describe('subscription lifecycle through the fake', () => {
   test('none before checkout; cancel without one is 404', async () => {
-    const u = await newUser(stack.url, 'Nobody');
+    const u = await newUser(env.stack.url, 'Nobody');
     const r = await subscriptionOf(u);
     assert.equal(r.status, 200);
     assert.deepEqual(r.body, { status: 'none', planId: null, currentPeriodEnd: null, cancelAtPeriodEnd: false });
-    const c = await api(stack.url, 'POST', '/payments/subscription/cancel', { token: u.accessToken });
+    const c = await api(env.stack.url, 'POST', '/payments/subscription/cancel', { token: u.accessToken });
     assert.equal(c.status, 404);
     assert.deepEqual(c.body, { statusCode: 404, message: 'No active subscription', error: 'Not Found' });
   });
 
   test('paying the session activates the subscription via signed webhooks; redelivery is a no-op; cancel', async () => {
-    const u = await newUser(stack.url, 'Subscriber');
+    const u = await newUser(env.stack.url, 'Subscriber');
     const { sessionId, events, deliveries } = await subscribe(u, 'pro-yearly');
     assert.deepEqual(
       events.map((e) => e.type),
@@ -202,9 +192,9 @@ describe('subscription lifecycle through the fake', () => {
 
     // Redelivery: change the row behind the webhook's back, resend the created event; an event
     // that was processed once must not be applied again.
-    await db.query(`UPDATE legacy.subscriptions SET cancel_at_period_end = true WHERE stripe_subscription_id = $1`, [subId]);
+    await env.db.query(`UPDATE legacy.subscriptions SET cancel_at_period_end = true WHERE stripe_subscription_id = $1`, [subId]);
     for (const e of events) {
-      const re = await api(stack.fakes, 'POST', `/_fake/stripe/events/${e.id}/resend`);
+      const re = await api(env.stack.fakes, 'POST', `/_fake/stripe/events/${e.id}/resend`);
       assert.equal(re.status, 200);
       assert.equal(re.body.status, 200, 'a redelivered event is acknowledged with 200');
     }
@@ -212,16 +202,16 @@ describe('subscription lifecycle through the fake', () => {
     assert.deepEqual(after, [{ status: 'active', cancel_at_period_end: true }], 'still one row, untouched by the redelivery');
     const counted = await sql('SELECT id, count(*)::int AS n FROM legacy.stripe_events WHERE id = ANY($1) GROUP BY id', [events.map((e) => e.id)]);
     assert.deepEqual(counted.map((r) => r.n), [1, 1]);
-    await db.query(`UPDATE legacy.subscriptions SET cancel_at_period_end = false WHERE stripe_subscription_id = $1`, [subId]);
+    await env.db.query(`UPDATE legacy.subscriptions SET cancel_at_period_end = false WHERE stripe_subscription_id = $1`, [subId]);
 
     // cancel: Stripe cancels, its customer.subscription.deleted webhook and our answer agree
-    const cancel = await api(stack.url, 'POST', '/payments/subscription/cancel', { token: u.accessToken });
+    const cancel = await api(env.stack.url, 'POST', '/payments/subscription/cancel', { token: u.accessToken });
     assert.equal(cancel.status, 200, cancel.text);
     assert.equal(cancel.body.status, 'canceled');
     assert.equal(cancel.body.planId, 'pro-yearly');
     assert.equal(cancel.body.currentPeriodEnd, view.currentPeriodEnd);
     assert.equal((await stripeGet(`/v1/subscriptions/${subId}`)).body.status, 'canceled');
-    const fakeEvents = (await api(stack.fakes, 'GET', '/_fake/stripe/events')).body;
+    const fakeEvents = (await api(env.stack.fakes, 'GET', '/_fake/stripe/events')).body;
     const deleted = fakeEvents.events.find((e: any) => e.type === 'customer.subscription.deleted' && e.data.object.id === subId);
     assert.ok(deleted, 'the fake emitted customer.subscription.deleted');
     assert.deepEqual(
@@ -230,10 +220,10 @@ describe('subscription lifecycle through the fake', () => {
     );
     assert.equal((await sql('SELECT 1 FROM legacy.stripe_events WHERE id = $1', [deleted.id])).length, 1);
     assert.equal((await subscriptionOf(u)).body.status, 'canceled');
-    assert.equal((await api(stack.url, 'POST', '/payments/subscription/cancel', { token: u.accessToken })).status, 404);
+    assert.equal((await api(env.stack.url, 'POST', '/payments/subscription/cancel', { token: u.accessToken })).status, 404);
 
     // once canceled, a late redelivery of the created event changes nothing, and a new checkout is allowed
-    await api(stack.fakes, 'POST', `/_fake/stripe/events/${events[1].id}/resend`);
+    await api(env.stack.fakes, 'POST', `/_fake/stripe/events/${events[1].id}/resend`);
     assert.equal((await subscriptionOf(u)).body.status, 'canceled');
     const next = await checkout(u, 'pro-monthly');
     assert.equal(next.status, 201);
@@ -251,7 +241,7 @@ describe('webhook signature and events', () => {
   };
 
   test('bad, missing, foreign or stale signatures are 400 and change nothing', async () => {
-    const u = await newUser(stack.url, 'Forger');
+    const u = await newUser(env.stack.url, 'Forger');
     const payload = JSON.stringify(subscriptionEvent('customer.subscription.created', u.id));
     await expect400(payload, undefined, u.id);
     await expect400(payload, 'garbage', u.id);
@@ -275,7 +265,7 @@ describe('webhook signature and events', () => {
   });
 
   test('one valid v1 among several is enough (secret rotation)', async () => {
-    const u = await newUser(stack.url, 'Rotate');
+    const u = await newUser(env.stack.url, 'Rotate');
     const payload = JSON.stringify(subscriptionEvent('customer.subscription.created', u.id));
     const t = now();
     const good = sign(payload, STRIPE_WEBHOOK_SECRET, t).split(',')[1];
@@ -285,14 +275,14 @@ describe('webhook signature and events', () => {
   });
 
   test('a signed body that is not an event is 400; unknown event types are acknowledged and ignored', async () => {
-    const u = await newUser(stack.url, 'Odd');
+    const u = await newUser(env.stack.url, 'Odd');
     const notEvent = JSON.stringify({ hello: 'world' });
     const r = await sendWebhook(notEvent, sign(notEvent));
     assert.equal(r.status, 400);
     assert.deepEqual(r.body, { statusCode: 400, message: 'Malformed event', error: 'Bad Request' });
 
     // not JSON: no raw body to verify
-    const text = await api(stack.url, 'POST', '/payments/webhook', {
+    const text = await api(env.stack.url, 'POST', '/payments/webhook', {
       body: notEvent,
       headers: { 'content-type': 'text/plain', 'stripe-signature': sign(notEvent) },
     });
@@ -308,7 +298,7 @@ describe('webhook signature and events', () => {
   });
 
   test('subscription.updated mirrors status and cancel_at_period_end; a late event never revives a canceled one', async () => {
-    const u = await newUser(stack.url, 'Updates');
+    const u = await newUser(env.stack.url, 'Updates');
     const created = subscriptionEvent('customer.subscription.created', u.id);
     const subId = created.data.object.id;
     const send = async (e: object) => {
