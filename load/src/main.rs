@@ -158,7 +158,14 @@ impl Vu {
 
 async fn run_user(n: u32, args: Arc<Args>, http: reqwest::Client, stats: Arc<Mutex<Stats>>, start_at: Instant, deadline: Instant) {
     tokio::time::sleep_until(start_at.into()).await;
-    let mut vu = Vu { http, base: args.target.clone(), stats, access: String::new(), refresh: String::new(), rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(n) };
+    let mut vu = Vu {
+        http,
+        base: args.target.clone(),
+        stats,
+        access: String::new(),
+        refresh: String::new(),
+        rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(n),
+    };
     let email = format!("user{n}@{}", args.domain);
     let think = Duration::from_millis(args.think_ms);
     // log in (again after a failure, a second later)
@@ -233,10 +240,7 @@ fn loopback(url: &str) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Arc::new(Args::parse());
     loopback(&args.target)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(args.timeout))
-        .pool_max_idle_per_host(args.users as usize)
-        .build()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(args.timeout)).pool_max_idle_per_host(args.users as usize).build()?;
     let stats = Arc::new(Mutex::new(Stats::default()));
     let begin = Instant::now();
     let deadline = begin + Duration::from_secs(args.duration);

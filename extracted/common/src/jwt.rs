@@ -87,7 +87,10 @@ impl Verifier {
 
     /// A verifier that reads keys from a JWKS URL (fetched now, so a wrong URL fails at start).
     pub async fn from_jwks_url(url: &str, issuer: &str, audience: &str) -> Result<Self, JwtError> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| JwtError::Jwks { url: url.into(), reason: e.to_string() })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| JwtError::Jwks { url: url.into(), reason: e.to_string() })?;
         let v = Verifier(Arc::new(VerifierInner {
             source: Source::Jwks { url: url.into(), http },
             keys: RwLock::new(Keys { by_kid: HashMap::new(), default: None, fetched: None }),
@@ -100,7 +103,16 @@ impl Verifier {
     async fn refresh(&self) -> Result<(), JwtError> {
         let Source::Jwks { url, http } = &self.0.source else { return Ok(()) };
         let err = |reason: String| JwtError::Jwks { url: url.clone(), reason };
-        let set: JwkSet = http.get(url).send().await.map_err(|e| err(e.to_string()))?.error_for_status().map_err(|e| err(e.to_string()))?.json().await.map_err(|e| err(e.to_string()))?;
+        let set: JwkSet = http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .error_for_status()
+            .map_err(|e| err(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| err(e.to_string()))?;
         let mut by_kid = HashMap::new();
         let mut default = None;
         for jwk in &set.keys {

@@ -21,7 +21,11 @@ struct Keys {
 fn rsa_key(dir: &std::path::Path, name: &str) -> Keys {
     let key = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub.pem"));
-    let ok = Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(&key).output().unwrap();
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(ok.status.success(), "openssl genpkey: {}", String::from_utf8_lossy(&ok.stderr));
     let ok = Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public).output().unwrap();
     assert!(ok.status.success());
@@ -34,7 +38,15 @@ fn now() -> u64 {
 
 fn claims(exp_in: i64, aud: &str) -> Claims {
     let iat = now();
-    Claims { sub: "user-1".into(), email: "a@x.io".into(), sid: "fam-1".into(), iss: ISS.into(), aud: aud.into(), iat, exp: (iat as i64 + exp_in) as u64 }
+    Claims {
+        sub: "user-1".into(),
+        email: "a@x.io".into(),
+        sid: "fam-1".into(),
+        iss: ISS.into(),
+        aud: aud.into(),
+        iat,
+        exp: (iat as i64 + exp_in) as u64,
+    }
 }
 
 fn sign(keys: &Keys, kid: Option<&str>, c: &Claims) -> String {

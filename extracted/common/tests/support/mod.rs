@@ -37,7 +37,8 @@ async fn create(State(app): State<App>, tx: RequestTx, dry: DryRun, Json(body): 
         .await
         .unwrap();
     // the handler sees its own write inside the transaction, dry run or not
-    let seen: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {} WHERE id = $1", app.table)).bind(id).fetch_one(&mut *conn).await.unwrap();
+    let seen: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {} WHERE id = $1", app.table)).bind(id).fetch_one(&mut *conn).await.unwrap();
     (StatusCode::CREATED, Json(json!({ "id": id, "seen": seen, "dryRun": dry.0 })))
 }
 
@@ -63,4 +64,3 @@ pub fn router(pool: PgPool, table: String) -> Router {
         .with_state(App { table })
         .layer(axum::middleware::from_fn_with_state(pool, transaction_per_request))
 }
-
