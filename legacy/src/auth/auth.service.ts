@@ -37,6 +37,21 @@ export class AuthService {
     this.dummyHash = bcrypt.hash(randomBytes(16).toString('hex'), config.bcryptCost);
   }
 
+  private byId(id: string) {
+    return this.db.one<UserRow>('SELECT * FROM legacy.users WHERE id = $1', [id]);
+  }
+
+  private byEmail(email: string) {
+    return this.db.one<UserRow>('SELECT * FROM legacy.users WHERE lower(email) = lower($1)', [email]);
+  }
+
+  /** The authenticated caller's row; a token for a deleted account is 401. */
+  private async caller(id: string): Promise<UserRow> {
+    const user = await this.byId(id);
+    if (!user) throw new UnauthorizedException();
+    return user;
+  }
+
   async register(dto: RegisterDto): Promise<TokenPair> {
     const hash = await bcrypt.hash(dto.password, this.config.bcryptCost);
     try {
@@ -56,7 +71,7 @@ export class AuthService {
   }
 
   async login(email: string, password: string): Promise<TokenPair | TwoFactorChallenge> {
-    const user = await this.db.one<UserRow>('SELECT * FROM legacy.users WHERE lower(email) = lower($1)', [email]);
+    const user = await this.byEmail(email);
     const ok = await bcrypt.compare(password, user?.password_hash ?? (await this.dummyHash));
     if (!user || !user.password_hash || !ok) throw new UnauthorizedException('Invalid email or password');
     if (user.totp_enabled) {
@@ -71,7 +86,7 @@ export class AuthService {
     const key = `2fa:challenge:${sha256(challengeToken)}`;
     const userId = await this.redis.get(key);
     if (!userId) throw new UnauthorizedException('Two-factor challenge is invalid or expired');
-    const user = await this.db.one<UserRow>('SELECT * FROM legacy.users WHERE id = $1', [userId]);
+    const user = await this.byId(userId);
     if (!user?.totp_secret || !this.totpValid(user.totp_secret, code)) {
       const attempts = await this.redis.incr(`${key}:attempts`);
       await this.redis.expire(`${key}:attempts`, CHALLENGE_TTL_SECS);
@@ -93,14 +108,12 @@ export class AuthService {
   }
 
   async me(userId: string) {
-    const user = await this.db.one<UserRow>('SELECT * FROM legacy.users WHERE id = $1', [userId]);
-    if (!user) throw new UnauthorizedException();
+    const user = await this.caller(userId);
     return userView(user);
   }
 
   async setupTotp(userId: string): Promise<{ secret: string; otpauthUrl: string }> {
-    const user = await this.db.one<UserRow>('SELECT * FROM legacy.users WHERE id = $1', [userId]);
-    if (!user) throw new UnauthorizedException();
+    const user = await this.caller(userId);
     if (user.totp_enabled) throw new ConflictException('Two-factor authentication is already enabled');
     const secret = generateSecret();
     await this.db.query('UPDATE legacy.users SET totp_secret = $2, updated_at = now() WHERE id = $1', [userId, secret]);
@@ -108,8 +121,7 @@ export class AuthService {
   }
 
   async setTotpEnabled(userId: string, code: string, enabled: boolean): Promise<{ twoFactorEnabled: boolean }> {
-    const user = await this.db.one<UserRow>('SELECT * FROM legacy.users WHERE id = $1', [userId]);
-    if (!user) throw new UnauthorizedException();
+    const user = await this.caller(userId);
     if (!user.totp_secret) throw new BadRequestException('Two-factor setup has not been started');
     if (user.totp_enabled === enabled) {
       throw new ConflictException(`Two-factor authentication is already ${enabled ? 'enabled' : 'disabled'}`);
@@ -190,7 +202,7 @@ export class AuthService {
 
   /** Always resolves the same way, whether the address is registered or not (no enumeration). */
   async forgotPassword(email: string): Promise<void> {
-    const user = await this.db.one<UserRow>('SELECT * FROM legacy.users WHERE lower(email) = lower($1)', [email]);
+    const user = await this.byEmail(email);
     if (!user) return;
     const token = opaqueToken();
     await this.db.query(

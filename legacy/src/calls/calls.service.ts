@@ -12,26 +12,10 @@ import { Db } from '../infra/infra.module';
 import { CallsStore, CallState } from './calls.store';
 import { SignalBus } from './signal.bus';
 
-/** The call as REST answers it. */
-export interface CallView {
-  id: string;
-  chatId: string;
-  startedBy: string;
-  startedAt: string;
-  status: 'active' | 'ended';
-  endedAt: string | null;
-  participants: { userId: string; joinedAt: string }[];
-}
+/** The call as REST answers it: the stored state without who ended it. */
+export type CallView = Omit<CallState, 'endedBy'>;
 
-export const callView = (c: CallState): CallView => ({
-  id: c.id,
-  chatId: c.chatId,
-  startedBy: c.startedBy,
-  startedAt: c.startedAt,
-  status: c.status,
-  endedAt: c.endedAt,
-  participants: c.participants,
-});
+export const callView = ({ endedBy: _endedBy, ...view }: CallState): CallView => view;
 
 @Injectable()
 export class CallsService {
