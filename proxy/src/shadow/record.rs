@@ -5,17 +5,90 @@
 //! replaced, and JSON fields whose names look like secrets (password, token, secret, code,
 //! otp, authorization, cookie, api key) are replaced wherever they appear, in request bodies and
 //! in reported values.
+//!
+//! ## Fingerprints
+//! A recorded session (login → refresh with the token from the login answer → reuse of an old
+//! token) can only be replayed if the replay knows *which* earlier answer a redacted value came
+//! from. So in stored requests a token-like secret (at least [`TOKEN_MIN_LEN`] characters, no
+//! whitespace) is replaced by `[redacted:<fp>]`, where `<fp>` is the first 12 hex characters of
+//! its SHA-256, and a `Bearer` credential header becomes `Bearer [redacted:<fp>]`. Each record
+//! also keeps [`Record::answer_secrets`]: the fingerprints of the token-like secrets in the
+//! monolith's answer, by JSON path. Replay (`super::replay`) joins the two to substitute the
+//! value the monolith answers at replay time. Short secrets (passwords, 6-digit codes) stay a
+//! plain `[redacted]`: a short hash of a low-entropy value is reversible by trying candidates.
+//! Reported differences keep the plain form.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::diff::{DiffKind, Difference};
+use super::diff::{decoded, DiffKind, Difference, Exchange};
+use super::path::FieldPath;
 
 pub const REDACTED: &str = "[redacted]";
 
+/// The shortest secret that is fingerprinted rather than plainly redacted.
+pub const TOKEN_MIN_LEN: usize = 20;
+
+const FINGERPRINT_PREFIX: &str = "[redacted:";
+const FINGERPRINT_HEX: usize = 12;
+
 const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token"];
+const BEARER_HEADERS: &[&str] = &["authorization", "proxy-authorization"];
+
+/// Whether a secret is long and unstructured enough to be fingerprinted: a token, not a
+/// password or a one-time code. A hash of a short or human-chosen secret would leak it to a
+/// dictionary attack (hash every likely password or all 10^6 codes and compare), so those are
+/// only ever stored as `[redacted]`.
+pub fn is_token_like(s: &str) -> bool {
+    s.chars().count() >= TOKEN_MIN_LEN && !s.chars().any(char::is_whitespace)
+}
+
+/// The first 12 hex characters of the value's SHA-256.
+pub fn fingerprint(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(value.as_bytes()).iter().take(FINGERPRINT_HEX / 2).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a secret-named field may be fingerprinted at all: passwords are chosen by people,
+/// so even a long one is never hashed into a record.
+fn fingerprintable(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    !n.contains("password") && !n.contains("passwd")
+}
+
+/// `[redacted:<fp>]` for a token-like secret, `[redacted]` otherwise.
+pub fn redact_secret(value: &str) -> String {
+    if is_token_like(value) {
+        format!("{FINGERPRINT_PREFIX}{}]", fingerprint(value))
+    } else {
+        REDACTED.to_string()
+    }
+}
+
+/// The fingerprint of a whole `[redacted:<fp>]` string.
+pub fn parse_fingerprint(s: &str) -> Option<&str> {
+    let fp = s.strip_prefix(FINGERPRINT_PREFIX)?.strip_suffix(']')?;
+    (fp.len() == FINGERPRINT_HEX && fp.bytes().all(|b| b.is_ascii_hexdigit())).then_some(fp)
+}
+
+/// Every `[redacted:<fp>]` inside a text (a header value): byte range and fingerprint.
+pub fn find_fingerprints(s: &str) -> Vec<(std::ops::Range<usize>, &str)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = s[from..].find(FINGERPRINT_PREFIX).map(|i| i + from) {
+        let end = at + FINGERPRINT_PREFIX.len() + FINGERPRINT_HEX + 1;
+        match s.get(at..end).and_then(parse_fingerprint) {
+            Some(fp) => {
+                out.push((at..end, fp));
+                from = end;
+            }
+            None => from = at + FINGERPRINT_PREFIX.len(),
+        }
+    }
+    out
+}
 
 /// Whether a JSON key or query parameter names a secret.
 pub fn is_secret_name(name: &str) -> bool {
@@ -27,18 +100,85 @@ pub fn is_secret_name(name: &str) -> bool {
         || n.ends_with("code") && (n.contains("auth") || n.contains("verif") || n.contains("totp") || n.contains("2fa"))
 }
 
+/// Credential headers replaced; a token-like `Bearer` credential keeps its fingerprint
+/// (`Bearer [redacted:<fp>]`) so a replay can put the matching token back.
 pub fn redact_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
-    headers.iter().map(|(k, v)| (k.clone(), if SECRET_HEADERS.contains(&k.as_str()) { REDACTED.to_string() } else { v.clone() })).collect()
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let name = k.to_ascii_lowercase();
+            let value = if !SECRET_HEADERS.contains(&name.as_str()) {
+                v.clone()
+            } else {
+                match v.trim().split_once(' ') {
+                    Some((scheme, token))
+                        if BEARER_HEADERS.contains(&name.as_str())
+                            && scheme.eq_ignore_ascii_case("bearer")
+                            && is_token_like(token.trim()) =>
+                    {
+                        format!("{scheme} {}", redact_secret(token.trim()))
+                    }
+                    _ => REDACTED.to_string(),
+                }
+            };
+            (k.clone(), value)
+        })
+        .collect()
 }
 
-/// Replaces secret-named fields anywhere in a JSON value.
+/// Replaces secret-named fields anywhere in a JSON value with `[redacted]` (reported values).
 pub fn redact_json(v: &Value) -> Value {
+    redact_json_with(v, &|_, _| Value::String(REDACTED.into()))
+}
+
+/// Replaces secret-named fields anywhere in a JSON value, token-like strings (not passwords)
+/// with their fingerprint (stored requests).
+pub fn redact_json_fingerprinted(v: &Value) -> Value {
+    redact_json_with(v, &|name, secret| match secret {
+        Value::String(s) if fingerprintable(name) => Value::String(redact_secret(s)),
+        _ => Value::String(REDACTED.into()),
+    })
+}
+
+fn redact_json_with(v: &Value, secret: &dyn Fn(&str, &Value) -> Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter().map(|(k, v)| (k.clone(), if is_secret_name(k) { Value::String(REDACTED.into()) } else { redact_json(v) })).collect(),
+            m.iter().map(|(k, v)| (k.clone(), if is_secret_name(k) { secret(k, v) } else { redact_json_with(v, secret) })).collect(),
         ),
-        Value::Array(a) => Value::Array(a.iter().map(redact_json).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(|v| redact_json_with(v, secret)).collect()),
         other => other.clone(),
+    }
+}
+
+/// The fingerprints of the token-like secrets in an answer body (decoded as the diff engine
+/// does), by JSON path (`$.refreshToken`, `$.items[0].token`). A string counts when its own
+/// key, or the key of an enclosing object or array, names a secret (passwords never count).
+pub fn answer_secrets(answer: &Exchange) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Ok(v) = serde_json::from_slice::<Value>(&decoded(answer)) {
+        collect_secrets(&v, &FieldPath::root(), false, &mut out);
+    }
+    out
+}
+
+fn collect_secrets(v: &Value, path: &FieldPath, secret: bool, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if fingerprintable(k) {
+                    collect_secrets(v, &path.key(k), secret || is_secret_name(k), out);
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                collect_secrets(v, &path.index(i), secret, out);
+            }
+        }
+        Value::String(s) if secret && is_token_like(s) => {
+            out.insert(path.to_string(), fingerprint(s));
+        }
+        _ => {}
     }
 }
 
@@ -117,6 +257,10 @@ pub struct Record {
     pub request_headers: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_body: Option<Value>,
+    /// Fingerprints of the token-like secrets in the monolith's answer, by JSON path
+    /// (`{"$.refreshToken": "3f2a…"}`): what lets a replay resolve `[redacted:<fp>]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub answer_secrets: BTreeMap<String, String>,
 }
 
 impl Record {
@@ -124,13 +268,14 @@ impl Record {
         diffs.iter().map(|d| serde_json::to_value(redact_difference(d)).unwrap_or(Value::Null)).collect()
     }
 
-    /// A request body as stored: redacted JSON, or a UTF-8 string, or its size.
+    /// A request body as stored: redacted JSON (token-like secrets fingerprinted), or a UTF-8
+    /// string, or its size.
     pub fn body(body: &[u8]) -> Option<Value> {
         if body.is_empty() {
             return None;
         }
         Some(match serde_json::from_slice::<Value>(body) {
-            Ok(v) => redact_json(&v),
+            Ok(v) => redact_json_fingerprinted(&v),
             Err(_) => match std::str::from_utf8(body) {
                 Ok(s) if s.len() <= 4096 => Value::String(s.to_string()),
                 _ => serde_json::json!({ "bytes": body.len() }),
@@ -242,5 +387,127 @@ mod tests {
         assert_eq!(h[0].1, REDACTED);
         assert_eq!(h[1].1, "*/*");
         assert!(!is_secret_name("email") && !is_secret_name("statusCode") && !is_secret_name("countryCode"));
+    }
+
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln";
+
+    #[test]
+    fn fingerprints_are_sha256_prefixes() {
+        // SHA-256("abc") = ba7816bf8f01cfea…
+        assert_eq!(fingerprint("abc"), "ba7816bf8f01");
+        assert_eq!(redact_secret(TOKEN), format!("[redacted:{}]", fingerprint(TOKEN)));
+        assert_eq!(parse_fingerprint(&redact_secret(TOKEN)), Some(fingerprint(TOKEN).as_str()));
+        assert_eq!(parse_fingerprint("[redacted]"), None);
+        assert_eq!(parse_fingerprint("[redacted:xyz]"), None);
+        let header = format!("Bearer {} and [redacted:nothex] {}", redact_secret(TOKEN), redact_secret("b".repeat(30).as_str()));
+        let found: Vec<&str> = find_fingerprints(&header).into_iter().map(|(_, fp)| fp).collect();
+        assert_eq!(found, vec![fingerprint(TOKEN), fingerprint(&"b".repeat(30))]);
+    }
+
+    #[test]
+    fn tokens_are_fingerprinted_passwords_and_codes_are_not() {
+        let body = json!({
+            "email": "a@b.c",
+            "password": "hunter2",
+            "newPassword": "correct-horse-battery-staple-long",
+            "refreshToken": TOKEN,
+            "code": "123456",
+            "nested": [{ "apiKey": TOKEN, "clientSecret": "short", "tokens": [TOKEN] }],
+            "signature": "has whitespace in it so it is not a token"
+        });
+        let red = redact_json_fingerprinted(&body);
+        let fp = format!("[redacted:{}]", fingerprint(TOKEN));
+        assert_eq!(red["refreshToken"], fp.as_str());
+        assert_eq!(red["nested"][0]["apiKey"], fp.as_str());
+        for plain in [&red["password"], &red["newPassword"], &red["code"], &red["nested"][0]["clientSecret"], &red["signature"]] {
+            assert_eq!(plain, REDACTED);
+        }
+        // A secret-named array or object is redacted whole.
+        assert_eq!(red["nested"][0]["tokens"], REDACTED);
+        assert_eq!(red["email"], "a@b.c");
+        let text = red.to_string();
+        for secret in [TOKEN, "hunter2", "correct-horse", "123456", "whitespace"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        // Stored request bodies use fingerprints; reported values stay plain.
+        assert_eq!(Record::body(body.to_string().as_bytes()).unwrap(), red);
+        assert_eq!(redact_json(&body)["refreshToken"], REDACTED);
+    }
+
+    #[test]
+    fn bearer_headers_keep_a_fingerprint() {
+        let h = redact_headers(&[
+            ("authorization".into(), format!("Bearer {TOKEN}")),
+            ("proxy-authorization".into(), format!("bearer {TOKEN}")),
+            ("authorization".into(), "Bearer short".into()),
+            ("authorization".into(), format!("Basic {TOKEN}")),
+            ("cookie".into(), format!("sid={TOKEN}")),
+            ("x-api-key".into(), TOKEN.into()),
+            ("accept".into(), "*/*".into()),
+        ]);
+        let fp = fingerprint(TOKEN);
+        assert_eq!(h[0].1, format!("Bearer [redacted:{fp}]"));
+        assert_eq!(h[1].1, format!("bearer [redacted:{fp}]"));
+        for (name, value) in &h[2..6] {
+            assert_eq!(value, REDACTED, "{name}");
+        }
+        assert_eq!(h[6].1, "*/*");
+    }
+
+    #[test]
+    fn answer_secrets_are_keyed_by_diff_paths() {
+        use std::io::Write;
+        let t = |n: u8| format!("{}{}", TOKEN, n);
+        let body = json!({
+            "refreshToken": t(1),
+            "accessToken": "short",
+            "user": { "id": 1, "name": "a-long-name-that-is-not-a-secret", "sessionToken": t(2), "password": t(9) },
+            "items": [{ "token": "short" }, { "token": t(3) }],
+            "tokens": { "access": t(4) },
+            "odd key": { "apiKey": t(5) }
+        });
+        let answer = |body: Vec<u8>, headers: Vec<(String, String)>| Exchange { status: 200, headers, body };
+        let expected: BTreeMap<String, String> = [
+            ("$.refreshToken", t(1)),
+            ("$.user.sessionToken", t(2)),
+            ("$.items[1].token", t(3)),
+            ("$.tokens.access", t(4)),
+            ("$[\"odd key\"].apiKey", t(5)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), fingerprint(&v)))
+        .collect();
+        let json_ct = vec![("content-type".to_string(), "application/json".to_string())];
+        assert_eq!(answer_secrets(&answer(body.to_string().into_bytes(), json_ct.clone())), expected);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(body.to_string().as_bytes()).unwrap();
+        let mut headers = json_ct;
+        headers.push(("content-encoding".into(), "gzip".into()));
+        assert_eq!(answer_secrets(&answer(gz.finish().unwrap(), headers)), expected);
+        assert!(answer_secrets(&answer(b"<html>".to_vec(), vec![])).is_empty());
+
+        // Stored only when there is something to store.
+        let record = |answer_secrets| Record {
+            ts_unix_ms: 0,
+            route: "auth".into(),
+            endpoint: "POST /login".into(),
+            request_id: "r".into(),
+            method: "POST".into(),
+            uri: "/login".into(),
+            primary: "legacy".into(),
+            outcome: Outcome::Match,
+            legacy_status: Some(200),
+            candidate_status: Some(200),
+            differences: vec![],
+            noise: vec![],
+            error: None,
+            request_headers: vec![],
+            request_body: None,
+            answer_secrets,
+        };
+        assert!(!serde_json::to_string(&record(BTreeMap::new())).unwrap().contains("answer_secrets"));
+        let line = serde_json::to_string(&record(expected.clone())).unwrap();
+        let back: Record = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.answer_secrets, expected);
     }
 }

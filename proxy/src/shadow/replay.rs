@@ -2,8 +2,9 @@
 //! each cut-over.
 //!
 //! A cut-over folder (`shadow-tests/<cut-over>/`) holds `requests.jsonl` (one request a line:
-//! `method`, `uri`, `headers`, `body`, as the shadow store records them, or as extracted by
-//! `strangler corpus`) and `parity.toml`:
+//! `method`, `uri`, `headers`, `body` and, when the monolith's answer held token-like secrets,
+//! `answer_secrets`, as the shadow store records them, or as extracted by `strangler corpus`)
+//! and `parity.toml`:
 //!
 //! ```toml
 //! route = "auth"                          # the name reports use
@@ -11,24 +12,54 @@
 //! candidate_url = "http://127.0.0.1:4001"
 //! min_parity = 100.0
 //! noise_samples = 2                       # ask the monolith twice for the first N requests of each endpoint
+//! candidate_dry_run = true                # ask the candidate first, as a dry run (default false)
 //! [rules]                                 # the same keys as a route's `shadow = { … }`
 //! ignore = ["$.accessToken"]
+//! [fill]                                  # values for secrets the store redacted, by field (or header) name
+//! password = "corpus-password-1"          # a literal
+//! code = "totp:secret"                    # the current TOTP code of the base32 `secret` the monolith last answered
 //! ```
 //!
 //! Requests are replayed in file order, one at a time (a corpus is a session: later requests
 //! may depend on earlier ones), each to the monolith and then to the candidate.
+//!
+//! ## Filling redacted secrets
+//! The store redacts secrets (see `super::record`): a token-like one becomes `[redacted:<fp>]`
+//! (a fingerprint) and the record lists the fingerprints of the monolith's answer secrets by
+//! path (`answer_secrets`). Before request *i* is sent, every `[redacted:<fp>]` in its body
+//! (whole string values, any depth) and in its header values (`Bearer [redacted:<fp>]`) is
+//! replaced by the value the monolith answered *during this replay* at the path that the
+//! latest earlier request's `answer_secrets` gives for that fingerprint. So the refresh token
+//! of the login answer is presented to refresh, the access token becomes the bearer, and an old
+//! refresh token presented again (reuse detection) is the old token of this replay.
+//!
+//! What is left — plain `[redacted]` values (passwords, codes) and fingerprints no earlier
+//! answer explains — is filled from `[fill]` by the field's name (a header is filled whole by
+//! its name, e.g. `cookie`): a literal, or `totp:<field>`, the current RFC 6238 code (SHA-1, 6
+//! digits, 30 s) of the base32 secret found as string field `<field>` (any depth) in the latest
+//! monolith answer that has one. Values that cannot be filled are sent as recorded; each
+//! request with such values gets a warning on stderr naming them. Both sides get the same
+//! filled request.
+//!
+//! ## Shared database
+//! The monolith and the candidate usually share one database, so a write replayed to the
+//! monolith first would make the candidate answer differently (`409` on a second register).
+//! With `candidate_dry_run = true` the candidate is asked first, with `x-strangler-dry-run: 1`
+//! (services on `extracted/common` roll such a request back), then the monolith: both see the
+//! same state and only the monolith's writes persist.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::diff::{compare, Exchange, Rules};
+use super::diff::{compare, decoded, Exchange, Rules};
 use super::noise::NoiseModel;
-use super::record::{Outcome, Record, Summary};
+use super::path::FieldPath;
+use super::record::{find_fingerprints, parse_fingerprint, Outcome, Record, Summary, REDACTED};
 use super::template::endpoint_template;
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +74,12 @@ pub struct Parity {
     pub noise_samples: u32,
     #[serde(default)]
     pub rules: crate::config::raw::RawRouteShadow,
+    /// Ask the candidate first, as a dry run, then the monolith (a shared database).
+    #[serde(default)]
+    pub candidate_dry_run: bool,
+    /// Values for redacted secrets, by field name: a literal or `totp:<field>`.
+    #[serde(default)]
+    pub fill: BTreeMap<String, String>,
 }
 
 fn hundred() -> f64 {
@@ -61,6 +98,187 @@ pub struct CorpusRequest {
     pub headers: Vec<(String, String)>,
     #[serde(default, alias = "request_body")]
     pub body: Option<Value>,
+    /// Fingerprints of the secrets in the recorded monolith answer, by JSON path.
+    #[serde(default)]
+    pub answer_secrets: BTreeMap<String, String>,
+}
+
+/// A request of a corpus with its redacted secrets filled, and what could not be filled
+/// (field names; `header:<name>` for headers).
+#[derive(Debug, Clone)]
+pub struct Filled {
+    pub request: CorpusRequest,
+    pub unfilled: Vec<String>,
+}
+
+/// What filling request `i` may draw on: the corpus, the monolith's answers of this replay so
+/// far (`answers[j]` for request `j`, `None` when it was not JSON or failed), the `[fill]`
+/// table, and the time (for TOTP codes).
+pub struct FillContext<'a> {
+    pub corpus: &'a [CorpusRequest],
+    pub answers: &'a [Option<Value>],
+    pub fill: &'a BTreeMap<String, String>,
+    pub now_unix: u64,
+}
+
+impl FillContext<'_> {
+    /// Request `i` with its redacted secrets filled.
+    pub fn fill_request(&self, i: usize) -> Filled {
+        let mut request = self.corpus[i].clone();
+        let mut unfilled = Vec::new();
+        if let Some(body) = request.body.as_mut() {
+            self.fill_json(i, body, "", &mut unfilled);
+        }
+        for (name, value) in request.headers.iter_mut() {
+            let mut unresolved = false;
+            let found = find_fingerprints(value);
+            if !found.is_empty() {
+                let mut out = String::with_capacity(value.len());
+                let mut last = 0;
+                for (range, fp) in found {
+                    out.push_str(&value[last..range.start]);
+                    match self.resolve(i, fp) {
+                        Some(v) => out.push_str(&v),
+                        None => {
+                            unresolved = true;
+                            out.push_str(&value[range.clone()]);
+                        }
+                    }
+                    last = range.end;
+                }
+                out.push_str(&value[last..]);
+                *value = out;
+            }
+            if unresolved || value == REDACTED {
+                match self.fill_value(i, &name.to_ascii_lowercase()) {
+                    Some(v) => *value = v,
+                    None => unfilled.push(format!("header:{name}")),
+                }
+            }
+        }
+        Filled { request, unfilled }
+    }
+
+    fn fill_json(&self, i: usize, v: &mut Value, field: &str, unfilled: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    self.fill_json(i, v, k, unfilled);
+                }
+            }
+            Value::Array(a) => {
+                for v in a.iter_mut() {
+                    self.fill_json(i, v, field, unfilled);
+                }
+            }
+            Value::String(s) => {
+                let redacted = match parse_fingerprint(s) {
+                    Some(fp) => match self.resolve(i, fp) {
+                        Some(value) => {
+                            *s = value;
+                            return;
+                        }
+                        None => true,
+                    },
+                    None => s == REDACTED,
+                };
+                if redacted {
+                    match self.fill_value(i, field) {
+                        Some(value) => *s = value,
+                        None => unfilled.push(if field.is_empty() { "body".to_string() } else { field.to_string() }),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The value of this replay behind a fingerprint: the latest earlier request whose
+    /// recorded answer had a secret with that fingerprint, and the monolith's answer to it now.
+    fn resolve(&self, i: usize, fp: &str) -> Option<String> {
+        let j = (0..i.min(self.corpus.len())).rev().find(|&j| self.corpus[j].answer_secrets.values().any(|v| v == fp))?;
+        let answer = self.answers.get(j)?.as_ref()?;
+        self.corpus[j]
+            .answer_secrets
+            .iter()
+            .filter(|(_, v)| *v == fp)
+            .find_map(|(path, _)| value_at(answer, &FieldPath::root(), path)?.as_str().map(str::to_string))
+    }
+
+    /// A value from `[fill]` for a field or header name.
+    fn fill_value(&self, i: usize, name: &str) -> Option<String> {
+        let spec = self.fill.get(name)?;
+        match spec.strip_prefix("totp:") {
+            Some(field) => {
+                let earlier = &self.answers[..i.min(self.answers.len())];
+                let secret = earlier.iter().rev().flatten().find_map(|a| string_field(a, field))?;
+                totp(secret, self.now_unix)
+            }
+            None => Some(spec.clone()),
+        }
+    }
+}
+
+/// The value at a concrete path (`$.items[0].token`, as [`FieldPath`] displays it).
+fn value_at<'a>(v: &'a Value, at: &FieldPath, target: &str) -> Option<&'a Value> {
+    let here = at.to_string();
+    if here == target {
+        return Some(v);
+    }
+    if !target.starts_with(&here) {
+        return None;
+    }
+    match v {
+        Value::Object(m) => m.iter().find_map(|(k, v)| value_at(v, &at.key(k), target)),
+        Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| value_at(v, &at.index(i), target)),
+        _ => None,
+    }
+}
+
+/// The first string field of that name at any depth.
+fn string_field<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
+    match v {
+        Value::Object(m) => m.get(name).and_then(Value::as_str).or_else(|| m.values().find_map(|v| string_field(v, name))),
+        Value::Array(a) => a.iter().find_map(|v| string_field(v, name)),
+        _ => None,
+    }
+}
+
+/// The RFC 6238 TOTP code (HMAC-SHA-1, 6 digits, 30 s step) of a base32 secret at a time.
+pub fn totp(secret_base32: &str, unix_secs: u64) -> Option<String> {
+    use hmac::{Hmac, Mac};
+    let key = base32_decode(secret_base32)?;
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&key).ok()?;
+    mac.update(&(unix_secs / 30).to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let off = (h[h.len() - 1] & 0x0f) as usize;
+    let bin = u32::from_be_bytes([h[off] & 0x7f, h[off + 1], h[off + 2], h[off + 3]]);
+    Some(format!("{:06}", bin % 1_000_000))
+}
+
+/// RFC 4648 base32, case-insensitive, padding, spaces and dashes ignored.
+fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    let (mut acc, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for c in s.chars().filter(|c| !matches!(c, '=' | ' ' | '-')) {
+        let v = match c.to_ascii_uppercase() {
+            c @ 'A'..='Z' => c as u32 - 'A' as u32,
+            c @ '2'..='7' => c as u32 - '2' as u32 + 26,
+            _ => return None,
+        };
+        acc = (acc << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// An answer's body as JSON (decoded as the diff engine does).
+fn answer_json(e: &Exchange) -> Option<Value> {
+    serde_json::from_slice(&decoded(e)).ok()
 }
 
 /// Compiles a `[rules]` table with the same code as routes.toml, so rules mean the same in both.
@@ -94,13 +312,17 @@ pub fn load_corpus(path: &Path) -> anyhow::Result<Vec<CorpusRequest>> {
         .collect()
 }
 
-async fn send(client: &reqwest::Client, base: &str, r: &CorpusRequest) -> Result<Exchange, String> {
+async fn send(client: &reqwest::Client, base: &str, r: &CorpusRequest, dry_run: bool) -> Result<Exchange, String> {
     let method = reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|e| e.to_string())?;
     let mut req = client.request(method, format!("{}{}", base.trim_end_matches('/'), r.uri));
     for (k, v) in &r.headers {
-        if !matches!(k.as_str(), "content-length" | "transfer-encoding" | "host" | "connection") {
+        let k_lower = k.to_ascii_lowercase();
+        if !matches!(k_lower.as_str(), "content-length" | "transfer-encoding" | "host" | "connection" | crate::edge::DRY_RUN_HEADER) {
             req = req.header(k, v);
         }
+    }
+    if dry_run {
+        req = req.header(crate::edge::DRY_RUN_HEADER, "1");
     }
     if let Some(body) = &r.body {
         req = req.body(match body {
@@ -129,18 +351,41 @@ pub async fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String
     let mut noise = NoiseModel::default();
     let mut sampled: BTreeMap<String, u32> = BTreeMap::new();
     let mut summary = Summary::default();
-    for (i, r) in corpus.iter().enumerate() {
+    // The monolith's answers of this replay, by corpus position: what fingerprints resolve to.
+    let mut answers: Vec<Option<Value>> = Vec::with_capacity(corpus.len());
+    let mut unfilled_total = 0;
+    for i in 0..corpus.len() {
+        let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let filled = FillContext { corpus: &corpus, answers: &answers, fill: &parity.fill, now_unix }.fill_request(i);
+        let r = &filled.request;
+        if !filled.unfilled.is_empty() {
+            unfilled_total += filled.unfilled.len();
+            eprintln!(
+                "warning: corpus#{} {} {}: left redacted (nothing to fill it with): {}",
+                i + 1,
+                r.method,
+                super::record::redact_uri(&r.uri),
+                filled.unfilled.join(", ")
+            );
+        }
         let path = r.uri.split('?').next().unwrap_or(&r.uri);
         let endpoint = endpoint_template(&r.method, path);
         let safe = matches!(r.method.as_str(), "GET" | "HEAD" | "OPTIONS");
-        let a = send(&client, &legacy, r).await;
+        // With a shared database the candidate goes first as a dry run, so both sides see the
+        // state before this request and only the monolith's write persists.
+        let dry = if parity.candidate_dry_run { Some(send(&client, &candidate, r, true).await) } else { None };
+        let a = send(&client, &legacy, r, false).await;
+        answers.push(a.as_ref().ok().and_then(answer_json));
         if let (true, Ok(first)) = (safe && sampled.get(&endpoint).copied().unwrap_or(0) < parity.noise_samples, &a) {
-            if let Ok(second) = send(&client, &legacy, r).await {
+            if let Ok(second) = send(&client, &legacy, r, false).await {
                 noise.learn(&endpoint, first, &second, &rules);
                 *sampled.entry(endpoint.clone()).or_default() += 1;
             }
         }
-        let b = send(&client, &candidate, r).await;
+        let b = match dry {
+            Some(b) => b,
+            None => send(&client, &candidate, r, false).await,
+        };
         let (outcome, regressions, noise_diffs, error, statuses) = match (&a, &b) {
             (Ok(a), Ok(b)) => {
                 let (reg, nz) = noise.split(&endpoint, compare(a, b, &rules));
@@ -172,7 +417,11 @@ pub async fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String
             error,
             request_headers: vec![],
             request_body: None,
+            answer_secrets: BTreeMap::new(),
         });
+    }
+    if unfilled_total > 0 {
+        eprintln!("warning: {unfilled_total} redacted value(s) could not be filled; add them to [fill] in parity.toml");
     }
     Ok((summary, parity.min_parity))
 }
@@ -185,12 +434,196 @@ pub fn corpus_from_store(store: &Path, route: &str) -> anyhow::Result<Vec<String
         for line in std::fs::read_to_string(&p)?.lines() {
             let Ok(r) = serde_json::from_str::<Record>(line) else { continue };
             if r.route == route {
-                out.push(
-                    serde_json::json!({ "method": r.method, "uri": r.uri, "headers": r.request_headers, "body": r.request_body })
-                        .to_string(),
-                );
+                let mut line =
+                    serde_json::json!({ "method": r.method, "uri": r.uri, "headers": r.request_headers, "body": r.request_body });
+                if !r.answer_secrets.is_empty() {
+                    line["answer_secrets"] = serde_json::json!(r.answer_secrets);
+                }
+                out.push(line.to_string());
             }
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shadow::record::{fingerprint, redact_secret};
+    use serde_json::json;
+
+    /// A recorded value (as the store saw it at recording time) and its corpus placeholder.
+    fn rec(n: &str) -> (String, String) {
+        let v = format!("recorded-{n}-0123456789abcdefghij");
+        (fingerprint(&v), redact_secret(&v))
+    }
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)], body: Option<Value>, secrets: &[(&str, &str)]) -> CorpusRequest {
+        CorpusRequest {
+            method: method.into(),
+            uri: uri.into(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body,
+            answer_secrets: secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn fingerprints_resolve_to_the_latest_earlier_answer_and_old_tokens_stay_old() {
+        let (r1, r1_ph) = rec("r1");
+        let (a1, _) = rec("a1");
+        let (r2, _) = rec("r2");
+        let (a2, a2_ph) = rec("a2");
+        let (sid, sid_ph) = rec("sid");
+        let (item, item_ph) = rec("item");
+        let (_, unknown_ph) = rec("unknown");
+        let corpus = vec![
+            req(
+                "POST",
+                "/login",
+                &[],
+                Some(json!({ "email": "a@b.c", "password": REDACTED })),
+                &[("$.refreshToken", &r1), ("$.accessToken", &a1), ("$.session.id", &sid)],
+            ),
+            req(
+                "POST",
+                "/refresh",
+                &[],
+                Some(json!({ "refreshToken": r1_ph })),
+                &[("$.refreshToken", &r2), ("$.accessToken", &a2), ("$.session.id", &sid), ("$.items[1].token", &item)],
+            ),
+            req("GET", "/me", &[("authorization", &format!("Bearer {a2_ph}")), ("cookie", REDACTED)], None, &[]),
+            // Reuse detection: the refresh token of the login answer, presented again.
+            req("POST", "/refresh", &[], Some(json!({ "refreshToken": r1_ph })), &[]),
+            req(
+                "POST",
+                "/x",
+                &[("authorization", &format!("Bearer {unknown_ph}"))],
+                Some(json!({ "deep": [{ "sessionId": sid_ph, "token": item_ph }], "refreshToken": unknown_ph, "password": REDACTED })),
+                &[],
+            ),
+        ];
+        // What the monolith answers during this replay: new values at the recorded paths.
+        let answers = vec![
+            Some(json!({ "refreshToken": "replay-R1", "accessToken": "replay-A1", "session": { "id": "replay-S1" } })),
+            Some(json!({
+                "refreshToken": "replay-R2", "accessToken": "replay-A2", "session": { "id": "replay-S2" },
+                "items": [{ "token": "not-this" }, { "token": "replay-I" }]
+            })),
+            Some(json!({ "email": "a@b.c" })),
+            Some(json!({ "error": "reuse" })),
+        ];
+        let no_fill = BTreeMap::new();
+        let ctx = FillContext { corpus: &corpus, answers: &answers, fill: &no_fill, now_unix: 0 };
+
+        let f = ctx.fill_request(1);
+        assert_eq!(f.request.body.unwrap()["refreshToken"], "replay-R1");
+        assert!(f.unfilled.is_empty());
+
+        let f = ctx.fill_request(2);
+        assert_eq!(f.request.headers[0].1, "Bearer replay-A2");
+        assert_eq!(f.request.headers[1].1, REDACTED);
+        assert_eq!(f.unfilled, vec!["header:cookie"]);
+
+        // The fingerprint points at the login answer, not the latest refresh: the OLD token.
+        let f = ctx.fill_request(3);
+        assert_eq!(f.request.body.unwrap()["refreshToken"], "replay-R1");
+
+        // The session id is in both earlier answers: the latest wins. Array paths resolve.
+        let f = ctx.fill_request(4);
+        let body = f.request.body.unwrap();
+        assert_eq!(body["deep"][0]["sessionId"], "replay-S2");
+        assert_eq!(body["deep"][0]["token"], "replay-I");
+        // Nothing explains this fingerprint and [fill] is empty: sent as recorded, reported.
+        assert_eq!(body["refreshToken"], unknown_ph.as_str());
+        assert_eq!(f.request.headers[0].1, format!("Bearer {unknown_ph}"));
+        assert_eq!(f.unfilled, vec!["password", "refreshToken", "header:authorization"]);
+
+        // Only EARLIER answers count: request 1 cannot see its own answer's values.
+        let f = FillContext { corpus: &corpus, answers: &answers[..1], fill: &no_fill, now_unix: 0 }.fill_request(2);
+        assert_eq!(f.unfilled, vec!["header:authorization", "header:cookie"]);
+
+        // [fill] covers plain [redacted] values and unresolved fingerprints, by field or header name.
+        let fill: BTreeMap<String, String> = [
+            ("password", "corpus-password-1"),
+            ("refreshToken", "fallback-token"),
+            ("cookie", "sid=fixed"),
+            ("authorization", "Bearer fixed"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let ctx = FillContext { corpus: &corpus, answers: &answers, fill: &fill, now_unix: 0 };
+        let f = ctx.fill_request(0);
+        assert_eq!(f.request.body.unwrap()["password"], "corpus-password-1");
+        let f = ctx.fill_request(4);
+        let body = f.request.body.unwrap();
+        assert_eq!((body["password"].as_str(), body["refreshToken"].as_str()), (Some("corpus-password-1"), Some("fallback-token")));
+        assert_eq!(f.request.headers[0].1, "Bearer fixed");
+        assert!(f.unfilled.is_empty());
+        // A resolved fingerprint is never overridden by [fill].
+        assert_eq!(ctx.fill_request(3).request.body.unwrap()["refreshToken"], "replay-R1");
+    }
+
+    /// RFC 6238 appendix B (SHA-1), last six digits, secret "12345678901234567890".
+    #[test]
+    fn totp_matches_rfc_6238_vectors() {
+        let secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+        for (t, code) in [
+            (59, "287082"),
+            (1111111109, "081804"),
+            (1111111111, "050471"),
+            (1234567890, "005924"),
+            (2000000000, "279037"),
+            (20000000000, "353130"),
+        ] {
+            assert_eq!(totp(secret, t).as_deref(), Some(code), "t = {t}");
+        }
+        assert_eq!(totp("gezdgnbvgy3tqojq gezdgnbvgy3tqojq", 59).as_deref(), Some("287082"));
+        assert_eq!(totp("not base32!", 59), None);
+    }
+
+    #[test]
+    fn totp_fill_uses_the_latest_answer_with_the_secret() {
+        let corpus = vec![
+            req("POST", "/2fa/setup", &[], None, &[]),
+            req("GET", "/me", &[], None, &[]),
+            req("POST", "/2fa/setup", &[], None, &[]),
+            req("POST", "/2fa/verify", &[], Some(json!({ "code": REDACTED })), &[]),
+        ];
+        let answers = vec![
+            Some(json!({ "twoFactor": { "secret": "JBSWY3DPEHPK3PXP" } })),
+            Some(json!({ "email": "a@b.c" })),
+            Some(json!({ "data": [{ "twoFactor": { "secret": "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ" } }] })),
+        ];
+        let fill = [("code".to_string(), "totp:secret".to_string())].into_iter().collect();
+        let f = FillContext { corpus: &corpus, answers: &answers, fill: &fill, now_unix: 59 }.fill_request(3);
+        assert_eq!(f.request.body.unwrap()["code"], "287082");
+        let f = FillContext { corpus: &corpus, answers: &answers[..2], fill: &fill, now_unix: 59 }.fill_request(3);
+        assert_eq!(f.request.body.unwrap()["code"], totp("JBSWY3DPEHPK3PXP", 59).unwrap().as_str());
+        let f = FillContext { corpus: &corpus, answers: &[], fill: &fill, now_unix: 59 }.fill_request(3);
+        assert_eq!(f.unfilled, vec!["code"]);
+    }
+
+    #[test]
+    fn parity_reads_dry_run_and_fill() {
+        let p: Parity = toml::from_str(
+            "route = \"auth\"\ncandidate_dry_run = true\n[fill]\npassword = \"pw\"\ncode = \"totp:secret\"\n[rules]\nignore = [\"$.x\"]\n",
+        )
+        .unwrap();
+        assert!(p.candidate_dry_run);
+        assert_eq!(p.fill.get("code").map(String::as_str), Some("totp:secret"));
+        let p: Parity = toml::from_str("route = \"auth\"\n").unwrap();
+        assert!(!p.candidate_dry_run && p.fill.is_empty());
+        assert!(toml::from_str::<Parity>("route = \"auth\"\ncandidate_dry_rn = true\n").is_err());
+    }
+
+    #[test]
+    fn corpus_lines_carry_answer_secrets() {
+        let line = r#"{"method":"POST","uri":"/login","headers":[],"body":{"password":"[redacted]"},"answer_secrets":{"$.refreshToken":"0123456789ab"}}"#;
+        let r: CorpusRequest = serde_json::from_str(line).unwrap();
+        assert_eq!(r.answer_secrets.get("$.refreshToken").map(String::as_str), Some("0123456789ab"));
+        let r: CorpusRequest = serde_json::from_str(r#"{"method":"GET","uri":"/"}"#).unwrap();
+        assert!(r.answer_secrets.is_empty());
+    }
 }

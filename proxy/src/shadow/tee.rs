@@ -20,7 +20,7 @@ use tracing::debug;
 
 use super::diff::{compare, Exchange, Rules};
 use super::noise::NoiseModel;
-use super::record::{redact_headers, redact_uri, Outcome, Record, Summary};
+use super::record::{answer_secrets, redact_headers, redact_uri, Outcome, Record, Summary};
 use crate::config::{Route, Upstream};
 use crate::metrics as m;
 
@@ -152,6 +152,9 @@ impl Tee {
                 }
             }
         }
+        // The monolith's answer: the fingerprints of its secrets let a replay follow a session.
+        let legacy_answer = if cap.primary_is_legacy { Some(&cap.primary) } else { other.as_ref().ok() };
+        let answer_secrets = legacy_answer.map(answer_secrets).unwrap_or_default();
         let (outcome, regressions, noise, error, statuses) = match other {
             Err(o) => {
                 (o, Vec::new(), Vec::new(), Some(format!("shadow request to {} failed ({})", cap.other.name, o.as_str())), (None, None))
@@ -191,6 +194,7 @@ impl Tee {
             error,
             request_headers: redact_headers(&cap.headers),
             request_body: Record::body(&cap.body),
+            answer_secrets,
         };
         if outcome == Outcome::Mismatch {
             debug!(route = %route, request_id = %cap.request_id, differences = record.differences.len(), "shadow mismatch");

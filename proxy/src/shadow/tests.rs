@@ -271,6 +271,7 @@ fn reports_in_three_formats() {
         error: None,
         request_headers: vec![],
         request_body: None,
+        answer_secrets: Default::default(),
     };
     let legacy = ex(200, json!({ "user": { "displayName": "Ann" }, "accessToken": "x" }));
     let candidate = ex(200, json!({ "user": { "displayName": "ann" }, "accessToken": "y" }));
