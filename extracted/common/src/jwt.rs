@@ -159,7 +159,10 @@ impl Verifier {
 pub struct AuthUser(pub Claims);
 
 pub fn unauthorized() -> Response {
-    (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "message": "Unauthorized", "statusCode": 401 }))).into_response()
+    let mut res = (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "message": "Unauthorized", "statusCode": 401 }))).into_response();
+    // Express's res.json says so; the proxy's shadow diff compares content-type
+    res.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json; charset=utf-8"));
+    res
 }
 
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {

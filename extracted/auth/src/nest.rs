@@ -1,0 +1,344 @@
+//! What the monolith's HTTP layer (NestJS 11 on Express 5) does around every handler, so that a
+//! client cannot tell the two apart: the JSON body parser (`express.json()`: 100 kB limit, strict
+//! top level, `{}` for other content types), Nest's error bodies, `application/json;
+//! charset=utf-8`, Express's weak ETag and its `304` for a matching `If-None-Match`, the redirect
+//! bodies, and Nest's `404 Cannot GET /path` for every unknown route or method.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::Serialize;
+use serde_json::Value;
+use sha1::{Digest, Sha1};
+
+/// Express's `express.json()` default limit.
+pub const BODY_LIMIT: usize = 100 * 1024;
+
+/// An error as Nest's exception filter renders it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NestError {
+    pub status: StatusCode,
+    pub message: Value,
+    /// `error` is absent on a bare `UnauthorizedException()` and on 413/500.
+    pub error: Option<&'static str>,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(rename = "statusCode")]
+    status_code: u16,
+}
+
+impl NestError {
+    fn new(status: StatusCode, message: impl Into<Value>) -> Self {
+        NestError { status, message: message.into(), error: status.canonical_reason(), retry_after: None }
+    }
+    pub fn bad_request(message: &str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn validation(messages: Vec<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Value::from(messages))
+    }
+    pub fn unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+    /// `throw new UnauthorizedException()`: `{"message":"Unauthorized","statusCode":401}`.
+    pub fn bare_unauthorized() -> Self {
+        NestError { error: None, ..Self::new(StatusCode::UNAUTHORIZED, "Unauthorized") }
+    }
+    pub fn conflict(message: &str) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    pub fn not_found(message: String) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn too_many(retry_after: u64) -> Self {
+        NestError {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "Too many attempts, try again later")
+        }
+    }
+    /// Nest's answer to an unexpected error: no details reach the client.
+    pub fn internal() -> Self {
+        NestError { error: None, ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error") }
+    }
+}
+
+/// Express's own errors (413) and Nest's 500 put `statusCode` first.
+#[derive(Serialize)]
+struct StatusFirstBody<'a> {
+    #[serde(rename = "statusCode")]
+    status_code: u16,
+    message: &'a Value,
+}
+
+impl IntoResponse for NestError {
+    fn into_response(self) -> Response {
+        let mut res = if self.error.is_none() && self.status != StatusCode::UNAUTHORIZED {
+            json(self.status, &StatusFirstBody { status_code: self.status.as_u16(), message: &self.message })
+        } else {
+            json(self.status, &ErrorBody { message: &self.message, error: self.error, status_code: self.status.as_u16() })
+        };
+        if let Some(s) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        res
+    }
+}
+
+/// Unexpected failures (database, Redis) become Nest's 500; the cause goes to the log only.
+impl From<sqlx::Error> for NestError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "database error");
+        Self::internal()
+    }
+}
+impl From<redis::RedisError> for NestError {
+    fn from(e: redis::RedisError) -> Self {
+        tracing::error!(error = %e, "redis error");
+        Self::internal()
+    }
+}
+
+/// A JSON answer as Express's `res.json` sends it. Bodies are structs, not `json!` maps, so keys
+/// keep the monolith's order and the bytes (and ETags) come out the same.
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    json_bytes(status, serde_json::to_vec(body).expect("response bodies serialise"))
+}
+
+pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
+    let mut res = (status, bytes).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    res
+}
+
+/// Express's default ETag: `W/"<length hex>-<first 27 chars of base64 SHA-1>"`.
+pub fn etag(body: &[u8]) -> String {
+    let digest = Sha1::digest(body);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+    format!("W/\"{:x}-{}\"", body.len(), &b64[..27])
+}
+
+/// Whether an `If-None-Match` value matches an ETag (weak comparison, as Express's `fresh`).
+pub fn if_none_match_hits(if_none_match: &str, etag: &str) -> bool {
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    if_none_match.trim() == "*" || if_none_match.split(',').any(|t| strip(t) == strip(etag))
+}
+
+/// Middleware: ETag on every answer with a body (as `res.send` does), `304` for GET/HEAD when the
+/// client already has it.
+pub async fn express_etag(req: Request, next: Next) -> Response {
+    let conditional = matches!(*req.method(), Method::GET | Method::HEAD)
+        .then(|| req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_string))
+        .flatten();
+    let res = next.run(req).await;
+    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return NestError::internal().into_response();
+    };
+    let tag = etag(&bytes);
+    if let (Some(inm), true) = (conditional, parts.status.is_success()) {
+        if if_none_match_hits(&inm, &tag) {
+            parts.status = StatusCode::NOT_MODIFIED;
+            parts.headers.remove(header::CONTENT_TYPE);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("etag is ASCII"));
+            return Response::from_parts(parts, Body::empty());
+        }
+    }
+    parts.headers.insert(header::ETAG, HeaderValue::from_str(&tag).expect("etag is ASCII"));
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// `res.redirect(302, url)`: text or HTML body by `Accept`, `Vary: Accept`.
+pub fn redirect(accept: Option<&str>, url: &str) -> Response {
+    let html = accept.is_some_and(prefers_html);
+    let (ctype, body) = if html {
+        ("text/html; charset=utf-8", format!("<p>Found. Redirecting to {}</p>", escape_html(url)))
+    } else {
+        ("text/plain; charset=utf-8", format!("Found. Redirecting to {url}"))
+    };
+    let mut res = (StatusCode::FOUND, body).into_response();
+    let h = res.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_str(url).unwrap_or(HeaderValue::from_static("/")));
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    res
+}
+
+/// Express offers `text/plain` before `text/html`; the client's q-values decide.
+fn prefers_html(accept: &str) -> bool {
+    let q_of = |want: &str| -> f32 {
+        let mut best: f32 = -1.0;
+        for item in accept.split(',') {
+            let mut parts = item.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts.find_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.parse().ok())).unwrap_or(1.0);
+            let specificity_ok = media == want || media == "text/*" || media == "*/*";
+            if specificity_ok && (media == want || best < 0.0) {
+                best = if media == want { q } else { best.max(q) };
+            }
+        }
+        best
+    };
+    let (text, html) = (q_of("text/plain"), q_of("text/html"));
+    html > 0.0 && html > text
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// Nest's answer for an unknown route or method: `Cannot GET /path?query`.
+pub async fn not_found(method: Method, uri: axum::http::Uri) -> NestError {
+    let url = uri.path_and_query().map_or_else(|| uri.path().to_string(), |pq| pq.as_str().to_string());
+    NestError::not_found(format!("Cannot {method} {url}"))
+}
+
+/// A request body as `express.json()` hands it to Nest: the parsed JSON value, or `{}` when the
+/// content type is not JSON or the body is empty. Keys are also kept in the order they were sent
+/// (validation reports unknown properties in that order).
+#[derive(Debug, Clone)]
+pub struct JsonBody {
+    pub value: Value,
+    pub keys: Vec<String>,
+}
+
+impl JsonBody {
+    pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Self, NestError> {
+        let empty = || JsonBody { value: Value::Object(Default::default()), keys: vec![] };
+        let is_json = content_type.and_then(|c| c.split(';').next()).is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Ok(empty());
+        }
+        if bytes.len() > BODY_LIMIT {
+            return Err(too_large());
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let Some(first) = text.trim_start_matches([' ', '\t', '\n', '\r']).chars().next() else {
+            return Ok(empty());
+        };
+        if first != '{' && first != '[' {
+            return Err(NestError::bad_request(&strict_violation(&text, first)));
+        }
+        let value: Value = serde_json::from_str(&text).map_err(|e| NestError::bad_request(&format!("{e} in JSON")))?;
+        let keys = serde_json::from_str::<KeysInOrder>(&text).map(|k| k.0).unwrap_or_default();
+        Ok(JsonBody { value, keys })
+    }
+}
+
+fn too_large() -> NestError {
+    NestError { error: None, ..NestError::new(StatusCode::PAYLOAD_TOO_LARGE, "request entity too large") }
+}
+
+/// body-parser's strict mode message for a top level that is not an object or array, which is
+/// V8's `JSON.parse` message for the first character.
+fn strict_violation(text: &str, first: char) -> String {
+    const SHORT: usize = 40;
+    let shown = if text.chars().count() <= SHORT {
+        format!("\"{text}\"")
+    } else {
+        format!("\"{}\"... ", text.chars().take(10).collect::<String>())
+    };
+    format!("Unexpected token '{first}', {} is not valid JSON", shown.trim_end())
+}
+
+/// The top-level keys of a JSON object in the order they were sent.
+struct KeysInOrder(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for KeysInOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeysInOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<KeysInOrder, A::Error> {
+                let mut keys: Vec<String> = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !keys.contains(&k) {
+                        keys.push(k);
+                    }
+                }
+                Ok(KeysInOrder(keys))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<KeysInOrder, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(KeysInOrder(vec![]))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = NestError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, NestError> {
+        let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let bytes = match axum::body::to_bytes(req.into_body(), BODY_LIMIT + 1).await {
+            Ok(b) => b,
+            Err(_) => return Err(too_large()),
+        };
+        let _ = state;
+        JsonBody::parse(ctype.as_deref(), &Bytes::from(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(ct: &str, body: &str) -> Result<JsonBody, NestError> {
+        JsonBody::parse(Some(ct), body.as_bytes())
+    }
+
+    #[test]
+    fn express_etag_matches_express() {
+        // from the monolith: {"message":"If the address is registered, a reset link has been sent"}
+        let body = br#"{"message":"If the address is registered, a reset link has been sent"}"#;
+        assert_eq!(etag(body), "W/\"46-6MQTmSXjaq8/d2cMDHjpReZUh7U\"");
+        assert!(if_none_match_hits("W/\"46-6MQTmSXjaq8/d2cMDHjpReZUh7U\"", &etag(body)));
+        assert!(if_none_match_hits("\"x\", \"46-6MQTmSXjaq8/d2cMDHjpReZUh7U\"", &etag(body)));
+        assert!(!if_none_match_hits("W/\"47-6MQTmSXjaq8/d2cMDHjpReZUh7U\"", &etag(body)));
+    }
+
+    #[test]
+    fn body_parser_rules() {
+        assert_eq!(parse("text/plain", "hello").unwrap().value, serde_json::json!({}));
+        assert_eq!(parse("application/vnd.api+json", r#"{"a":1}"#).unwrap().value, serde_json::json!({}));
+        assert_eq!(parse("application/json", "  ").unwrap().value, serde_json::json!({}));
+        assert_eq!(parse("application/json; charset=utf-8", r#"{"b":1,"a":2,"b":3}"#).unwrap().keys, vec!["b", "a"]);
+        let e = parse("application/json", "null").unwrap_err();
+        assert_eq!(e.message, Value::from("Unexpected token 'n', \"null\" is not valid JSON"));
+        let e = parse("application/json", "\"str\"").unwrap_err();
+        assert_eq!(e.message, Value::from("Unexpected token '\"', \"\"str\"\" is not valid JSON"));
+        assert_eq!(parse("application/json", "{bad").unwrap_err().status, StatusCode::BAD_REQUEST);
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(BODY_LIMIT));
+        let e = parse("application/json", &big).unwrap_err();
+        assert_eq!((e.status, e.error), (StatusCode::PAYLOAD_TOO_LARGE, None));
+    }
+
+    #[test]
+    fn redirect_negotiates_like_express() {
+        assert!(!prefers_html("*/*"));
+        assert!(prefers_html("text/html,application/xhtml+xml,*/*;q=0.8"));
+        assert!(!prefers_html("text/plain, text/html"));
+        assert!(!prefers_html("application/json"));
+        let r = redirect(Some("text/html"), "http://g/?a=1&b=2");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(r.headers()[header::LOCATION], "http://g/?a=1&b=2");
+    }
+}

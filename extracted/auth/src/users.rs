@@ -1,0 +1,90 @@
+//! The `legacy.users` row and the views of it the API returns.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub id: uuid::Uuid,
+    pub email: String,
+    pub password_hash: Option<String>,
+    pub display_name: String,
+    pub avatar_url: Option<String>,
+    pub bio: Option<String>,
+    pub totp_secret: Option<String>,
+    pub totp_enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for UserRow {
+    fn from_row(r: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(UserRow {
+            id: r.try_get("id")?,
+            email: r.try_get("email")?,
+            password_hash: r.try_get("password_hash")?,
+            display_name: r.try_get("display_name")?,
+            avatar_url: r.try_get("avatar_url")?,
+            bio: r.try_get("bio")?,
+            totp_secret: r.try_get("totp_secret")?,
+            totp_enabled: r.try_get("totp_enabled")?,
+            created_at: r.try_get("created_at")?,
+        })
+    }
+}
+
+/// The account as its owner sees it (`userView` in the monolith).
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    pub avatar_url: Option<String>,
+    pub bio: Option<String>,
+    pub two_factor_enabled: bool,
+    pub created_at: String,
+}
+
+impl From<&UserRow> for UserView {
+    fn from(u: &UserRow) -> Self {
+        UserView {
+            id: u.id.to_string(),
+            email: u.email.clone(),
+            display_name: u.display_name.clone(),
+            avatar_url: u.avatar_url.clone(),
+            bio: u.bio.clone(),
+            two_factor_enabled: u.totp_enabled,
+            created_at: js_iso_string(u.created_at),
+        }
+    }
+}
+
+/// The timestamp as the monolith prints it: node-postgres turns the microseconds into
+/// `1000 * parseFloat("0.uuuuuu")` milliseconds, `Date` truncates that, then `toISOString()`.
+/// The same floating-point steps here (node agrees with plain truncation for all 10^6 values).
+pub fn js_iso_string(t: DateTime<Utc>) -> String {
+    let micros = t.timestamp_subsec_micros();
+    let ms = (1000.0 * (micros as f64 / 1_000_000.0)).trunc() as u32;
+    format!("{}.{ms:03}Z", t.format("%Y-%m-%dT%H:%M:%S"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn iso_strings_follow_javascript() {
+        let t = Utc.with_ymd_and_hms(2026, 12, 1, 23, 19, 48).unwrap() + chrono::Duration::microseconds(457_123);
+        assert_eq!(js_iso_string(t), "2026-12-01T23:19:48.457Z");
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(js_iso_string(t), "2026-01-02T03:04:05.000Z");
+        // truncated, never rounded (checked with node for every microsecond value of a second)
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(999_999);
+        assert_eq!(js_iso_string(t), "2026-01-02T03:04:05.999Z");
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(291_000);
+        assert_eq!(js_iso_string(t), "2026-01-02T03:04:05.291Z");
+    }
+}

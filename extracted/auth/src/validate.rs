@@ -1,0 +1,375 @@
+//! The monolith's request validation (class-validator behind Nest's `ValidationPipe` with
+//! `whitelist`, `forbidNonWhitelisted` and `transform`), rule for rule and message for message:
+//! unknown properties first (in the order sent), then each DTO property in declaration order with
+//! its failed constraints in class-validator's order (the decorator closest to the property
+//! first). Values are never coerced: `5` is not a string.
+
+use serde_json::{Map, Value};
+
+use crate::nest::{JsonBody, NestError};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// `@MaxLength(n)`
+    MaxLength(usize),
+    /// `@Length(min, max)`
+    Length(usize, usize),
+    /// `@IsString()`
+    IsString,
+    /// `@IsEmail()`
+    IsEmail,
+    /// `@IsNotEmpty()`
+    NotEmpty,
+    /// `@Matches(/^\d{6}$/, { message: 'code must be 6 digits' })`
+    SixDigits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Transform {
+    None,
+    /// `@Transform(trim)` on strings
+    Trim,
+    /// `@Transform(trimLower)` on strings
+    TrimLower,
+}
+
+pub struct Field {
+    pub name: &'static str,
+    pub transform: Transform,
+    /// in message order
+    pub rules: &'static [Rule],
+}
+
+const fn f(name: &'static str, transform: Transform, rules: &'static [Rule]) -> Field {
+    Field { name, transform, rules }
+}
+
+use Rule::*;
+use Transform as T;
+
+pub const REGISTER: &[Field] = &[
+    f("email", T::TrimLower, &[MaxLength(254), IsEmail]),
+    f("password", T::None, &[Length(8, 72), IsString]),
+    f("displayName", T::Trim, &[Length(1, 64), IsString]),
+];
+pub const LOGIN: &[Field] = &[f("email", T::TrimLower, &[IsEmail]), f("password", T::None, &[MaxLength(72), NotEmpty, IsString])];
+pub const REFRESH: &[Field] = &[f("refreshToken", T::None, &[MaxLength(512), NotEmpty, IsString])];
+pub const TOTP_CODE: &[Field] = &[f("code", T::None, &[SixDigits, IsString])];
+pub const TWO_FACTOR_VERIFY: &[Field] =
+    &[f("challengeToken", T::None, &[MaxLength(512), NotEmpty, IsString]), f("code", T::None, &[SixDigits, IsString])];
+pub const FORGOT: &[Field] = &[f("email", T::TrimLower, &[IsEmail])];
+pub const RESET: &[Field] =
+    &[f("token", T::None, &[MaxLength(512), NotEmpty, IsString]), f("password", T::None, &[Length(8, 72), IsString])];
+
+/// A validated DTO: every declared field is a string.
+#[derive(Debug)]
+pub struct Dto(Map<String, Value>);
+
+impl Dto {
+    pub fn get(&self, name: &str) -> &str {
+        self.0.get(name).and_then(Value::as_str).unwrap_or_default()
+    }
+}
+
+/// Validates a body against a DTO; the error carries every message, as the monolith's does.
+pub fn validate(body: &JsonBody, fields: &[Field]) -> Result<Dto, NestError> {
+    let empty = Map::new();
+    let obj = body.value.as_object().unwrap_or(&empty);
+    let mut messages: Vec<String> = body
+        .keys
+        .iter()
+        .filter(|k| obj.contains_key(*k) && !fields.iter().any(|f| f.name == k.as_str()))
+        .map(|k| format!("property {k} should not exist"))
+        .collect();
+    let mut out = Map::new();
+    for field in fields {
+        let value = obj.get(field.name).map(|v| transform(v, field.transform));
+        for rule in field.rules {
+            if !passes(*rule, value.as_ref()) {
+                messages.push(message(*rule, field.name, value.as_ref()));
+            }
+        }
+        if let Some(v) = value {
+            out.insert(field.name.to_string(), v);
+        }
+    }
+    if messages.is_empty() {
+        Ok(Dto(out))
+    } else {
+        Err(NestError::validation(messages))
+    }
+}
+
+fn transform(v: &Value, t: Transform) -> Value {
+    match (v, t) {
+        (Value::String(s), Transform::Trim) => Value::String(js_trim(s).to_string()),
+        (Value::String(s), Transform::TrimLower) => Value::String(js_trim(s).to_lowercase()),
+        _ => v.clone(),
+    }
+}
+
+/// `String.prototype.trim`: white space and line terminators.
+fn js_trim(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+}
+
+/// validator.js `isLength`: code points, not counting variation selectors.
+fn validator_len(s: &str) -> usize {
+    s.chars().filter(|c| !matches!(c, '\u{fe0e}' | '\u{fe0f}')).count()
+}
+
+/// JavaScript's `.length` of a value (UTF-16 units, array length), if it has one.
+fn js_length(v: Option<&Value>) -> Option<usize> {
+    match v? {
+        Value::String(s) => Some(s.encode_utf16().count()),
+        Value::Array(a) => Some(a.len()),
+        _ => None,
+    }
+}
+
+fn js_falsy(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => !b,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        _ => false,
+    }
+}
+
+fn passes(rule: Rule, v: Option<&Value>) -> bool {
+    let s = v.and_then(Value::as_str);
+    match rule {
+        MaxLength(max) => s.is_some_and(|s| validator_len(s) <= max),
+        Length(min, max) => s.is_some_and(|s| (min..=max).contains(&validator_len(s))),
+        IsString => s.is_some(),
+        IsEmail => s.is_some_and(is_email),
+        NotEmpty => !matches!(v, None | Some(Value::Null)) && s != Some(""),
+        SixDigits => s.is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())),
+    }
+}
+
+fn message(rule: Rule, p: &str, v: Option<&Value>) -> String {
+    match rule {
+        MaxLength(max) => format!("{p} must be shorter than or equal to {max} characters"),
+        Length(min, max) => {
+            let len = js_length(v);
+            if js_falsy(v) || len.is_some_and(|l| l < min) {
+                format!("{p} must be longer than or equal to {min} characters")
+            } else if len.is_some_and(|l| l > max) {
+                format!("{p} must be shorter than or equal to {max} characters")
+            } else {
+                format!("{p} must be longer than or equal to {min} and shorter than or equal to {max} characters")
+            }
+        }
+        IsString => format!("{p} must be a string"),
+        IsEmail => format!("{p} must be an email"),
+        NotEmpty => format!("{p} should not be empty"),
+        SixDigits => "code must be 6 digits".to_string(),
+    }
+}
+
+/// validator.js `isEmail` with its defaults (no display names, a TLD required, UTF-8 local parts
+/// allowed, no IP literals, local part ≤ 64 and domain ≤ 254 bytes).
+pub fn is_email(s: &str) -> bool {
+    if s.len() > 254 {
+        return false;
+    }
+    let Some(at) = s.rfind('@') else { return false };
+    let (user, domain) = (&s[..at], &s[at + 1..]);
+    if user.is_empty() || user.len() > 64 || domain.is_empty() || domain.len() > 254 {
+        return false;
+    }
+    if !is_fqdn(domain) {
+        return false;
+    }
+    if user.starts_with('"') && user.ends_with('"') && user.len() >= 2 {
+        let inner = &user[1..user.len() - 1];
+        return inner.chars().all(|c| c != '"' && c != '\\' && (c == ' ' || c == '\t' || !c.is_control()));
+    }
+    user.split('.').all(|part| {
+        !part.is_empty()
+            && part.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || "!#$%&'*+-/=?^_`{|}~".contains(c)
+                    || ('\u{a0}'..='\u{d7ff}').contains(&c)
+                    || ('\u{f900}'..='\u{fdcf}').contains(&c)
+                    || ('\u{fdf0}'..='\u{ffef}').contains(&c)
+            })
+    })
+}
+
+/// validator.js `isFQDN` with `require_tld`, no trailing dot, no underscores.
+fn is_fqdn(domain: &str) -> bool {
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 {
+        return false;
+    }
+    let tld = labels[labels.len() - 1];
+    let tld_char = |c: char| c.is_ascii_alphabetic() || matches!(c as u32, 0xa1..=0xa8 | 0xaa..=0xd7ff | 0xf900..=0xfdcf | 0xfdf0..=0xffef);
+    let tld_ok = (tld.chars().count() >= 2 && tld.chars().all(tld_char))
+        || (tld.len() >= 4
+            && tld.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("xn"))
+            && tld[2..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !tld_ok {
+        return false;
+    }
+    labels.iter().all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || ((c as u32) >= 0xa1 && !('\u{ff01}'..='\u{ff5e}').contains(&c)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> JsonBody {
+        let keys = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        JsonBody { value: v, keys }
+    }
+
+    fn messages(v: Value, fields: &[Field]) -> Vec<String> {
+        match validate(&body(v), fields) {
+            Ok(_) => vec![],
+            Err(e) => e.message.as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect(),
+        }
+    }
+
+    // Every expectation below was read from the running monolith (curl, 2026-12-01).
+    #[test]
+    fn register_messages_match_the_monolith() {
+        assert_eq!(
+            messages(json!({}), REGISTER),
+            [
+                "email must be shorter than or equal to 254 characters",
+                "email must be an email",
+                "password must be longer than or equal to 8 characters",
+                "password must be a string",
+                "displayName must be longer than or equal to 1 characters",
+                "displayName must be a string"
+            ]
+        );
+        assert_eq!(
+            messages(json!({"email": 5, "password": 5, "displayName": 5}), REGISTER),
+            [
+                "email must be shorter than or equal to 254 characters",
+                "email must be an email",
+                "password must be longer than or equal to 8 and shorter than or equal to 72 characters",
+                "password must be a string",
+                "displayName must be longer than or equal to 1 and shorter than or equal to 64 characters",
+                "displayName must be a string"
+            ]
+        );
+        assert_eq!(
+            messages(json!({"email": "b@x.io", "password": "short", "displayName": ""}), REGISTER),
+            ["password must be longer than or equal to 8 characters", "displayName must be longer than or equal to 1 characters"]
+        );
+        assert_eq!(messages(json!({"email": "A@x.io ", "password": "password1", "displayName": " Ann "}), REGISTER), Vec::<String>::new());
+        let b =
+            JsonBody { value: json!({"zeta": 1, "email": "bad", "alpha": 2}), keys: vec!["zeta".into(), "email".into(), "alpha".into()] };
+        let e = validate(&b, REGISTER).unwrap_err();
+        assert_eq!(
+            e.message,
+            json!([
+                "property zeta should not exist",
+                "property alpha should not exist",
+                "email must be an email",
+                "password must be longer than or equal to 8 characters",
+                "password must be a string",
+                "displayName must be longer than or equal to 1 characters",
+                "displayName must be a string"
+            ])
+        );
+    }
+
+    #[test]
+    fn other_dtos_match_the_monolith() {
+        assert_eq!(
+            messages(json!({}), LOGIN),
+            [
+                "email must be an email",
+                "password must be shorter than or equal to 72 characters",
+                "password should not be empty",
+                "password must be a string"
+            ]
+        );
+        assert_eq!(messages(json!({"email": ["a@x.io"], "password": "password1"}), LOGIN), ["email must be an email"]);
+        assert_eq!(
+            messages(json!({}), TWO_FACTOR_VERIFY),
+            [
+                "challengeToken must be shorter than or equal to 512 characters",
+                "challengeToken should not be empty",
+                "challengeToken must be a string",
+                "code must be 6 digits",
+                "code must be a string"
+            ]
+        );
+        assert_eq!(
+            messages(json!({"code": "12345a", "challengeToken": ""}), TWO_FACTOR_VERIFY),
+            ["challengeToken should not be empty", "code must be 6 digits"]
+        );
+        assert_eq!(
+            messages(json!({}), RESET),
+            [
+                "token must be shorter than or equal to 512 characters",
+                "token should not be empty",
+                "token must be a string",
+                "password must be longer than or equal to 8 characters",
+                "password must be a string"
+            ]
+        );
+        assert_eq!(messages(json!({"email": "nobody@x.io"}), FORGOT), Vec::<String>::new());
+    }
+
+    #[test]
+    fn transforms_apply_before_validation() {
+        let dto = validate(&body(json!({"email": "  A@X.IO ", "password": "p"})), LOGIN).unwrap();
+        assert_eq!(dto.get("email"), "a@x.io");
+        let dto = validate(&body(json!({"email": "a@x.io", "password": "password1", "displayName": "  Ann "})), REGISTER).unwrap();
+        assert_eq!(dto.get("displayName"), "Ann");
+    }
+
+    #[test]
+    fn lengths_count_code_points_but_messages_use_utf16() {
+        // 8 emoji are 8 code points (valid) and 16 UTF-16 units
+        assert!(passes(Length(8, 72), Some(&json!("😀".repeat(8)))));
+        assert!(!passes(Length(8, 72), Some(&json!("😀".repeat(7)))));
+        // 40 emoji: 40 code points is fine for 1..64 but too long for 1..30; JS .length says 80
+        assert_eq!(message(Length(1, 30), "p", Some(&json!("😀".repeat(40)))), "p must be shorter than or equal to 30 characters");
+    }
+
+    #[test]
+    fn emails() {
+        for ok in [
+            "a@x.io",
+            "a@123.example.com",
+            "first.last+tag@sub.example.com",
+            "user1@seed.brainmessenger.test",
+            "ü@exämple.de",
+            "\"a b\"@x.io",
+        ] {
+            assert!(is_email(ok), "{ok}");
+        }
+        for bad in ["", "a", "a@", "@x.io", "a@x", "a@x.i", "a@-x.io", "a..b@x.io", "a b@x.io", "a@x.123", "a@[127.0.0.1]", "a@x_y.io"] {
+            assert!(!is_email(bad), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        // Never panics, and a value that passes is exactly what was sent (after the transform).
+        #[test]
+        fn validation_is_total(email in ".{0,80}", password in ".{0,100}", extra in proptest::option::of("[a-z]{1,8}")) {
+            let mut v = json!({"email": email, "password": password});
+            if let Some(k) = &extra { v[k.as_str()] = json!(1); }
+            if let Ok(dto) = validate(&body(v), LOGIN) {
+                proptest::prop_assert_eq!(dto.get("password"), password.as_str());
+                proptest::prop_assert!(is_email(dto.get("email")));
+            }
+        }
+    }
+}
