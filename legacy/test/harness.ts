@@ -3,7 +3,7 @@
 // ephemeral loopback port, and stops them after the test file.
 import { ChildProcess, spawn } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -15,8 +15,14 @@ export const LEGACY_DIR = resolve(__dirname, '..', '..');
 export const REPO_DIR = resolve(LEGACY_DIR, '..');
 
 export interface Stack {
-  /** base URL of the monolith */
+  /** base URL clients use: the monolith, or the strangler proxy in front of it (auth service mode) */
   url: string;
+  /** base URL of the monolith itself */
+  legacyUrl: string;
+  /** base URL of the extracted auth service (auth service mode only) */
+  authUrl?: string;
+  /** stops (SIGKILL) the auth service, to test what happens when it dies */
+  killAuth?: () => Promise<void>;
   /** base URL of the fakes server (Stripe, FCM, Google, Gmail) */
   fakes: string;
   env: Record<string, string>;
@@ -94,17 +100,29 @@ async function stopChild(child: ChildProcess) {
   clearTimeout(t);
 }
 
-export async function startStack(extraEnv: Record<string, string> = {}): Promise<Stack> {
+/**
+ * Auth service mode (`BM_AUTH_VIA=service`, or `authService: true`): the extracted auth service
+ * (`extracted/auth`, binary AUTH_BIN) runs beside the monolith on the same database, Redis and
+ * signing key, and the strangler proxy (STRANGLER_BIN) in front of both routes `/auth` and the
+ * JWKS to the service with `extracted` mode, everything else to the monolith. `url` is then the
+ * proxy's, so a test file written against the monolith runs unchanged against the service.
+ */
+export const authViaService = () => process.env.BM_AUTH_VIA === 'service';
+
+export async function startStack(extraEnv: Record<string, string> = {}, opts: { authService?: boolean } = {}): Promise<Stack> {
+  const withAuth = opts.authService ?? authViaService();
   const databaseUrl = requireEnv('DATABASE_URL');
   const redisUrl = requireEnv('REDIS_URL');
   const fakesBin = process.env.FAKES_BIN || join(REPO_DIR, 'target', 'debug', 'fakes');
   if (!existsSync(fakesBin)) throw new Error(`${fakesBin} is missing: build it with \`cargo build -p fakes\``);
 
   const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
+  const legacyUrl = `http://127.0.0.1:${port}`;
+  const proxyPort = withAuth ? await freePort() : port;
+  const url = `http://127.0.0.1:${proxyPort}`;
   const fakes = await spawnUntil(
     fakesBin,
-    ['--listen', '127.0.0.1:0', '--stripe-webhook-url', `${url}/payments/webhook`, '--stripe-webhook-secret', STRIPE_WEBHOOK_SECRET],
+    ['--listen', '127.0.0.1:0', '--stripe-webhook-url', `${legacyUrl}/payments/webhook`, '--stripe-webhook-secret', STRIPE_WEBHOOK_SECRET],
     { env: { ...process.env, RUST_LOG: 'warn' } },
     /listening on (http:\/\/\S+)/,
     'fakes',
@@ -124,6 +142,8 @@ export async function startStack(extraEnv: Record<string, string> = {}): Promise
     FCM_BASE_URL: fakesUrl,
     STRIPE_BASE_URL: fakesUrl,
     STRIPE_WEBHOOK_SECRET,
+    // links and the OAuth redirect name the address clients use
+    ...(withAuth ? { APP_URL: url } : {}),
     ...extraEnv,
   };
   let legacy;
@@ -139,15 +159,95 @@ export async function startStack(extraEnv: Record<string, string> = {}): Promise
     await stopChild(fakes.child);
     throw e;
   }
-  return {
+  const children = [legacy.child, fakes.child];
+  const stack: Stack = {
     url,
+    legacyUrl,
     fakes: fakesUrl,
     env,
     logs: legacy.output,
     async stop() {
-      await Promise.all([stopChild(legacy.child), stopChild(fakes.child)]);
+      await Promise.all(children.map(stopChild));
     },
   };
+  if (!withAuth) return stack;
+  try {
+    const auth = await startAuthService(env);
+    children.push(auth.child);
+    stack.authUrl = auth.url;
+    stack.killAuth = async () => {
+      auth.child.kill('SIGKILL');
+      if (auth.child.exitCode === null && auth.child.signalCode === null) await new Promise((r) => auth.child.once('exit', r));
+    };
+    const proxy = await startProxy(proxyPort, legacyUrl, auth.url);
+    children.push(proxy);
+    const prevLogs = stack.logs;
+    stack.logs = () => `${prevLogs()}\n--- auth service ---\n${auth.output()}`;
+  } catch (e) {
+    await stack.stop();
+    throw e;
+  }
+  return stack;
+}
+
+/** The extracted auth service on an ephemeral port, with the monolith's environment. */
+export async function startAuthService(env: Record<string, string>) {
+  const bin = process.env.AUTH_BIN || join(REPO_DIR, 'target', 'debug', 'bm-auth');
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: build it with \`cargo build -p bm-auth\``);
+  const port = await freePort();
+  const s = await spawnUntil(
+    bin,
+    [],
+    { env: { PATH: process.env.PATH, RUST_LOG: 'warn', ...env, PORT: String(port) } },
+    /listening on (http:\/\/\S+)/,
+    'the auth service',
+  );
+  return { child: s.child, url: s.match[1], output: s.output };
+}
+
+/** The strangler proxy on `port`: /auth and the JWKS to the service (extracted), the rest to the monolith. */
+async function startProxy(port: number, legacyUrl: string, authUrl: string): Promise<ChildProcess> {
+  const bin = process.env.STRANGLER_BIN || join(REPO_DIR, 'target', 'debug', 'strangler');
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: build it with \`cargo build -p strangler\``);
+  const dir = mkdtempSync(join(tmpdir(), 'bm-proxy-'));
+  const config = join(dir, 'routes.toml');
+  writeFileSync(
+    config,
+    `[server]
+default_upstream = "legacy"
+threads = 1
+grace_period_secs = 0
+shutdown_timeout_secs = 1
+[[listeners]]
+addr = "127.0.0.1:${port}"
+[admin]
+addr = "127.0.0.1:${await freePort()}"
+[upstreams.legacy]
+url = "${legacyUrl}"
+[upstreams.auth]
+url = "${authUrl}"
+[[routes]]
+name = "auth"
+match = { path_prefix = "/auth" }
+target = "auth"
+mode = "extracted"
+breaker = { failures = 3, cooldown_secs = 2 }
+[[routes]]
+name = "jwks"
+match = { path = "/.well-known/jwks.json" }
+target = "auth"
+mode = "extracted"
+`,
+  );
+  const child = spawn(bin, ['serve', '--config', config], { env: { PATH: process.env.PATH, STRANGLER_LOG: 'warn' }, stdio: 'ignore' });
+  const url = `http://127.0.0.1:${port}`;
+  try {
+    await waitFor(async () => (await fetch(`${url}/health`).catch(() => undefined))?.status === 200, 'the strangler proxy', 20_000);
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
+  }
+  return child;
 }
 
 export interface Res {
@@ -223,10 +323,10 @@ export async function waitFor<T>(probe: () => Promise<T | undefined | null | fal
  * Starts the monolith + fakes before the file's tests and stops them after, with a Postgres
  * client on the same database for checking what the monolith stored.
  */
-export function withStack(extraEnv: Record<string, string> = {}): { stack: Stack; db: Client } {
+export function withStack(extraEnv: Record<string, string> = {}, opts: { authService?: boolean } = {}): { stack: Stack; db: Client } {
   const ctx = {} as { stack: Stack; db: Client };
   before(async () => {
-    ctx.stack = await startStack(extraEnv);
+    ctx.stack = await startStack(extraEnv, opts);
     ctx.db = new Client({ connectionString: process.env.DATABASE_URL });
     await ctx.db.connect();
   });
