@@ -124,3 +124,37 @@ STRIPE_BASE_URL=$fakes
 STRIPE_WEBHOOK_SECRET=whsec_dev
 ENV
 }
+
+# A free TCP port on loopback.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# The auth service's environment: the monolith's (same database, Redis, key, fakes), its own port.
+auth_env() {
+  local fakes=$1 port=$2
+  legacy_env "$fakes" "$port"
+}
+
+# Starts the fakes, the monolith and the extracted auth service (debug builds) on free ports
+# against $DATABASE_URL and $REDIS_URL, as $RUN_DIR/PREFIX-{fakes,legacy,auth}; sets FAKES_URL,
+# LEGACY_URL and AUTH_URL. APP_URL (optional) is the public URL links and redirects name.
+# Used by scripts/test (the replay gate) and scripts/record-corpus; stop with stop_cutover PREFIX.
+start_cutover() {
+  local prefix=$1 app_url=${2:-} fp lp ap
+  fp=$(free_port); lp=$(free_port); ap=$(free_port)
+  FAKES_URL=http://127.0.0.1:$fp LEGACY_URL=http://127.0.0.1:$lp AUTH_URL=http://127.0.0.1:$ap
+  start_bg "$prefix-fakes" "$ROOT/target/debug/fakes" --listen "127.0.0.1:$fp"
+  wait_port 127.0.0.1 "$fp" "fakes"
+  # shellcheck disable=SC2046
+  start_bg "$prefix-legacy" env -i PATH="$PATH" $(legacy_env "$FAKES_URL" "$lp") BCRYPT_COST=4 ${app_url:+APP_URL=$app_url} \
+    node "$ROOT/legacy/dist/src/main.js"
+  # shellcheck disable=SC2046
+  start_bg "$prefix-auth" env -i PATH="$PATH" $(auth_env "$FAKES_URL" "$ap") BCRYPT_COST=4 ${app_url:+APP_URL=$app_url} \
+    RUST_LOG=warn "$ROOT/target/debug/bm-auth"
+  wait_port 127.0.0.1 "$lp" "the monolith" 300
+  wait_port 127.0.0.1 "$ap" "the auth service"
+}
+
+stop_cutover() {
+  local prefix=$1
+  stop_bg "$prefix-auth"; stop_bg "$prefix-legacy"; stop_bg "$prefix-fakes"
+}

@@ -130,6 +130,7 @@ describe('same answers', () => {
       assert.equal(b.status, a.status);
       assert.equal(b.headers.get('content-type'), a.headers.get('content-type'));
       assert.equal(b.headers.get('etag'), a.headers.get('etag'), 'same bytes');
+      for (const h of ['allow', 'vary', 'location', 'cache-control', 'www-authenticate']) assert.equal(b.headers.get(h), a.headers.get(h), h);
       assert.deepEqual(b.body, a.body);
     });
   }

@@ -57,6 +57,12 @@ impl AppState {
     }
 }
 
+/// The service as served: `inner` (the auth router, plus health and metrics) wrapped by what must
+/// see the router's final answer.
+pub fn app(inner: Router) -> Router {
+    Router::new().fallback_service(inner).layer(axum::middleware::from_fn(nest::no_allow_on_404))
+}
+
 /// The auth API (the monolith's paths), with the request transaction and Express's ETags.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
     let verifier = Verifier::from_pem(state.keys.public_pem.as_bytes(), &state.cfg.jwt_issuer, &state.cfg.jwt_audience)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use bm_auth::{config::Config, router, tokens::Keys, AppState};
+use bm_auth::{app, config::Config, router, tokens::Keys, AppState};
 use bm_common::config::Env;
 use bm_common::health::Readiness;
 use bm_common::telemetry;
@@ -54,10 +54,10 @@ async fn run(cfg: Config, keys: Keys) -> anyhow::Result<()> {
         async move { redis::cmd("PING").query_async::<String>(&mut r).await.map(|_| ()).map_err(|e| e.to_string()) }
     });
     let state = AppState::new(cfg, pool, redis, keys)?;
-    let app = Router::new()
+    let inner = Router::new()
         .merge(router(state)?)
         .merge(readiness.router())
         .merge(telemetry::metrics_router(metrics))
         .layer(axum::middleware::from_fn(telemetry::track_requests));
-    bm_common::serve::serve(addr, app).await
+    bm_common::serve::serve(addr, app(inner)).await
 }

@@ -161,6 +161,16 @@ pub async fn express_etag(req: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(bytes))
 }
 
+/// Middleware outside the router: axum names the allowed methods on a known path's 404 (its
+/// method-not-allowed fallback), after every layer inside the router has run; Express does not.
+pub async fn no_allow_on_404(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    if res.status() == StatusCode::NOT_FOUND {
+        res.headers_mut().remove(header::ALLOW);
+    }
+    res
+}
+
 /// `res.redirect(302, url)`: text or HTML body by `Accept`, `Vary: Accept`.
 pub fn redirect(accept: Option<&str>, url: &str) -> Response {
     let html = accept.is_some_and(prefers_html);
