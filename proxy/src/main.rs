@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use strangler::config::{RouteTable, Source};
 
 // mimalloc: the proxy allocates and frees small buffers per request; glibc malloc was ~20% of
@@ -42,6 +42,40 @@ enum LogFormat {
     Json,
 }
 
+/// Where stored comparisons are read from: exactly one of the three.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct StoreSource {
+    /// The JSONL shadow store folder (or one JSONL file).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// The environment variable holding the Postgres URL of the shared store
+    /// (`[shadow] store = "postgres"`).
+    #[arg(long, value_name = "NAME")]
+    database_url_env: Option<String>,
+    /// The Postgres URL of the shared store (prefer --database-url-env: command lines are
+    /// visible to other users of the machine).
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+enum Store {
+    Files(PathBuf),
+    Postgres(Box<strangler::shadow::pgstore::Database>),
+}
+
+impl StoreSource {
+    fn open(self) -> anyhow::Result<Store> {
+        use strangler::shadow::pgstore::Database;
+        Ok(match (self.store, self.database_url_env, self.database_url) {
+            (Some(dir), None, None) => Store::Files(dir),
+            (None, Some(var), None) => Store::Postgres(Box::new(Database::from_env(&var)?)),
+            (None, None, Some(url)) => Store::Postgres(Box::new(Database::from_url(&url).context("--database-url")?)),
+            _ => anyhow::bail!("give exactly one of --store, --database-url-env, --database-url"),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the route table; reloads on file change, SIGHUP and POST /reload.
@@ -55,9 +89,11 @@ enum Command {
     },
     /// Summarise stored shadow comparisons: parity per route, mismatching fields, noise.
     Report {
-        /// The shadow store folder (or one JSONL file).
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        source: StoreSource,
+        /// Only comparisons recorded at or after this time (RFC 3339, e.g. 2025-01-31T00:00:00Z).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<strangler::shadow::pgstore::Since>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
         format: ReportFormat,
         /// Routes below this parity (percent) fail: exit 1, failing JUnit test case.
@@ -83,8 +119,8 @@ enum Command {
     },
     /// Extract a route's recorded requests from a shadow store as a replay corpus (JSONL).
     Corpus {
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        source: StoreSource,
         #[arg(long)]
         route: String,
     },
@@ -128,7 +164,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Report { store, format, min_parity, out } => match report(&store, format, min_parity, out.as_deref()) {
+        Command::Report { source, since, format, min_parity, out } => match report(source, since, format, min_parity, out.as_deref()) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("strangler: {e:#}");
@@ -142,7 +178,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
-        Command::Corpus { store, route } => match strangler::shadow::replay::corpus_from_store(&store, &route) {
+        Command::Corpus { source, route } => match corpus(source, &route) {
             Ok(lines) => match print_out(&lines.iter().map(|l| format!("{l}\n")).collect::<String>()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -165,9 +201,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn report(store: &Path, format: ReportFormat, min_parity: f64, out: Option<&Path>) -> anyhow::Result<ExitCode> {
-    use strangler::shadow::{report, store::summarize};
-    let (summary, read, bad) = summarize(store).with_context(|| format!("reading the shadow store {}", store.display()))?;
+fn parse_since(s: &str) -> Result<strangler::shadow::pgstore::Since, String> {
+    sqlx::types::chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&sqlx::types::chrono::Utc))
+        .map_err(|e| format!("{e}; expected RFC 3339, such as 2025-01-31T00:00:00Z"))
+}
+
+/// A current-thread runtime for the database readers.
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+fn corpus(source: StoreSource, route: &str) -> anyhow::Result<Vec<String>> {
+    match source.open()? {
+        Store::Files(dir) => strangler::shadow::replay::corpus_from_store(&dir, route),
+        Store::Postgres(db) => block_on(strangler::shadow::pgstore::corpus(&db, route)),
+    }
+}
+
+fn report(
+    source: StoreSource,
+    since: Option<strangler::shadow::pgstore::Since>,
+    format: ReportFormat,
+    min_parity: f64,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    use strangler::shadow::{pgstore, report, store::summarize_since};
+    let (summary, read, bad) = match source.open()? {
+        Store::Files(store) => {
+            let since_ms = since.map(|t| t.timestamp_millis().max(0) as u64);
+            summarize_since(&store, since_ms).with_context(|| format!("reading the shadow store {}", store.display()))?
+        }
+        Store::Postgres(db) => block_on(pgstore::summarize(&db, &pgstore::Filter { since, route: None }))?,
+    };
     if bad > 0 {
         eprintln!("note: skipped {bad} unreadable record(s) of {}", read + bad);
     }

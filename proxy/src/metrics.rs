@@ -28,8 +28,11 @@ pub const CONFIG_IN_SYNC: &str = "strangler_config_in_sync";
 /// Shadow comparisons by `route` and `outcome` (`match`, `noise`, `mismatch`, `error`, `timeout`).
 pub const SHADOW_COMPARISONS_TOTAL: &str = "strangler_shadow_comparisons_total";
 /// Shadows not sent or not stored, by `route` and `reason` (`saturated`, `too_large`,
-/// `unsafe_method`, `store_full`).
+/// `unsafe_method`, `store_full`, `store_error`).
 pub const SHADOW_DROPPED_TOTAL: &str = "strangler_shadow_dropped_total";
+/// Failed comparison-store operations, by `op` (`connect`, `insert`, `trim` for Postgres;
+/// `open`, `write` for JSONL files).
+pub const SHADOW_STORE_ERRORS_TOTAL: &str = "strangler_shadow_store_errors_total";
 /// 1 while a canary route is demoted to shadow at run time.
 pub const ROUTE_DEMOTED: &str = "strangler_route_demoted";
 /// Automatic demotions by `route` and `reason` (`errors`, `mismatches`).
@@ -63,6 +66,7 @@ fn describe() {
     describe_gauge!(CONFIG_IN_SYNC, "1 when the served table is the file on disk");
     describe_counter!(SHADOW_COMPARISONS_TOTAL, "Shadow comparisons by route and outcome");
     describe_counter!(SHADOW_DROPPED_TOTAL, "Shadows dropped by route and reason");
+    describe_counter!(SHADOW_STORE_ERRORS_TOTAL, "Failed shadow comparison store operations by op");
     describe_gauge!(ROUTE_DEMOTED, "1 while a canary is demoted to shadow");
     describe_counter!(DEMOTIONS_TOTAL, "Automatic canary demotions");
     describe_gauge!(UPSTREAM_UP, "Health check per upstream: 1 up, 0 down");

@@ -15,11 +15,12 @@ use pingora::services::listening::Service;
 use tracing::info;
 
 use crate::admin::Admin;
-use crate::config::RouteTable;
+use crate::config::{RouteTable, StoreKind};
 use crate::edge::{Edge, MAX_RETRIES};
 use crate::health::HealthChecker;
 use crate::reload::{LiveState, Reloader};
-use crate::shadow::store::{StoreService, StoreWriter};
+use crate::shadow::pgstore::{self, PgWriter};
+use crate::shadow::store::{StoreService, StoreWriter, Writer};
 use crate::shadow::tee::Tee;
 
 pub struct ServeOptions {
@@ -59,6 +60,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let server_conf = server_conf(&table);
     let settings = table.server.clone();
     let base = opts.config.parent().map(Path::to_path_buf).unwrap_or_default();
+    let writer = store_writer(&settings.shadow, &base)?;
     let state = LiveState::new(table, opts.config.clone());
 
     let mut server = Server::new_with_opt_and_conf(None::<pingora::server::configuration::Opt>, server_conf);
@@ -66,13 +68,9 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     // Shadow: bounded in-flight copies, records to a bounded channel drained by the store writer.
     let shadow = settings.shadow.clone();
-    let store_dir = Path::new(&resolve_against(&base, &shadow.store_dir)).to_path_buf();
-    let (store_tx, store_rx) = tokio::sync::mpsc::channel(1024);
+    let (store_tx, store_rx) = tokio::sync::mpsc::channel(STORE_QUEUE);
     let tee = Tee::new(shadow.max_in_flight, shadow.timeout, Some(store_tx), state.demoter.clone());
-    let store = StoreService {
-        writer: std::sync::Mutex::new(Some((StoreWriter { dir: store_dir.clone(), max_bytes: shadow.store_max_bytes }, store_rx))),
-    };
-    info!(dir = %store_dir.display(), "shadow store");
+    let store = StoreService::new(writer, store_rx);
 
     let mut builder = ProxyServiceBuilder::new(&server.configuration, Edge::new(state.clone(), tee.clone(), shadow.max_body_bytes))
         .name("strangler edge");
@@ -114,6 +112,30 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     server.run(RunArgs::default());
     info!("stopped");
     Ok(())
+}
+
+/// Records waiting for the store writer; beyond this they are dropped (`store_full`).
+const STORE_QUEUE: usize = 1024;
+
+/// The configured store's writer. For Postgres the URL's variable must be set now: a proxy
+/// that silently stores nothing is worse than one that does not start. The database itself
+/// may still be down; the writer reconnects.
+fn store_writer(shadow: &crate::config::ShadowSettings, base: &Path) -> anyhow::Result<Writer> {
+    Ok(match shadow.store {
+        StoreKind::Jsonl => {
+            let dir = Path::new(&resolve_against(base, &shadow.store_dir)).to_path_buf();
+            info!(dir = %dir.display(), "shadow store: jsonl");
+            Writer::Jsonl(StoreWriter { dir, max_bytes: shadow.store_max_bytes })
+        }
+        StoreKind::Postgres => {
+            let Some(var) = &shadow.database_url_env else {
+                bail!("[shadow] store = \"postgres\" needs database_url_env");
+            };
+            let db = pgstore::Database::from_env(var).context("[shadow] database_url_env")?;
+            let proxy = shadow.proxy_id.clone().unwrap_or_else(pgstore::default_proxy_id);
+            Writer::Postgres(Box::new(PgWriter::new(db, proxy, shadow.store_max_rows)))
+        }
+    })
 }
 
 fn server_conf(table: &RouteTable) -> ServerConf {

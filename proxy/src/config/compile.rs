@@ -226,7 +226,78 @@ impl<'a> Cx<'a> {
     fn shadow_settings(&mut self, raw: &RawConfig) -> ShadowSettings {
         let d = ShadowSettings::default();
         let Some(s) = raw.shadow.as_ref().map(|s| s.get_ref()) else { return d };
+        let store = match &s.store {
+            None => d.store,
+            Some(v) => StoreKind::parse(v.get_ref()).unwrap_or_else(|| {
+                let reason = "expected `jsonl` (files in store_dir) or `postgres` (one table for several proxies)".into();
+                self.push(v.span(), K::BadValue { what: "shadow store", value: v.get_ref().clone(), reason });
+                d.store
+            }),
+        };
+        let database_url_env = s.database_url_env.as_ref().and_then(|v| {
+            let name = v.get_ref();
+            if valid_env_name(name) {
+                return Some(name.clone());
+            }
+            if let Some((scheme, _)) = name.split_once("://") {
+                // A URL where a variable name belongs: it may carry a password, so neither the
+                // message nor the quoted line repeats it.
+                let masked: String = format!("{scheme}://{}", "*".repeat(name.chars().count() - scheme.chars().count() - 3));
+                let reason =
+                    "this names the environment variable that holds the URL; keep the URL (and its password) out of the file".into();
+                let mut e = self.src.error(v.span(), K::BadValue { what: "database_url_env", value: masked.clone(), reason });
+                e.snippet = e.snippet.replace(name.as_str(), &masked);
+                self.errors.push(e);
+            } else {
+                let reason = "expected an environment variable name such as STRANGLER_SHADOW_DATABASE_URL".into();
+                self.push(v.span(), K::BadValue { what: "database_url_env", value: name.clone(), reason });
+            }
+            None
+        });
+        if let (StoreKind::Postgres, None, Some(v)) = (store, &s.database_url_env, &s.store) {
+            self.push(v.span(), K::StoreNeedsDatabase);
+        }
+        let proxy_id = s.proxy_id.as_ref().and_then(|v| {
+            let id = v.get_ref().trim();
+            if id.is_empty() || id.chars().count() > 100 || id.chars().any(char::is_control) {
+                let reason = "expected 1 to 100 printable characters".into();
+                self.push(v.span(), K::BadValue { what: "proxy_id", value: v.get_ref().clone(), reason });
+                return None;
+            }
+            Some(id.to_string())
+        });
+        let table_span = raw.shadow.as_ref().map_or(0..0, |s| s.span());
+        match store {
+            StoreKind::Jsonl => {
+                let unused: Vec<&str> = [
+                    ("database_url_env", s.database_url_env.is_some()),
+                    ("store_max_rows", s.store_max_rows.is_some()),
+                    ("proxy_id", s.proxy_id.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(k, set)| set.then_some(k))
+                .collect();
+                if !unused.is_empty() {
+                    self.warn(table_span, format!("[shadow] {} only apply to store = \"postgres\"", unused.join(", ")));
+                }
+            }
+            StoreKind::Postgres => {
+                if s.store_dir.is_some() || s.store_max_bytes.is_some() {
+                    self.warn(table_span, "[shadow] store_dir and store_max_bytes only apply to store = \"jsonl\"".into());
+                }
+            }
+        }
         ShadowSettings {
+            store,
+            database_url_env,
+            proxy_id,
+            store_max_rows: self.number(
+                &s.store_max_rows,
+                "store_max_rows",
+                1_000..=1_000_000_000,
+                "1000..=1000000000 rows",
+                d.store_max_rows as i64,
+            ) as u64,
             max_in_flight: self.number(&s.max_in_flight, "max_in_flight", 1..=100_000, "1..=100000", d.max_in_flight as i64) as usize,
             timeout: Duration::from_millis(self.number(
                 &s.timeout_ms,
@@ -613,6 +684,12 @@ impl<'a> Cx<'a> {
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// An environment variable name as shells accept it.
+fn valid_env_name(name: &str) -> bool {
+    name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// SHA-256 of a file's bytes, hex: names the version of the table being served.

@@ -160,6 +160,9 @@ impl RouteTable {
         if (os.threads, os.grace_period, os.shutdown_timeout, os.h2c) != (ns.threads, ns.grace_period, ns.shutdown_timeout, ns.h2c) {
             changes.push(Change::NeedsRestart { what: "[server] threads or shutdown settings".into() });
         }
+        if os.shadow != ns.shadow {
+            changes.push(Change::NeedsRestart { what: "[shadow] settings".into() });
+        }
         RoutingDiff { changes }
     }
 }

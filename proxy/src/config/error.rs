@@ -109,6 +109,8 @@ pub enum ConfigErrorKind {
     DuplicateListener(String),
     #[error("the admin listener `{0}` is not on loopback and no `token_env` is set")]
     AdminNeedsToken(String),
+    #[error("shadow store `postgres` needs `database_url_env`")]
+    StoreNeedsDatabase,
 }
 
 impl ConfigErrorKind {
@@ -141,6 +143,9 @@ impl ConfigErrorKind {
             BadSticky(_) => "use jwt_sub, client_ip, header:NAME or cookie:NAME".into(),
             DuplicateListener(_) => "remove one of the [[listeners]] entries".into(),
             AdminNeedsToken(_) => "set [admin] token_env = \"STRANGLER_ADMIN_TOKEN\" (and that variable), or bind it to 127.0.0.1".into(),
+            StoreNeedsDatabase => {
+                "add database_url_env = \"STRANGLER_SHADOW_DATABASE_URL\" and set that variable to the database URL".into()
+            }
         })
     }
 }

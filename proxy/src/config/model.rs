@@ -324,6 +324,32 @@ impl PartialEq for RouteShadow {
 }
 impl Eq for RouteShadow {}
 
+/// Where comparison records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// JSONL files in `store_dir`, one folder per proxy.
+    Jsonl,
+    /// The `strangler.shadow_comparisons` table, shared by several proxies.
+    Postgres,
+}
+
+impl StoreKind {
+    pub fn parse(s: &str) -> Option<StoreKind> {
+        match s {
+            "jsonl" => Some(StoreKind::Jsonl),
+            "postgres" => Some(StoreKind::Postgres),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Jsonl => "jsonl",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
 /// Process-wide shadow limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShadowSettings {
@@ -332,9 +358,16 @@ pub struct ShadowSettings {
     pub timeout: Duration,
     /// Larger request or response bodies are not shadowed (counted as `too_large`).
     pub max_body_bytes: usize,
+    pub store: StoreKind,
     /// Where comparison records go (JSONL, rotated), relative to the config file.
     pub store_dir: String,
     pub store_max_bytes: u64,
+    /// `postgres`: the environment variable holding the database URL (never the URL itself).
+    pub database_url_env: Option<String>,
+    /// `postgres`: the table is trimmed to this many rows (the newest are kept).
+    pub store_max_rows: u64,
+    /// `postgres`: this proxy's name in the `proxy` column (default: the host name).
+    pub proxy_id: Option<String>,
 }
 
 impl Default for ShadowSettings {
@@ -343,8 +376,12 @@ impl Default for ShadowSettings {
             max_in_flight: 64,
             timeout: Duration::from_secs(5),
             max_body_bytes: 1 << 20,
+            store: StoreKind::Jsonl,
             store_dir: "shadow-store".into(),
             store_max_bytes: 64 << 20,
+            database_url_env: None,
+            store_max_rows: 1_000_000,
+            proxy_id: None,
         }
     }
 }

@@ -118,6 +118,10 @@ pub struct RawShadow {
     pub max_body_bytes: Option<Spanned<i64>>,
     pub store_dir: Option<Spanned<String>>,
     pub store_max_bytes: Option<Spanned<i64>>,
+    pub store: Option<Spanned<String>>,
+    pub database_url_env: Option<Spanned<String>>,
+    pub store_max_rows: Option<Spanned<i64>>,
+    pub proxy_id: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

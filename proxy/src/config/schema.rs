@@ -62,6 +62,10 @@ static SHADOW: Shape = Shape::Table(&[
     ("max_body_bytes", &ANY),
     ("store_dir", &ANY),
     ("store_max_bytes", &ANY),
+    ("store", &ANY),
+    ("database_url_env", &ANY),
+    ("store_max_rows", &ANY),
+    ("proxy_id", &ANY),
 ]);
 static DEMOTE: Shape =
     Shape::Table(&[("max_error_percent", &ANY), ("max_mismatch_percent", &ANY), ("window_secs", &ANY), ("min_requests", &ANY)]);

@@ -129,6 +129,40 @@ fn shadow_rule_errors() {
 }
 
 #[test]
+fn shadow_store_errors() {
+    // `postgres` without the variable that holds the URL; an unknown store kind; a URL (with
+    // its password) where the variable's name belongs: never echoed, not even in the quoted line.
+    let text = format!("{BASE}\n[shadow]\nstore = \"postgres\"\nstore_max_rows = 5\n");
+    insta::assert_snapshot!("shadow_store_postgres", errors(&text));
+    let text = format!("{BASE}\n[shadow]\nstore = \"sqlite\"\ndatabase_url_env = \"postgres://app:hunter2@db:5432/x\"\nproxy_id = \"\"\n");
+    let text = errors(&text);
+    assert!(!text.contains("hunter2"), "{text}");
+    insta::assert_snapshot!("shadow_store_kind", text);
+}
+
+#[test]
+fn shadow_store_settings() {
+    let text = format!("{BASE}\n[shadow]\nstore = \"postgres\"\ndatabase_url_env = \"SHADOW_DB\"\nproxy_id = \"edge-1\"\n");
+    let compiled = compile(&text).unwrap();
+    let s = &compiled.table.server.shadow;
+    assert_eq!((s.store, s.database_url_env.as_deref(), s.proxy_id.as_deref()), (StoreKind::Postgres, Some("SHADOW_DB"), Some("edge-1")));
+    assert_eq!(s.store_max_rows, 1_000_000);
+    assert!(compiled.warnings.is_empty());
+    let d = compile(BASE).unwrap().table.server.shadow;
+    assert_eq!((d.store, d.database_url_env, d.store_max_rows), (StoreKind::Jsonl, None, 1_000_000));
+    // Keys of the other store kind are ignored, with a warning.
+    let text = format!("{BASE}\n[shadow]\ndatabase_url_env = \"SHADOW_DB\"\nstore_max_rows = 5000\n");
+    let warnings: Vec<String> = compile(&text).unwrap().warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings, ["routes.toml:9:1: warning: [shadow] database_url_env, store_max_rows only apply to store = \"postgres\""]);
+    // A store change is not applied by a reload.
+    let diff = RouteTable::diff(
+        &compile(BASE).unwrap().table,
+        &compile(&format!("{BASE}\n[shadow]\nstore = \"postgres\"\ndatabase_url_env = \"SHADOW_DB\"\n")).unwrap().table,
+    );
+    assert!(diff.to_string().contains("[shadow] settings"), "{diff}");
+}
+
+#[test]
 fn valid_table_summary() {
     let text = format!(
         r#"{BASE}

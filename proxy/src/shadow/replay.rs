@@ -434,16 +434,20 @@ pub fn corpus_from_store(store: &Path, route: &str) -> anyhow::Result<Vec<String
         for line in std::fs::read_to_string(&p)?.lines() {
             let Ok(r) = serde_json::from_str::<Record>(line) else { continue };
             if r.route == route {
-                let mut line =
-                    serde_json::json!({ "method": r.method, "uri": r.uri, "headers": r.request_headers, "body": r.request_body });
-                if !r.answer_secrets.is_empty() {
-                    line["answer_secrets"] = serde_json::json!(r.answer_secrets);
-                }
-                out.push(line.to_string());
+                out.push(corpus_line(&r));
             }
         }
     }
     Ok(out)
+}
+
+/// One stored record as a corpus line (JSON).
+pub fn corpus_line(r: &Record) -> String {
+    let mut line = serde_json::json!({ "method": r.method, "uri": r.uri, "headers": r.request_headers, "body": r.request_body });
+    if !r.answer_secrets.is_empty() {
+        line["answer_secrets"] = serde_json::json!(r.answer_secrets);
+    }
+    line.to_string()
 }
 
 #[cfg(test)]

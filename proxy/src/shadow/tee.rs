@@ -201,9 +201,7 @@ impl Tee {
         }
         self.summary.lock().unwrap_or_else(|e| e.into_inner()).add(&record);
         if let Some(store) = &self.store {
-            if store.try_send(record).is_err() {
-                metrics::counter!(m::SHADOW_DROPPED_TOTAL, "route" => route, "reason" => "store_full").increment(1);
-            }
+            super::store::offer(store, record);
         }
     }
 }
