@@ -414,27 +414,13 @@ pub async fn corpus(db: &Database, route: &str) -> anyhow::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shadow::record::Outcome;
 
     #[test]
     fn nul_never_reaches_postgres_and_urls_never_reach_errors() {
         let r = Record {
-            ts_unix_ms: 1,
-            route: "a\0b".into(),
-            endpoint: "GET /x".into(),
-            request_id: "r".into(),
-            method: "GET".into(),
-            uri: "/x".into(),
-            primary: "legacy".into(),
-            outcome: Outcome::Match,
-            legacy_status: Some(200),
-            candidate_status: Some(200),
-            differences: vec![],
-            noise: vec![],
-            error: None,
             request_headers: vec![("x-\0".into(), "v\0".into())],
             request_body: Some(serde_json::json!({ "k\u{0}": ["\u{0}", "\\u0000"] })),
-            answer_secrets: Default::default(),
+            ..Record::sample("a\0b", "GET", "/x")
         };
         let text = record_json(&r).unwrap();
         let back: Record = serde_json::from_str(&text).unwrap();

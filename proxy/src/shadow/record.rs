@@ -284,6 +284,31 @@ impl Record {
     }
 }
 
+#[cfg(test)]
+impl Record {
+    /// A matching comparison of `method uri` on `route`, for tests to adjust with `..`.
+    pub fn sample(route: &str, method: &str, uri: &str) -> Record {
+        Record {
+            ts_unix_ms: 0,
+            route: route.into(),
+            endpoint: format!("{method} {uri}"),
+            request_id: "req-1".into(),
+            method: method.into(),
+            uri: uri.into(),
+            primary: "legacy".into(),
+            outcome: Outcome::Match,
+            legacy_status: Some(200),
+            candidate_status: Some(200),
+            differences: vec![],
+            noise: vec![],
+            error: None,
+            request_headers: vec![],
+            request_body: None,
+            answer_secrets: Default::default(),
+        }
+    }
+}
+
 /// One differing place on a route: how often, and one example.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct FieldStats {
@@ -487,24 +512,7 @@ mod tests {
         assert!(answer_secrets(&answer(b"<html>".to_vec(), vec![])).is_empty());
 
         // Stored only when there is something to store.
-        let record = |answer_secrets| Record {
-            ts_unix_ms: 0,
-            route: "auth".into(),
-            endpoint: "POST /login".into(),
-            request_id: "r".into(),
-            method: "POST".into(),
-            uri: "/login".into(),
-            primary: "legacy".into(),
-            outcome: Outcome::Match,
-            legacy_status: Some(200),
-            candidate_status: Some(200),
-            differences: vec![],
-            noise: vec![],
-            error: None,
-            request_headers: vec![],
-            request_body: None,
-            answer_secrets,
-        };
+        let record = |answer_secrets| Record { answer_secrets, ..Record::sample("auth", "POST", "/login") };
         assert!(!serde_json::to_string(&record(BTreeMap::new())).unwrap().contains("answer_secrets"));
         let line = serde_json::to_string(&record(expected.clone())).unwrap();
         let back: Record = serde_json::from_str(&line).unwrap();

@@ -255,24 +255,7 @@ fn parse_concrete(s: &str) -> FieldPath {
 fn reports_in_three_formats() {
     use super::record::{Outcome, Record, Summary};
     let mut summary = Summary::default();
-    let base = Record {
-        ts_unix_ms: 0,
-        route: "auth".into(),
-        endpoint: "POST /auth/login".into(),
-        request_id: "req-1".into(),
-        method: "POST".into(),
-        uri: "/auth/login".into(),
-        primary: "legacy".into(),
-        outcome: Outcome::Match,
-        legacy_status: Some(200),
-        candidate_status: Some(200),
-        differences: vec![],
-        noise: vec![],
-        error: None,
-        request_headers: vec![],
-        request_body: None,
-        answer_secrets: Default::default(),
-    };
+    let base = Record::sample("auth", "POST", "/auth/login");
     let legacy = ex(200, json!({ "user": { "displayName": "Ann" }, "accessToken": "x" }));
     let candidate = ex(200, json!({ "user": { "displayName": "ann" }, "accessToken": "y" }));
     let diffs = compare(&legacy, &candidate, &Rules::default());
