@@ -65,7 +65,8 @@ pub fn app(inner: Router) -> Router {
 
 /// The auth API (the monolith's paths), with the request transaction and Express's ETags.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
-    let verifier = Verifier::from_pem(state.keys.public_pem.as_bytes(), &state.cfg.jwt_issuer, &state.cfg.jwt_audience)?;
+    let verifier =
+        Verifier::from_rsa_components(&state.keys.public_n, &state.keys.public_e, &state.cfg.jwt_issuer, &state.cfg.jwt_audience)?;
     let pool = state.pool.clone();
     use handlers as h;
     Ok(Router::new()

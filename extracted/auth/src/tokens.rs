@@ -3,11 +3,9 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use rand::RngCore;
-use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
-use rsa::traits::PublicKeyParts;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -23,8 +21,9 @@ pub enum KeyError {
 pub struct Keys {
     encoding: EncodingKey,
     header: Header,
-    /// SPKI PEM of the public key, for verifying our own tokens
-    pub public_pem: String,
+    /// the public key's base64url modulus and exponent, for verifying our own tokens
+    pub public_n: String,
+    pub public_e: String,
     /// serialised once, in order
     jwks: String,
     issuer: String,
@@ -50,13 +49,15 @@ impl Keys {
     }
 
     pub fn from_pem(pem: &str, kid: &str, issuer: &str, audience: &str) -> Result<Keys, String> {
-        let private =
-            rsa::RsaPrivateKey::from_pkcs8_pem(pem).or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem)).map_err(|e| e.to_string())?;
-        let public = private.to_public_key();
-        let b64 = |n: &rsa::BigUint| URL_SAFE_NO_PAD.encode(n.to_bytes_be());
+        let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+        // the public modulus and exponent, from jsonwebtoken's own RSA implementation
+        let (n, e) = match Jwk::from_encoding_key(&encoding, Algorithm::RS256).map_err(|e| e.to_string())?.algorithm {
+            AlgorithmParameters::RSA(p) => (p.n, p.e),
+            _ => return Err("not an RSA key".into()),
+        };
         // the monolith's key order (node's JWK export, then kid/use/alg), so the bytes and ETag match
         #[derive(Serialize)]
-        struct Jwk<'a> {
+        struct JwkOut<'a> {
             kty: &'a str,
             n: String,
             e: String,
@@ -67,17 +68,14 @@ impl Keys {
         }
         #[derive(Serialize)]
         struct Jwks<'a> {
-            keys: [Jwk<'a>; 1],
+            keys: [JwkOut<'a>; 1],
         }
-        let jwks = serde_json::to_string(&Jwks {
-            keys: [Jwk { kty: "RSA", n: b64(public.n()), e: b64(public.e()), kid, use_: "sig", alg: "RS256" }],
-        })
-        .map_err(|e| e.to_string())?;
-        let public_pem = public.to_public_key_pem(LineEnding::LF).map_err(|e| e.to_string())?;
-        let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+        let jwks =
+            serde_json::to_string(&Jwks { keys: [JwkOut { kty: "RSA", n: n.clone(), e: e.clone(), kid, use_: "sig", alg: "RS256" }] })
+                .map_err(|e| e.to_string())?;
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(kid.to_string());
-        Ok(Keys { encoding, header, public_pem, jwks, issuer: issuer.into(), audience: audience.into() })
+        Ok(Keys { encoding, header, public_n: n, public_e: e, jwks, issuer: issuer.into(), audience: audience.into() })
     }
 
     pub fn sign(&self, user_id: &str, email: &str, sid: &str, ttl_secs: u64) -> String {

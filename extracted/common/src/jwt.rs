@@ -77,12 +77,21 @@ impl Verifier {
 
     /// A verifier with one RSA public key (PEM, SPKI or PKCS#1).
     pub fn from_pem(pem: &[u8], issuer: &str, audience: &str) -> Result<Self, JwtError> {
-        let key = DecodingKey::from_rsa_pem(pem)?;
-        Ok(Verifier(Arc::new(VerifierInner {
+        Ok(Self::with_key(DecodingKey::from_rsa_pem(pem)?, issuer, audience))
+    }
+
+    fn with_key(key: DecodingKey, issuer: &str, audience: &str) -> Self {
+        Verifier(Arc::new(VerifierInner {
             source: Source::Static,
             keys: RwLock::new(Keys { by_kid: HashMap::new(), default: Some(key), fetched: None }),
             validation: Self::validation(issuer, audience),
-        })))
+        }))
+    }
+
+    /// A verifier with one RSA public key given by its JWK components (base64url `n` and `e`),
+    /// e.g. the issuer's own key.
+    pub fn from_rsa_components(n: &str, e: &str, issuer: &str, audience: &str) -> Result<Self, JwtError> {
+        Ok(Self::with_key(DecodingKey::from_rsa_components(n, e)?, issuer, audience))
     }
 
     /// A verifier that reads keys from a JWKS URL (fetched now, so a wrong URL fails at start).
