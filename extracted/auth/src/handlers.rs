@@ -53,15 +53,21 @@ async fn user_by_email(pool: &sqlx::PgPool, email: &str) -> Result<Option<UserRo
     Ok(sqlx::query_as("SELECT * FROM legacy.users WHERE lower(email) = lower($1)").bind(email).fetch_optional(pool).await?)
 }
 
-/// The authenticated caller: a valid bearer token (any issuer with our key: this service or the
-/// monolith) for an account that still exists; anything else is Nest's bare 401.
-async fn caller(headers: &HeaderMap, verifier: &Verifier, tx: &RequestTx) -> Result<UserRow> {
+/// The authenticated caller's id: a valid bearer token (any issuer with our key: this service or
+/// the monolith); anything else is Nest's bare 401.
+async fn caller_id(headers: &HeaderMap, verifier: &Verifier) -> Result<uuid::Uuid> {
     let token = bearer(headers).ok_or_else(NestError::bare_unauthorized)?;
     let claims = verifier.verify(token).await.map_err(|e| {
         tracing::debug!(error = %e, "rejected access token");
         NestError::bare_unauthorized()
     })?;
-    let id: uuid::Uuid = claims.sub.parse().map_err(|_| NestError::bare_unauthorized())?;
+    claims.sub.parse().map_err(|_| NestError::bare_unauthorized())
+}
+
+/// The caller's row, in the request's transaction (for handlers that then write); a token for a
+/// deleted account is a 401.
+async fn caller(headers: &HeaderMap, verifier: &Verifier, tx: &RequestTx) -> Result<UserRow> {
+    let id = caller_id(headers, verifier).await?;
     user_by_id(&mut *tx.conn().await?, id).await?.ok_or_else(NestError::bare_unauthorized)
 }
 
@@ -92,7 +98,8 @@ async fn issue(
     Ok(TokenPair { access_token, refresh_token, token_type: "Bearer", expires_in: s.cfg.access_ttl_secs, user: user.into() })
 }
 
-async fn bcrypt_hash(password: String, cost: u32) -> Result<String> {
+async fn bcrypt_hash(s: &AppState, password: String, cost: u32) -> Result<String> {
+    let _slot = s.bcrypt_slots.acquire().await.map_err(|_| NestError::internal())?;
     tokio::task::spawn_blocking(move || bcrypt::hash(password, cost)).await.map_err(|_| NestError::internal())?.map_err(|e| {
         tracing::error!(error = %e, "bcrypt hash failed");
         NestError::internal()
@@ -100,7 +107,8 @@ async fn bcrypt_hash(password: String, cost: u32) -> Result<String> {
 }
 
 /// One bcrypt comparison, off the async threads. Hashes bcrypt cannot read count as a mismatch.
-async fn bcrypt_verify(password: String, hash: String) -> bool {
+async fn bcrypt_verify(s: &AppState, password: String, hash: String) -> bool {
+    let Ok(_slot) = s.bcrypt_slots.acquire().await else { return false };
     tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await.unwrap_or(false)
 }
 
@@ -126,7 +134,7 @@ fn totp_valid(secret: &str, code: &str) -> bool {
 
 pub async fn register(State(s): State<AppState>, tx: RequestTx, body: JsonBody) -> Result<Response> {
     let dto = validate(&body, validate::REGISTER)?;
-    let hash = bcrypt_hash(dto.get("password").to_string(), s.cfg.bcrypt_cost).await?;
+    let hash = bcrypt_hash(&s, dto.get("password").to_string(), s.cfg.bcrypt_cost).await?;
     let mut conn = tx.conn().await?;
     // the unique index is on lower(email): a taken address inserts nothing
     let user: Option<UserRow> = sqlx::query_as(
@@ -163,7 +171,7 @@ pub async fn login(
     }
     let user = user_by_email(&s.pool, email).await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.clone()).unwrap_or_else(|| s.dummy_hash.clone());
-    let matches = bcrypt_verify(password.to_string(), hash).await;
+    let matches = bcrypt_verify(&s, password.to_string(), hash).await;
     let user = match user {
         Some(u) if u.password_hash.is_some() && matches => u,
         _ => {
@@ -286,8 +294,11 @@ pub async fn logout(tx: RequestTx, body: JsonBody) -> Result<Response> {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn me(headers: HeaderMap, axum::Extension(v): axum::Extension<Verifier>, tx: RequestTx) -> Result<Response> {
-    let user = caller(&headers, &v, &tx).await?;
+/// A read: straight from the pool, no transaction (two fewer round trips on the busiest endpoint).
+pub async fn me(State(s): State<AppState>, headers: HeaderMap, axum::Extension(v): axum::Extension<Verifier>) -> Result<Response> {
+    let id = caller_id(&headers, &v).await?;
+    let mut conn = s.pool.acquire().await?;
+    let user = user_by_id(&mut conn, id).await?.ok_or_else(NestError::bare_unauthorized)?;
     Ok(ok(&UserView::from(&user)))
 }
 
@@ -565,7 +576,7 @@ pub async fn forgot_password(State(s): State<AppState>, dry: DryRun, tx: Request
 
 pub async fn reset_password(State(s): State<AppState>, tx: RequestTx, body: JsonBody) -> Result<Response> {
     let dto = validate(&body, validate::RESET)?;
-    let hash = bcrypt_hash(dto.get("password").to_string(), s.cfg.bcrypt_cost).await?;
+    let hash = bcrypt_hash(&s, dto.get("password").to_string(), s.cfg.bcrypt_cost).await?;
     let mut conn = tx.conn().await?;
     let user_id: Option<uuid::Uuid> = sqlx::query_scalar(
         "UPDATE legacy.password_resets SET used_at = now()

@@ -40,6 +40,10 @@ pub struct Inner {
     pub http: reqwest::Client,
     /// compared against when the e-mail is unknown, so both paths cost one bcrypt
     pub dummy_hash: String,
+    /// bcrypt runs on blocking threads; more at once than there are cores only makes every
+    /// request on the box slower (a login burst would starve `me` and `refresh`), so logins
+    /// queue here instead
+    pub bcrypt_slots: tokio::sync::Semaphore,
 }
 
 impl std::ops::Deref for AppState {
@@ -53,7 +57,9 @@ impl AppState {
     pub fn new(cfg: Config, pool: PgPool, redis: redis::aio::ConnectionManager, keys: tokens::Keys) -> anyhow::Result<AppState> {
         let http = reqwest::Client::builder().timeout(cfg.http_timeout).build()?;
         let dummy_hash = bcrypt::hash(tokens::opaque_token(), cfg.bcrypt_cost)?;
-        Ok(AppState(Arc::new(Inner { cfg, pool, redis, keys, http, dummy_hash })))
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let bcrypt_slots = tokio::sync::Semaphore::new(cores);
+        Ok(AppState(Arc::new(Inner { cfg, pool, redis, keys, http, dummy_hash, bcrypt_slots })))
     }
 }
 
