@@ -103,6 +103,37 @@ async fn a_slow_or_dead_shadow_target_changes_nothing_for_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_percent_copies_that_share_of_requests() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    let body = routes(
+        &legacy,
+        &svc,
+        "[[routes]]\nname = \"half\"\nmatch = { path_prefix = \"/half\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { sample_percent = 50, noise_sample_percent = 0 }\n\n[[routes]]\nname = \"none\"\nmatch = { path_prefix = \"/none\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { sample_percent = 0 }\n",
+    );
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    for i in 0..200 {
+        assert_eq!(c.get(proxy.url(&format!("/half/{i}"))).send().await.unwrap().status(), 200);
+        assert_eq!(c.get(proxy.url(&format!("/none/{i}"))).send().await.unwrap().status(), 200);
+    }
+    // request ids are random: 50% of 200 is 100 ± 7 (one standard deviation); 60..140 is ±5.6σ
+    let copied = || svc.requests.lock().unwrap().iter().filter(|(_, u, _)| u.starts_with("/half")).count();
+    let n = wait_for("the sampled copies", || async {
+        let before = copied();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (before == copied() && before > 0).then(|| Value::from(before))
+    })
+    .await
+    .as_u64()
+    .unwrap();
+    assert!((60..=140).contains(&n), "{n} of 200 copied at 50%");
+    compared(&proxy, "half", n).await;
+    assert!(svc.requests.lock().unwrap().iter().all(|(_, u, _)| !u.starts_with("/none")), "0% copies nothing");
+    assert_eq!(legacy.requests.lock().unwrap().len(), 400, "every client request is served by the monolith");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturation_drops_and_counts_instead_of_queueing() {
     let legacy = TestUpstream::start("legacy").await;
     let svc = TestUpstream::start_gated("svc").await;

@@ -341,6 +341,7 @@ impl<'a> Cx<'a> {
         }
         out.reverse = s.reverse.unwrap_or(false);
         out.noise_sample_percent = self.number(&s.noise_sample_percent, "noise_sample_percent", 0..=100, "0..=100", 10) as u8;
+        out.sample_percent = self.number(&s.sample_percent, "sample_percent", 0..=100, "0..=100", 100) as u8;
         let pattern = |cx: &mut Self, v: &Spanned<String>| match PathPattern::parse(v.get_ref()) {
             Ok(p) => Some(p),
             Err(e) => {

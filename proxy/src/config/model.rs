@@ -306,20 +306,29 @@ pub struct RouteShadow {
     pub rules: crate::shadow::Rules,
     /// Share of shadowed requests for which the monolith is asked twice to learn noise.
     pub noise_sample_percent: u8,
+    /// Share of the route's requests that are copied at all (by request id, uniformly).
+    pub sample_percent: u8,
     /// The rule patterns as written, for diffs and the admin API.
     pub rules_text: Vec<String>,
 }
 
 impl Default for RouteShadow {
     fn default() -> Self {
-        RouteShadow { writes: Writes::Skip, reverse: false, rules: Default::default(), noise_sample_percent: 10, rules_text: Vec::new() }
+        RouteShadow {
+            writes: Writes::Skip,
+            reverse: false,
+            rules: Default::default(),
+            noise_sample_percent: 10,
+            sample_percent: 100,
+            rules_text: Vec::new(),
+        }
     }
 }
 
 impl PartialEq for RouteShadow {
     fn eq(&self, o: &Self) -> bool {
-        (self.writes, self.reverse, self.noise_sample_percent, &self.rules_text)
-            == (o.writes, o.reverse, o.noise_sample_percent, &o.rules_text)
+        (self.writes, self.reverse, self.noise_sample_percent, self.sample_percent, &self.rules_text)
+            == (o.writes, o.reverse, o.noise_sample_percent, o.sample_percent, &o.rules_text)
     }
 }
 impl Eq for RouteShadow {}

@@ -108,6 +108,7 @@ pub struct RawRouteShadow {
     pub sort: Option<Vec<Spanned<String>>>,
     pub headers: Option<Vec<Spanned<String>>>,
     pub noise_sample_percent: Option<Spanned<i64>>,
+    pub sample_percent: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -55,6 +55,7 @@ static ROUTE_SHADOW: Shape = Shape::Table(&[
     ("sort", &ANY),
     ("headers", &ANY),
     ("noise_sample_percent", &ANY),
+    ("sample_percent", &ANY),
 ]);
 static SHADOW: Shape = Shape::Table(&[
     ("max_in_flight", &ANY),

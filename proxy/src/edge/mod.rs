@@ -144,6 +144,12 @@ impl Edge {
             (Mode::Extracted, _) if route.shadow.reverse => table.default_upstream().clone(),
             _ => return,
         };
+        // sampling: the leading digits of the request's bucket (noise sampling uses the last two,
+        // so the two choices are independent)
+        let bucket = crate::routing::bucket(ctx.request_id.as_bytes());
+        if bucket / 100 >= u32::from(route.shadow.sample_percent) {
+            return;
+        }
         let req = session.req_header();
         let safe = req.method.is_safe();
         if !safe && route.shadow.writes == Writes::Skip {
@@ -155,7 +161,7 @@ impl Edge {
             self.tee.dropped(route.name.as_str(), "too_large");
             return;
         }
-        let sample_noise = crate::routing::bucket(ctx.request_id.as_bytes()) % 100 < u32::from(route.shadow.noise_sample_percent);
+        let sample_noise = bucket % 100 < u32::from(route.shadow.noise_sample_percent);
         ctx.shadow = Some(ShadowCtx {
             other,
             dry_run: !safe,
