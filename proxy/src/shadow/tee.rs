@@ -3,7 +3,8 @@
 //!
 //! The edge captures the request (headers, body up to `max_body_bytes`) and the answer the
 //! client got; when the client's exchange is over (Pingora's logging phase) it hands a
-//! [`Capture`] to [`Tee::dispatch`]. Dispatch never waits: a `Semaphore` bounds shadow requests
+//! [`Capture`] to [`Tee::dispatch`], which runs the copy on the shadow thread's own runtime (off
+//! the proxy's workers). Dispatch never waits: a `Semaphore` bounds shadow requests
 //! in flight, and when none is free the copy is dropped and counted
 //! (`strangler_shadow_dropped_total{reason="saturated"}`). Each copy has its own timeout. So the
 //! client's latency, status and bytes never depend on the shadow.
@@ -51,6 +52,9 @@ pub struct Capture {
 }
 
 pub struct Tee {
+    /// the shadow thread's runtime: copies, diffs and records run there, not on the proxy's
+    /// workers, so a shadowed route costs the client's worker as little as possible
+    rt: tokio::runtime::Handle,
     client: reqwest::Client,
     permits: Arc<Semaphore>,
     timeout: Duration,
@@ -58,6 +62,20 @@ pub struct Tee {
     summary: Mutex<Summary>,
     store: Option<mpsc::Sender<Record>>,
     demoter: Arc<crate::demote::Demoter>,
+}
+
+/// A one-thread runtime on its own OS thread ("strangler-shadow"), alive for the process.
+fn shadow_runtime() -> tokio::runtime::Handle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("strangler-shadow".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime builds");
+            let _ = tx.send(rt.handle().clone());
+            rt.block_on(std::future::pending::<()>());
+        })
+        .expect("the shadow thread starts");
+    rx.recv().expect("the shadow thread hands over its runtime")
 }
 
 impl Tee {
@@ -74,6 +92,7 @@ impl Tee {
             .build()
             .expect("a client without TLS settings always builds");
         Arc::new(Tee {
+            rt: shadow_runtime(),
             client,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             timeout,
@@ -105,7 +124,7 @@ impl Tee {
             return;
         };
         let tee = self.clone();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             let _permit = permit;
             tee.compare(cap).await;
         });
