@@ -135,6 +135,17 @@ describe('same answers', () => {
     });
   }
 
+  test('body limits as express.json(): 413 for a big JSON body, other types not read at all', async () => {
+    const big = JSON.stringify({ email: 'a'.repeat(200_000) });
+    for (const ct of ['application/json', 'text/plain']) {
+      const a = await api(legacy(), 'POST', '/auth/login', { body: big, headers: { 'content-type': ct } });
+      const b = await api(svc(), 'POST', '/auth/login', { body: big, headers: { 'content-type': ct } });
+      assert.equal(a.status, ct === 'application/json' ? 413 : 400);
+      assert.equal(b.status, a.status, ct);
+      assert.deepEqual(b.body, a.body, ct);
+    }
+  });
+
   test('a token pair has the same shape and claims', async () => {
     const u = await newUser(legacy());
     const a = await post(legacy(), '/auth/login', { email: u.email, password: u.password });

@@ -4,7 +4,7 @@
 //! charset=utf-8`, Express's weak ETag and its `304` for a matching `If-None-Match`, the redirect
 //! bodies, and Nest's `404 Cannot GET /path` for every unknown route or method.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -296,15 +296,19 @@ impl<'de> serde::Deserialize<'de> for KeysInOrder {
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = NestError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, NestError> {
+    async fn from_request(req: Request, _: &S) -> Result<Self, NestError> {
         let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let bytes = match axum::body::to_bytes(req.into_body(), BODY_LIMIT + 1).await {
-            Ok(b) => b,
-            Err(_) => return Err(too_large()),
-        };
-        let _ = state;
-        JsonBody::parse(ctype.as_deref(), &Bytes::from(bytes))
+        if !is_json(ctype.as_deref()) {
+            // express.json() does not read other bodies at all: no size limit applies, Nest sees {}
+            return JsonBody::parse(ctype.as_deref(), b"");
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT + 1).await.map_err(|_| too_large())?;
+        JsonBody::parse(ctype.as_deref(), &bytes)
     }
+}
+
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.and_then(|c| c.split(';').next()).is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
 #[cfg(test)]
