@@ -165,7 +165,14 @@ pub async fn login(
     let dto = validate(&body, validate::LOGIN)?;
     let (email, password) = (dto.get("email"), dto.get("password"));
     let keys = limits::login_keys(email, &client_ip(&headers, peer), &s.cfg.limits);
-    if let Some(retry) = limits::blocked(&s.redis, &keys).await? {
+    let window = s.cfg.limits.window_secs;
+    let limited = match limits::blocked(&s.redis, &keys[1..]).await? {
+        Some(retry) => Some(retry),
+        // a dry run only looks; a real attempt is counted against the account before bcrypt
+        None if dry.0 => limits::blocked(&s.redis, &keys[..1]).await?,
+        None => limits::attempt(&s.redis, &keys[0], window).await?,
+    };
+    if let Some(retry) = limited {
         metrics::counter!("auth_logins_total", "outcome" => "rate_limited").increment(1);
         return Err(NestError::too_many(retry));
     }
@@ -176,7 +183,8 @@ pub async fn login(
         Some(u) if u.password_hash.is_some() && matches => u,
         _ => {
             if !dry.0 {
-                limits::fail(&s.redis, &keys, s.cfg.limits.window_secs).await?;
+                // the account's attempt is already counted
+                limits::fail(&s.redis, &keys[1..], window).await?;
             }
             metrics::counter!("auth_logins_total", "outcome" => "failure").increment(1);
             return Err(NestError::unauthorized("Invalid email or password"));
@@ -214,21 +222,31 @@ pub async fn verify_two_factor(State(s): State<AppState>, dry: DryRun, tx: Reque
     let expired = || NestError::unauthorized("Two-factor challenge is invalid or expired");
     let user_id: Option<String> = r.get(&key).await?;
     let Some(user_id) = user_id else { return Err(expired()) };
+    let id: uuid::Uuid = user_id.parse().map_err(|_| expired())?;
     let limit = limits::two_factor_key(&user_id, &s.cfg.limits);
-    if let Some(retry) = limits::blocked(&s.redis, std::slice::from_ref(&limit)).await? {
+    // Each attempt is counted *before* the code is checked, so however many arrive at once, a
+    // challenge gets at most CHALLENGE_MAX_ATTEMPTS codes and a user the configured number.
+    // A dry run only looks.
+    let (attempt_no, limited) = if dry.0 {
+        (0, limits::blocked(&s.redis, std::slice::from_ref(&limit)).await?)
+    } else {
+        let (n, _): (i64, ()) =
+            redis::pipe().incr(&attempts_key, 1).expire(&attempts_key, CHALLENGE_TTL_SECS as i64).query_async(&mut r).await?;
+        if n > CHALLENGE_MAX_ATTEMPTS {
+            let _: () = r.del(&[&key, &attempts_key]).await?;
+            return Err(expired());
+        }
+        (n, limits::attempt(&s.redis, &limit, s.cfg.limits.window_secs).await?)
+    };
+    if let Some(retry) = limited {
         return Err(NestError::too_many(retry));
     }
-    let id: uuid::Uuid = user_id.parse().map_err(|_| expired())?;
     let user = user_by_id(&mut *tx.conn().await?, id).await?;
     let good = user.as_ref().and_then(|u| u.totp_secret.as_deref()).is_some_and(|secret| totp_valid(secret, dto.get("code")));
     let Some(user) = user.filter(|_| good) else {
-        if !dry.0 {
-            let attempts: i64 = r.incr(&attempts_key, 1).await?;
-            let _: () = r.expire(&attempts_key, CHALLENGE_TTL_SECS as i64).await?;
-            if attempts >= CHALLENGE_MAX_ATTEMPTS {
-                let _: () = r.del(&[&key, &attempts_key]).await?;
-            }
-            limits::fail(&s.redis, std::slice::from_ref(&limit), s.cfg.limits.window_secs).await?;
+        if !dry.0 && attempt_no >= CHALLENGE_MAX_ATTEMPTS {
+            // the fifth wrong code burns the challenge, as in the monolith
+            let _: () = r.del(&[&key, &attempts_key]).await?;
         }
         return Err(NestError::unauthorized("Invalid two-factor code"));
     };
@@ -239,6 +257,7 @@ pub async fn verify_two_factor(State(s): State<AppState>, dry: DryRun, tx: Reque
             return Err(expired());
         }
         let _: () = r.del(&attempts_key).await?;
+        limits::clear(&s.redis, &limit).await?;
     }
     let pair = issue(&s, &mut *tx.conn().await?, &user, None, None).await?;
     Ok(ok(&pair))
@@ -462,7 +481,7 @@ pub async fn google_callback(State(s): State<AppState>, dry: DryRun, tx: Request
         return Err(bad_state());
     }
     let failed = || NestError::unauthorized("Google sign-in failed");
-    let code = match (get("error"), get("code")) {
+    let code = match (get("error").filter(|e| !e.is_empty()), get("code")) {
         (None, Some(code)) if !code.is_empty() => code,
         _ => return Err(failed()),
     };
@@ -549,7 +568,7 @@ async fn send_mail(s: AppState, to: String, raw: String) {
 }
 
 /// Always the same answer, registered address or not (no enumeration); the mail goes out off
-/// the request path.
+/// the request path once the reset row is committed.
 pub async fn forgot_password(State(s): State<AppState>, dry: DryRun, tx: RequestTx, body: JsonBody) -> Result<Response> {
     let dto = validate(&body, validate::FORGOT)?;
     let answer = || json_response(StatusCode::ACCEPTED, &json!({ "message": "If the address is registered, a reset link has been sent" }));
@@ -558,26 +577,13 @@ pub async fn forgot_password(State(s): State<AppState>, dry: DryRun, tx: Request
     let hash = sha256_hex(&token);
     const INSERT: &str =
         "INSERT INTO legacy.password_resets (token_hash, user_id, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))";
-    if dry.0 {
-        // a shadow copy: the row goes into the transaction that is rolled back; no mail
-        sqlx::query(INSERT).bind(&hash).bind(user.id).bind(RESET_TTL_SECS as f64).execute(&mut *tx.conn().await?).await?;
-        return Ok(answer());
+    sqlx::query(INSERT).bind(&hash).bind(user.id).bind(RESET_TTL_SECS as f64).execute(&mut *tx.conn().await?).await?;
+    if !dry.0 {
+        // the mail leaves once the row it links to is committed, off the request path
+        let link = format!("{}/reset-password?token={}", s.cfg.app_url, encode_uri_component(&token));
+        let raw = reset_mail(&s.cfg.gmail.from, &user.email, &user.display_name, &link);
+        tx.after_commit(send_mail(s.clone(), user.email, raw));
     }
-    // The row and the mail happen after the answer, so a registered address answers as fast as
-    // an unknown one (one indexed lookup each): no enumeration by timing. The row is committed
-    // before the mail leaves, so the link always works.
-    let link = format!("{}/reset-password?token={}", s.cfg.app_url, encode_uri_component(&token));
-    let raw = reset_mail(&s.cfg.gmail.from, &user.email, &user.display_name, &link);
-    let s = s.clone();
-    tokio::spawn(async move {
-        match sqlx::query(INSERT).bind(&hash).bind(user.id).bind(RESET_TTL_SECS as f64).execute(&s.pool).await {
-            Ok(_) => send_mail(s, user.email, raw).await,
-            Err(e) => {
-                metrics::counter!("auth_mail_failures_total").increment(1);
-                tracing::error!(error = %e, "storing a password reset failed; no mail sent");
-            }
-        }
-    });
     Ok(answer())
 }
 

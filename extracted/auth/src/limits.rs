@@ -2,6 +2,11 @@
 //! a hash of the e-mail address (known or not, so limits reveal nothing about which accounts
 //! exist), by client address, and by user for two-factor codes. Only failures count: a user who
 //! signs in correctly is never slowed down, and a success clears the account's counter.
+//!
+//! The per-account and per-user keys count each attempt *before* it is tried ([`attempt`]), so a
+//! burst of parallel guesses at one account gets exactly `max` tries. The per-address key is
+//! checked before and counted after a failure: many legitimate users behind one address may log
+//! in at once, and the check only needs to stop sustained stuffing.
 
 use redis::aio::ConnectionManager;
 
@@ -36,6 +41,25 @@ pub async fn blocked(redis: &ConnectionManager, keys: &[Key]) -> redis::RedisRes
         flat.chunks(2).map(|c| (redis::from_redis_value(&c[0]).ok().flatten(), redis::from_redis_value(&c[1]).unwrap_or(-1))).collect()
     };
     Ok(keys.iter().zip(answers).filter(|(k, (n, _))| n.unwrap_or(0) >= k.max).map(|(_, (_, ttl))| ttl.max(1) as u64).max())
+}
+
+/// Counts an attempt against `key` *before* it is tried (one atomic INCR; the window starts with
+/// the first), and says `Some(seconds left)` when that made it go over the limit. Concurrent
+/// attempts cannot all slip past a check made before any of them failed. A success gives the
+/// attempt back with [`clear`] (only failures are meant to count).
+pub async fn attempt(redis: &ConnectionManager, key: &Key, window_secs: u64) -> redis::RedisResult<Option<u64>> {
+    let mut conn = redis.clone();
+    let (count, ttl): (u64, i64) = redis::pipe()
+        .incr(&key.name, 1)
+        .cmd("EXPIRE")
+        .arg(&key.name)
+        .arg(window_secs)
+        .arg("NX")
+        .ignore()
+        .ttl(&key.name)
+        .query_async(&mut conn)
+        .await?;
+    Ok((count > key.max).then(|| ttl.max(1) as u64))
 }
 
 /// Counts one failure against every key (the window starts with the first failure).

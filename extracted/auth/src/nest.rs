@@ -135,7 +135,9 @@ pub fn if_none_match_hits(if_none_match: &str, etag: &str) -> bool {
 /// Middleware: ETag on every answer with a body (as `res.send` does), `304` for GET/HEAD when the
 /// client already has it.
 pub async fn express_etag(req: Request, next: Next) -> Response {
-    let conditional = matches!(*req.method(), Method::GET | Method::HEAD)
+    // Express's `fresh`: a client asking for `no-cache` always gets the body
+    let no_cache = req.headers().get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("no-cache"));
+    let conditional = (matches!(*req.method(), Method::GET | Method::HEAD) && !no_cache)
         .then(|| req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_string))
         .flatten();
     let res = next.run(req).await;
@@ -235,15 +237,26 @@ impl JsonBody {
         if bytes.len() > BODY_LIMIT {
             return Err(too_large());
         }
-        let text = String::from_utf8_lossy(bytes);
-        let Some(first) = text.trim_start_matches([' ', '\t', '\n', '\r']).chars().next() else {
+        if let Some(charset) = charset(content_type) {
+            if !charset.starts_with("utf-") {
+                let message = format!("unsupported charset \"{}\"", charset.to_uppercase());
+                return Err(NestError { error: None, ..NestError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message) });
+            }
+        }
+        if bytes.is_empty() {
             return Ok(empty());
+        }
+        let decoded = String::from_utf8_lossy(bytes);
+        // the decoder drops a byte-order mark
+        let text = decoded.strip_prefix('\u{feff}').unwrap_or(&decoded);
+        let Some(first) = text.trim_start_matches([' ', '\t', '\n', '\r']).chars().next() else {
+            return Err(NestError::bad_request("Unexpected end of JSON input"));
         };
         if first != '{' && first != '[' {
             return Err(NestError::bad_request(&strict_violation(&text, first)));
         }
-        let value: Value = serde_json::from_str(&text).map_err(|e| NestError::bad_request(&format!("{e} in JSON")))?;
-        let keys = serde_json::from_str::<KeysInOrder>(&text).map(|k| k.0).unwrap_or_default();
+        let value: Value = serde_json::from_str(text).map_err(|e| NestError::bad_request(&format!("{e} in JSON")))?;
+        let keys = serde_json::from_str::<KeysInOrder>(text).map(|k| k.0).unwrap_or_default();
         Ok(JsonBody { value, keys })
     }
 }
@@ -307,6 +320,14 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// The `charset` parameter of a content type, lower-cased.
+fn charset(content_type: Option<&str>) -> Option<String> {
+    content_type?.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("charset").then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+    })
+}
+
 fn is_json(content_type: Option<&str>) -> bool {
     content_type.and_then(|c| c.split(';').next()).is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
@@ -333,7 +354,13 @@ mod tests {
     fn body_parser_rules() {
         assert_eq!(parse("text/plain", "hello").unwrap().value, serde_json::json!({}));
         assert_eq!(parse("application/vnd.api+json", r#"{"a":1}"#).unwrap().value, serde_json::json!({}));
-        assert_eq!(parse("application/json", "  ").unwrap().value, serde_json::json!({}));
+        assert_eq!(parse("application/json", "").unwrap().value, serde_json::json!({}));
+        // checked against body-parser: blanks are not empty, a BOM is dropped, charsets other than UTF-* are 415
+        assert_eq!(parse("application/json", "  ").unwrap_err().message, Value::from("Unexpected end of JSON input"));
+        assert_eq!(parse("application/json", "\u{feff}{\"a\":1}").unwrap().value, serde_json::json!({"a": 1}));
+        let e = parse("application/json; charset=latin1", "{}").unwrap_err();
+        assert_eq!((e.status, e.message), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Value::from("unsupported charset \"LATIN1\"")));
+        assert!(parse("application/json; charset=UTF-8", "{}").is_ok());
         assert_eq!(parse("application/json; charset=utf-8", r#"{"b":1,"a":2,"b":3}"#).unwrap().keys, vec!["b", "a"]);
         let e = parse("application/json", "null").unwrap_err();
         assert_eq!(e.message, Value::from("Unexpected token 'n', \"null\" is not valid JSON"));

@@ -75,9 +75,12 @@ impl Dto {
 pub fn validate(body: &JsonBody, fields: &[Field]) -> Result<Dto, NestError> {
     let empty = Map::new();
     let obj = body.value.as_object().unwrap_or(&empty);
-    let mut messages: Vec<String> = body
-        .keys
-        .iter()
+    // JavaScript objects list integer-like keys first, in numeric order, then the rest as sent
+    let index = |k: &str| k.parse::<u32>().ok().filter(|n| *n < u32::MAX && n.to_string() == k);
+    let mut keys: Vec<&String> = body.keys.iter().collect();
+    keys.sort_by_key(|k| index(k).map_or((1, 0), |n| (0, n)));
+    let mut messages: Vec<String> = keys
+        .into_iter()
         .filter(|k| obj.contains_key(*k) && !fields.iter().any(|f| f.name == k.as_str()))
         .map(|k| format!("property {k} should not exist"))
         .collect();
@@ -108,9 +111,13 @@ fn transform(v: &Value, t: Transform) -> Value {
     }
 }
 
-/// `String.prototype.trim`: white space and line terminators.
+/// `String.prototype.trim`: ECMAScript's WhiteSpace and LineTerminator (not U+0085, which Rust's
+/// `char::is_whitespace` includes).
 fn js_trim(s: &str) -> &str {
-    s.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+    s.trim_matches(|c: char| {
+        matches!(c, '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}' | '\u{feff}')
+    })
 }
 
 /// validator.js `isLength`: code points, not counting variation selectors.
@@ -192,7 +199,7 @@ pub fn is_email(s: &str) -> bool {
             && part.chars().all(|c| {
                 c.is_ascii_alphanumeric()
                     || "!#$%&'*+-/=?^_`{|}~".contains(c)
-                    || ('\u{a0}'..='\u{d7ff}').contains(&c)
+                    || ('\u{a1}'..='\u{d7ff}').contains(&c)
                     || ('\u{f900}'..='\u{fdcf}').contains(&c)
                     || ('\u{fdf0}'..='\u{ffef}').contains(&c)
             })
@@ -211,12 +218,12 @@ fn is_fqdn(domain: &str) -> bool {
         || (tld.len() >= 4
             && tld.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("xn"))
             && tld[2..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    if !tld_ok {
+    if !tld_ok || tld.chars().any(char::is_whitespace) {
         return false;
     }
     labels.iter().all(|l| {
         !l.is_empty()
-            && l.len() <= 63
+            && l.encode_utf16().count() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
             && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || ((c as u32) >= 0xa1 && !('\u{ff01}'..='\u{ff5e}').contains(&c)))
@@ -327,6 +334,21 @@ mod tests {
     }
 
     #[test]
+    fn unknown_properties_in_javascript_key_order() {
+        let b = JsonBody {
+            value: json!({"zeta": 1, "5": 2, "10": 3, "email": "a@x.io", "password": "p"}),
+            keys: vec!["zeta".into(), "10".into(), "5".into(), "email".into(), "password".into()],
+        };
+        let e = validate(&b, LOGIN).unwrap_err();
+        assert_eq!(e.message, json!(["property 5 should not exist", "property 10 should not exist", "property zeta should not exist"]));
+    }
+
+    #[test]
+    fn trim_is_javascript_s() {
+        assert_eq!(js_trim("\u{85}x\u{a0} "), "\u{85}x");
+    }
+
+    #[test]
     fn transforms_apply_before_validation() {
         let dto = validate(&body(json!({"email": "  A@X.IO ", "password": "p"})), LOGIN).unwrap();
         assert_eq!(dto.get("email"), "a@x.io");
@@ -355,7 +377,23 @@ mod tests {
         ] {
             assert!(is_email(ok), "{ok}");
         }
-        for bad in ["", "a", "a@", "@x.io", "a@x", "a@x.i", "a@-x.io", "a..b@x.io", "a b@x.io", "a@x.123", "a@[127.0.0.1]", "a@x_y.io"] {
+        assert!(is_email(&format!("a@{}.de", "ä".repeat(40))), "labels count UTF-16 units, not bytes");
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@x.io",
+            "a@x",
+            "a@x.i",
+            "a@-x.io",
+            "a..b@x.io",
+            "a b@x.io",
+            "a@x.123",
+            "a@[127.0.0.1]",
+            "a@x_y.io",
+            "a\u{a0}b@x.io",
+            "a@x.d\u{3000}e",
+        ] {
             assert!(!is_email(bad), "{bad}");
         }
     }

@@ -41,9 +41,13 @@ impl<S: Send + Sync> FromRequestParts<S> for DryRun {
     }
 }
 
+type Deferred = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 struct Inner {
     pool: PgPool,
     tx: Mutex<Option<Transaction<'static, Postgres>>>,
+    /// work that may only happen once the request's writes are committed (mail, messages)
+    after_commit: std::sync::Mutex<Vec<Deferred>>,
 }
 
 /// The request's transaction (begun lazily: requests that never touch the database cost nothing).
@@ -68,7 +72,14 @@ impl std::ops::DerefMut for TxConn<'_> {
 
 impl RequestTx {
     pub fn new(pool: PgPool) -> Self {
-        RequestTx(Arc::new(Inner { pool, tx: Mutex::new(None) }))
+        RequestTx(Arc::new(Inner { pool, tx: Mutex::new(None), after_commit: Default::default() }))
+    }
+
+    /// Runs `work` in the background once this request's transaction has committed; never when
+    /// it is rolled back (a dry run, a 5xx, a failed commit). For side effects that must not
+    /// happen for writes that did not: the mail with a link to a row, a message about it.
+    pub fn after_commit(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.after_commit.lock().unwrap_or_else(|e| e.into_inner()).push(Box::pin(work));
     }
 
     /// The connection of this request's transaction, beginning it on first use.
@@ -111,7 +122,15 @@ pub async fn transaction_per_request(State(pool): State<PgPool>, mut req: Reques
         metrics::counter!("dry_run_requests_total").increment(1);
     }
     match tx.finish(commit).await {
-        Ok(()) => res,
+        Ok(()) => {
+            let deferred = std::mem::take(&mut *tx.0.after_commit.lock().unwrap_or_else(|e| e.into_inner()));
+            if commit {
+                for work in deferred {
+                    tokio::spawn(work);
+                }
+            }
+            res
+        }
         Err(e) => {
             // the client must not believe a write happened when the commit failed
             tracing::error!(error = %e, "finishing the request transaction failed");

@@ -175,9 +175,11 @@ pub fn unauthorized() -> Response {
 }
 
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    // the monolith's /^Bearer\s+(\S+)$/i
     let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    let (scheme, token) = v.split_once(|c: char| c.is_ascii_whitespace())?;
+    let token = token.trim_start();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(|c: char| c.is_ascii_whitespace())).then_some(token)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for AuthUser {

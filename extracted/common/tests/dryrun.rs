@@ -62,3 +62,47 @@ async fn requests_that_never_touch_the_database_take_no_connection() {
     let r = tokio::time::timeout(std::time::Duration::from_secs(10), reqwest::get(format!("http://{addr}/health"))).await;
     assert_eq!(r.expect("a request without database work must not wait for a connection").unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn after_commit_work_runs_only_when_the_request_committed() {
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use bm_common::dryrun::{transaction_per_request, RequestTx};
+    use tokio::sync::mpsc;
+
+    let pool = pool().await;
+    let table = table(&pool).await;
+    let (tx_done, mut done) = mpsc::unbounded_channel::<String>();
+    #[derive(Clone)]
+    struct S(String, mpsc::UnboundedSender<String>);
+    async fn write(State(S(table, done)): State<S>, tx: RequestTx, body: String) -> StatusCode {
+        let mut conn = tx.conn().await.unwrap();
+        sqlx::query(&format!("INSERT INTO {table} (name) VALUES ($1)")).bind(&body).execute(&mut *conn).await.unwrap();
+        let name = body.clone();
+        tx.after_commit(async move {
+            let _ = done.send(name);
+        });
+        if body == "fails" {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::CREATED
+        }
+    }
+    let app = Router::new()
+        .route("/w", post(write))
+        .with_state(S(table.clone(), tx_done))
+        .layer(axum::middleware::from_fn_with_state(pool.clone(), transaction_per_request));
+    let addr = serve(app).await;
+    let c = reqwest::Client::new();
+    let url = format!("http://{addr}/w");
+    assert_eq!(c.post(&url).body("dry").header("x-strangler-dry-run", "1").send().await.unwrap().status(), 201);
+    assert_eq!(c.post(&url).body("fails").send().await.unwrap().status(), 500);
+    assert_eq!(c.post(&url).body("kept").send().await.unwrap().status(), 201);
+    // the committed request's work runs, and it runs after its row is visible to others
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), done.recv()).await.unwrap().unwrap();
+    assert_eq!(first, "kept", "neither the dry run nor the 5xx ran their after-commit work");
+    let seen: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE name = 'kept'")).fetch_one(&pool).await.unwrap();
+    assert_eq!(seen, 1);
+    assert!(done.try_recv().is_err());
+}
