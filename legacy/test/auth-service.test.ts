@@ -122,6 +122,10 @@ describe('same answers', () => {
     ['GET', '/auth/google/callback?code=1', undefined],
     ['GET', '/auth/nothing?x=1', undefined],
     ['DELETE', '/auth/login', undefined],
+    ['POST', '/auth/Login/', {}],
+    ['POST', '/auth/refresh/', { refreshToken: 'unknown' }],
+    ['POST', '/auth/login', '  '],
+    ['POST', '/auth/login', '\ufeff{"email":"x"}'],
   ];
   for (const [method, path, body] of cases) {
     test(`${method} ${path} ${body === undefined ? '' : JSON.stringify(body)}`, async () => {
@@ -144,6 +148,35 @@ describe('same answers', () => {
       assert.equal(b.status, a.status, ct);
       assert.deepEqual(b.body, a.body, ct);
     }
+  });
+
+  test('what Express does around the handlers: body parsing on every route, redirects, caching, bearer syntax', async () => {
+    const u = await newUser(legacy());
+    const both = async (method: string, path: string, opts: Parameters<typeof api>[3]) =>
+      [await api(legacy(), method, path, opts), await api(svc(), method, path, opts)];
+    // a malformed JSON body is a 400 before the guard, even where the handler reads no body
+    for (const token of [undefined, u.accessToken]) {
+      const [a, b] = await both('POST', '/auth/2fa/setup', { body: '{bad', token });
+      assert.equal(a.status, 400);
+      assert.equal(b.status, a.status);
+    }
+    const charset = await both('POST', '/auth/login', { body: '{}', headers: { 'content-type': 'application/json; charset=latin1' } });
+    assert.deepEqual([charset[1].status, charset[1].body], [charset[0].status, charset[0].body]);
+    for (const accept of ['application/json', 'text/html, text/plain', 'text/plain, text/html', '*/*']) {
+      const [a, b] = await both('GET', '/auth/google', { headers: { accept } });
+      assert.equal(b.status, 302, accept);
+      assert.equal(b.headers.get('content-type'), a.headers.get('content-type'), accept);
+      assert.equal(b.text.replace(/state=[^&<"]+/, ''), a.text.replace(/state=[^&<"]+/, ''), accept);
+    }
+    const jwks = await api(legacy(), 'GET', '/.well-known/jwks.json');
+    const etag = jwks.headers.get('etag')!;
+    const conditional: Record<string, string>[] = [{ 'if-none-match': etag }, { 'if-none-match': etag, 'cache-control': 'no-cache' }];
+    for (const headers of conditional) {
+      const [a, b] = await both('GET', '/.well-known/jwks.json', { headers });
+      assert.equal(b.status, a.status, JSON.stringify(headers));
+    }
+    const [ta, tb] = await both('GET', '/auth/me', { headers: { authorization: `Bearer\t${u.accessToken}` } });
+    assert.deepEqual([tb.status, ta.status], [200, 200]);
   });
 
   test('a token pair has the same shape and claims', async () => {

@@ -63,13 +63,19 @@ impl AppState {
     }
 }
 
-/// The service as served: `inner` (the auth router, plus health and metrics) wrapped by what must
-/// see the router's final answer.
+/// The service as served: `inner` (the auth router, plus health and metrics) wrapped by what
+/// Express does around routing: JSON body parsing, case-insensitive paths with an optional
+/// trailing slash, ETags, and no `Allow` on 404s.
 pub fn app(inner: Router) -> Router {
-    Router::new().fallback_service(inner).layer(axum::middleware::from_fn(nest::no_allow_on_404))
+    Router::new()
+        .fallback_service(inner)
+        .layer(axum::middleware::from_fn(nest::express_json))
+        .layer(axum::middleware::from_fn(nest::express_routing))
+        .layer(axum::middleware::from_fn(nest::express_etag))
+        .layer(axum::middleware::from_fn(nest::no_allow_on_404))
 }
 
-/// The auth API (the monolith's paths), with the request transaction and Express's ETags.
+/// The auth API (the monolith's paths), with the request transaction. Serve it inside [`app`].
 pub fn router(state: AppState) -> anyhow::Result<Router> {
     let verifier =
         Verifier::from_rsa_components(&state.keys.public_n, &state.keys.public_e, &state.cfg.jwt_issuer, &state.cfg.jwt_audience)?;
@@ -94,6 +100,5 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .method_not_allowed_fallback(nest::not_found)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(pool, transaction_per_request))
-        .layer(axum::middleware::from_fn(nest::express_etag))
         .layer(Extension(verifier)))
 }

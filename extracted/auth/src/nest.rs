@@ -173,49 +173,129 @@ pub async fn no_allow_on_404(req: Request, next: Next) -> Response {
     res
 }
 
-/// `res.redirect(302, url)`: text or HTML body by `Accept`, `Vary: Accept`.
+/// `res.redirect(302, url)`: text or HTML body as the client's `Accept` prefers (an empty body
+/// when it accepts neither), `Vary: Accept`.
 pub fn redirect(accept: Option<&str>, url: &str) -> Response {
-    let html = accept.is_some_and(prefers_html);
-    let (ctype, body) = if html {
-        ("text/html; charset=utf-8", format!("<p>Found. Redirecting to {}</p>", escape_html(url)))
-    } else {
-        ("text/plain; charset=utf-8", format!("Found. Redirecting to {url}"))
+    let (ctype, body) = match negotiate(accept.unwrap_or("*/*"), &["text/plain", "text/html"]) {
+        Some("text/html") => (Some("text/html; charset=utf-8"), format!("<p>Found. Redirecting to {}</p>", escape_html(url))),
+        Some(_) => (Some("text/plain; charset=utf-8"), format!("Found. Redirecting to {url}")),
+        None => (None, String::new()),
     };
     let mut res = (StatusCode::FOUND, body).into_response();
     let h = res.headers_mut();
     h.insert(header::LOCATION, HeaderValue::from_str(url).unwrap_or(HeaderValue::from_static("/")));
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    match ctype {
+        Some(c) => h.insert(header::CONTENT_TYPE, HeaderValue::from_static(c)),
+        None => h.remove(header::CONTENT_TYPE),
+    };
     res
 }
 
-/// Express offers `text/plain` before `text/html`; the client's q-values decide.
-fn prefers_html(accept: &str) -> bool {
-    let q_of = |want: &str| -> f32 {
-        let mut best: f32 = -1.0;
-        for item in accept.split(',') {
+/// The `negotiator` package's choice among `offers`: highest q, then the client's order of the
+/// matching `Accept` entry, then the server's order; `None` when nothing is acceptable.
+fn negotiate<'a>(accept: &str, offers: &[&'a str]) -> Option<&'a str> {
+    let entries: Vec<(String, f32)> = accept
+        .split(',')
+        .filter_map(|item| {
             let mut parts = item.split(';');
-            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts.find_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.parse().ok())).unwrap_or(1.0);
-            let specificity_ok = media == want || media == "text/*" || media == "*/*";
-            if specificity_ok && (media == want || best < 0.0) {
-                best = if media == want { q } else { best.max(q) };
+            let media = parts.next()?.trim().to_ascii_lowercase();
+            let q = parts.find_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.trim().parse().ok())).unwrap_or(1.0);
+            (!media.is_empty()).then_some((media, q))
+        })
+        .collect();
+    let mut best: Option<(f32, usize, usize, &'a str)> = None;
+    for (server_i, offer) in offers.iter().enumerate() {
+        let (otype, _) = offer.split_once('/').unwrap_or((offer, ""));
+        // the most specific matching entry decides this offer's q
+        let m = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (media, q))| {
+                let spec = if media == offer {
+                    2
+                } else if media == &format!("{otype}/*") {
+                    1
+                } else if media == "*/*" {
+                    0
+                } else {
+                    return None;
+                };
+                Some((spec, *q, i))
+            })
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)));
+        if let Some((_, q, client_i)) = m {
+            if q <= 0.0 {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some((bq, bc, bs, _)) => q > bq || (q == bq && (client_i < bc || (client_i == bc && server_i < bs))),
+            };
+            if better {
+                best = Some((q, client_i, server_i, offer));
             }
         }
-        best
-    };
-    let (text, html) = (q_of("text/plain"), q_of("text/html"));
-    html > 0.0 && html > text
+    }
+    best.map(|b| b.3)
 }
 
 fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-/// Nest's answer for an unknown route or method: `Cannot GET /path?query`.
-pub async fn not_found(method: Method, uri: axum::http::Uri) -> NestError {
-    let url = uri.path_and_query().map_or_else(|| uri.path().to_string(), |pq| pq.as_str().to_string());
-    NestError::not_found(format!("Cannot {method} {url}"))
+/// Nest's answer for an unknown route or method: `Cannot GET /path?query`, the URL as sent.
+pub async fn not_found(req: Request) -> NestError {
+    let url = match req.extensions().get::<ClientUrl>() {
+        Some(u) => u.0.clone(),
+        None => req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |pq| pq.as_str().to_string()),
+    };
+    NestError::not_found(format!("Cannot {} {url}", req.method()))
+}
+
+/// The request's URL as the client sent it, before [`express_routing`] normalised it.
+#[derive(Clone, Debug)]
+pub struct ClientUrl(pub String);
+
+/// Middleware before routing: Express's router matches paths case-insensitively and with one
+/// optional trailing slash (`POST /auth/Login/` is `POST /auth/login`).
+pub async fn express_routing(mut req: Request, next: Next) -> Response {
+    let original = req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |pq| pq.as_str().to_string());
+    let path = req.uri().path();
+    let mut normal = path.to_ascii_lowercase();
+    if normal.len() > 1 && normal.ends_with('/') {
+        normal.pop();
+    }
+    if normal != path {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{normal}?{q}"),
+            None => normal,
+        };
+        if let Ok(uri) = pq.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req.extensions_mut().insert(ClientUrl(original));
+    next.run(req).await
+}
+
+/// Middleware before routing: `express.json()` parses every JSON body, whatever the route, so a
+/// malformed one is a 400 (or 413/415) even where the handler reads no body (`2fa/setup`), and
+/// before any guard.
+pub async fn express_json(req: Request, next: Next) -> Response {
+    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if !is_json(ctype.as_deref()) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, BODY_LIMIT + 1).await {
+        Ok(b) => b,
+        Err(_) => return too_large().into_response(),
+    };
+    if let Err(e) = JsonBody::parse(ctype.as_deref(), &bytes) {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
 /// A request body as `express.json()` hands it to Nest: the parsed JSON value, or `{}` when the
@@ -374,10 +454,15 @@ mod tests {
 
     #[test]
     fn redirect_negotiates_like_express() {
-        assert!(!prefers_html("*/*"));
-        assert!(prefers_html("text/html,application/xhtml+xml,*/*;q=0.8"));
-        assert!(!prefers_html("text/plain, text/html"));
-        assert!(!prefers_html("application/json"));
+        let offers = ["text/plain", "text/html"];
+        assert_eq!(negotiate("*/*", &offers), Some("text/plain"));
+        assert_eq!(negotiate("text/html,application/xhtml+xml,*/*;q=0.8", &offers), Some("text/html"));
+        assert_eq!(negotiate("text/plain, text/html", &offers), Some("text/plain"));
+        assert_eq!(negotiate("text/html, text/plain", &offers), Some("text/html"), "ties go to the client's order");
+        assert_eq!(negotiate("application/json", &offers), None);
+        assert_eq!(negotiate("text/*;q=0.5, text/plain;q=0", &offers), Some("text/html"));
+        let r = redirect(Some("application/json"), "http://g/");
+        assert!(r.headers().get(header::CONTENT_TYPE).is_none());
         let r = redirect(Some("text/html"), "http://g/?a=1&b=2");
         assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
         assert_eq!(r.headers()[header::LOCATION], "http://g/?a=1&b=2");
