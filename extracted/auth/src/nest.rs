@@ -333,7 +333,7 @@ impl JsonBody {
             return Err(NestError::bad_request("Unexpected end of JSON input"));
         };
         if first != '{' && first != '[' {
-            return Err(NestError::bad_request(&strict_violation(&text, first)));
+            return Err(NestError::bad_request(&strict_violation(text, first)));
         }
         let value: Value = serde_json::from_str(text).map_err(|e| NestError::bad_request(&format!("{e} in JSON")))?;
         let keys = serde_json::from_str::<KeysInOrder>(text).map(|k| k.0).unwrap_or_default();

@@ -8,9 +8,11 @@ use std::str::FromStr;
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
 
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
 /// Reads variables from a source (the process environment, or a map in tests).
 pub struct Env<'a> {
-    get: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    get: Lookup<'a>,
     problems: Vec<String>,
 }
 
