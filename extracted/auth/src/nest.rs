@@ -292,10 +292,15 @@ pub async fn express_json(req: Request, next: Next) -> Response {
         Ok(b) => b,
         Err(_) => return too_large().into_response(),
     };
-    if let Err(e) = JsonBody::parse(ctype.as_deref(), &bytes) {
-        return e.into_response();
+    let mut req = Request::from_parts(parts, Body::empty());
+    match JsonBody::parse(ctype.as_deref(), &bytes) {
+        // parsed once, here; the handler's JsonBody extractor takes it from the extensions
+        Ok(parsed) => {
+            req.extensions_mut().insert(parsed);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
 /// A request body as `express.json()` hands it to Nest: the parsed JSON value, or `{}` when the
@@ -389,7 +394,10 @@ impl<'de> serde::Deserialize<'de> for KeysInOrder {
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = NestError;
-    async fn from_request(req: Request, _: &S) -> Result<Self, NestError> {
+    async fn from_request(mut req: Request, _: &S) -> Result<Self, NestError> {
+        if let Some(parsed) = req.extensions_mut().remove::<JsonBody>() {
+            return Ok(parsed); // parsed by the express_json middleware
+        }
         let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         if !is_json(ctype.as_deref()) {
             // express.json() does not read other bodies at all: no size limit applies, Nest sees {}
