@@ -21,7 +21,8 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-use crate::reload::{unix_secs, LiveState, ReloadOutcome};
+use crate::clock::unix_secs;
+use crate::reload::{LiveState, ReloadOutcome};
 
 pub struct Admin {
     pub state: Arc<LiveState>,

@@ -139,7 +139,7 @@ impl Demoter {
         error!(route = %route, reason = %reason, "canary demoted to shadow: all users back on the monolith; reload to re-promote");
         metrics::gauge!(m::ROUTE_DEMOTED, "route" => route.to_string()).set(1.0);
         metrics::counter!(m::DEMOTIONS_TOTAL, "route" => route.to_string(), "reason" => if matches!(signal, Signal::Answer(_)) { "errors" } else { "mismatches" }).increment(1);
-        demoted.insert(route.clone(), Demotion { reason, at_unix_secs: crate::reload::unix_secs(std::time::SystemTime::now()) });
+        demoted.insert(route.clone(), Demotion { reason, at_unix_secs: crate::clock::now_unix_secs() });
         true
     }
 }

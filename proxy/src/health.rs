@@ -20,7 +20,6 @@ use tracing::{info, warn};
 
 use crate::config::{Upstream, UpstreamName};
 use crate::metrics as m;
-use crate::reload::LiveState;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UpstreamHealth {
@@ -81,8 +80,10 @@ pub async fn probe(upstream: &Upstream, path: &str) -> Result<u16, String> {
     tokio::time::timeout(timeout, attempt).await.map_err(|_| "timed out".to_string())?
 }
 
+/// Probes the upstreams of whatever table is live, and records the results in `health`.
 pub struct HealthChecker {
-    pub state: Arc<LiveState>,
+    pub tables: Arc<arc_swap::ArcSwap<crate::config::RouteTable>>,
+    pub health: Arc<HealthTable>,
 }
 
 #[async_trait]
@@ -95,7 +96,7 @@ impl BackgroundService for HealthChecker {
                 _ = shutdown.changed() => break,
                 _ = tick.tick() => {}
             }
-            let table = self.state.table.load_full();
+            let table = self.tables.load_full();
             let now = Instant::now();
             for u in table.upstreams.values() {
                 let Some(path) = &u.health else { continue };
@@ -106,14 +107,14 @@ impl BackgroundService for HealthChecker {
                 let result = if u.tls {
                     UpstreamHealth { up: true, detail: "unchecked (tls)".into(), checked_unix_secs: 0 }
                 } else {
-                    let at = crate::reload::unix_secs(std::time::SystemTime::now());
+                    let at = crate::clock::now_unix_secs();
                     match probe(u, path).await {
                         Ok(s) if (200..400).contains(&s) => UpstreamHealth { up: true, detail: format!("{s}"), checked_unix_secs: at },
                         Ok(s) => UpstreamHealth { up: false, detail: format!("status {s}"), checked_unix_secs: at },
                         Err(e) => UpstreamHealth { up: false, detail: e, checked_unix_secs: at },
                     }
                 };
-                self.state.health.set(&u.name, result);
+                self.health.set(&u.name, result);
             }
         }
     }

@@ -13,10 +13,14 @@
 //! - [`admin`]: the admin API (routes, health, readiness, metrics, reload).
 //! - [`metrics`]: metric names, in one place.
 //! - [`serve`]: assembling the Pingora server from a table.
-//! - [`shadow`]: response diffing with noise cancellation (pure; the tee builds on it).
+//! - [`shadow`]: response diffing with noise cancellation (pure), the tee and the record store.
+//! - [`cli`]: what only the command line does (reports, corpora, replay), off the serving path.
+//! - [`clock`]: wall-clock stamps, a leaf shared by the modules that record events.
 
 pub mod admin;
 pub mod breaker;
+pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demote;
 pub mod edge;

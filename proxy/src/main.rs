@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use strangler::cli::stored::StoredRecords;
 use strangler::config::{RouteTable, Source};
 
 // mimalloc: the proxy allocates and frees small buffers per request; glibc malloc was ~20% of
@@ -59,18 +60,13 @@ struct StoreSource {
     database_url: Option<String>,
 }
 
-enum Store {
-    Files(PathBuf),
-    Postgres(Box<strangler::shadow::pgstore::Database>),
-}
-
 impl StoreSource {
-    fn open(self) -> anyhow::Result<Store> {
-        use strangler::shadow::pgstore::Database;
+    fn open(self) -> anyhow::Result<StoredRecords> {
+        use strangler::shadow::store::postgres::Database;
         Ok(match (self.store, self.database_url_env, self.database_url) {
-            (Some(dir), None, None) => Store::Files(dir),
-            (None, Some(var), None) => Store::Postgres(Box::new(Database::from_env(&var)?)),
-            (None, None, Some(url)) => Store::Postgres(Box::new(Database::from_url(&url).context("--database-url")?)),
+            (Some(dir), None, None) => StoredRecords::Jsonl(dir),
+            (None, Some(var), None) => StoredRecords::Postgres(Box::new(Database::from_env(&var)?)),
+            (None, None, Some(url)) => StoredRecords::Postgres(Box::new(Database::from_url(&url).context("--database-url")?)),
             _ => anyhow::bail!("give exactly one of --store, --database-url-env, --database-url"),
         })
     }
@@ -93,7 +89,7 @@ enum Command {
         source: StoreSource,
         /// Only comparisons recorded at or after this time (RFC 3339, e.g. 2025-01-31T00:00:00Z).
         #[arg(long, value_parser = parse_since)]
-        since: Option<strangler::shadow::pgstore::Since>,
+        since: Option<strangler::shadow::store::Since>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
         format: ReportFormat,
         /// Routes below this parity (percent) fail: exit 1, failing JUnit test case.
@@ -201,7 +197,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_since(s: &str) -> Result<strangler::shadow::pgstore::Since, String> {
+fn parse_since(s: &str) -> Result<strangler::shadow::store::Since, String> {
     sqlx::types::chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&sqlx::types::chrono::Utc))
         .map_err(|e| format!("{e}; expected RFC 3339, such as 2025-01-31T00:00:00Z"))
@@ -213,27 +209,20 @@ fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyho
 }
 
 fn corpus(source: StoreSource, route: &str) -> anyhow::Result<Vec<String>> {
-    match source.open()? {
-        Store::Files(dir) => strangler::shadow::replay::corpus_from_store(&dir, route),
-        Store::Postgres(db) => block_on(strangler::shadow::pgstore::corpus(&db, route)),
-    }
+    let store = source.open()?;
+    block_on(store.corpus(route))
 }
 
 fn report(
     source: StoreSource,
-    since: Option<strangler::shadow::pgstore::Since>,
+    since: Option<strangler::shadow::store::Since>,
     format: ReportFormat,
     min_parity: f64,
     out: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
-    use strangler::shadow::{pgstore, report, store::summarize_since};
-    let (summary, read, bad) = match source.open()? {
-        Store::Files(store) => {
-            let since_ms = since.map(|t| t.timestamp_millis().max(0) as u64);
-            summarize_since(&store, since_ms).with_context(|| format!("reading the shadow store {}", store.display()))?
-        }
-        Store::Postgres(db) => block_on(pgstore::summarize(&db, &pgstore::Filter { since, route: None }))?,
-    };
+    use strangler::shadow::{report, store::Filter};
+    let store = source.open()?;
+    let (summary, read, bad) = block_on(store.summarize(&Filter { since, route: None })).context("reading the shadow store")?;
     if bad > 0 {
         eprintln!("note: skipped {bad} unreadable record(s) of {}", read + bad);
     }
@@ -258,7 +247,7 @@ fn report(
 fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String>, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     use strangler::shadow::report;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (summary, min_parity) = runtime.block_on(strangler::shadow::replay::replay(dir, legacy, candidate))?;
+    let (summary, min_parity) = runtime.block_on(strangler::cli::replay::replay(dir, legacy, candidate))?;
     match out {
         Some(out) => {
             std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

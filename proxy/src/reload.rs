@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::breaker::Breakers;
+use crate::clock::unix_secs;
 use crate::config::{content_hash, Change, RouteTable, RoutingDiff, Source};
 use crate::metrics as m;
 
@@ -56,7 +57,8 @@ pub fn load_file(path: &Path) -> Result<(RouteTable, Vec<String>), Vec<String>> 
 }
 
 pub struct LiveState {
-    pub table: ArcSwap<RouteTable>,
+    /// Shared with the health checker, which reads the upstreams of the current table.
+    pub table: Arc<ArcSwap<RouteTable>>,
     pub config_path: PathBuf,
     pub breakers: Breakers,
     /// Set when graceful shutdown starts: `/readyz` turns 503.
@@ -68,7 +70,7 @@ pub struct LiveState {
     last_seen_hash: Mutex<String>,
     /// One reload at a time.
     reload_lock: tokio::sync::Mutex<()>,
-    pub health: crate::health::HealthTable,
+    pub health: Arc<crate::health::HealthTable>,
     /// Canary routes demoted at run time; any successful reload re-promotes them.
     pub demoter: Arc<crate::demote::Demoter>,
 }
@@ -79,7 +81,7 @@ impl LiveState {
         metrics::gauge!(m::CONFIG_LOADED_TIMESTAMP_SECONDS).set(unix_secs(SystemTime::now()) as f64);
         metrics::gauge!(m::CONFIG_IN_SYNC).set(1.0);
         Arc::new(LiveState {
-            table: ArcSwap::from_pointee(table),
+            table: Arc::new(ArcSwap::from_pointee(table)),
             config_path,
             breakers: Breakers::default(),
             draining: AtomicBool::new(false),
@@ -247,8 +249,4 @@ fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recommende
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
-}
-
-pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

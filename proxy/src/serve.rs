@@ -19,8 +19,9 @@ use crate::config::{RouteTable, StoreKind};
 use crate::edge::{Edge, MAX_RETRIES};
 use crate::health::HealthChecker;
 use crate::reload::{LiveState, Reloader};
-use crate::shadow::pgstore::{self, PgWriter};
-use crate::shadow::store::{StoreService, StoreWriter, Writer};
+use crate::shadow::store::jsonl::StoreWriter;
+use crate::shadow::store::postgres::{self, PgWriter};
+use crate::shadow::store::{Sink, StoreService};
 use crate::shadow::tee::Tee;
 
 pub struct ServeOptions {
@@ -107,7 +108,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("reloader", Reloader { state: state.clone(), poll_interval: opts.poll_interval }));
-    server.add_service(background_service("health", HealthChecker { state }));
+    server.add_service(background_service("health", HealthChecker { tables: state.table.clone(), health: state.health.clone() }));
     server.add_service(background_service("shadow store", store));
     server.run(RunArgs::default());
     info!("stopped");
@@ -120,20 +121,20 @@ const STORE_QUEUE: usize = 1024;
 /// The configured store's writer. For Postgres the URL's variable must be set now: a proxy
 /// that silently stores nothing is worse than one that does not start. The database itself
 /// may still be down; the writer reconnects.
-fn store_writer(shadow: &crate::config::ShadowSettings, base: &Path) -> anyhow::Result<Writer> {
+fn store_writer(shadow: &crate::config::ShadowSettings, base: &Path) -> anyhow::Result<Box<dyn Sink>> {
     Ok(match shadow.store {
         StoreKind::Jsonl => {
             let dir = Path::new(&resolve_against(base, &shadow.store_dir)).to_path_buf();
             info!(dir = %dir.display(), "shadow store: jsonl");
-            Writer::Jsonl(StoreWriter { dir, max_bytes: shadow.store_max_bytes })
+            Box::new(StoreWriter { dir, max_bytes: shadow.store_max_bytes })
         }
         StoreKind::Postgres => {
             let Some(var) = &shadow.database_url_env else {
                 bail!("[shadow] store = \"postgres\" needs database_url_env");
             };
-            let db = pgstore::Database::from_env(var).context("[shadow] database_url_env")?;
-            let proxy = shadow.proxy_id.clone().unwrap_or_else(pgstore::default_proxy_id);
-            Writer::Postgres(Box::new(PgWriter::new(db, proxy, shadow.store_max_rows)))
+            let db = postgres::Database::from_env(var).context("[shadow] database_url_env")?;
+            let proxy = shadow.proxy_id.clone().unwrap_or_else(postgres::default_proxy_id);
+            Box::new(PgWriter::new(db, proxy, shadow.store_max_rows))
         }
     })
 }

@@ -16,9 +16,11 @@ use common::*;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;
-use strangler::shadow::pgstore::{self, Database, Filter, PgWriter};
+use strangler::cli::stored::StoredRecords;
 use strangler::shadow::record::{Outcome, Record};
 use strangler::shadow::store::offer;
+use strangler::shadow::store::postgres::{self as pgstore, Database, PgWriter};
+use strangler::shadow::store::Filter;
 use tokio::sync::{mpsc, oneshot};
 
 const MIGRATIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/strangler");
@@ -129,7 +131,7 @@ async fn the_writer_batches_keeps_order_and_flushes_on_stop() {
     // Stopped at once: everything queued is still written, in order, in batches of 500.
     let (stop_tx, stop_rx) = oneshot::channel();
     stop_tx.send(()).unwrap();
-    PgWriter::new(db.clone(), "proxy-a".into(), 1_000_000).run(rx, stop_rx).await;
+    PgWriter::new(db.clone(), "proxy-a".into(), 1_000_000).write(rx, stop_rx).await;
 
     let mut read = Vec::new();
     let (n, bad) = pgstore::for_each(&db, &Filter::default(), |r| read.push(r.request_id)).await.unwrap();
@@ -148,17 +150,17 @@ async fn the_writer_batches_keeps_order_and_flushes_on_stop() {
     assert_eq!(row, ("proxy-a".into(), "items".into(), "GET /items/{id}".into(), "mismatch".into(), Some(200), None, 1_700_000_000_003));
 
     // The readers feed the same summary as the JSONL store.
-    let (summary, n, _) = pgstore::summarize(&db, &Filter::default()).await.unwrap();
+    let (summary, n, _) = StoredRecords::Postgres(Box::new(db.clone())).summarize(&Filter::default()).await.unwrap();
     assert_eq!(n, 1234);
     let items = &summary.routes["items"];
     assert_eq!((items.compared, items.matches, items.mismatches), (1234, 617, 617));
     let since = Some(sqlx::types::chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + 1000).unwrap());
-    let (summary, n, _) = pgstore::summarize(&db, &Filter { since, route: None }).await.unwrap();
+    let (summary, n, _) = StoredRecords::Postgres(Box::new(db.clone())).summarize(&Filter { since, route: None }).await.unwrap();
     assert_eq!((n, summary.routes["items"].compared), (234, 234));
-    let lines = pgstore::corpus(&db, "items").await.unwrap();
+    let lines = StoredRecords::Postgres(Box::new(db.clone())).corpus("items").await.unwrap();
     assert_eq!(lines.len(), 1234);
     assert_eq!(serde_json::from_str::<Value>(&lines[7]).unwrap()["uri"], "/items/7");
-    assert!(pgstore::corpus(&db, "other").await.unwrap().is_empty());
+    assert!(StoredRecords::Postgres(Box::new(db.clone())).corpus("other").await.unwrap().is_empty());
     drop_schema(&url, &schema).await;
 }
 
@@ -171,7 +173,7 @@ async fn retention_keeps_the_newest_rows_and_trims_at_most_once_a_minute() {
     let (stop_tx, stop_rx) = oneshot::channel();
     let mut writer = PgWriter::new(db.clone(), "proxy-r".into(), 10);
     writer.linger = Duration::from_millis(100);
-    let run = tokio::spawn(writer.run(rx, stop_rx));
+    let run = tokio::spawn(writer.write(rx, stop_rx));
     for i in 0..25 {
         offer(&tx, record("kept", i));
     }
@@ -206,7 +208,7 @@ async fn a_full_channel_drops_and_counts_instead_of_blocking() {
     writer.batch_rows = 1;
     writer.min_backoff = Duration::from_millis(20);
     writer.flush_timeout = Duration::from_millis(300);
-    let run = tokio::spawn(writer.run(rx, stop_rx));
+    let run = tokio::spawn(writer.write(rx, stop_rx));
 
     let started = Instant::now();
     let queued = (0..200).filter(|&i| offer(&tx, record("full", i))).count();
@@ -241,7 +243,7 @@ async fn the_writer_reconnects_after_losing_its_connection() {
     let mut writer = PgWriter::new(db, "proxy-k".into(), 1_000_000);
     writer.linger = Duration::from_millis(10);
     writer.min_backoff = Duration::from_millis(20);
-    let run = tokio::spawn(writer.run(rx, stop_rx));
+    let run = tokio::spawn(writer.write(rx, stop_rx));
 
     offer(&tx, record("re", 0));
     let sql = format!("SELECT count(*) FROM {t}");

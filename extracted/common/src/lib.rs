@@ -17,8 +17,5 @@ pub mod jwt;
 pub mod serve;
 pub mod telemetry;
 
-/// The header the strangler proxy puts on shadow copies of unsafe requests of a route with
-/// `writes = "dry-run"`, and strips from every client request.
-pub const DRY_RUN_HEADER: &str = "x-strangler-dry-run";
-/// The header the proxy puts on every shadow copy.
-pub const SHADOW_HEADER: &str = "x-strangler-shadow";
+/// The internal headers, defined once for the proxy and the services (`strangler-protocol`).
+pub use strangler_protocol::{DRY_RUN_HEADER, REQUEST_ID_HEADER, SHADOW_HEADER};

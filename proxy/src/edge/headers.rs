@@ -17,10 +17,7 @@ use http::header::{HeaderName, CONNECTION};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// Marks a shadow copy that extracted services must run in a rolled-back transaction. Only the
-/// proxy may send it.
-pub const DRY_RUN_HEADER: &str = "x-strangler-dry-run";
+pub use strangler_protocol::{DRY_RUN_HEADER, REQUEST_ID_HEADER};
 
 const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade"];
 

@@ -2,16 +2,15 @@
 //!
 //! Pure parts (this foundation): [`path`] (field paths and rule patterns), [`diff`]
 //! (comparing two answers), [`noise`] (learning what differs between two monolith answers),
-//! [`template`] (grouping URLs into endpoints), [`record`] (redacted records and summaries),
-//! [`report`] (Markdown, JUnit, JSON). I/O: [`tee`] (the off-path copy), [`store`] (JSONL, and
-//! the writer service) and [`pgstore`] (Postgres, shared by several proxies).
+//! [`template`] (grouping URLs into endpoints), [`record`] (redacted records, summaries, corpus
+//! lines), [`report`] (Markdown, JUnit, JSON). I/O on the serving path: [`tee`] (the off-path
+//! copy) and [`store`] (where records go: JSONL files or Postgres). The command-line readers
+//! (report, corpus, replay) live in `crate::cli`.
 
 pub mod diff;
 pub mod noise;
 pub mod path;
-pub mod pgstore;
 pub mod record;
-pub mod replay;
 pub mod report;
 pub mod store;
 pub mod tee;

@@ -264,6 +264,17 @@ pub struct Record {
 }
 
 impl Record {
+    /// The request of this record as one line of a replay corpus (JSON), with the fingerprints
+    /// of the monolith's answer secrets so a replay can follow the session.
+    pub fn corpus_line(&self) -> String {
+        let mut line =
+            serde_json::json!({ "method": self.method, "uri": self.uri, "headers": self.request_headers, "body": self.request_body });
+        if !self.answer_secrets.is_empty() {
+            line["answer_secrets"] = serde_json::json!(self.answer_secrets);
+        }
+        line.to_string()
+    }
+
     pub fn differences(diffs: &[Difference]) -> Vec<Value> {
         diffs.iter().map(|d| serde_json::to_value(redact_difference(d)).unwrap_or(Value::Null)).collect()
     }

@@ -14,7 +14,7 @@
 //! write: noise sampling (asking the monolith twice) is for safe methods only.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 use tracing::debug;
@@ -25,8 +25,7 @@ use super::record::{answer_secrets, redact_headers, redact_uri, Outcome, Record,
 use crate::config::{Route, Upstream};
 use crate::metrics as m;
 
-/// Header marking a shadow copy (informational; services may log it).
-pub const SHADOW_HEADER: &str = "x-strangler-shadow";
+pub use strangler_protocol::SHADOW_HEADER;
 
 /// Everything needed to replay one request against the other side and compare.
 pub struct Capture {
@@ -141,7 +140,7 @@ impl Tee {
         }
         req = req.header(SHADOW_HEADER, "1");
         if cap.dry_run {
-            req = req.header(crate::edge::DRY_RUN_HEADER, "1");
+            req = req.header(strangler_protocol::DRY_RUN_HEADER, "1");
         }
         if !cap.body.is_empty() {
             req = req.body(cap.body.clone());
@@ -198,7 +197,7 @@ impl Tee {
             self.demoter.observe(&cap.route.name, limits, signal, std::time::Instant::now());
         }
         let record = Record {
-            ts_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            ts_unix_ms: crate::clock::now_unix_ms(),
             route: route.clone(),
             endpoint: cap.endpoint.clone(),
             request_id: cap.request_id.clone(),

@@ -1,9 +1,9 @@
 //! The shared comparison store: the `strangler.shadow_comparisons` table in Postgres, for when
 //! several proxies shadow the same routes and one report should cover them all.
 //!
-//! Same contract as the JSONL store ([`super::store`]): the tee offers records on a bounded
-//! channel ([`super::store::offer`], a full channel drops and counts `store_full`), and one
-//! writer task drains it. The writer batches rows (up to [`PgWriter::batch_rows`] or
+//! Same contract as the JSONL store ([`super::jsonl`]): the tee offers records on a bounded
+//! channel ([`super::offer`], a full channel drops and counts `store_full`), and one writer task
+//! drains it. The writer batches rows (up to [`PgWriter::batch_rows`] or
 //! [`PgWriter::linger`] after the first, one `INSERT … SELECT FROM UNNEST` per batch), keeps one
 //! connection and reconnects with exponential backoff after an error, counting every failure in
 //! `strangler_shadow_store_errors_total{op}`. While it waits for the database it holds one batch;
@@ -16,17 +16,19 @@
 //! corpus` read exactly what they read from JSONL files; the other columns are for queries.
 //! The schema is `migrations/strangler/0001_shadow_store.sql` (`scripts/migrate`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::record::{Record, Summary};
+use super::{Filter, Sink};
 use crate::metrics as m;
+use crate::shadow::record::Record;
 
 /// The table the migration creates.
 pub const TABLE: &str = "strangler.shadow_comparisons";
@@ -159,6 +161,12 @@ pub struct PgWriter {
     pub flush_timeout: Duration,
 }
 
+impl Sink for PgWriter {
+    fn run(self: Box<Self>, rx: mpsc::Receiver<Record>, stop: oneshot::Receiver<()>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin((*self).write(rx, stop))
+    }
+}
+
 impl PgWriter {
     pub fn new(db: Database, proxy: String, max_rows: u64) -> PgWriter {
         PgWriter {
@@ -176,7 +184,7 @@ impl PgWriter {
 
     /// Writes records until every sender is gone or `stop` fires; on stop, what is already
     /// queued is still written (for at most `flush_timeout`).
-    pub async fn run(self, mut rx: mpsc::Receiver<Record>, mut stop: oneshot::Receiver<()>) {
+    pub async fn write(self, mut rx: mpsc::Receiver<Record>, mut stop: oneshot::Receiver<()>) {
         info!(proxy = %self.proxy, table = %self.db.table, "shadow store: postgres");
         let mut conn: Option<PgConnection> = None;
         let mut batch: Vec<Record> = Vec::with_capacity(self.batch_rows);
@@ -350,17 +358,6 @@ fn lost(batch: &[Record]) {
     }
 }
 
-/// A point in time for `--since`.
-pub type Since = DateTime<Utc>;
-
-/// Which rows a reader wants.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Rows recorded at or after this time.
-    pub since: Option<DateTime<Utc>>,
-    pub route: Option<String>,
-}
-
 /// Reads every matching record in `id` order. Rows whose `record` does not parse are counted
 /// in the second number and skipped.
 pub async fn for_each(db: &Database, filter: &Filter, mut f: impl FnMut(Record)) -> anyhow::Result<(usize, usize)> {
@@ -394,21 +391,6 @@ pub async fn for_each(db: &Database, filter: &Filter, mut f: impl FnMut(Record))
     }
     let _ = conn.close().await;
     Ok((read, bad))
-}
-
-/// All matching records as one summary, like [`super::store::summarize`].
-pub async fn summarize(db: &Database, filter: &Filter) -> anyhow::Result<(Summary, usize, usize)> {
-    let mut summary = Summary::default();
-    let (read, bad) = for_each(db, filter, |r| summary.add(&r)).await?;
-    Ok((summary, read, bad))
-}
-
-/// A route's recorded requests as corpus lines, like [`super::replay::corpus_from_store`].
-pub async fn corpus(db: &Database, route: &str) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    let filter = Filter { since: None, route: Some(route.to_string()) };
-    for_each(db, &filter, |r| out.push(super::replay::corpus_line(&r))).await?;
-    Ok(out)
 }
 
 #[cfg(test)]

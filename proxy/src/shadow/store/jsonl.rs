@@ -1,36 +1,21 @@
 //! The embedded comparison store: JSONL files in a folder, rotated by size, bounded in total.
 //!
-//! Records arrive on a bounded channel from the tee ([`offer`]); one writer task appends them.
-//! When the current file passes a quarter of `max_bytes` it is rotated (`shadow-<n>.jsonl`), and
-//! the oldest files are deleted so the folder stays under `max_bytes`. A full channel drops the
-//! record and counts it: storage must never slow the proxy. [`StoreService`] runs this writer or
-//! the Postgres one ([`super::pgstore`]) as a Pingora background service.
+//! One writer task appends the records the tee offers (see the parent module). When the current
+//! file passes a quarter of `max_bytes` it is rotated (`shadow-<n>.jsonl`), and the oldest files
+//! are deleted so the folder stays under `max_bytes`.
 
 use std::path::{Path, PathBuf};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use super::pgstore::PgWriter;
-use super::record::{Record, Summary};
+use super::{Filter, Sink};
 use crate::metrics as m;
-
-/// Hands a record to the store writer without waiting: when the channel is full (the writer is
-/// behind, or its database is down) the record is dropped and counted as `store_full`. Returns
-/// whether it was queued.
-pub fn offer(store: &mpsc::Sender<Record>, record: Record) -> bool {
-    match store.try_send(record) {
-        Ok(()) => true,
-        Err(e) => {
-            let record = match e {
-                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-            };
-            metrics::counter!(m::SHADOW_DROPPED_TOTAL, "route" => record.route, "reason" => "store_full").increment(1);
-            false
-        }
-    }
-}
+use crate::shadow::record::Record;
 
 /// Files in the folder, oldest first.
 pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -46,74 +31,43 @@ pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(v.into_iter().map(|(_, p)| p).collect())
 }
 
-/// Reads every record in a store folder (or one JSONL file) into a summary. Lines that do not
-/// parse (a torn last line after a crash) are counted and skipped.
-pub fn summarize(path: &Path) -> std::io::Result<(Summary, usize, usize)> {
-    summarize_since(path, None)
-}
-
-/// [`summarize`], counting only records made at or after `since_unix_ms`.
-pub fn summarize_since(path: &Path, since_unix_ms: Option<u64>) -> std::io::Result<(Summary, usize, usize)> {
+/// Reads every record in a store folder (or one JSONL file) that `filter` admits, oldest first.
+/// Lines that do not parse (a torn last line after a crash) are counted in the second number and
+/// skipped. Blocking (file I/O): for the command line.
+pub fn for_each(path: &Path, filter: &Filter, mut f: impl FnMut(Record)) -> std::io::Result<(usize, usize)> {
     let paths = if path.is_dir() { files(path)? } else { vec![path.to_path_buf()] };
-    let mut summary = Summary::default();
     let (mut read, mut bad) = (0, 0);
     for p in paths {
         for line in std::fs::read_to_string(&p)?.lines().filter(|l| !l.trim().is_empty()) {
             match serde_json::from_str::<Record>(line) {
-                Ok(r) if since_unix_ms.is_some_and(|since| r.ts_unix_ms < since) => {}
+                Ok(r) if !filter.admits(&r) => {}
                 Ok(r) => {
-                    summary.add(&r);
+                    f(r);
                     read += 1;
                 }
                 Err(_) => bad += 1,
             }
         }
     }
-    Ok((summary, read, bad))
+    Ok((read, bad))
 }
 
+/// The JSONL back end's writer: appends to `dir`, keeping it under `max_bytes`.
 pub struct StoreWriter {
     pub dir: PathBuf,
     pub max_bytes: u64,
 }
 
-/// The writer of either store.
-pub enum Writer {
-    Jsonl(StoreWriter),
-    Postgres(Box<PgWriter>),
-}
-
-/// The writer as a Pingora background service: it owns the receiving end and stops, after
-/// writing what is queued, when the server shuts down.
-pub struct StoreService {
-    pub writer: std::sync::Mutex<Option<(Writer, mpsc::Receiver<Record>)>>,
-}
-
-impl StoreService {
-    pub fn new(writer: Writer, rx: mpsc::Receiver<Record>) -> StoreService {
-        StoreService { writer: std::sync::Mutex::new(Some((writer, rx))) }
-    }
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for StoreService {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let Some((writer, rx)) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let run = match writer {
-            Writer::Jsonl(w) => tokio::spawn(w.run(rx, stop_rx)),
-            Writer::Postgres(w) => tokio::spawn(w.run(rx, stop_rx)),
-        };
-        let _ = shutdown.changed().await;
-        let _ = stop_tx.send(());
-        let _ = run.await;
+impl Sink for StoreWriter {
+    fn run(self: Box<Self>, rx: mpsc::Receiver<Record>, stop: oneshot::Receiver<()>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin((*self).write(rx, stop))
     }
 }
 
 impl StoreWriter {
     /// Appends records until every sender is gone or `stop` fires; on stop, what is already
     /// queued is still written.
-    pub async fn run(self, mut rx: mpsc::Receiver<Record>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    pub async fn write(self, mut rx: mpsc::Receiver<Record>, mut stop: oneshot::Receiver<()>) {
         if let Err(e) = tokio::fs::create_dir_all(&self.dir).await {
             metrics::counter!(m::SHADOW_STORE_ERRORS_TOTAL, "op" => "open").increment(1);
             warn!(dir = %self.dir.display(), error = %e, "cannot create the shadow store; comparisons will not be stored");

@@ -56,11 +56,11 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::diff::{compare, decoded, Exchange, Rules};
-use super::noise::NoiseModel;
-use super::path::FieldPath;
-use super::record::{find_fingerprints, parse_fingerprint, Outcome, Record, Summary, REDACTED};
-use super::template::endpoint_template;
+use crate::shadow::diff::{compare, decoded, Exchange, Rules};
+use crate::shadow::noise::NoiseModel;
+use crate::shadow::path::FieldPath;
+use crate::shadow::record::{find_fingerprints, parse_fingerprint, Outcome, Record, Summary, REDACTED};
+use crate::shadow::template::endpoint_template;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -317,12 +317,13 @@ async fn send(client: &reqwest::Client, base: &str, r: &CorpusRequest, dry_run: 
     let mut req = client.request(method, format!("{}{}", base.trim_end_matches('/'), r.uri));
     for (k, v) in &r.headers {
         let k_lower = k.to_ascii_lowercase();
-        if !matches!(k_lower.as_str(), "content-length" | "transfer-encoding" | "host" | "connection" | crate::edge::DRY_RUN_HEADER) {
+        if !matches!(k_lower.as_str(), "content-length" | "transfer-encoding" | "host" | "connection" | strangler_protocol::DRY_RUN_HEADER)
+        {
             req = req.header(k, v);
         }
     }
     if dry_run {
-        req = req.header(crate::edge::DRY_RUN_HEADER, "1");
+        req = req.header(strangler_protocol::DRY_RUN_HEADER, "1");
     }
     if let Some(body) = &r.body {
         req = req.body(match body {
@@ -364,7 +365,7 @@ pub async fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String
                 "warning: corpus#{} {} {}: left redacted (nothing to fill it with): {}",
                 i + 1,
                 r.method,
-                super::record::redact_uri(&r.uri),
+                crate::shadow::record::redact_uri(&r.uri),
                 filled.unfilled.join(", ")
             );
         }
@@ -407,7 +408,7 @@ pub async fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String
             endpoint,
             request_id: format!("corpus#{}", i + 1),
             method: r.method.clone(),
-            uri: super::record::redact_uri(&r.uri),
+            uri: crate::shadow::record::redact_uri(&r.uri),
             primary: "replay".into(),
             outcome,
             legacy_status: statuses.0,
@@ -424,30 +425,6 @@ pub async fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String
         eprintln!("warning: {unfilled_total} redacted value(s) could not be filled; add them to [fill] in parity.toml");
     }
     Ok((summary, parity.min_parity))
-}
-
-/// Extracts a route's requests from a shadow store into corpus lines.
-pub fn corpus_from_store(store: &Path, route: &str) -> anyhow::Result<Vec<String>> {
-    let paths = if store.is_dir() { super::store::files(store)? } else { vec![store.to_path_buf()] };
-    let mut out = Vec::new();
-    for p in paths {
-        for line in std::fs::read_to_string(&p)?.lines() {
-            let Ok(r) = serde_json::from_str::<Record>(line) else { continue };
-            if r.route == route {
-                out.push(corpus_line(&r));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// One stored record as a corpus line (JSON).
-pub fn corpus_line(r: &Record) -> String {
-    let mut line = serde_json::json!({ "method": r.method, "uri": r.uri, "headers": r.request_headers, "body": r.request_body });
-    if !r.answer_secrets.is_empty() {
-        line["answer_secrets"] = serde_json::json!(r.answer_secrets);
-    }
-    line.to_string()
 }
 
 #[cfg(test)]
