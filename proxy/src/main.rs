@@ -247,7 +247,8 @@ fn report(
 fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String>, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     use strangler::shadow::report;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (summary, min_parity) = runtime.block_on(strangler::cli::replay::replay(dir, legacy, candidate))?;
+    let key = strangler::serve::dry_run_key(strangler::config::DEFAULT_DRY_RUN_SECRET_ENV)?;
+    let (summary, min_parity) = runtime.block_on(strangler::cli::replay::replay(dir, legacy, candidate, key))?;
     match out {
         Some(out) => {
             std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

@@ -37,6 +37,12 @@ pub const SHADOW_STORE_ERRORS_TOTAL: &str = "strangler_shadow_store_errors_total
 pub const ROUTE_DEMOTED: &str = "strangler_route_demoted";
 /// Automatic demotions by `route` and `reason` (`errors`, `mismatches`).
 pub const DEMOTIONS_TOTAL: &str = "strangler_demotions_total";
+/// Requests refused before routing (malformed head, bad `Host`, bad path…), by `reason`.
+pub const REQUESTS_REFUSED_TOTAL: &str = "strangler_requests_refused_total";
+/// Responses cut short after their head was sent (the upstream failed mid-body, so the client's
+/// connection or stream was aborted rather than the answer looking complete), by `route` and
+/// `reason` (`upstream`, `timeout`, `downstream`).
+pub const RESPONSES_ABORTED_TOTAL: &str = "strangler_responses_aborted_total";
 /// Health-check result per `upstream`: 1 up, 0 down.
 pub const UPSTREAM_UP: &str = "strangler_upstream_up";
 
@@ -70,6 +76,8 @@ fn describe() {
     describe_gauge!(ROUTE_DEMOTED, "1 while a canary is demoted to shadow");
     describe_counter!(DEMOTIONS_TOTAL, "Automatic canary demotions");
     describe_gauge!(UPSTREAM_UP, "Health check per upstream: 1 up, 0 down");
+    describe_counter!(REQUESTS_REFUSED_TOTAL, "Requests refused before routing, by reason");
+    describe_counter!(RESPONSES_ABORTED_TOTAL, "Responses aborted after their head was sent, by route and reason");
 }
 
 /// `2xx`, `4xx`…; `0xx` when no response was sent (client gone).

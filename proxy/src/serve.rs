@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -15,8 +14,8 @@ use pingora::services::listening::Service;
 use tracing::info;
 
 use crate::admin::Admin;
-use crate::config::{RouteTable, StoreKind};
-use crate::edge::{Edge, MAX_RETRIES};
+use crate::config::{RouteTable, StoreKind, Writes};
+use crate::edge::{Edge, EdgeApp, MAX_RETRIES};
 use crate::health::HealthChecker;
 use crate::reload::{LiveState, Reloader};
 use crate::shadow::store::jsonl::StoreWriter;
@@ -70,17 +69,27 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     // Shadow: bounded in-flight copies, records to a bounded channel drained by the store writer.
     let shadow = settings.shadow.clone();
     let (store_tx, store_rx) = tokio::sync::mpsc::channel(STORE_QUEUE);
-    let tee = Tee::new(shadow.max_in_flight, shadow.timeout, Some(store_tx), state.demoter.clone());
+    let dry_run_key = dry_run_key(&shadow.dry_run_secret_env)?;
+    let tables = state.table.load_full();
+    let dry_run_routes: Vec<&str> = tables.routes.iter().filter(|r| r.shadow.writes == Writes::DryRun).map(|r| r.name.as_str()).collect();
+    if dry_run_key.is_none() && !dry_run_routes.is_empty() {
+        tracing::warn!(
+            variable = %shadow.dry_run_secret_env,
+            routes = %dry_run_routes.join(", "),
+            "no dry-run secret: copies of writes will not be sent (set the variable to the secret the services verify with)"
+        );
+    }
+    let tee = Tee::new(shadow.max_in_flight, shadow.timeout, Some(store_tx), state.demoter.clone(), dry_run_key);
     let store = StoreService::new(writer, store_rx);
 
-    let mut builder = ProxyServiceBuilder::new(&server.configuration, Edge::new(state.clone(), tee.clone(), shadow.max_body_bytes))
-        .name("strangler edge");
+    let mut http = pingora::proxy::http_proxy(&server.configuration, Edge::new(state.clone(), tee.clone(), shadow.max_body_bytes));
     if settings.h2c {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
-        builder = builder.server_options(options);
+        http.server_options = Some(options);
     }
-    let mut proxy = builder.build();
+    // our connection loop in front of Pingora's: strict HTTP/1 heads, pipelining in order
+    let mut proxy = Service::new("strangler edge".to_string(), EdgeApp::new(http, settings.h2c));
     for l in &settings.listeners {
         let addr = l.addr.to_string();
         match &l.tls {
@@ -113,6 +122,17 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     server.run(RunArgs::default());
     info!("stopped");
     Ok(())
+}
+
+/// The dry-run signing key from the environment variable `var`: `None` when it is unset, an
+/// error when it is too short to be a secret.
+pub fn dry_run_key(var: &str) -> anyhow::Result<Option<strangler_protocol::DryRunKey>> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => {
+            Ok(Some(strangler_protocol::DryRunKey::try_new(v.trim().as_bytes()).with_context(|| format!("${var}"))?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Records waiting for the store writer; beyond this they are dropped (`store_full`).

@@ -99,8 +99,10 @@ where
     }
 }
 
+/// See: issue 10, "Failover without a single failed request": a request the service never saw
+/// (connection refused, open breaker) goes to the monolith whatever its method.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extracted_upstream_killed_get_falls_back_post_gets_502_breaker_opens_and_closes() {
+async fn extracted_upstream_killed_requests_it_never_saw_go_to_the_monolith_breaker_opens_and_closes() {
     let legacy = TestUpstream::start("legacy").await;
     let svc = TestUpstream::start("svc").await;
     let body = two_sided(&legacy, &svc).route("e", "/e", "svc", "extracted", "breaker = { failures = 3, cooldown_secs = 1 }").build();
@@ -111,27 +113,25 @@ async fn extracted_upstream_killed_get_falls_back_post_gets_502_breaker_opens_an
     let addr = svc.kill().await;
     // GET: served by the monolith instead.
     assert_eq!(served_by(&c, &proxy.url("/e/x")).await, "legacy");
-    // POST: never replayed; a clean 502 in the monolith's error shape.
-    let legacy_hits = legacy.hits();
+    // POST: the connection was refused, so the service never saw it: the monolith answers it,
+    // with the body the client sent.
     let r = c.post(proxy.url("/e/x")).body("payload").send().await.unwrap();
-    assert_eq!(r.status(), 502);
-    let err: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(err["statusCode"], 502);
-    assert_eq!(legacy.hits(), legacy_hits, "a POST was sent to the monolith");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-served-by"], "legacy");
+    let echo: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(echo["body_len"], 7, "the monolith got the POST's body: {echo}");
 
-    // Enough failures open the breaker; GETs still succeed (from legacy), POSTs get 503.
+    // Enough failures open the breaker; GETs and POSTs still succeed, from legacy.
     for _ in 0..3 {
         assert_eq!(served_by(&c, &proxy.url("/e/x")).await, "legacy");
     }
     let routes = proxy.routes_json().await;
     assert_eq!(routes["breakers"]["e"], "open", "{routes}");
-    let r = c.post(proxy.url("/e/x")).send().await.unwrap();
-    assert!(r.status() == 503 || r.status() == 502, "{}", r.status());
-    if r.status() == 503 {
-        assert!(r.headers().contains_key("retry-after"));
-    }
+    let r = c.post(proxy.url("/e/x")).body("while open").send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["x-served-by"].to_str().unwrap()), (200, "legacy"));
     let metrics = proxy.admin_get("/metrics").await.unwrap().1;
     assert!(metrics.contains("strangler_fallbacks_total{route=\"e\",reason=\"connect_error\"}"), "{metrics}");
+    assert!(metrics.contains("strangler_fallbacks_total{route=\"e\",reason=\"breaker_open\"}"), "{metrics}");
     assert!(metrics.contains("strangler_breaker_state{route=\"e\"} 1"), "{metrics}");
 
     // The service comes back: after the cooldown a probe succeeds and the breaker closes.
@@ -146,6 +146,30 @@ async fn extracted_upstream_killed_get_falls_back_post_gets_502_breaker_opens_an
     assert!(svc.hits() >= 1);
     let logs = proxy.logs();
     assert!(logs.contains("circuit breaker opened"), "{logs}");
+}
+
+/// With `fallback = false` nothing goes to the monolith: a POST to a dead service gets a 502 in
+/// the monolith's error shape, and an open breaker answers 503 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fallback_a_dead_service_gets_502_then_503() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    let body = two_sided(&legacy, &svc)
+        .route("e", "/e", "svc", "extracted", "fallback = false\nbreaker = { failures = 2, cooldown_secs = 30 }")
+        .build();
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    let _ = svc.kill().await;
+    for _ in 0..2 {
+        let r = c.post(proxy.url("/e/x")).body("payload").send().await.unwrap();
+        assert_eq!(r.status(), 502);
+        let err: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(err["statusCode"], 502);
+    }
+    let r = c.get(proxy.url("/e/x")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(legacy.hits(), 0, "nothing was sent to the monolith");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::process::Command;
 use common::*;
 
 fn strangler(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_strangler")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_strangler")).args(args).env("STRANGLER_DRY_RUN_SECRET", DRY_RUN_SECRET).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
@@ -236,7 +236,11 @@ mod auth {
     async fn handle(side: &'static str, shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
-        let dry_run = req.headers().get("x-strangler-dry-run").is_some_and(|v| v == "1");
+        // as bm-common does: a dry run only when the proxy's signature verifies
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let target = req.uri().path_and_query().map_or(path.clone(), |pq| pq.as_str().to_string());
+        let dry_run = req.headers().contains_key("x-strangler-dry-run")
+            && super::dry_run_verifies(&header("x-strangler-dry-run"), &header("x-request-id"), &method, &target);
         let bearer = req
             .headers()
             .get("authorization")
@@ -578,7 +582,7 @@ async fn a_session_recorded_through_the_proxy_replays_at_full_parity() {
     let candidate = auth::start("candidate", shared.clone()).await;
     let body = Routes::new()
         .upstream("legacy", &legacy.url)
-        .upstream("svc", &candidate.url)
+        .dry_run_upstream("svc", &candidate.url)
         .route("auth", "/auth", "svc", "shadow", "shadow = { writes = \"dry-run\", noise_sample_percent = 0 }")
         .build();
     let proxy = Proxy::start(&body).await;

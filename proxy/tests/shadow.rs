@@ -38,7 +38,7 @@ async fn compared(proxy: &Proxy, route: &str, n: u64) -> Value {
 }
 
 fn routes(legacy: &TestUpstream, svc: &TestUpstream, extra: &str) -> String {
-    Routes::new().upstream("legacy", &legacy.url()).upstream("svc", &svc.url()).raw(extra).build()
+    Routes::new().upstream("legacy", &legacy.url()).dry_run_upstream("svc", &svc.url()).raw(extra).build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +184,12 @@ async fn writes_are_shadowed_only_as_dry_runs_and_big_bodies_not_at_all() {
     compared(&proxy, "rw", 1).await;
     let reqs = svc.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 1);
-    assert!(reqs[0].2.iter().any(|(k, v)| k == "x-strangler-dry-run" && v == "1"), "{:?}", reqs[0]);
+    let header = |name: &str| reqs[0].2.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    assert!(
+        dry_run_verifies(&header("x-strangler-dry-run"), &header("x-request-id"), "POST", "/rw/messages"),
+        "the copy's dry-run header is not the proxy's signature: {:?}",
+        reqs[0]
+    );
     // Writes are never sent to the monolith twice, even with noise sampling at 100%.
     assert_eq!(legacy.requests.lock().unwrap().iter().filter(|(m, u, _)| m == "POST" && u == "/rw/messages").count(), 1);
 

@@ -304,9 +304,11 @@ async fn two_proxies_share_the_postgres_store_and_one_report_covers_both() {
     }
     for i in 0..2 {
         assert_eq!(c.get(b.url(&format!("/pg/b{i}?token=hunter2"))).send().await.unwrap().headers()["x-served-by"], "legacy");
+        // comparisons run concurrently off the request path: wait for each, so the store's
+        // order is the order asserted below
+        shadow_compared(&b, &route, i + 1).await;
     }
     shadow_compared(&a, &route, 3).await;
-    shadow_compared(&b, &route, 2).await;
     // B stops right after comparing: its writer flushes on the way out.
     assert!(b.terminate().success(), "{}", b.logs());
     let per_proxy = format!("SELECT count(*) FROM strangler.shadow_comparisons WHERE route = '{route}' AND proxy = ");

@@ -26,6 +26,8 @@ pub struct Config {
     pub gmail: Gmail,
     pub limits: Limits,
     pub http_timeout: Duration,
+    /// Verifies the proxy's signed dry-run headers (`DRY_RUN_SECRET`); unset: dry runs are refused.
+    pub dry_run_key: Option<bm_common::DryRunKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +116,7 @@ impl Config {
                 two_factor_failures_per_user: ranged(e, "TWO_FACTOR_MAX_FAILURES_PER_USER", 10, 1, 1_000_000),
             },
             http_timeout: Duration::from_millis(ranged(e, "HTTP_TIMEOUT_MS", 10_000, 100, 120_000)),
+            dry_run_key: e.dry_run_key(),
             app_url,
         };
         env.finish().map(|()| cfg)

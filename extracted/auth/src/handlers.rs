@@ -72,8 +72,12 @@ async fn caller(headers: &HeaderMap, verifier: &Verifier, tx: &RequestTx) -> Res
 }
 
 /// A new refresh token in `family` (a new session when `None`) and an access token for it.
+/// A new token pair. In a dry run the refresh token's row is rolled back with the request and
+/// the access token is signed with a throwaway key that no JWKS publishes: the answer has the
+/// real shape, and neither token works anywhere.
 async fn issue(
     s: &AppState,
+    dry: DryRun,
     conn: &mut PgConnection,
     user: &UserRow,
     family: Option<uuid::Uuid>,
@@ -94,7 +98,11 @@ async fn issue(
     if let Some(old) = replaces {
         sqlx::query("UPDATE legacy.refresh_tokens SET replaced_by = $1 WHERE id = $2").bind(id).bind(old).execute(&mut *conn).await?;
     }
-    let access_token = s.keys.sign(&user.id.to_string(), &user.email, &family.to_string(), s.cfg.access_ttl_secs);
+    let access_token = if dry.0 {
+        s.keys.sign_unusable(&user.id.to_string(), &user.email, &family.to_string(), s.cfg.access_ttl_secs)
+    } else {
+        s.keys.sign(&user.id.to_string(), &user.email, &family.to_string(), s.cfg.access_ttl_secs)
+    };
     Ok(TokenPair { access_token, refresh_token, token_type: "Bearer", expires_in: s.cfg.access_ttl_secs, user: user.into() })
 }
 
@@ -132,7 +140,7 @@ fn totp_valid(secret: &str, code: &str) -> bool {
 
 // ---- endpoints -------------------------------------------------------------------------------
 
-pub async fn register(State(s): State<AppState>, tx: RequestTx, body: JsonBody) -> Result<Response> {
+pub async fn register(State(s): State<AppState>, dry: DryRun, tx: RequestTx, body: JsonBody) -> Result<Response> {
     let dto = validate(&body, validate::REGISTER)?;
     let hash = bcrypt_hash(&s, dto.get("password").to_string(), s.cfg.bcrypt_cost).await?;
     let mut conn = tx.conn().await?;
@@ -149,7 +157,7 @@ pub async fn register(State(s): State<AppState>, tx: RequestTx, body: JsonBody) 
     let Some(user) = user else {
         return Err(NestError::conflict("Email is already registered"));
     };
-    let pair = issue(&s, &mut conn, &user, None, None).await?;
+    let pair = issue(&s, dry, &mut conn, &user, None, None).await?;
     metrics::counter!("auth_registrations_total").increment(1);
     Ok(json_response(StatusCode::CREATED, &pair))
 }
@@ -166,10 +174,11 @@ pub async fn login(
     let (email, password) = (dto.get("email"), dto.get("password"));
     let keys = limits::login_keys(email, &client_ip(&headers, peer), &s.cfg.limits);
     let window = s.cfg.limits.window_secs;
+    // A dry run (a verified shadow copy of a real attempt) is limited and counted like the real
+    // one: these keys are the service's own, so each client attempt is counted once whichever
+    // side answered it, and a dry run is never a way around the limits.
     let limited = match limits::blocked(&s.redis, &keys[1..]).await? {
         Some(retry) => Some(retry),
-        // a dry run only looks; a real attempt is counted against the account before bcrypt
-        None if dry.0 => limits::blocked(&s.redis, &keys[..1]).await?,
         None => limits::attempt(&s.redis, &keys[0], window).await?,
     };
     if let Some(retry) = limited {
@@ -182,17 +191,13 @@ pub async fn login(
     let user = match user {
         Some(u) if u.password_hash.is_some() && matches => u,
         _ => {
-            if !dry.0 {
-                // the account's attempt is already counted
-                limits::fail(&s.redis, &keys[1..], window).await?;
-            }
+            // the account's attempt is already counted
+            limits::fail(&s.redis, &keys[1..], window).await?;
             metrics::counter!("auth_logins_total", "outcome" => "failure").increment(1);
             return Err(NestError::unauthorized("Invalid email or password"));
         }
     };
-    if !dry.0 {
-        limits::clear(&s.redis, &keys[0]).await?;
-    }
+    limits::clear(&s.redis, &keys[0]).await?;
     if user.totp_enabled {
         let challenge = opaque_token();
         if !dry.0 {
@@ -209,7 +214,7 @@ pub async fn login(
         }
         return Ok(ok(&Challenge { two_factor_required: true, challenge_token: challenge, expires_in: CHALLENGE_TTL_SECS }));
     }
-    let pair = issue(&s, &mut *tx.conn().await?, &user, None, None).await?;
+    let pair = issue(&s, dry, &mut *tx.conn().await?, &user, None, None).await?;
     metrics::counter!("auth_logins_total", "outcome" => "success").increment(1);
     Ok(ok(&pair))
 }
@@ -226,9 +231,15 @@ pub async fn verify_two_factor(State(s): State<AppState>, dry: DryRun, tx: Reque
     let limit = limits::two_factor_key(&user_id, &s.cfg.limits);
     // Each attempt is counted *before* the code is checked, so however many arrive at once, a
     // challenge gets at most CHALLENGE_MAX_ATTEMPTS codes and a user the configured number.
-    // A dry run only looks.
-    let (attempt_no, limited) = if dry.0 {
-        (0, limits::blocked(&s.redis, std::slice::from_ref(&limit)).await?)
+    // The challenge's own counter is shared with the monolith (which counts the real request a
+    // dry run copies), so a dry run only reads it; the per-user limit is the service's own and
+    // counts dry runs like real attempts.
+    let attempt_no = if dry.0 {
+        let seen: Option<i64> = r.get(&attempts_key).await?;
+        if seen.unwrap_or(0) >= CHALLENGE_MAX_ATTEMPTS {
+            return Err(expired());
+        }
+        0
     } else {
         let (n, _): (i64, ()) =
             redis::pipe().incr(&attempts_key, 1).expire(&attempts_key, CHALLENGE_TTL_SECS as i64).query_async(&mut r).await?;
@@ -236,8 +247,9 @@ pub async fn verify_two_factor(State(s): State<AppState>, dry: DryRun, tx: Reque
             let _: () = r.del(&[&key, &attempts_key]).await?;
             return Err(expired());
         }
-        (n, limits::attempt(&s.redis, &limit, s.cfg.limits.window_secs).await?)
+        n
     };
+    let limited = limits::attempt(&s.redis, &limit, s.cfg.limits.window_secs).await?;
     if let Some(retry) = limited {
         return Err(NestError::too_many(retry));
     }
@@ -257,13 +269,13 @@ pub async fn verify_two_factor(State(s): State<AppState>, dry: DryRun, tx: Reque
             return Err(expired());
         }
         let _: () = r.del(&attempts_key).await?;
-        limits::clear(&s.redis, &limit).await?;
     }
-    let pair = issue(&s, &mut *tx.conn().await?, &user, None, None).await?;
+    limits::clear(&s.redis, &limit).await?;
+    let pair = issue(&s, dry, &mut *tx.conn().await?, &user, None, None).await?;
     Ok(ok(&pair))
 }
 
-pub async fn refresh(State(s): State<AppState>, tx: RequestTx, body: JsonBody) -> Result<Response> {
+pub async fn refresh(State(s): State<AppState>, dry: DryRun, tx: RequestTx, body: JsonBody) -> Result<Response> {
     let dto = validate(&body, validate::REFRESH)?;
     let hash = sha256_hex(dto.get("refreshToken"));
     let mut conn = tx.conn().await?;
@@ -277,7 +289,7 @@ pub async fn refresh(State(s): State<AppState>, tx: RequestTx, body: JsonBody) -
     .await?;
     if let Some((id, user_id, family)) = claimed {
         let user = user_by_id(&mut conn, user_id).await?.ok_or_else(NestError::internal)?;
-        let pair = issue(&s, &mut conn, &user, Some(family), Some(id)).await?;
+        let pair = issue(&s, dry, &mut conn, &user, Some(family), Some(id)).await?;
         metrics::counter!("auth_refreshes_total", "outcome" => "rotated").increment(1);
         return Ok(ok(&pair));
     }
@@ -520,7 +532,7 @@ pub async fn google_callback(State(s): State<AppState>, dry: DryRun, tx: Request
                 .await?
         }
     };
-    let pair = issue(&s, &mut conn, &user, None, None).await?;
+    let pair = issue(&s, dry, &mut conn, &user, None, None).await?;
     Ok(ok(&pair))
 }
 

@@ -7,8 +7,9 @@
 //! other and moving the route back and forth logs nobody out.
 //!
 //! What it adds: rate limits on failed sign-ins and two-factor codes (Redis, `429` with
-//! `Retry-After`), Prometheus metrics, `/ready`, and dry runs for the proxy's shadow copies
-//! (writes rolled back, no Redis change, no mail).
+//! `Retry-After`), Prometheus metrics, `/ready`, and dry runs for the proxy's signed shadow
+//! copies (writes rolled back, no change to Redis state the monolith shares, no mail, tokens that
+//! work nowhere; rate limits apply and count as for the real request).
 
 pub mod config;
 pub mod handlers;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use bm_common::dryrun::transaction_per_request;
+use bm_common::dryrun::{transaction_per_request, TxState};
 use bm_common::jwt::Verifier;
 use sqlx::PgPool;
 
@@ -79,7 +80,7 @@ pub fn app(inner: Router) -> Router {
 pub fn router(state: AppState) -> anyhow::Result<Router> {
     let verifier =
         Verifier::from_rsa_components(&state.keys.public_n, &state.keys.public_e, &state.cfg.jwt_issuer, &state.cfg.jwt_audience)?;
-    let pool = state.pool.clone();
+    let tx_state = TxState::new(state.pool.clone(), state.cfg.dry_run_key.clone());
     use handlers as h;
     Ok(Router::new()
         .route("/auth/register", post(h::register))
@@ -99,6 +100,6 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .fallback(nest::not_found)
         .method_not_allowed_fallback(nest::not_found)
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(pool, transaction_per_request))
+        .layer(axum::middleware::from_fn_with_state(tx_state, transaction_per_request))
         .layer(Extension(verifier)))
 }

@@ -21,6 +21,9 @@ pub enum KeyError {
 /// The signing key and what is derived from it.
 pub struct Keys {
     key: PKey<Private>,
+    /// a key of the same size made at start-up and never published: dry runs sign with it, so
+    /// their tokens have the real shape and verify nowhere
+    throwaway: PKey<Private>,
     /// base64url of the JOSE header, the same bytes the monolith's tokens start with
     header_b64: String,
     /// the public key's base64url modulus and exponent, for verifying our own tokens
@@ -81,8 +84,10 @@ impl Keys {
             kid: &'a str,
         }
         let header = serde_json::to_vec(&JoseHeader { alg: "RS256", typ: "JWT", kid }).map_err(|e| e.to_string())?;
+        let throwaway = openssl::rsa::Rsa::generate(rsa.size() * 8).and_then(PKey::from_rsa).map_err(|e| e.to_string())?;
         Ok(Keys {
             key,
+            throwaway,
             header_b64: URL_SAFE_NO_PAD.encode(header),
             public_n: n,
             public_e: e,
@@ -93,11 +98,20 @@ impl Keys {
     }
 
     pub fn sign(&self, user_id: &str, email: &str, sid: &str, ttl_secs: u64) -> String {
+        self.sign_with(&self.key, user_id, email, sid, ttl_secs)
+    }
+
+    /// A token like [`Self::sign`]'s whose signature no published key verifies (for dry runs).
+    pub fn sign_unusable(&self, user_id: &str, email: &str, sid: &str, ttl_secs: u64) -> String {
+        self.sign_with(&self.throwaway, user_id, email, sid, ttl_secs)
+    }
+
+    fn sign_with(&self, key: &PKey<Private>, user_id: &str, email: &str, sid: &str, ttl_secs: u64) -> String {
         let iat = chrono::Utc::now().timestamp() as u64;
         let claims = AccessClaims { sub: user_id, email, sid, iat, exp: iat + ttl_secs, aud: &self.audience, iss: &self.issuer };
         let payload = serde_json::to_vec(&claims).expect("claims serialise");
         let input = format!("{}.{}", self.header_b64, URL_SAFE_NO_PAD.encode(payload));
-        let mut signer = Signer::new(MessageDigest::sha256(), &self.key).expect("an RSA key signs");
+        let mut signer = Signer::new(MessageDigest::sha256(), key).expect("an RSA key signs");
         signer.update(input.as_bytes()).expect("signing");
         let signature = signer.sign_to_vec().expect("an RSA key signs");
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))

@@ -57,6 +57,19 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// The secret that verifies the proxy's dry-run headers, from `DRY_RUN_SECRET` (shared with
+    /// the proxy's `STRANGLER_DRY_RUN_SECRET`). Unset: every dry run is refused.
+    pub fn dry_run_key(&mut self) -> Option<strangler_protocol::DryRunKey> {
+        let secret = (self.get)("DRY_RUN_SECRET")?;
+        match strangler_protocol::DryRunKey::try_new(secret.trim().as_bytes()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.problems.push(format!("DRY_RUN_SECRET: {e}"));
+                None
+            }
+        }
+    }
+
     /// Records a problem found while validating values together.
     pub fn problem(&mut self, p: impl Into<String>) {
         self.problems.push(p.into());

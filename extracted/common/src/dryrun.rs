@@ -5,12 +5,20 @@
 //! transaction, begun on first use). When the handler has answered:
 //!
 //! * a normal request is committed unless the answer is a 5xx (then rolled back);
-//! * a request carrying `x-strangler-dry-run` — a shadow copy the strangler proxy sends for a
-//!   route with `writes = "dry-run"` — is always **rolled back**: the service runs the full code
-//!   path, answers as it would, and leaves no row behind. Handlers that have side effects outside
-//!   the database (mail, push, payments, Redis) check [`DryRun`] and skip them.
+//! * a request carrying a valid `x-strangler-dry-run` — a shadow copy the strangler proxy sends
+//!   for a route with `writes = "dry-run"` — is always **rolled back**: the service runs the full
+//!   code path, answers as it would, and leaves no row behind. Handlers that have side effects
+//!   outside the database (mail, push, payments, Redis the monolith shares) check [`DryRun`] and
+//!   skip them. A dry run still passes (and counts against) the service's own rate limits, and
+//!   never returns a credential that works (see the auth service).
 //!
-//! The proxy strips the header from client requests, so no client can ask for a dry run.
+//! The header is **signed** by the proxy (`strangler_protocol::dry_run`: HMAC-SHA256 with the
+//! secret in `DRY_RUN_SECRET`, over the request id, method, target and time; valid for 30 s
+//! either side). A request whose header does not verify — unsigned, forged, stale, or with no
+//! secret configured here — is answered `400` and runs neither way: not as a dry run (anyone
+//! could skip side effects and limits), and not for real (the sender meant it to leave nothing
+//! behind, so running it would be a second write). Counted in
+//! `dry_run_rejected_total{reason}`. The proxy also strips the header from client requests.
 
 use std::sync::Arc;
 
@@ -22,22 +30,40 @@ use axum::response::{IntoResponse, Response};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::DRY_RUN_HEADER;
+use strangler_protocol::dry_run::Signed;
+use strangler_protocol::{DryRunKey, DryRunRejection};
 
-/// Whether this request is a shadow dry run (its writes will be rolled back).
+use crate::{DRY_RUN_HEADER, REQUEST_ID_HEADER};
+
+/// Whether this request is a verified shadow dry run (its writes will be rolled back). Set by
+/// [`transaction_per_request`]; a request it did not see is not a dry run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DryRun(pub bool);
 
 impl DryRun {
-    pub fn of(headers: &axum::http::HeaderMap) -> Self {
-        DryRun(headers.get(DRY_RUN_HEADER).is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true")))
+    /// Verifies the request's dry-run header, if it has one: `Ok(DryRun(false))` without it,
+    /// `Ok(DryRun(true))` when it verifies, the reason otherwise.
+    pub fn verify(
+        key: Option<&DryRunKey>,
+        method: &axum::http::Method,
+        uri: &axum::http::Uri,
+        headers: &axum::http::HeaderMap,
+        now_unix_secs: u64,
+    ) -> Result<DryRun, DryRunRejection> {
+        let Some(value) = headers.get(DRY_RUN_HEADER) else { return Ok(DryRun(false)) };
+        let key = key.ok_or(DryRunRejection::NoKey)?;
+        let value = value.to_str().map_err(|_| DryRunRejection::Malformed)?;
+        let request_id = headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).ok_or(DryRunRejection::Malformed)?;
+        let target = uri.path_and_query().map_or_else(|| uri.path(), |pq| pq.as_str());
+        key.verify(value, now_unix_secs, Signed { request_id, method: method.as_str(), target })?;
+        Ok(DryRun(true))
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for DryRun {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<DryRun>().copied().unwrap_or_else(|| DryRun::of(&parts.headers)))
+        Ok(parts.extensions.get::<DryRun>().copied().unwrap_or(DryRun(false)))
     }
 }
 
@@ -110,10 +136,34 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTx {
     }
 }
 
-/// Middleware: `Router::layer(axum::middleware::from_fn_with_state(pool, transaction_per_request))`.
-pub async fn transaction_per_request(State(pool): State<PgPool>, mut req: Request, next: Next) -> Response {
-    let dry = DryRun::of(req.headers());
-    let tx = RequestTx::new(pool);
+/// What [`transaction_per_request`] needs: the pool, and the key that verifies dry runs.
+#[derive(Clone)]
+pub struct TxState {
+    pub pool: PgPool,
+    pub dry_run_key: Option<DryRunKey>,
+}
+
+impl TxState {
+    pub fn new(pool: PgPool, dry_run_key: Option<DryRunKey>) -> TxState {
+        TxState { pool, dry_run_key }
+    }
+}
+
+/// Middleware:
+/// `Router::layer(axum::middleware::from_fn_with_state(TxState::new(pool, key), transaction_per_request))`.
+pub async fn transaction_per_request(State(state): State<TxState>, mut req: Request, next: Next) -> Response {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let dry = match DryRun::verify(state.dry_run_key.as_ref(), req.method(), req.uri(), req.headers(), now) {
+        Ok(dry) => dry,
+        Err(why) => {
+            metrics::counter!("dry_run_rejected_total", "reason" => why.as_str()).increment(1);
+            tracing::warn!(reason = why.as_str(), method = %req.method(), path = %req.uri().path(), "refused a request with an invalid dry-run header");
+            let body =
+                serde_json::json!({ "statusCode": 400, "message": format!("invalid dry-run header: {why}"), "error": "Bad Request" });
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    let tx = RequestTx::new(state.pool);
     req.extensions_mut().insert(tx.clone());
     req.extensions_mut().insert(dry);
     let res = next.run(req).await;

@@ -18,4 +18,4 @@ pub mod serve;
 pub mod telemetry;
 
 /// The internal headers, defined once for the proxy and the services (`strangler-protocol`).
-pub use strangler_protocol::{DRY_RUN_HEADER, REQUEST_ID_HEADER, SHADOW_HEADER};
+pub use strangler_protocol::{DryRunKey, DRY_RUN_HEADER, REQUEST_ID_HEADER, SHADOW_HEADER};

@@ -1,5 +1,6 @@
 //! The per-request transaction against the real Postgres of scripts/stack (DATABASE_URL):
-//! normal writes commit, 5xx answers roll back, dry runs answer normally and leave no row.
+//! normal writes commit, 5xx answers roll back, signed dry runs answer normally and leave no row,
+//! and a dry-run header that does not verify runs nothing at all.
 
 use std::net::SocketAddr;
 
@@ -8,7 +9,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 mod support;
-use support::{pool, router, table};
+use support::{pool, router, signed, table};
 
 async fn serve(app: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -34,7 +35,14 @@ async fn commits_normal_writes_and_rolls_back_dry_runs_and_5xx() {
     assert_eq!(r.json::<Value>().await.unwrap()["dryRun"], false);
     assert_eq!(count(&pool, &table).await, 1);
 
-    let r = c.post(&url).header("x-strangler-dry-run", "1").json(&json!({ "name": "shadow" })).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .header("x-request-id", "req-1")
+        .header("x-strangler-dry-run", signed("POST", "/items", "req-1", 0))
+        .json(&json!({ "name": "shadow" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "a dry run answers as the real request would");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["seen"], 1, "the handler saw its own write");
@@ -47,9 +55,58 @@ async fn commits_normal_writes_and_rolls_back_dry_runs_and_5xx() {
     assert_eq!(c.post(format!("http://{addr}/reject")).send().await.unwrap().status(), 401);
     assert_eq!(count(&pool, &table).await, 2, "a 4xx answer keeps what the handler wrote");
 
-    // other header values do not trigger a dry run
-    c.post(&url).header("x-strangler-dry-run", "0").json(&json!({ "name": "zero" })).send().await.unwrap();
+    assert_eq!(c.post(&url).json(&json!({ "name": "plain" })).send().await.unwrap().status(), 201);
     assert_eq!(count(&pool, &table).await, 3);
+}
+
+/// See: issue 10, "The dry-run header is trusted from anyone who can reach a service". A header
+/// that does not verify makes the request run neither as a dry run (skipping side effects and
+/// limits) nor for real (a second write): 400, no row.
+#[tokio::test]
+async fn a_dry_run_header_that_does_not_verify_runs_nothing() {
+    let pool = pool().await;
+    let table = table(&pool).await;
+    let addr = serve(router(pool.clone(), table.clone())).await;
+    let c = reqwest::Client::new();
+    let url = format!("http://{addr}/items");
+    let forged = [
+        ("1".to_string(), "req-1"),
+        ("true".to_string(), "req-1"),
+        (signed("POST", "/items", "req-1", 120), "req-1"), // stale
+        (signed("POST", "/other", "req-1", 0), "req-1"),   // another target
+        (signed("DELETE", "/items", "req-1", 0), "req-1"), // another method
+        (signed("POST", "/items", "req-2", 0), "req-1"),   // another request
+    ];
+    for (value, id) in forged {
+        let r = c
+            .post(&url)
+            .header("x-request-id", id)
+            .header("x-strangler-dry-run", &value)
+            .json(&json!({ "name": "x" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{value}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["statusCode"], 400);
+        assert!(body["message"].as_str().unwrap().starts_with("invalid dry-run header"), "{body}");
+    }
+    assert_eq!(count(&pool, &table).await, 0, "a refused dry run wrote nothing");
+
+    // a service without the secret cannot verify any dry run, so it refuses them all
+    let keyless = Router::new().route("/items", axum::routing::post(|| async { "ran" })).layer(axum::middleware::from_fn_with_state(
+        bm_common::dryrun::TxState::new(pool.clone(), None),
+        bm_common::dryrun::transaction_per_request,
+    ));
+    let addr = serve(keyless).await;
+    let r = c
+        .post(format!("http://{addr}/items"))
+        .header("x-request-id", "req-1")
+        .header("x-strangler-dry-run", signed("POST", "/items", "req-1", 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 }
 
 #[tokio::test]
@@ -92,11 +149,12 @@ async fn after_commit_work_runs_only_when_the_request_committed() {
     let app = Router::new()
         .route("/w", post(write))
         .with_state(S(table.clone(), tx_done))
-        .layer(axum::middleware::from_fn_with_state(pool.clone(), transaction_per_request));
+        .layer(axum::middleware::from_fn_with_state(support::tx_state(pool.clone()), transaction_per_request));
     let addr = serve(app).await;
     let c = reqwest::Client::new();
     let url = format!("http://{addr}/w");
-    assert_eq!(c.post(&url).body("dry").header("x-strangler-dry-run", "1").send().await.unwrap().status(), 201);
+    let dry = c.post(&url).body("dry").header("x-request-id", "d").header("x-strangler-dry-run", signed("POST", "/w", "d", 0));
+    assert_eq!(dry.send().await.unwrap().status(), 201);
     assert_eq!(c.post(&url).body("fails").send().await.unwrap().status(), 500);
     assert_eq!(c.post(&url).body("kept").send().await.unwrap().status(), 201);
     // the committed request's work runs, and it runs after its row is visible to others

@@ -1,8 +1,8 @@
 //! The dry-run contract end to end: a client POSTs through the real strangler proxy to a route
 //! in shadow mode with `writes = "dry-run"`. The monolith stand-in answers the client; the copy
 //! reaches a service built on `bm_common::dryrun` with the dry-run header, runs its INSERT in
-//! the request transaction against the real Postgres, and leaves no row behind. A client that
-//! sends the header itself cannot make a real write disappear.
+//! the request transaction against the real Postgres, and leaves no row behind. The proxy signs
+//! the header with the secret the service verifies (a forged one is refused: tests/dryrun.rs).
 
 mod support;
 
@@ -77,7 +77,7 @@ async fn a_shadowed_post_leaves_no_row_behind() {
         format!(
             "[server]\ndefault_upstream = \"legacy\"\nthreads = 1\ngrace_period_secs = 0\nshutdown_timeout_secs = 1\n\n\
              [[listeners]]\naddr = \"127.0.0.1:{port}\"\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n\
-             [upstreams.legacy]\nurl = \"{legacy}\"\n\n[upstreams.svc]\nurl = \"{service}\"\n\n\
+             [upstreams.legacy]\nurl = \"{legacy}\"\n\n[upstreams.svc]\nurl = \"{service}\"\ndry_run = true\n\n\
              [[routes]]\nname = \"items\"\nmatch = {{ path_prefix = \"/items\" }}\ntarget = \"svc\"\nmode = \"shadow\"\n\
              shadow = {{ writes = \"dry-run\", noise_sample_percent = 0, ignore = [\"$.dryRun\"] }}\n"
         ),
@@ -88,6 +88,7 @@ async fn a_shadowed_post_leaves_no_row_behind() {
             .args(["serve", "--config"])
             .arg(&config)
             .env("STRANGLER_LOG", "warn")
+            .env("STRANGLER_DRY_RUN_SECRET", support::SECRET)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

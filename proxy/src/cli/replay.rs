@@ -44,7 +44,8 @@
 //! ## Shared database
 //! The monolith and the candidate usually share one database, so a write replayed to the
 //! monolith first would make the candidate answer differently (`409` on a second register).
-//! With `candidate_dry_run = true` the candidate is asked first, with `x-strangler-dry-run: 1`
+//! With `candidate_dry_run = true` the candidate is asked first, with a signed `x-strangler-dry-run`
+//! (the secret in `$STRANGLER_DRY_RUN_SECRET`)
 //! (services on `extracted/common` roll such a request back), then the monolith: both see the
 //! same state and only the monolith's writes persist.
 
@@ -55,6 +56,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use serde_json::Value;
+
+use strangler_protocol::dry_run::Signed;
+use strangler_protocol::{DryRunKey, REQUEST_ID_HEADER};
 
 use crate::shadow::diff::{compare, decoded, Exchange, Rules};
 use crate::shadow::noise::NoiseModel;
@@ -312,7 +316,8 @@ pub fn load_corpus(path: &Path) -> anyhow::Result<Vec<CorpusRequest>> {
         .collect()
 }
 
-async fn send(client: &reqwest::Client, base: &str, r: &CorpusRequest, dry_run: bool) -> Result<Exchange, String> {
+/// Sends one corpus request; with `dry_run`, as a signed dry run.
+async fn send(client: &reqwest::Client, base: &str, r: &CorpusRequest, dry_run: Option<&DryRunKey>) -> Result<Exchange, String> {
     let method = reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|e| e.to_string())?;
     let mut req = client.request(method, format!("{}{}", base.trim_end_matches('/'), r.uri));
     for (k, v) in &r.headers {
@@ -322,8 +327,19 @@ async fn send(client: &reqwest::Client, base: &str, r: &CorpusRequest, dry_run: 
             req = req.header(k, v);
         }
     }
-    if dry_run {
-        req = req.header(strangler_protocol::DRY_RUN_HEADER, "1");
+    if let Some(key) = dry_run {
+        // the signature covers the request id: use the recorded one, or give the request one
+        let recorded = r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(REQUEST_ID_HEADER)).map(|(_, v)| v.clone());
+        let id = match recorded {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                req = req.header(REQUEST_ID_HEADER, &id);
+                id
+            }
+        };
+        let signed = key.sign(crate::clock::now_unix_secs(), Signed { request_id: &id, method: &r.method, target: &r.uri });
+        req = req.header(strangler_protocol::DRY_RUN_HEADER, signed);
     }
     if let Some(body) = &r.body {
         req = req.body(match body {
@@ -339,7 +355,14 @@ async fn send(client: &reqwest::Client, base: &str, r: &CorpusRequest, dry_run: 
 }
 
 /// Replays a cut-over folder; returns the summary and the threshold.
-pub async fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String>) -> anyhow::Result<(Summary, f64)> {
+/// Replays the corpus in `dir`. With `candidate_dry_run`, the candidate's copies are signed
+/// with `dry_run_key` (the secret the candidate verifies with).
+pub async fn replay(
+    dir: &Path,
+    legacy: Option<String>,
+    candidate: Option<String>,
+    dry_run_key: Option<DryRunKey>,
+) -> anyhow::Result<(Summary, f64)> {
     let parity_path = dir.join("parity.toml");
     let parity_text = std::fs::read_to_string(&parity_path).with_context(|| format!("reading {}", parity_path.display()))?;
     let parity: Parity = toml::from_str(&parity_text).with_context(|| format!("parsing {}", parity_path.display()))?;
@@ -348,6 +371,13 @@ pub async fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String
     let candidate =
         candidate.or(parity.candidate_url.clone()).context("no candidate URL: set candidate_url in parity.toml or pass --candidate")?;
     let corpus = load_corpus(&dir.join("requests.jsonl"))?;
+    if parity.candidate_dry_run && dry_run_key.is_none() {
+        bail!(
+            "{} asks for candidate_dry_run, but no dry-run secret is set: export {} with the secret the candidate verifies dry runs with",
+            parity_path.display(),
+            crate::config::DEFAULT_DRY_RUN_SECRET_ENV
+        );
+    }
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(30)).build()?;
     let mut noise = NoiseModel::default();
     let mut sampled: BTreeMap<String, u32> = BTreeMap::new();
@@ -374,18 +404,18 @@ pub async fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String
         let safe = matches!(r.method.as_str(), "GET" | "HEAD" | "OPTIONS");
         // With a shared database the candidate goes first as a dry run, so both sides see the
         // state before this request and only the monolith's write persists.
-        let dry = if parity.candidate_dry_run { Some(send(&client, &candidate, r, true).await) } else { None };
-        let a = send(&client, &legacy, r, false).await;
+        let dry = if parity.candidate_dry_run { Some(send(&client, &candidate, r, dry_run_key.as_ref()).await) } else { None };
+        let a = send(&client, &legacy, r, None).await;
         answers.push(a.as_ref().ok().and_then(answer_json));
         if let (true, Ok(first)) = (safe && sampled.get(&endpoint).copied().unwrap_or(0) < parity.noise_samples, &a) {
-            if let Ok(second) = send(&client, &legacy, r, false).await {
+            if let Ok(second) = send(&client, &legacy, r, None).await {
                 noise.learn(&endpoint, first, &second, &rules);
                 *sampled.entry(endpoint.clone()).or_default() += 1;
             }
         }
         let b = match dry {
             Some(b) => b,
-            None => send(&client, &candidate, r, false).await,
+            None => send(&client, &candidate, r, None).await,
         };
         let (outcome, regressions, noise_diffs, error, statuses) = match (&a, &b) {
             (Ok(a), Ok(b)) => {

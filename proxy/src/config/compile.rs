@@ -164,9 +164,24 @@ impl<'a> Cx<'a> {
         if !self.errors.is_empty() {
             return None;
         }
+        let spans: Vec<_> = routes.iter().map(|(_, span)| span.clone()).collect();
         let routes: Vec<Arc<Route>> = routes.into_iter().map(|(r, _)| r).collect();
         let matcher = Matcher::new(&routes);
-        Some(RouteTable { server, upstreams, default_upstream, routes, matcher, hash: content_hash(self.src.text.as_bytes()) })
+        let table = RouteTable { server, upstreams, default_upstream, routes, matcher, hash: content_hash(self.src.text.as_bytes()) };
+        // Dry-run copies of writes go only to upstreams that roll them back.
+        for ((route, span), raw_route) in table.routes.iter().zip(spans).zip(&raw.routes) {
+            if route.shadow.writes != Writes::DryRun {
+                continue;
+            }
+            let at = raw_route.get_ref().shadow.as_ref().and_then(|s| s.get_ref().writes.as_ref()).map_or(span, |w| w.span());
+            for (upstream, why) in table.shadow_targets(route) {
+                if !table.upstream(upstream).dry_run {
+                    let kind = K::DryRunUnsupported { route: route.name.to_string(), upstream: upstream.to_string(), why };
+                    self.push(at.clone(), kind);
+                }
+            }
+        }
+        self.errors.is_empty().then_some(table)
     }
 
     fn server(&mut self, raw: &RawConfig) -> Option<ServerSettings> {
@@ -219,6 +234,14 @@ impl<'a> Cx<'a> {
             shutdown_timeout: Duration::from_secs(shutdown as u64),
             listeners,
             h2c: s.h2c.unwrap_or(false),
+            encoded_slash: match &s.encoded_slash {
+                None => crate::routing::EncodedSlash::default(),
+                Some(v) => crate::routing::EncodedSlash::parse(v.get_ref()).unwrap_or_else(|| {
+                    let reason = "expected `keep` (an encoded slash stays inside its segment) or `reject` (answer 400)".into();
+                    self.push(v.span(), K::BadValue { what: "encoded_slash", value: v.get_ref().clone(), reason });
+                    Default::default()
+                }),
+            },
             admin,
         })
     }
@@ -266,6 +289,19 @@ impl<'a> Cx<'a> {
             }
             Some(id.to_string())
         });
+        let dry_run_secret_env = match &s.dry_run_secret_env {
+            None => d.dry_run_secret_env.clone(),
+            Some(v) if valid_env_name(v.get_ref()) => v.get_ref().clone(),
+            Some(v) => {
+                // a secret pasted where its variable's name belongs is never repeated
+                let masked = "*".repeat(v.get_ref().chars().count());
+                let reason = "this names the environment variable that holds the secret, such as STRANGLER_DRY_RUN_SECRET; keep the secret out of the file".into();
+                let mut e = self.src.error(v.span(), K::BadValue { what: "dry_run_secret_env", value: masked.clone(), reason });
+                e.snippet = e.snippet.replace(v.get_ref().as_str(), &masked);
+                self.errors.push(e);
+                d.dry_run_secret_env.clone()
+            }
+        };
         let table_span = raw.shadow.as_ref().map_or(0..0, |s| s.span());
         match store {
             StoreKind::Jsonl => {
@@ -288,6 +324,7 @@ impl<'a> Cx<'a> {
             }
         }
         ShadowSettings {
+            dry_run_secret_env,
             store,
             database_url_env,
             proxy_id,
@@ -456,6 +493,8 @@ impl<'a> Cx<'a> {
                     write_timeout,
                     idle_timeout: Duration::from_secs(idle as u64),
                     pool_size,
+                    dry_run: u.dry_run.as_ref().is_some_and(|d| *d.get_ref()),
+                    ca_file: u.ca_file.as_ref().map(|c| c.get_ref().clone()),
                 }),
             );
         }
@@ -677,6 +716,10 @@ impl<'a> Cx<'a> {
                     reason: "a path starts with `/` and has no query, fragment or spaces".into(),
                 },
             );
+            return None;
+        }
+        if let Err(e) = crate::routing::normalize(v, crate::routing::EncodedSlash::Keep) {
+            self.push(p.span(), K::BadValue { what: "path", value: v.clone(), reason: e.to_string() });
             return None;
         }
         Some(v.clone())

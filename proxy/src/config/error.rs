@@ -111,6 +111,8 @@ pub enum ConfigErrorKind {
     AdminNeedsToken(String),
     #[error("shadow store `postgres` needs `database_url_env`")]
     StoreNeedsDatabase,
+    #[error("route `{route}` would send dry-run copies of writes to upstream `{upstream}`, which does not declare `dry_run = true`")]
+    DryRunUnsupported { route: String, upstream: String, why: &'static str },
 }
 
 impl ConfigErrorKind {
@@ -146,6 +148,11 @@ impl ConfigErrorKind {
             StoreNeedsDatabase => {
                 "add database_url_env = \"STRANGLER_SHADOW_DATABASE_URL\" and set that variable to the database URL".into()
             }
+            DryRunUnsupported { upstream, why, .. } => format!(
+                "{why}; an upstream that ignores the dry-run header would run each copy for real (a second write). \
+                 Set `dry_run = true` on [upstreams.{upstream}] only if it rolls dry runs back (services built on \
+                 bm-common do), or use writes = \"skip\""
+            ),
         })
     }
 }

@@ -359,6 +359,9 @@ impl StoreKind {
     }
 }
 
+/// The variable that holds the dry-run secret unless `[shadow] dry_run_secret_env` names another.
+pub const DEFAULT_DRY_RUN_SECRET_ENV: &str = "STRANGLER_DRY_RUN_SECRET";
+
 /// Process-wide shadow limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShadowSettings {
@@ -377,6 +380,9 @@ pub struct ShadowSettings {
     pub store_max_rows: u64,
     /// `postgres`: this proxy's name in the `proxy` column (default: the host name).
     pub proxy_id: Option<String>,
+    /// The environment variable holding the secret that signs dry-run copies (shared with the
+    /// services, which verify it).
+    pub dry_run_secret_env: String,
 }
 
 impl Default for ShadowSettings {
@@ -391,6 +397,7 @@ impl Default for ShadowSettings {
             database_url_env: None,
             store_max_rows: 1_000_000,
             proxy_id: None,
+            dry_run_secret_env: DEFAULT_DRY_RUN_SECRET_ENV.into(),
         }
     }
 }
@@ -414,6 +421,12 @@ pub struct Upstream {
     /// Idle keep-alive connections kept for this upstream. Pingora's pool is shared and
     /// LRU-evicted, so the proxy sizes it as the sum over all upstreams.
     pub pool_size: usize,
+    /// The upstream runs requests marked as dry runs in a rolled-back transaction (services on
+    /// bm-common). Only such upstreams are sent dry-run copies of writes.
+    pub dry_run: bool,
+    /// `https` upstreams: a PEM file of CA certificates trusted for this upstream (besides the
+    /// system's), relative to the config file.
+    pub ca_file: Option<String>,
 }
 
 /// A client-facing listener.
@@ -442,6 +455,8 @@ pub struct ServerSettings {
     pub shadow: ShadowSettings,
     /// Accept HTTP/2 with prior knowledge on plain listeners (TLS listeners offer h2 by ALPN).
     pub h2c: bool,
+    /// What an encoded slash (`%2F`) in a request path does (see `routing::path`).
+    pub encoded_slash: crate::routing::EncodedSlash,
     pub admin: AdminSettings,
 }
 
@@ -466,6 +481,21 @@ impl RouteTable {
 
     pub fn default_upstream(&self) -> &Arc<Upstream> {
         self.upstream(&self.default_upstream)
+    }
+
+    /// The upstreams that receive shadow copies of `route`'s requests, with why: those that
+    /// must honour dry runs when the route copies writes.
+    pub fn shadow_targets<'a>(&'a self, route: &'a Route) -> Vec<(&'a UpstreamName, &'static str)> {
+        let legacy = &self.default_upstream;
+        match route.mode {
+            Mode::Shadow => vec![(&route.target, "shadow mode copies to the target")],
+            Mode::Canary => vec![
+                (&route.target, "canary mode copies the monolith's share to the target"),
+                (legacy, "canary mode copies the target's share to the default upstream"),
+            ],
+            Mode::Extracted if route.shadow.reverse => vec![(legacy, "`reverse = true` copies to the default upstream")],
+            Mode::Legacy | Mode::Extracted => vec![],
+        }
     }
 
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {

@@ -37,6 +37,7 @@ pub struct RawServer {
     pub grace_period_secs: Option<Spanned<i64>>,
     pub shutdown_timeout_secs: Option<Spanned<i64>>,
     pub h2c: Option<bool>,
+    pub encoded_slash: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +72,8 @@ pub struct RawUpstream {
     pub write_timeout_ms: Option<Spanned<i64>>,
     pub idle_timeout_secs: Option<Spanned<i64>>,
     pub pool_size: Option<Spanned<i64>>,
+    pub dry_run: Option<Spanned<bool>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +126,7 @@ pub struct RawShadow {
     pub database_url_env: Option<Spanned<String>>,
     pub store_max_rows: Option<Spanned<i64>>,
     pub proxy_id: Option<Spanned<String>>,
+    pub dry_run_secret_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

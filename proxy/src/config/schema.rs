@@ -31,6 +31,7 @@ static SERVER: Shape = Shape::Table(&[
     ("grace_period_secs", &ANY),
     ("shutdown_timeout_secs", &ANY),
     ("h2c", &ANY),
+    ("encoded_slash", &ANY),
 ]);
 static LISTENER: Shape = Shape::Table(&[("addr", &ANY), ("tls", &TLS)]);
 static LISTENERS: Shape = Shape::ArrayOf(&LISTENER);
@@ -44,6 +45,8 @@ static UPSTREAM: Shape = Shape::Table(&[
     ("write_timeout_ms", &ANY),
     ("idle_timeout_secs", &ANY),
     ("pool_size", &ANY),
+    ("dry_run", &ANY),
+    ("ca_file", &ANY),
 ]);
 static UPSTREAMS: Shape = Shape::MapOf(&UPSTREAM);
 static MATCH: Shape = Shape::Table(&[("path", &ANY), ("path_prefix", &ANY), ("methods", &ANY), ("host", &ANY), ("headers", &ANY)]);
@@ -67,6 +70,7 @@ static SHADOW: Shape = Shape::Table(&[
     ("database_url_env", &ANY),
     ("store_max_rows", &ANY),
     ("proxy_id", &ANY),
+    ("dry_run_secret_env", &ANY),
 ]);
 static DEMOTE: Shape =
     Shape::Table(&[("max_error_percent", &ANY), ("max_mismatch_percent", &ANY), ("window_secs", &ANY), ("min_requests", &ANY)]);

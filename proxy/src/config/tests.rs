@@ -35,7 +35,9 @@ fn route_for(table: &RouteTable, method: &str, path: &str, host: Option<&str>, h
         map.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
     }
     let method = Method::from_bytes(method.as_bytes()).unwrap();
-    let facts = RequestFacts { method: &method, path, host, headers: &map };
+    // as the edge does: match the normalised path
+    let path = crate::routing::normalize(path, crate::routing::EncodedSlash::Keep).unwrap();
+    let facts = RequestFacts { method: &method, path: &path, host, headers: &map };
     table.find(&facts).map(|r| r.name.to_string())
 }
 
@@ -324,6 +326,7 @@ proptest! {
         let mut headers = HeaderMap::new();
         if let Some(h) = h { headers.insert("x-h", h.parse().unwrap()); }
         let method = if post { Method::POST } else { Method::GET };
+        let path = crate::routing::normalize_path(&path);
         let facts = RequestFacts { method: &method, path: &path, host: None, headers: &headers };
         prop_assert_eq!(t.matcher.find(&t.routes, &facts), reference(&t.routes, &facts));
     }
@@ -340,6 +343,7 @@ proptest! {
         let b_routes: Vec<ArbRoute> = shuffled.iter().map(|(_, r)| r.clone()).collect();
         let b = compile(&table_text(&b_routes)).unwrap().table;
         let headers = HeaderMap::new();
+        let path = crate::routing::normalize_path(&path);
         let facts = RequestFacts { method: &Method::GET, path: &path, host: None, headers: &headers };
         let name_a = a.find(&facts).map(|r| {
             let i: usize = r.name.as_str()[1..].parse().unwrap();

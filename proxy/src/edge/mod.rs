@@ -1,20 +1,32 @@
 //! The Pingora edge: one [`Edge`] implements `ProxyHttp`, each phase does one job.
 //!
-//! - `request_filter` decides once per request (route, side, breaker) and stores it in
-//!   [`RequestCtx`]; the table `Arc` it loads stays with the request, so a reload never changes
-//!   a request mid-flight.
+//! - [`h1::EdgeApp`] runs the connections: it reads HTTP/1.x request heads strictly before
+//!   Pingora does (malformed request lines, bad `Host`, conflicting lengths → `400`) and answers
+//!   pipelined requests in order; HTTP/2 goes to Pingora directly.
+//! - `request_filter` decides once per request and stores it in [`RequestCtx`]: the path is
+//!   normalised (RFC 3986, `routing::path`) and the normalised path is both matched and
+//!   forwarded; then route, side and breaker. The table `Arc` it loads stays with the request,
+//!   so a reload never changes a request mid-flight.
 //! - `upstream_peer` only turns that decision into a peer.
 //! - `upstream_request_filter` / `upstream_response_filter` / `response_filter` keep headers
 //!   honest: hop-by-hop headers dropped (RFC 9110 §7.6.1), `X-Forwarded-*` and `X-Request-Id`
 //!   set, `traceparent` passed through untouched.
-//! - `fail_to_connect` and `upstream_response_filter` implement the `extracted` fallback:
-//!   an idempotent request whose extracted upstream refuses the connection or answers
-//!   502/503/504 is retried once against the monolith (Pingora's retry loop calls
-//!   `upstream_peer` again). Non-idempotent requests are never replayed.
+//! - Failover (`extracted` and `canary` routes with `fallback = true`): a request that never
+//!   reached the service — connection refused or timed out, or held back by an open breaker —
+//!   goes to the monolith whatever its method; an idempotent request whose connection failed
+//!   before any answer byte, or that got 502/503/504, is retried there once. A non-idempotent
+//!   request that may have reached the service is never replayed.
+//! - `fail_to_proxy` answers errors in the monolith's error shape, unless the answer's head is
+//!   already out: then the client's response is aborted (HTTP/1.1: the connection closes short
+//!   of its length or final chunk; h2: `RST_STREAM`), never completed with bytes the upstream
+//!   did not send.
 //! - `logging` records the access log line and the metrics.
 
+mod h1;
+pub mod head;
 mod headers;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +47,7 @@ use crate::routing::{decide, host_of, RequestFacts, Side};
 use crate::shadow::tee::{Capture, Tee};
 use crate::shadow::Exchange;
 
+pub use h1::EdgeApp;
 pub use headers::{DRY_RUN_HEADER, REQUEST_ID_HEADER};
 
 pub struct Edge {
@@ -58,13 +71,16 @@ pub struct RequestCtx {
     /// The side the route chose; `upstream` is where the request goes now.
     side: Side,
     upstream: Option<Arc<Upstream>>,
-    /// An extracted-mode idempotent request that may be retried against the monolith.
-    fallback_eligible: bool,
+    /// The request may go to the monolith if the service turns out to be unreachable.
+    fallback_ok: bool,
     /// Why the request went to the monolith instead of the extracted service.
     fell_back: Option<&'static str>,
     /// Whether the breaker must be told how the extracted attempt went.
     breaker_pending: bool,
     request_id: String,
+    /// A number the proxy draws per request (0..10,000) for shadow sampling: not the client's
+    /// request id, so clients cannot choose what is copied or compared.
+    sample: u32,
     client_ip: Option<IpAddr>,
     upstream_started: Option<Instant>,
     upstream_status: Option<u16>,
@@ -72,6 +88,8 @@ pub struct RequestCtx {
     shadow: Option<ShadowCtx>,
     /// The route is a canary demoted to shadow at run time.
     demoted: bool,
+    /// The response was cut short after its head went out, and why.
+    aborted: Option<&'static str>,
 }
 
 /// What is captured for the shadow copy while the request is served.
@@ -113,6 +131,10 @@ impl RequestCtx {
         }
         self.route.as_ref().map_or("default", |r| r.mode.as_str())
     }
+    /// The request is on its first, extracted attempt (not yet sent to the monolith instead).
+    fn on_extracted_attempt(&self) -> bool {
+        self.side == Side::Extracted && self.fell_back.is_none()
+    }
 }
 
 /// A NestJS-shaped error body, so clients parse proxy errors like the monolith's.
@@ -134,6 +156,22 @@ async fn respond_json(session: &mut Session, status: u16, message: &str, extra: 
     session.write_response_body(Some(body), true).await
 }
 
+/// `Content-Length: 5, 5` (or the header twice with one value) is forwarded as one value; the
+/// reader has already refused lists that disagree.
+fn normalize_content_length(req: &mut RequestHeader) -> Result<()> {
+    let values = req.headers.get_all(http::header::CONTENT_LENGTH);
+    let mut iter = values.iter();
+    let (Some(first), second) = (iter.next(), iter.next()) else { return Ok(()) };
+    if second.is_none() && !first.as_bytes().contains(&b',') {
+        return Ok(());
+    }
+    let one = first.to_str().ok().and_then(|v| v.split(',').next()).map(|v| v.trim().to_string());
+    match one {
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => req.insert_header(http::header::CONTENT_LENGTH, v),
+        _ => Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid Content-Length"),
+    }
+}
+
 impl Edge {
     /// Decides whether this request is copied to the other side, and to which upstream.
     fn plan_shadow(&self, session: &Session, ctx: &mut RequestCtx, table: &RouteTable) {
@@ -144,10 +182,9 @@ impl Edge {
             (Mode::Extracted, _) if route.shadow.reverse => table.default_upstream().clone(),
             _ => return,
         };
-        // sampling: the leading digits of the request's bucket (noise sampling uses the last two,
+        // sampling: the leading digits of the request's draw (noise sampling uses the last two,
         // so the two choices are independent)
-        let bucket = crate::routing::bucket(ctx.request_id.as_bytes());
-        if bucket / 100 >= u32::from(route.shadow.sample_percent) {
+        if ctx.sample / 100 >= u32::from(route.shadow.sample_percent) {
             return;
         }
         let req = session.req_header();
@@ -156,12 +193,18 @@ impl Edge {
             self.tee.dropped(route.name.as_str(), "unsafe_method");
             return;
         }
+        if !safe && !other.dry_run {
+            // compile refuses such a table; kept so a copy of a write can never reach an
+            // upstream that would run it for real
+            self.tee.dropped(route.name.as_str(), "no_dry_run_support");
+            return;
+        }
         let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > self.shadow_max_body) {
             self.tee.dropped(route.name.as_str(), "too_large");
             return;
         }
-        let sample_noise = bucket % 100 < u32::from(route.shadow.noise_sample_percent);
+        let sample_noise = ctx.sample % 100 < u32::from(route.shadow.noise_sample_percent);
         ctx.shadow = Some(ShadowCtx {
             other,
             dry_run: !safe,
@@ -223,6 +266,24 @@ impl Edge {
         metrics::counter!(m::FALLBACKS_TOTAL, "route" => route.clone(), "reason" => reason).increment(1);
         warn!(route = %route, reason, request_id = %ctx.request_id, "extracted upstream unavailable; serving from legacy");
     }
+
+    /// Normalises the request's path in place; `Err` is the reason to refuse it.
+    fn normalize_path(session: &mut Session, table: &RouteTable) -> std::result::Result<(), crate::routing::PathError> {
+        let req = session.req_header();
+        let normalized = match crate::routing::normalize(req.uri.path(), table.server.encoded_slash)? {
+            Cow::Borrowed(_) => return Ok(()),
+            Cow::Owned(p) => p,
+        };
+        let uri = match req.uri.query() {
+            Some(q) => format!("{normalized}?{q}"),
+            None => normalized,
+        };
+        // the normalised path is made of characters the original URI already had
+        if let Ok(uri) = uri.parse::<http::Uri>() {
+            session.req_header_mut().set_uri(uri);
+        }
+        Ok(())
+    }
 }
 
 fn note_breaker(route: &Route, before: BreakerState, after: BreakerState) {
@@ -249,15 +310,17 @@ impl ProxyHttp for Edge {
             route: None,
             side: Side::Legacy,
             upstream: None,
-            fallback_eligible: false,
+            fallback_ok: false,
             fell_back: None,
             breaker_pending: false,
             request_id: String::new(),
+            sample: fastrand::u32(..crate::routing::BUCKETS),
             client_ip: None,
             upstream_started: None,
             upstream_status: None,
             shadow: None,
             demoted: false,
+            aborted: None,
         }
     }
 
@@ -267,6 +330,13 @@ impl ProxyHttp for Edge {
         ctx.request_id = headers::ensure_request_id(session.req_header_mut());
 
         let table = self.state.table.load_full();
+        ctx.table = Some(table.clone());
+        if let Err(e) = Self::normalize_path(session, &table) {
+            metrics::counter!(m::REQUESTS_REFUSED_TOTAL, "reason" => e.as_str()).increment(1);
+            respond_json(session, 400, &format!("bad request: {e}"), &[(REQUEST_ID_HEADER, ctx.request_id.clone())]).await?;
+            return Ok(true);
+        }
+        normalize_content_length(session.req_header_mut())?;
         let req = session.req_header();
         let host = req
             .headers
@@ -291,24 +361,23 @@ impl ProxyHttp for Edge {
             _ => table.default_upstream().clone(),
         });
         self.plan_shadow(session, ctx, &table);
-        ctx.table = Some(table);
 
         if let (Side::Extracted, Some(route)) = (ctx.side, ctx.route.clone()) {
-            let can_fall_back = route.mode == Mode::Extracted
-                && route.fallback
-                && idempotent
-                && ctx.table.as_ref().is_some_and(|t| t.default_upstream != route.target);
+            // the monolith still serves these routes until it is switched off: a request the
+            // service never saw can go there instead
+            ctx.fallback_ok =
+                matches!(route.mode, Mode::Extracted | Mode::Canary) && route.fallback && table.default_upstream != route.target;
             let (admit, _) = self.state.breakers.with(&route.name, route.breaker, |b| b.admit(Instant::now()));
             match admit {
                 Admit::Yes | Admit::Probe => {
                     ctx.breaker_pending = true;
-                    ctx.fallback_eligible = can_fall_back;
-                    if can_fall_back && !session.is_body_empty() {
-                        // Keep a copy of the body (up to Pingora's retry buffer) for the retry.
+                    if ctx.fallback_ok && idempotent && !session.is_body_empty() {
+                        // Keep a copy of the body (up to Pingora's retry buffer) for a retry
+                        // after a failure mid-request.
                         session.enable_retry_buffering();
                     }
                 }
-                Admit::No if can_fall_back => self.fall_back(ctx, "breaker_open"),
+                Admit::No if ctx.fallback_ok => self.fall_back(ctx, "breaker_open"),
                 Admit::No => {
                     let retry_after = route.breaker.cooldown.as_secs().max(1).to_string();
                     metrics::counter!(m::FALLBACKS_TOTAL, "route" => route.name.to_string(), "reason" => "breaker_rejected").increment(1);
@@ -371,9 +440,11 @@ impl ProxyHttp for Edge {
     }
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-        if ctx.breaker_pending && ctx.fell_back.is_none() {
+        if ctx.breaker_pending && ctx.on_extracted_attempt() {
             self.record_breaker(ctx, false);
-            if ctx.fallback_eligible {
+            if ctx.fallback_ok {
+                // the service never saw the request: safe to send it elsewhere, whatever its
+                // method (its body has not been read yet)
                 self.fall_back(ctx, "connect_error");
                 e.set_retry(true);
             } else {
@@ -394,10 +465,10 @@ impl ProxyHttp for Edge {
             metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "route" => route.name.to_string(), "target" => ctx.target_label())
                 .record(start.elapsed().as_secs_f64());
         }
-        if ctx.breaker_pending && ctx.fell_back.is_none() {
+        if ctx.breaker_pending && ctx.on_extracted_attempt() {
             let failed = matches!(status, 502..=504);
             self.record_breaker(ctx, !failed);
-            if failed && ctx.fallback_eligible {
+            if failed && ctx.fallback_ok && session.req_header().method.is_idempotent() {
                 self.fall_back(ctx, "bad_status");
                 let mut e =
                     Error::explain(ErrorType::HTTPStatus(status), "extracted upstream answered a gateway error; retrying on legacy");
@@ -431,15 +502,26 @@ impl ProxyHttp for Edge {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
+        let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
         // Our own fallback signal: replay the (idempotent, buffered) request on legacy.
-        if ctx.fell_back == Some("bad_status")
-            && matches!(e.etype(), ErrorType::HTTPStatus(_))
-            && !session.as_ref().retry_buffer_truncated()
-        {
+        if ctx.fell_back == Some("bad_status") && matches!(e.etype(), ErrorType::HTTPStatus(_)) && replayable {
             e.set_retry(true);
             return e;
         }
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        // The service's connection failed before any answer (reset, closed, killed): an
+        // idempotent request is retried on the monolith; one that may have changed something is
+        // not. A timeout is not retried: the service may still be working on it.
+        let before_answer = ctx.upstream_status.is_none() && session.response_written().is_none();
+        let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+        if ctx.breaker_pending && ctx.on_extracted_attempt() && *e.esource() == pingora::ErrorSource::Upstream {
+            self.record_breaker(ctx, false);
+            if before_answer && !timed_out && replayable && ctx.fallback_ok {
+                self.fall_back(ctx, "upstream_reset");
+                e.set_retry(true);
+                return e;
+            }
+        }
+        if !replayable {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -448,6 +530,20 @@ impl ProxyHttp for Edge {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        if let Some(sent) = session.response_written().map(|r| r.status.as_u16()) {
+            // The head is out: the only honest thing left is to cut the response short, so the
+            // client sees a truncated answer (HTTP/1.1: connection closed short of its length or
+            // last chunk; h2: RST_STREAM), never an error body appended to a 200.
+            let reason = match (e.esource(), e.etype()) {
+                (pingora::ErrorSource::Downstream, _) => "downstream",
+                (_, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => "timeout",
+                _ => "upstream",
+            };
+            ctx.aborted = Some(reason);
+            metrics::counter!(m::RESPONSES_ABORTED_TOTAL, "route" => ctx.route_label(), "reason" => reason).increment(1);
+            session.as_downstream_mut().shutdown().await;
+            return FailToProxy { error_code: sent, can_reuse_downstream: false };
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -497,7 +593,8 @@ impl ProxyHttp for Edge {
         let target = ctx.target_label();
         let mode = ctx.mode_label();
         let elapsed = ctx.started.elapsed();
-        metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "target" => target.clone(), "mode" => mode, "status" => m::status_class(status)).increment(1);
+        let status_label = if ctx.aborted.is_some() { "aborted" } else { m::status_class(status) };
+        metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "target" => target.clone(), "mode" => mode, "status" => status_label).increment(1);
         metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route.clone()).record(elapsed.as_secs_f64());
         let req = session.req_header();
         info!(
@@ -511,6 +608,7 @@ impl ProxyHttp for Edge {
             side = ctx.side.as_str(),
             fallback = ctx.fell_back.unwrap_or(""),
             status,
+            aborted = ctx.aborted.unwrap_or(""),
             upstream_status = ctx.upstream_status.unwrap_or(0),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             client = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),

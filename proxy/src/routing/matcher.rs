@@ -16,13 +16,14 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
+use super::path::normalize_path;
 use crate::config::{HostMatch, PathMatch, Route, RouteMatch};
 
 /// What a route's conditions are checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
     pub method: &'a Method,
-    /// The request path, without query.
+    /// The request path, without query, normalised (see [`super::path::normalize`]).
     pub path: &'a str,
     /// Lowercase host without port, from `Host` or the URI authority.
     pub host: Option<&'a str>,
@@ -62,9 +63,9 @@ impl Matcher {
 
     /// Index of the route that serves this request, if any.
     pub(crate) fn find(&self, routes: &[Arc<Route>], req: &RequestFacts<'_>) -> Option<usize> {
-        let path = normalize_path(req.path);
+        let path = req.path;
         let first_match = |ids: &[usize]| ids.iter().copied().find(|&i| conditions_hold(&routes[i].matcher, req));
-        if let Some(i) = self.exact.get(&path).and_then(|ids| first_match(ids)) {
+        if let Some(i) = self.exact.get(path).and_then(|ids| first_match(ids)) {
             return Some(i);
         }
         let mut trail: Vec<&Node> = Vec::with_capacity(8);
@@ -116,34 +117,6 @@ pub fn specificity(p: &PathMatch) -> usize {
         PathMatch::Exact(_) => usize::MAX,
         PathMatch::Prefix(segs) => segs.len(),
     }
-}
-
-/// The path the matcher compares: duplicate slashes collapsed and `.`/`..` segments resolved, so
-/// `/auth/../admin` cannot slip past an `/admin` route. The request is forwarded unchanged.
-pub fn normalize_path(path: &str) -> String {
-    if !path.contains("//") && !path.contains("/.") {
-        return path.to_string();
-    }
-    let trailing = path.ends_with('/');
-    let mut out: Vec<&str> = Vec::new();
-    for seg in path.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    let mut s = String::with_capacity(path.len());
-    for seg in &out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if trailing || s.is_empty() {
-        s.push('/');
-    }
-    s
 }
 
 /// Segments of a `path_prefix`: `/auth/` and `/auth` both give `["auth"]`, `/` gives none.

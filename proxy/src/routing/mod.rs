@@ -5,13 +5,15 @@
 
 mod canary;
 mod matcher;
+pub mod path;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use canary::{bucket, cookie, in_canary, jwt_sub, sticky_key, BUCKETS};
 pub(crate) use matcher::Matcher;
-pub use matcher::{conditions_hold, host_of, normalize_path, path_holds, prefix_segments, specificity, RequestFacts};
+pub use matcher::{conditions_hold, host_of, path_holds, prefix_segments, specificity, RequestFacts};
+pub use path::{normalize, normalize_path, EncodedSlash, PathError};
 
 use crate::config::{Mode, Route, RouteTable};
 

@@ -9,9 +9,12 @@
 //! (`strangler_shadow_dropped_total{reason="saturated"}`). Each copy has its own timeout. So the
 //! client's latency, status and bytes never depend on the shadow.
 //!
-//! Unsafe methods are copied only when the route says `writes = "dry-run"`, with the dry-run
-//! header, so the extracted service rolls the work back. The monolith is never sent a second
-//! write: noise sampling (asking the monolith twice) is for safe methods only.
+//! Unsafe methods are copied only when the route says `writes = "dry-run"`, only to upstreams
+//! that declare `dry_run = true`, and with the dry-run header signed by the proxy
+//! (`strangler_protocol::dry_run`: HMAC over the request id, method, target and time), so the
+//! service can tell a real dry run from a forged one and rolls the work back. Without the secret
+//! no copy of a write is sent (`dropped{reason="no_dry_run_key"}`). The monolith is never sent a
+//! second write: noise sampling (asking the monolith twice) is for safe methods only.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +27,8 @@ use super::noise::NoiseModel;
 use super::record::{answer_secrets, redact_headers, redact_uri, Outcome, Record, Summary};
 use crate::config::{Route, Upstream};
 use crate::metrics as m;
+use strangler_protocol::dry_run::Signed;
+use strangler_protocol::DryRunKey;
 
 pub use strangler_protocol::SHADOW_HEADER;
 
@@ -61,6 +66,8 @@ pub struct Tee {
     summary: Mutex<Summary>,
     store: Option<mpsc::Sender<Record>>,
     demoter: Arc<crate::demote::Demoter>,
+    /// Signs the dry-run header of copies of writes; without it no such copy is sent.
+    dry_run_key: Option<DryRunKey>,
 }
 
 /// A one-thread runtime on its own OS thread ("strangler-shadow"), alive for the process.
@@ -83,6 +90,7 @@ impl Tee {
         timeout: Duration,
         store: Option<mpsc::Sender<Record>>,
         demoter: Arc<crate::demote::Demoter>,
+        dry_run_key: Option<DryRunKey>,
     ) -> Arc<Self> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -99,6 +107,7 @@ impl Tee {
             summary: Mutex::default(),
             store,
             demoter,
+            dry_run_key,
         })
     }
 
@@ -118,6 +127,11 @@ impl Tee {
 
     /// Starts the comparison in the background, or drops it when saturated. Never waits.
     pub fn dispatch(self: &Arc<Self>, cap: Capture) {
+        if cap.dry_run && self.dry_run_key.is_none() {
+            // an unsigned dry run would be refused by the service (or, worse, run for real)
+            self.dropped(cap.route.name.as_str(), "no_dry_run_key");
+            return;
+        }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.dropped(cap.route.name.as_str(), "saturated");
             return;
@@ -140,7 +154,9 @@ impl Tee {
         }
         req = req.header(SHADOW_HEADER, "1");
         if cap.dry_run {
-            req = req.header(strangler_protocol::DRY_RUN_HEADER, "1");
+            let Some(key) = &self.dry_run_key else { return Err(Outcome::Error) };
+            let signed = Signed { request_id: &cap.request_id, method: cap.method.as_str(), target: &cap.uri };
+            req = req.header(strangler_protocol::DRY_RUN_HEADER, key.sign(crate::clock::now_unix_secs(), signed));
         }
         if !cap.body.is_empty() {
             req = req.body(cap.body.clone());

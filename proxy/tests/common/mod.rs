@@ -283,6 +283,17 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
         .unwrap()
 }
 
+/// The dry-run secret every test proxy signs with.
+pub const DRY_RUN_SECRET: &str = "test-dry-run-secret-0123456789abcdef";
+
+/// Whether a dry-run header value is the proxy's signature for this request (as a service
+/// built on bm-common checks it).
+pub fn dry_run_verifies(value: &str, request_id: &str, method: &str, target: &str) -> bool {
+    let key = strangler_protocol::DryRunKey::try_new(DRY_RUN_SECRET.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    key.verify(value, now, strangler_protocol::dry_run::Signed { request_id, method, target }).is_ok()
+}
+
 /// A free loopback port. The proxy binds its own listeners (Pingora takes addresses), so the
 /// port is found by binding and releasing; start-up retries if another process took it.
 pub fn free_port() -> u16 {
@@ -333,6 +344,7 @@ impl Proxy {
                 .args(["serve", "--config"])
                 .arg(&config)
                 .args(["--poll-interval-secs", "1"])
+                .env("STRANGLER_DRY_RUN_SECRET", DRY_RUN_SECRET)
                 .envs(opts.env.iter().copied())
                 .env("STRANGLER_LOG", "info")
                 .stdout(Stdio::null())
@@ -473,6 +485,11 @@ impl Routes {
     }
     pub fn upstream(mut self, name: &str, url: &str) -> Self {
         self.0.push_str(&format!("[upstreams.{name}]\nurl = \"{url}\"\nconnect_timeout_ms = 500\n\n"));
+        self
+    }
+    /// An upstream that declares it rolls dry runs back (may receive copies of writes).
+    pub fn dry_run_upstream(mut self, name: &str, url: &str) -> Self {
+        self.0.push_str(&format!("[upstreams.{name}]\nurl = \"{url}\"\nconnect_timeout_ms = 500\ndry_run = true\n\n"));
         self
     }
     pub fn raw(mut self, text: &str) -> Self {

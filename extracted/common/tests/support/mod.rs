@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bm_common::dryrun::{transaction_per_request, DryRun, RequestTx};
+use bm_common::dryrun::{transaction_per_request, DryRun, RequestTx, TxState};
+use bm_common::DryRunKey;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -55,6 +56,27 @@ async fn rejected_after_write(State(app): State<App>, tx: RequestTx) -> StatusCo
     StatusCode::UNAUTHORIZED
 }
 
+/// The dry-run secret the tests' services verify with (and their proxy signs with).
+pub const SECRET: &str = "test-dry-run-secret-0123456789abcdef";
+
+pub fn key() -> DryRunKey {
+    DryRunKey::try_new(SECRET.as_bytes()).unwrap()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A dry-run header value for `method target` of request `id`, signed `age_secs` ago.
+pub fn signed(method: &str, target: &str, id: &str, age_secs: u64) -> String {
+    use strangler_protocol::dry_run::Signed;
+    key().sign(now() - age_secs, Signed { request_id: id, method, target })
+}
+
+pub fn tx_state(pool: PgPool) -> TxState {
+    TxState::new(pool, Some(key()))
+}
+
 pub fn router(pool: PgPool, table: String) -> Router {
     Router::new()
         .route("/items", post(create))
@@ -62,5 +84,5 @@ pub fn router(pool: PgPool, table: String) -> Router {
         .route("/reject", post(rejected_after_write))
         .route("/health", get(|| async { "ok" }))
         .with_state(App { table })
-        .layer(axum::middleware::from_fn_with_state(pool, transaction_per_request))
+        .layer(axum::middleware::from_fn_with_state(tx_state(pool), transaction_per_request))
 }

@@ -60,8 +60,12 @@ pub trait Sink: Send + 'static {
 /// The writer as a Pingora background service: it owns the receiving end and stops, after
 /// writing what is queued, when the server shuts down.
 pub struct StoreService {
-    writer: std::sync::Mutex<Option<(Box<dyn Sink>, mpsc::Receiver<Record>)>>,
+    /// taken once, when the service starts
+    writer: std::sync::Mutex<Option<Pending>>,
 }
+
+/// A sink and the records it will drain.
+type Pending = (Box<dyn Sink>, mpsc::Receiver<Record>);
 
 impl StoreService {
     pub fn new(sink: Box<dyn Sink>, rx: mpsc::Receiver<Record>) -> StoreService {
