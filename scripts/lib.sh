@@ -78,6 +78,16 @@ dev_jwt_key() {
   echo "$key"
 }
 
+# The dry-run secret of this machine's stack (proxy signs, services verify), made once.
+dev_dry_run_secret() {
+  local file="$RUN_DIR/dry-run-secret"
+  if [ ! -f "$file" ]; then
+    mkdir -p "$RUN_DIR"
+    (umask 077; openssl rand -hex 32 >"$file")
+  fi
+  cat "$file"
+}
+
 # Starts a background process with its pid in $RUN_DIR/NAME.pid and output in $RUN_DIR/NAME.log,
 # unless one is already running.
 start_bg() {
@@ -128,10 +138,12 @@ ENV
 # A free TCP port on loopback.
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# The auth service's environment: the monolith's (same database, Redis, key, fakes), its own port.
+# The auth service's environment: the monolith's (same database, Redis, key, fakes), its own
+# port, and the secret that verifies the proxy's dry runs.
 auth_env() {
   local fakes=$1 port=$2
   legacy_env "$fakes" "$port"
+  echo "DRY_RUN_SECRET=$(dev_dry_run_secret)"
 }
 
 # Starts the fakes, the monolith and the extracted auth service (debug builds) on free ports

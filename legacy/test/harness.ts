@@ -2,7 +2,7 @@
 // Postgres and Redis of scripts/stack and the fake SaaS servers of the `fakes` crate, each on an
 // ephemeral loopback port, and stops them after the test file.
 import { ChildProcess, spawn } from 'node:child_process';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHmac, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -109,6 +109,20 @@ async function stopChild(child: ChildProcess) {
  */
 export const authViaService = () => process.env.BM_AUTH_VIA === 'service';
 
+/** The secret the test proxy signs dry runs with and the test services verify them with. */
+export const DRY_RUN_SECRET = 'test-dry-run-secret-0123456789abcdef';
+
+/**
+ * Headers of a dry run as the proxy signs it (strangler-protocol: HMAC-SHA256 over
+ * `v1\n<time>\n<request id>\n<method>\n<target>\n`), optionally `ageSecs` old.
+ */
+export function signedDryRun(method: string, target: string, opts: { requestId?: string; ageSecs?: number; secret?: string } = {}) {
+  const id = opts.requestId ?? randomUUID();
+  const t = Math.floor(Date.now() / 1000) - (opts.ageSecs ?? 0);
+  const mac = createHmac('sha256', opts.secret ?? DRY_RUN_SECRET).update(`v1\n${t}\n${id}\n${method}\n${target}\n`).digest('hex');
+  return { 'x-request-id': id, 'x-strangler-dry-run': `v1;t=${t};s=${mac}` };
+}
+
 export async function startStack(extraEnv: Record<string, string> = {}, opts: { authService?: boolean } = {}): Promise<Stack> {
   const withAuth = opts.authService ?? authViaService();
   const databaseUrl = requireEnv('DATABASE_URL');
@@ -142,6 +156,8 @@ export async function startStack(extraEnv: Record<string, string> = {}, opts: { 
     FCM_BASE_URL: fakesUrl,
     STRIPE_BASE_URL: fakesUrl,
     STRIPE_WEBHOOK_SECRET,
+    // the extracted services verify the proxy's dry runs with it (the monolith ignores it)
+    DRY_RUN_SECRET,
     // links and the OAuth redirect name the address clients use
     ...(withAuth ? { APP_URL: url } : {}),
     ...extraEnv,
@@ -239,7 +255,10 @@ target = "auth"
 mode = "extracted"
 `,
   );
-  const child = spawn(bin, ['serve', '--config', config], { env: { PATH: process.env.PATH, STRANGLER_LOG: 'warn' }, stdio: 'ignore' });
+  const child = spawn(bin, ['serve', '--config', config], {
+    env: { PATH: process.env.PATH, STRANGLER_LOG: 'warn', STRANGLER_DRY_RUN_SECRET: DRY_RUN_SECRET },
+    stdio: 'ignore',
+  });
   const url = `http://127.0.0.1:${port}`;
   try {
     await waitFor(async () => (await fetch(`${url}/health`).catch(() => undefined))?.status === 200, 'the strangler proxy', 20_000);
