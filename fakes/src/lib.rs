@@ -8,6 +8,7 @@
 //!   the time it arrived so tests can assert delivery and latency.
 //! - [`google`]: OAuth 2.0 authorize / token / userinfo.
 //! - [`gmail`]: `users.messages.send` with RFC 2822 `raw` messages.
+//! - [`tls`]: HTTPS serving (`--tls-cert`/`--tls-key`) and a throwaway CA for tests.
 //!
 //! Everything received is readable under `/_fake/…` (see [`app`]).
 
@@ -15,6 +16,7 @@ pub mod fcm;
 pub mod gmail;
 pub mod google;
 pub mod stripe;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -83,12 +85,12 @@ async fn reset(axum::extract::State(state): axum::extract::State<FakeState>) -> 
     StatusCode::NO_CONTENT
 }
 
-/// Serves until `shutdown` completes.
-pub async fn run(
-    listener: tokio::net::TcpListener,
-    state: FakeState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Serves until `shutdown` completes, on a TCP listener or a [`tls::TlsListener`].
+pub async fn run<L>(listener: L, state: FakeState, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }

@@ -15,21 +15,44 @@ struct Cli {
     /// The signing secret (`whsec_…`) shared with the webhook receiver.
     #[arg(long, env = "FAKES_STRIPE_WEBHOOK_SECRET", default_value = "whsec_test_secret")]
     stripe_webhook_secret: String,
+    /// Serve HTTPS with this certificate (PEM; needs --tls-key), as the real APIs do.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PKCS#8 PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Write a throwaway CA and a certificate for 127.0.0.1/localhost it signed (ca.pem,
+    /// cert.pem, key.pem) into DIR, and exit.
+    #[arg(long, value_name = "DIR")]
+    write_test_pki: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    if let Some(dir) = &cli.write_test_pki {
+        return fakes::tls::TestPki::generate()?.write(dir);
+    }
     let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
     let addr = listener.local_addr()?;
+    let scheme = if cli.tls_cert.is_some() { "https" } else { "http" };
     let state = fakes::FakeState::new(fakes::Settings {
-        public_base: format!("http://{addr}"),
+        public_base: format!("{scheme}://{addr}"),
         stripe_webhook_url: cli.stripe_webhook_url,
         stripe_webhook_secret: cli.stripe_webhook_secret,
     });
-    println!("listening on http://{addr}");
-    fakes::run(listener, state, shutdown()).await
+    match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            let listener = fakes::tls::TlsListener::new(listener, &std::fs::read(cert)?, &std::fs::read(key)?)?;
+            println!("listening on https://{addr}");
+            fakes::run(listener, state, shutdown()).await
+        }
+        _ => {
+            println!("listening on http://{addr}");
+            fakes::run(listener, state, shutdown()).await
+        }
+    }
 }
 
 async fn shutdown() {

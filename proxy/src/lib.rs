@@ -11,6 +11,7 @@
 //!   fallback.
 //! - [`reload`]: the live table behind an `ArcSwap`, file watching, SIGHUP and the admin reload.
 //! - [`admin`]: the admin API (routes, health, readiness, metrics, reload).
+//! - [`outbound`]: the proxy's own HTTP clients (shadow copies, health checks) and their TLS trust.
 //! - [`metrics`]: metric names, in one place.
 //! - [`serve`]: assembling the Pingora server from a table.
 //! - [`shadow`]: response diffing with noise cancellation (pure), the tee and the record store.
@@ -26,6 +27,7 @@ pub mod demote;
 pub mod edge;
 pub mod health;
 pub mod metrics;
+pub mod outbound;
 pub mod reload;
 pub mod routing;
 pub mod serve;

@@ -52,7 +52,8 @@ pub fn load_file(path: &Path) -> Result<(RouteTable, Vec<String>), Vec<String>> 
     let compiled =
         RouteTable::compile(Source::new(&name, &text)).map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     let mut table = compiled.table;
-    table.resolve().map_err(|e| vec![format!("{name}: {e}")])?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    table.resolve(base).map_err(|e| vec![format!("{name}: {e}")])?;
     Ok((table, compiled.warnings.iter().map(|w| w.to_string()).collect()))
 }
 

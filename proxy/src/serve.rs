@@ -2,6 +2,7 @@
 //! configured listeners, the admin service, the reloader and the health checker.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -79,7 +80,8 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
             "no dry-run secret: copies of writes will not be sent (set the variable to the secret the services verify with)"
         );
     }
-    let tee = Tee::new(shadow.max_in_flight, shadow.timeout, Some(store_tx), state.demoter.clone(), dry_run_key);
+    let clients = Arc::new(crate::outbound::Clients::new(shadow.max_in_flight));
+    let tee = Tee::new(shadow.max_in_flight, shadow.timeout, Some(store_tx), state.demoter.clone(), dry_run_key, clients.clone());
     let store = StoreService::new(writer, store_rx);
 
     let mut http = pingora::proxy::http_proxy(&server.configuration, Edge::new(state.clone(), tee.clone(), shadow.max_body_bytes));
@@ -117,7 +119,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(background_service("reloader", Reloader { state: state.clone(), poll_interval: opts.poll_interval }));
-    server.add_service(background_service("health", HealthChecker { tables: state.table.clone(), health: state.health.clone() }));
+    server.add_service(background_service("health", HealthChecker { tables: state.table.clone(), health: state.health.clone(), clients }));
     server.add_service(background_service("shadow store", store));
     server.run(RunArgs::default());
     info!("stopped");

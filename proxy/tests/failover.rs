@@ -25,8 +25,12 @@ impl Service {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/echo_server.py");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let mut child =
-                Command::new("python3").args([script, "svc", &port.to_string()]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+            let mut child = Command::new("python3")
+                .args([script, "svc", &port.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
             let mut line = String::new();
             let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
             if let Ok(port) = line.trim().parse() {
@@ -97,22 +101,18 @@ async fn killing_the_service_under_load_fails_no_request_it_never_saw() {
             }
         }));
     }
-    let served_by = |who: &str, after: Instant| {
-        done.lock().unwrap().iter().filter(|d| d.started >= after && d.result.as_deref() == Ok(who)).count()
-    };
+    let served_by =
+        |who: &str, after: Instant| done.lock().unwrap().iter().filter(|d| d.started >= after && d.result.as_deref() == Ok(who)).count();
     let breaker = || async { proxy.routes_json().await["breakers"]["e"].as_str().unwrap_or("").to_string() };
     let t0 = Instant::now();
-    eventually("300 answers from the service", Duration::from_secs(30), || async { (served_by("svc", t0) >= 300).then_some(()) })
-        .await;
+    eventually("300 answers from the service", Duration::from_secs(30), || async { (served_by("svc", t0) >= 300).then_some(()) }).await;
 
     let port = svc.kill9();
     let dead = Instant::now();
     eventually("the breaker to open", Duration::from_secs(30), || async { (breaker().await == "open").then_some(()) }).await;
     let opened = Instant::now();
-    eventually("300 answers from the monolith", Duration::from_secs(30), || async {
-        (served_by("legacy", opened) >= 300).then_some(())
-    })
-    .await;
+    eventually("300 answers from the monolith", Duration::from_secs(30), || async { (served_by("legacy", opened) >= 300).then_some(()) })
+        .await;
 
     let svc = Service::start(port);
     let back = Instant::now();

@@ -28,6 +28,8 @@ pub struct Config {
     pub http_timeout: Duration,
     /// Verifies the proxy's signed dry-run headers (`DRY_RUN_SECRET`); unset: dry runs are refused.
     pub dry_run_key: Option<bm_common::DryRunKey>,
+    /// HTTPS to Google and Gmail: the system's CAs plus `EXTRA_CA_CERTS`.
+    pub tls: bm_common::http::OutboundTls,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +119,7 @@ impl Config {
             },
             http_timeout: Duration::from_millis(ranged(e, "HTTP_TIMEOUT_MS", 10_000, 100, 120_000)),
             dry_run_key: e.dry_run_key(),
+            tls: bm_common::http::OutboundTls::from_env(e),
             app_url,
         };
         env.finish().map(|()| cfg)

@@ -56,7 +56,7 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(cfg: Config, pool: PgPool, redis: redis::aio::ConnectionManager, keys: tokens::Keys) -> anyhow::Result<AppState> {
-        let http = reqwest::Client::builder().timeout(cfg.http_timeout).build()?;
+        let http = cfg.tls.client_builder().timeout(cfg.http_timeout).build()?;
         let dummy_hash = bcrypt::hash(tokens::opaque_token(), cfg.bcrypt_cost)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let bcrypt_slots = tokio::sync::Semaphore::new(cores);

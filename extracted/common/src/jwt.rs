@@ -94,9 +94,11 @@ impl Verifier {
         Ok(Self::with_key(DecodingKey::from_rsa_components(n, e)?, issuer, audience))
     }
 
-    /// A verifier that reads keys from a JWKS URL (fetched now, so a wrong URL fails at start).
-    pub async fn from_jwks_url(url: &str, issuer: &str, audience: &str) -> Result<Self, JwtError> {
-        let http = reqwest::Client::builder()
+    /// A verifier that reads keys from a JWKS URL (fetched now, so a wrong URL fails at start),
+    /// over HTTPS checked with `tls`'s CAs.
+    pub async fn from_jwks_url(url: &str, issuer: &str, audience: &str, tls: &crate::http::OutboundTls) -> Result<Self, JwtError> {
+        let http = tls
+            .client_builder()
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| JwtError::Jwks { url: url.into(), reason: e.to_string() })?;

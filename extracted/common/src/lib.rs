@@ -4,6 +4,7 @@
 //! * [`config`]: typed settings from the environment, every problem reported at once;
 //! * [`telemetry`]: `tracing` logs (text or JSON) and a Prometheus `/metrics` endpoint;
 //! * [`health`]: `/health` (liveness) and `/ready` (dependencies answer);
+//! * [`http`]: outbound HTTPS clients (OpenSSL; system CAs plus `EXTRA_CA_CERTS`);
 //! * [`jwt`]: verification of the access tokens the auth service and the monolith issue (RS256,
 //!   keys from a JWKS URL or a PEM), as an axum extractor;
 //! * [`dryrun`]: one database transaction per request, rolled back when the proxy marks the
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod dryrun;
 pub mod health;
+pub mod http;
 pub mod jwt;
 pub mod serve;
 pub mod telemetry;

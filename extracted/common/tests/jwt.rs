@@ -72,7 +72,7 @@ async fn verifies_tokens_against_a_jwks_url() {
     let set = JwkSet { keys: vec![jwk] };
     let issuer = serve(Router::new().route("/.well-known/jwks.json", get(move || std::future::ready(Json(set.clone()))))).await;
 
-    let verifier = Verifier::from_jwks_url(&format!("{issuer}/.well-known/jwks.json"), ISS, AUD).await.unwrap();
+    let verifier = Verifier::from_jwks_url(&format!("{issuer}/.well-known/jwks.json"), ISS, AUD, &Default::default()).await.unwrap();
     let api = serve(
         Router::new()
             .route("/me", get(|AuthUser(c): AuthUser| async move { Json(json!({ "sub": c.sub, "sid": c.sid })) }))
@@ -107,6 +107,42 @@ async fn verifies_tokens_against_a_jwks_url() {
     }
 }
 
+/// See: issue 10, "Outbound TLS": the JWKS over HTTPS, from a server whose certificate a
+/// private CA signed. Trusted through `EXTRA_CA_CERTS`' CA it works; without it, it fails.
+#[tokio::test]
+async fn fetches_the_jwks_over_https_trusting_only_what_it_is_told_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = rsa_key(dir.path(), "a");
+    let mut jwk = Jwk::from_encoding_key(&EncodingKey::from_rsa_pem(&keys.private_pem).unwrap(), Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let set = JwkSet { keys: vec![jwk] };
+    let pki = fakes::tls::TestPki::generate().unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/.well-known/jwks.json", tcp.local_addr().unwrap());
+    let listener = fakes::tls::TlsListener::new(tcp, pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
+    let app = Router::new().route("/.well-known/jwks.json", get(move || std::future::ready(Json(set.clone()))));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let untrusting = Verifier::from_jwks_url(&url, ISS, AUD, &Default::default()).await;
+    assert!(untrusting.is_err(), "a certificate from an unknown CA was accepted");
+    // as the services read it: EXTRA_CA_CERTS names a PEM file
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let vars = std::collections::HashMap::from([("EXTRA_CA_CERTS", ca_file.display().to_string())]);
+    let mut env = bm_common::config::Env::from_fn(|k| vars.get(k).cloned());
+    let tls = bm_common::http::OutboundTls::from_env(&mut env);
+    env.finish().unwrap();
+    let verifier = Verifier::from_jwks_url(&url, ISS, AUD, &tls).await.unwrap();
+    let c = claims(900, AUD);
+    assert_eq!(verifier.verify(&sign(&keys, Some("k1"), &c)).await.unwrap(), c);
+
+    // a file that is not a CA bundle is a configuration error, named
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    let mut env = bm_common::config::Env::from_fn(|k| vars.get(k).cloned());
+    let _ = bm_common::http::OutboundTls::from_env(&mut env);
+    assert!(env.finish().unwrap_err().to_string().contains("EXTRA_CA_CERTS="));
+}
+
 #[tokio::test]
 async fn verifies_tokens_with_a_pem_key_and_fails_fast_on_a_bad_jwks_url() {
     let dir = tempfile::tempdir().unwrap();
@@ -115,5 +151,5 @@ async fn verifies_tokens_with_a_pem_key_and_fails_fast_on_a_bad_jwks_url() {
     let c = claims(900, AUD);
     assert_eq!(v.verify(&sign(&keys, None, &c)).await.unwrap(), c);
     assert_eq!(v.verify(&sign(&keys, Some("any"), &c)).await.unwrap(), c, "a single static key verifies any kid");
-    assert!(Verifier::from_jwks_url("http://127.0.0.1:9/jwks.json", ISS, AUD).await.is_err());
+    assert!(Verifier::from_jwks_url("http://127.0.0.1:9/jwks.json", ISS, AUD, &Default::default()).await.is_err());
 }

@@ -476,6 +476,9 @@ impl<'a> Cx<'a> {
             let idle = self.number(&u.idle_timeout_secs, "idle_timeout_secs", 1..=3600, "1..=3600 seconds", 60);
             let interval = self.number(&u.health_interval_secs, "health_interval_secs", 1..=3600, "1..=3600 seconds", 5);
             let pool_size = self.number(&u.pool_size, "pool_size", 0..=100_000, "0..=100000 connections", 128) as usize;
+            if let (Some(c), false) = (&u.ca_file, tls) {
+                self.warn(c.span(), format!("upstream `{name}`: `ca_file` only applies to https upstreams"));
+            }
             let name = UpstreamName::from(name.as_str());
             out.insert(
                 name.clone(),
@@ -495,6 +498,7 @@ impl<'a> Cx<'a> {
                     pool_size,
                     dry_run: u.dry_run.as_ref().is_some_and(|d| *d.get_ref()),
                     ca_file: u.ca_file.as_ref().map(|c| c.get_ref().clone()),
+                    ca: None,
                 }),
             );
         }

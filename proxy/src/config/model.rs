@@ -424,10 +424,46 @@ pub struct Upstream {
     /// The upstream runs requests marked as dry runs in a rolled-back transaction (services on
     /// bm-common). Only such upstreams are sent dry-run copies of writes.
     pub dry_run: bool,
-    /// `https` upstreams: a PEM file of CA certificates trusted for this upstream (besides the
-    /// system's), relative to the config file.
+    /// `https` upstreams: a PEM file of the CA certificates this upstream's certificate is
+    /// checked against, instead of the system's store (relative to the config file).
     pub ca_file: Option<String>,
+    /// The certificates of `ca_file`, loaded by [`RouteTable::resolve`].
+    pub ca: Option<TrustedCa>,
 }
+
+/// CA certificates loaded from an upstream's `ca_file`: in the form Pingora's connector takes,
+/// and as DER (with its SHA-256) for the proxy's own clients (shadow copies, health checks).
+#[derive(Clone)]
+pub struct TrustedCa {
+    pub certs: Arc<pingora::protocols::tls::CaType>,
+    pub der: Arc<Vec<Vec<u8>>>,
+    /// SHA-256 of the certificates, hex: tells two loads of the same file apart from a changed one
+    pub digest: String,
+}
+
+impl TrustedCa {
+    pub fn new(certs: Vec<pingora::tls::x509::X509>) -> Result<TrustedCa, String> {
+        use sha2::{Digest, Sha256};
+        let der = certs.iter().map(|c| c.to_der().map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
+        let mut h = Sha256::new();
+        der.iter().for_each(|d| h.update(d));
+        let digest = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(TrustedCa { certs: Arc::new(certs.into_boxed_slice()), der: Arc::new(der), digest })
+    }
+}
+
+impl fmt::Debug for TrustedCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TrustedCa({} certificates, {})", self.der.len(), &self.digest[..12])
+    }
+}
+
+impl PartialEq for TrustedCa {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+impl Eq for TrustedCa {}
 
 /// A client-facing listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -502,12 +538,24 @@ impl RouteTable {
         self.routes.iter().find(|r| r.name.as_str() == name)
     }
 
-    /// Resolves upstream host names that are not IP literals. Blocking (DNS): call it from a
-    /// blocking context.
-    pub fn resolve(&mut self) -> Result<(), String> {
+    /// Resolves what the file refers to outside itself: upstream host names that are not IP
+    /// literals, and `ca_file`s (relative to `base`, the config file's folder). Blocking (DNS,
+    /// files): call it from a blocking context.
+    pub fn resolve(&mut self, base: &std::path::Path) -> Result<(), String> {
         use std::net::ToSocketAddrs;
         let mut problems = Vec::new();
         for upstream in self.upstreams.values_mut() {
+            if let Some(file) = upstream.ca_file.clone() {
+                let path = base.join(&file);
+                let loaded = std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pem| pingora::tls::x509::X509::stack_from_pem(&pem).map_err(|e| e.to_string()))
+                    .and_then(|certs| if certs.is_empty() { Err("no certificate in the file".to_string()) } else { TrustedCa::new(certs) });
+                match loaded {
+                    Ok(ca) => Arc::make_mut(upstream).ca = Some(ca),
+                    Err(e) => problems.push(format!("upstream `{}`: ca_file `{}`: {e}", upstream.name, path.display())),
+                }
+            }
             if upstream.addr.is_some() {
                 continue;
             }

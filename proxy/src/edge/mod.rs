@@ -397,6 +397,9 @@ impl ProxyHttp for Edge {
         peer.options.read_timeout = Some(u.read_timeout);
         peer.options.write_timeout = Some(u.write_timeout);
         peer.options.idle_timeout = Some(u.idle_timeout);
+        if let Some(ca) = &u.ca {
+            peer.options.ca = Some(ca.certs.clone());
+        }
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }

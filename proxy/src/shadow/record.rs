@@ -182,6 +182,71 @@ fn collect_secrets(v: &Value, path: &FieldPath, secret: bool, out: &mut BTreeMap
     }
 }
 
+/// A form body (`a=1&password=x`) with secret fields replaced as in JSON bodies (token-like
+/// ones fingerprinted, passwords plainly), kept as a form.
+pub fn redact_form(text: &str) -> String {
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(text.as_bytes()) {
+        let v = if !is_secret_name(&k) {
+            v.into_owned()
+        } else if fingerprintable(&k) {
+            redact_secret(&v)
+        } else {
+            REDACTED.to_string()
+        };
+        out.append_pair(&k, &v);
+    }
+    out.finish()
+}
+
+/// The `boundary` parameter of a multipart content type.
+fn boundary(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("boundary").then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// A `multipart/form-data` body with secret-named fields redacted and file contents replaced
+/// by their size; `None` when it does not parse (then nothing of it is kept).
+pub fn redact_multipart(text: &str, boundary: &str) -> Option<String> {
+    let delimiter = format!("--{boundary}");
+    let mut parts = text.split(delimiter.as_str());
+    if !parts.next()?.trim().is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for part in parts {
+        out.push_str(&delimiter);
+        if part.starts_with("--") {
+            out.push_str(part);
+            return Some(out);
+        }
+        let (head, content) = part.strip_prefix("\r\n")?.split_once("\r\n\r\n")?;
+        let content = content.strip_suffix("\r\n")?;
+        let disposition = head.lines().find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))?;
+        let param = |name: &str| {
+            disposition.split(';').find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().trim_matches('"').to_string())
+            })
+        };
+        let field = param("name")?;
+        let content = if param("filename").is_some() {
+            format!("[file: {} bytes]", content.len())
+        } else if !is_secret_name(&field) {
+            content.to_string()
+        } else if fingerprintable(&field) {
+            redact_secret(content)
+        } else {
+            REDACTED.to_string()
+        };
+        out.push_str(&format!("\r\n{head}\r\n\r\n{content}\r\n"));
+    }
+    // no closing delimiter: not a whole multipart body
+    None
+}
+
 /// A path with secret query parameters' values replaced.
 pub fn redact_uri(uri: &str) -> String {
     let Some((path, query)) = uri.split_once('?') else { return uri.to_string() };
@@ -279,19 +344,28 @@ impl Record {
         diffs.iter().map(|d| serde_json::to_value(redact_difference(d)).unwrap_or(Value::Null)).collect()
     }
 
-    /// A request body as stored: redacted JSON (token-like secrets fingerprinted), or a UTF-8
-    /// string, or its size.
-    pub fn body(body: &[u8]) -> Option<Value> {
+    /// A request body as stored, with the same secret rules whatever its format:
+    /// - JSON: redacted (token-like secrets fingerprinted);
+    /// - a form (`application/x-www-form-urlencoded`): the same, field by field, kept as a form;
+    /// - `multipart/form-data`: secret-named fields redacted and files replaced by their size;
+    /// - anything else, or a form that does not parse: only its size and type. A body whose
+    ///   fields cannot be told apart cannot be redacted, so it is not kept.
+    pub fn body(body: &[u8], content_type: Option<&str>) -> Option<Value> {
         if body.is_empty() {
             return None;
         }
-        Some(match serde_json::from_slice::<Value>(body) {
-            Ok(v) => redact_json_fingerprinted(&v),
-            Err(_) => match std::str::from_utf8(body) {
-                Ok(s) if s.len() <= 4096 => Value::String(s.to_string()),
-                _ => serde_json::json!({ "bytes": body.len() }),
-            },
-        })
+        if let Ok(v) = serde_json::from_slice::<Value>(body) {
+            return Some(redact_json_fingerprinted(&v));
+        }
+        let mime = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        let redacted = match (mime.as_deref(), std::str::from_utf8(body)) {
+            (Some("application/x-www-form-urlencoded"), Ok(text)) if body.len() <= 4096 => Some(redact_form(text)),
+            (Some("multipart/form-data"), Ok(text)) if body.len() <= 4096 => {
+                content_type.and_then(boundary).and_then(|b| redact_multipart(text, &b))
+            }
+            _ => None,
+        };
+        Some(redacted.map(Value::String).unwrap_or_else(|| serde_json::json!({ "bytes": body.len(), "content_type": mime })))
     }
 }
 
@@ -466,8 +540,41 @@ mod tests {
             assert!(!text.contains(secret), "{text}");
         }
         // Stored request bodies use fingerprints; reported values stay plain.
-        assert_eq!(Record::body(body.to_string().as_bytes()).unwrap(), red);
+        assert_eq!(Record::body(body.to_string().as_bytes(), Some("application/json")).unwrap(), red);
         assert_eq!(redact_json(&body)["refreshToken"], REDACTED);
+    }
+
+    /// See: issue 10, "Secrets in the shadow store": non-JSON bodies get the JSON rules.
+    #[test]
+    fn form_and_multipart_bodies_are_redacted_like_json() {
+        let form = format!("email=a%40b.c&password=hunter2&refresh_token={TOKEN}&code=123456");
+        let stored = Record::body(form.as_bytes(), Some("application/x-www-form-urlencoded; charset=utf-8")).unwrap();
+        let text = stored.as_str().unwrap();
+        for secret in ["hunter2", TOKEN, "123456"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        let fields: BTreeMap<String, String> = url::form_urlencoded::parse(text.as_bytes()).into_owned().collect();
+        assert_eq!(fields["email"], "a@b.c");
+        assert_eq!(fields["password"], REDACTED);
+        assert_eq!(fields["refresh_token"], format!("[redacted:{}]", fingerprint(TOKEN)));
+
+        let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"email\"\r\n\r\na@b.c\r\n\
+            --XyZ\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nhunter2\r\n\
+            --XyZ\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"me.png\"\r\nContent-Type: image/png\r\n\r\nPNG-secret-bytes\r\n\
+            --XyZ--\r\n";
+        let stored = Record::body(multipart.as_bytes(), Some("multipart/form-data; boundary=XyZ")).unwrap();
+        let text = stored.as_str().unwrap();
+        assert!(!text.contains("hunter2") && !text.contains("PNG-secret-bytes"), "{text}");
+        assert!(text.contains("a@b.c") && text.contains("[file: 16 bytes]") && text.contains(REDACTED), "{text}");
+
+        // what cannot be told apart field by field is not kept at all
+        let broken =
+            Record::body(b"--XyZ\r\nno disposition here\r\n\r\npassword=hunter2", Some("multipart/form-data; boundary=XyZ")).unwrap();
+        assert_eq!(broken, json!({ "bytes": 46, "content_type": "multipart/form-data" }));
+        let plain = Record::body(b"password=hunter2", Some("text/plain")).unwrap();
+        assert_eq!(plain, json!({ "bytes": 16, "content_type": "text/plain" }));
+        let untyped = Record::body(b"password=hunter2", None).unwrap();
+        assert!(!untyped.to_string().contains("hunter2"));
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub struct Tee {
     /// the shadow thread's runtime: copies, diffs and records run there, not on the proxy's
     /// workers, so a shadowed route costs the client's worker as little as possible
     rt: tokio::runtime::Handle,
-    client: reqwest::Client,
+    /// per-upstream TLS trust (its `ca_file`, else the system's CAs)
+    clients: Arc<crate::outbound::Clients>,
     permits: Arc<Semaphore>,
     timeout: Duration,
     noise: Mutex<NoiseModel>,
@@ -91,16 +92,11 @@ impl Tee {
         store: Option<mpsc::Sender<Record>>,
         demoter: Arc<crate::demote::Demoter>,
         dry_run_key: Option<DryRunKey>,
+        clients: Arc<crate::outbound::Clients>,
     ) -> Arc<Self> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .pool_max_idle_per_host(max_in_flight)
-            .build()
-            .expect("a client without TLS settings always builds");
         Arc::new(Tee {
             rt: shadow_runtime(),
-            client,
+            clients,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             timeout,
             noise: Mutex::default(),
@@ -145,8 +141,9 @@ impl Tee {
 
     async fn send(&self, to: &Upstream, cap: &Capture) -> Result<Exchange, Outcome> {
         let Some(addr) = to.addr else { return Err(Outcome::Error) };
-        let scheme = if to.tls { "https" } else { "http" };
-        let mut req = self.client.request(cap.method.clone(), format!("{scheme}://{addr}{}", cap.uri)).timeout(self.timeout);
+        // https by name, so the certificate is checked against it; http by the resolved address
+        let url = if to.tls { format!("https://{}:{}{}", to.host, to.port, cap.uri) } else { format!("http://{addr}{}", cap.uri) };
+        let mut req = self.clients.for_upstream(to).request(cap.method.clone(), url).timeout(self.timeout);
         for (k, v) in &cap.headers {
             if k != "content-length" && k != "transfer-encoding" {
                 req = req.header(k, v);
@@ -227,7 +224,10 @@ impl Tee {
             noise: Record::differences(&noise),
             error,
             request_headers: redact_headers(&cap.headers),
-            request_body: Record::body(&cap.body),
+            request_body: Record::body(
+                &cap.body,
+                cap.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.as_str()),
+            ),
             answer_secrets,
         };
         if outcome == Outcome::Mismatch {
