@@ -82,6 +82,10 @@ enum Command {
         /// How often the file is re-read in case a file-system event was missed.
         #[arg(long, default_value_t = 2)]
         poll_interval_secs: u64,
+        /// Write the addresses the listeners and the admin API got (JSON) to this file once they
+        /// are known: with `addr = "127.0.0.1:0"` in the file, the port the system chose.
+        #[arg(long, value_name = "FILE")]
+        bound_addrs_file: Option<PathBuf>,
     },
     /// Summarise stored shadow comparisons: parity per route, mismatching fields, noise.
     Report {
@@ -146,8 +150,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve { config, poll_interval_secs } => {
-            let opts = strangler::serve::ServeOptions { config, poll_interval: Duration::from_secs(poll_interval_secs.max(1)) };
+        Command::Serve { config, poll_interval_secs, bound_addrs_file } => {
+            let opts =
+                strangler::serve::ServeOptions { config, poll_interval: Duration::from_secs(poll_interval_secs.max(1)), bound_addrs_file };
             match strangler::serve::run(opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.is::<strangler::serve::StartupConfigError>() => {

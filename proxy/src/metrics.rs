@@ -27,8 +27,9 @@ pub const CONFIG_LOADED_TIMESTAMP_SECONDS: &str = "strangler_config_loaded_times
 pub const CONFIG_IN_SYNC: &str = "strangler_config_in_sync";
 /// Shadow comparisons by `route` and `outcome` (`match`, `noise`, `mismatch`, `error`, `timeout`).
 pub const SHADOW_COMPARISONS_TOTAL: &str = "strangler_shadow_comparisons_total";
-/// Shadows not sent or not stored, by `route` and `reason` (`saturated`, `too_large`,
-/// `unsafe_method`, `store_full`, `store_error`).
+/// Shadows not sent or not stored, by `route` and `reason` (`not_sampled`, `saturated`,
+/// `too_large`, `unsafe_method`, `no_dry_run_support`, `no_dry_run_key`, `store_full`,
+/// `store_error`).
 pub const SHADOW_DROPPED_TOTAL: &str = "strangler_shadow_dropped_total";
 /// Failed comparison-store operations, by `op` (`connect`, `insert`, `trim` for Postgres;
 /// `open`, `write` for JSONL files).

@@ -28,6 +28,40 @@ pub struct ServeOptions {
     pub config: PathBuf,
     /// How often the file is re-read in case a file-system event was missed.
     pub poll_interval: Duration,
+    /// Where to write the addresses the listeners got (see [`PortHolds`]).
+    pub bound_addrs_file: Option<PathBuf>,
+}
+
+/// Listeners asking for port 0 get a concrete port before Pingora binds: a socket bound (not
+/// listening) with `SO_REUSEPORT` takes the port the system gives and holds it for the life of
+/// the process, and Pingora's listener joins it on that port (a socket that does not listen
+/// never receives connections). So a test or tool can ask for "any port" and read back the one it
+/// got, with no window in which another process could take it.
+#[derive(Default)]
+struct PortHolds(Vec<socket2::Socket>);
+
+impl PortHolds {
+    fn concrete(&mut self, addr: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
+        if addr.port() != 0 {
+            return Ok(addr);
+        }
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        let bound = socket.local_addr()?.as_socket().context("a TCP socket has an IP address")?;
+        self.0.push(socket);
+        Ok(bound)
+    }
+
+    /// Pingora's socket options for a listener on a held port (`SO_REUSEPORT`, to join it).
+    fn options(held: bool) -> Option<pingora::listeners::TcpSocketOptions> {
+        held.then(|| {
+            let mut o = pingora::listeners::TcpSocketOptions::default();
+            o.so_reuseport = Some(true);
+            o
+        })
+    }
 }
 
 /// Everything wrong with a file at startup; the binary prints it and exits with the config
@@ -92,8 +126,13 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     }
     // our connection loop in front of Pingora's: strict HTTP/1 heads, pipelining in order
     let mut proxy = Service::new("strangler edge".to_string(), EdgeApp::new(http, settings.h2c));
+    let mut holds = PortHolds::default();
+    let mut bound = Vec::new();
     for l in &settings.listeners {
-        let addr = l.addr.to_string();
+        let concrete = holds.concrete(l.addr)?;
+        let sock = PortHolds::options(l.addr.port() == 0);
+        bound.push(concrete);
+        let addr = concrete.to_string();
         match &l.tls {
             Some((cert, key)) => {
                 let (cert, key) = (resolve_against(&base, cert), resolve_against(&base, key));
@@ -105,16 +144,32 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 let mut tls = TlsSettings::intermediate(&cert, &key)
                     .with_context(|| format!("listener {addr}: loading certificate `{cert}` and key `{key}`"))?;
                 tls.enable_h2();
-                proxy.add_tls_with_settings(&addr, None, tls);
+                proxy.add_tls_with_settings(&addr, sock, tls);
             }
-            None => proxy.add_tcp(&addr),
+            None => match sock {
+                Some(o) => proxy.add_tcp_with_settings(&addr, o),
+                None => proxy.add_tcp(&addr),
+            },
         }
         info!(addr = %addr, tls = l.tls.is_some(), "listening");
     }
 
     let mut admin = Service::new("strangler admin".to_string(), Admin { state: state.clone(), prometheus, token: admin_token, tee });
-    admin.add_tcp(&settings.admin.addr.to_string());
-    info!(addr = %settings.admin.addr, "admin listening");
+    let admin_addr = holds.concrete(settings.admin.addr)?;
+    match PortHolds::options(settings.admin.addr.port() == 0) {
+        Some(o) => admin.add_tcp_with_settings(&admin_addr.to_string(), o),
+        None => admin.add_tcp(&admin_addr.to_string()),
+    }
+    info!(addr = %admin_addr, "admin listening");
+    if let Some(file) = &opts.bound_addrs_file {
+        let json =
+            serde_json::json!({ "listeners": bound.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "admin": admin_addr.to_string() });
+        // written whole, then renamed: a reader never sees half a file
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, json.to_string())
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
 
     server.add_service(proxy);
     server.add_service(admin);
@@ -122,6 +177,7 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
     server.add_service(background_service("health", HealthChecker { tables: state.table.clone(), health: state.health.clone(), clients }));
     server.add_service(background_service("shadow store", store));
     server.run(RunArgs::default());
+    drop(holds);
     info!("stopped");
     Ok(())
 }

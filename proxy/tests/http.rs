@@ -244,14 +244,14 @@ async fn tls_termination_with_h2_and_http1() {
         .output()
         .expect("openssl is installed by scripts/setup");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    let tls_port = free_port();
     let body = format!(
-        "[[listeners]]\naddr = \"127.0.0.1:{tls_port}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n{}",
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n{}",
         cert.display(),
         key.display(),
         Routes::new().upstream("legacy", &legacy.url()).build()
     );
     let proxy = Proxy::start(&body).await;
+    let tls_port = proxy.listeners[1].port();
     for (flag, proto) in [("--http2", "HTTP/2"), ("--http1.1", "HTTP/1.1")] {
         let out = std::process::Command::new("curl")
             .args(["-sS", "--cacert"])

@@ -55,10 +55,17 @@ async fn reload_every_100ms_under_load_fails_no_request() {
             }
         }));
     }
+    // 30 reloads back to back while the workers keep sending: each new file as soon as the
+    // proxy serves the one before (and only after some requests went through it)
     for n in 1..=30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let served = ok.load(Ordering::SeqCst);
+        while ok.load(Ordering::SeqCst) < served + 20 && !workers.iter().all(|w| w.is_finished()) {
+            tokio::task::yield_now().await;
+        }
+        let old = proxy.routes_json().await["hash"].as_str().unwrap().to_string();
         let mode = if n % 2 == 0 { "legacy" } else { "extracted" };
         proxy.write_body(&body(&legacy, &svc, mode, &format!("v{n}")));
+        proxy.wait_for_hash_change(&old).await;
     }
     stop.store(true, Ordering::SeqCst);
     for w in workers {
@@ -141,7 +148,7 @@ async fn sighup_and_configmap_symlink_swap_reload() {
     // Kubernetes mounts a ConfigMap as routes.toml -> ..data/routes.toml, ..data -> ..<stamp>/,
     // and updates it by swapping the ..data symlink.
     let dir = proxy.dir.path();
-    let header = header(proxy.addr, proxy.admin, Opts::default());
+    let header = proxy.header.clone();
     let stamp = |name: &str, mode: &str| {
         let d = dir.join(name);
         std::fs::create_dir(&d).unwrap();
@@ -174,7 +181,12 @@ async fn in_flight_requests_finish_and_sigterm_drains() {
     let in_flight = tokio::spawn(async move {
         reqwest::get(url).await.map(|r| (r.status().as_u16(), r.headers()["x-served-by"].to_str().unwrap().to_string()))
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // the request is at the service (which answers it in 1.5 s)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while svc.requests.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the request never reached the service");
+        tokio::task::yield_now().await;
+    }
     // Reload mid-request: the request keeps the table it started with.
     let old = proxy.routes_json().await["hash"].as_str().unwrap().to_string();
     proxy.write_body(

@@ -75,9 +75,9 @@ async fn shadow_mode_compares_with_rules_and_serves_legacy() {
 async fn a_slow_or_dead_shadow_target_changes_nothing_for_the_client() {
     let legacy = TestUpstream::start("legacy").await;
     let svc = TestUpstream::start_gated("svc").await;
-    let dead = free_port();
+    let (dead, _keep_it_dead) = dead_addr();
     let body = format!(
-        "{}[upstreams.dead]\nurl = \"http://127.0.0.1:{dead}\"\n\n[[routes]]\nname = \"slow\"\nmatch = {{ path_prefix = \"/slow-target\" }}\ntarget = \"svc\"\nmode = \"shadow\"\n\n[[routes]]\nname = \"dead\"\nmatch = {{ path_prefix = \"/dead-target\" }}\ntarget = \"dead\"\nmode = \"shadow\"\n",
+        "{}[upstreams.dead]\nurl = \"http://{dead}\"\n\n[[routes]]\nname = \"slow\"\nmatch = {{ path_prefix = \"/slow-target\" }}\ntarget = \"svc\"\nmode = \"shadow\"\n\n[[routes]]\nname = \"dead\"\nmatch = {{ path_prefix = \"/dead-target\" }}\ntarget = \"dead\"\nmode = \"shadow\"\n",
         routes(&legacy, &svc, "")
     );
     let proxy = Proxy::start(&body).await;
@@ -117,18 +117,25 @@ async fn sample_percent_copies_that_share_of_requests() {
         assert_eq!(c.get(proxy.url(&format!("/half/{i}"))).send().await.unwrap().status(), 200);
         assert_eq!(c.get(proxy.url(&format!("/none/{i}"))).send().await.unwrap().status(), 200);
     }
-    // request ids are random: 50% of 200 is 100 ± 7 (one standard deviation); 60..140 is ±5.6σ
-    let copied = || svc.requests.lock().unwrap().iter().filter(|(_, u, _)| u.starts_with("/half")).count();
-    let n = wait_for("the sampled copies", || async {
-        let before = copied();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        (before == copied() && before > 0).then(|| Value::from(before))
+    // the proxy draws per request: 50% of 200 is 100 ± 7 (one standard deviation); 60..140 is
+    // ±5.6σ. Every request is either compared or counted as not sampled: wait until all 200 are.
+    let n = wait_for("every request's sampling decision", || async {
+        let v = shadow_json(&proxy).await;
+        let compared = v["routes"]["half"]["compared"].as_u64().unwrap_or(0);
+        let m = proxy.admin_get("/metrics").await.ok()?.1;
+        let skipped = m
+            .lines()
+            .find_map(|l| l.strip_prefix("strangler_shadow_dropped_total{route=\"half\",reason=\"not_sampled\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        (compared + skipped == 200).then(|| Value::from(compared))
     })
     .await
     .as_u64()
     .unwrap();
     assert!((60..=140).contains(&n), "{n} of 200 copied at 50%");
-    compared(&proxy, "half", n).await;
+    let copied = svc.requests.lock().unwrap().iter().filter(|(_, u, _)| u.starts_with("/half")).count();
+    assert_eq!(copied as u64, n, "a copy the service got was not compared, or the reverse");
     assert!(svc.requests.lock().unwrap().iter().all(|(_, u, _)| !u.starts_with("/none")), "0% copies nothing");
     assert_eq!(legacy.requests.lock().unwrap().len(), 400, "every client request is served by the monolith");
 }

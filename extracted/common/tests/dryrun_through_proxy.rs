@@ -25,10 +25,6 @@ fn strangler_bin() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct Proxy(Child);
 impl Drop for Proxy {
     fn drop(&mut self) {
@@ -70,13 +66,12 @@ async fn a_shadowed_post_leaves_no_row_behind() {
     let service = serve(support::router(pool.clone(), table.clone())).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
     let config = dir.path().join("routes.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\ndefault_upstream = \"legacy\"\nthreads = 1\ngrace_period_secs = 0\nshutdown_timeout_secs = 1\n\n\
-             [[listeners]]\naddr = \"127.0.0.1:{port}\"\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n\
+             [[listeners]]\naddr = \"127.0.0.1:0\"\n\n[admin]\naddr = \"127.0.0.1:0\"\n\n\
              [upstreams.legacy]\nurl = \"{legacy}\"\n\n[upstreams.svc]\nurl = \"{service}\"\ndry_run = true\n\n\
              [[routes]]\nname = \"items\"\nmatch = {{ path_prefix = \"/items\" }}\ntarget = \"svc\"\nmode = \"shadow\"\n\
              shadow = {{ writes = \"dry-run\", noise_sample_percent = 0, ignore = [\"$.dryRun\"] }}\n"
@@ -87,6 +82,8 @@ async fn a_shadowed_post_leaves_no_row_behind() {
         Command::new(strangler_bin())
             .args(["serve", "--config"])
             .arg(&config)
+            .arg("--bound-addrs-file")
+            .arg(dir.path().join("bound.json"))
             .env("STRANGLER_LOG", "warn")
             .env("STRANGLER_DRY_RUN_SECRET", support::SECRET)
             .stdout(Stdio::null())
@@ -96,6 +93,18 @@ async fn a_shadowed_post_leaves_no_row_behind() {
     );
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
+    // ports 0 in the file: the proxy writes back the addresses it got
+    let bound: serde_json::Value = loop {
+        if let Some(v) = std::fs::read(dir.path().join("bound.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "strangler did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (port, admin) = (
+        bound["listeners"][0].as_str().unwrap().rsplit(':').next().unwrap().to_string(),
+        bound["admin"].as_str().unwrap().rsplit(':').next().unwrap().to_string(),
+    );
     while http.get(format!("http://127.0.0.1:{admin}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
         assert!(Instant::now() < deadline, "strangler did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;

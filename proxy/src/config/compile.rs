@@ -196,7 +196,8 @@ impl<'a> Cx<'a> {
         for l in &raw.listeners {
             let l = l.get_ref();
             let Some(addr) = self.socket_addr(&l.addr, "listener address") else { continue };
-            if addrs_seen.contains(&addr) {
+            // port 0 asks for any free port: two such listeners get two ports
+            if addr.port() != 0 && addrs_seen.contains(&addr) {
                 self.push(l.addr.span(), K::DuplicateListener(l.addr.get_ref().clone()));
             }
             addrs_seen.push(addr);

@@ -185,6 +185,8 @@ impl Edge {
         // sampling: the leading digits of the request's draw (noise sampling uses the last two,
         // so the two choices are independent)
         if ctx.sample / 100 >= u32::from(route.shadow.sample_percent) {
+            // a metric only: reports count copies made, not requests left out by design
+            metrics::counter!(m::SHADOW_DROPPED_TOTAL, "route" => route.name.to_string(), "reason" => "not_sampled").increment(1);
             return;
         }
         let req = session.req_header();

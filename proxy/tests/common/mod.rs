@@ -294,16 +294,22 @@ pub fn dry_run_verifies(value: &str, request_id: &str, method: &str, target: &st
     key.verify(value, now, strangler_protocol::dry_run::Signed { request_id, method, target }).is_ok()
 }
 
-/// A free loopback port. The proxy binds its own listeners (Pingora takes addresses), so the
-/// port is found by binding and releasing; start-up retries if another process took it.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// An address where nothing listens, and the socket that keeps it so (bound, not listening):
+/// connections to it are refused for as long as the guard lives, whatever else runs.
+pub fn dead_addr() -> (SocketAddr, socket2::Socket) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    (s.local_addr().unwrap().as_socket().unwrap(), s)
 }
 
 /// A `strangler serve` process with its own routes.toml in a temp folder.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Every listener's address, in file order (`addr` is the first).
+    pub listeners: Vec<SocketAddr>,
+    /// The [server]/[[listeners]]/[admin] text the fixture wrote (ports 0), kept on rewrites.
+    pub header: String,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     child: Child,
@@ -332,45 +338,51 @@ impl Proxy {
         Self::start_opts(body, Opts::default()).await
     }
 
+    /// Listeners and admin on port 0: the proxy binds them and writes back the addresses it got
+    /// (`--bound-addrs-file`), so no port is picked here and raced for.
     pub async fn start_opts(body: &str, opts: Opts<'_>) -> Proxy {
-        for attempt in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let config = dir.path().join("routes.toml");
-            std::fs::write(&config, format!("{}{body}", header(addr, admin, opts))).unwrap();
-            let log = dir.path().join("strangler.log");
-            let child = Command::new(env!("CARGO_BIN_EXE_strangler"))
-                .args(["serve", "--config"])
-                .arg(&config)
-                .args(["--poll-interval-secs", "1"])
-                .env("STRANGLER_DRY_RUN_SECRET", DRY_RUN_SECRET)
-                .envs(opts.env.iter().copied())
-                .env("STRANGLER_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
-            let mut p = Proxy { addr, admin, dir, config, child, log };
-            if p.wait_ready().await {
-                return p;
-            }
-            eprintln!("proxy start attempt {attempt} failed:\n{}", p.logs());
+        let dir = tempfile::tempdir().unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let header = header(any, any, opts);
+        let config = dir.path().join("routes.toml");
+        std::fs::write(&config, format!("{header}{body}")).unwrap();
+        let log = dir.path().join("strangler.log");
+        let bound = dir.path().join("bound.json");
+        let child = Command::new(env!("CARGO_BIN_EXE_strangler"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--poll-interval-secs", "1", "--bound-addrs-file"])
+            .arg(&bound)
+            .env("STRANGLER_DRY_RUN_SECRET", DRY_RUN_SECRET)
+            .envs(opts.env.iter().copied())
+            .env("STRANGLER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut p = Proxy { addr: any, admin: any, listeners: Vec::new(), header, dir, config, child, log };
+        if !p.wait_ready(&bound).await {
+            panic!("strangler did not start:\n{}", p.logs());
         }
-        panic!("strangler did not start");
+        p
     }
 
-    async fn wait_ready(&mut self) -> bool {
+    async fn wait_ready(&mut self, bound: &std::path::Path) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            let admin_ready = matches!(self.admin_get("/readyz").await, Ok((200, _)));
-            if admin_ready && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            if self.listeners.is_empty() {
+                if let Some(v) = std::fs::read(bound).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+                    self.listeners = v["listeners"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().parse().unwrap()).collect();
+                    self.addr = self.listeners[0];
+                    self.admin = v["admin"].as_str().unwrap().parse().unwrap();
+                }
+            } else if matches!(self.admin_get("/readyz").await, Ok((200, _))) && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
     }
@@ -399,7 +411,7 @@ impl Proxy {
 
     /// Replaces routes.toml the way editors do: write a temp file, rename it into place.
     pub fn write_body(&self, body: &str) {
-        self.write_raw(&format!("{}{body}", header(self.addr, self.admin, Opts::default())));
+        self.write_raw(&format!("{}{body}", self.header));
     }
 
     pub fn write_raw(&self, text: &str) {
