@@ -114,7 +114,10 @@ async fn sample_percent_copies_that_share_of_requests() {
     let proxy = Proxy::start(&body).await;
     let c = reqwest::Client::new();
     for i in 0..200 {
-        assert_eq!(c.get(proxy.url(&format!("/half/{i}"))).send().await.unwrap().status(), 200);
+        // every request carries the same X-Request-Id: a client cannot choose what is copied
+        // (see: issue 10, "Clients choose what is shadowed")
+        let r = c.get(proxy.url(&format!("/half/{i}"))).header("x-request-id", "the-same-id").send().await.unwrap();
+        assert_eq!(r.status(), 200);
         assert_eq!(c.get(proxy.url(&format!("/none/{i}"))).send().await.unwrap().status(), 200);
     }
     // the proxy draws per request: 50% of 200 is 100 ± 7 (one standard deviation); 60..140 is

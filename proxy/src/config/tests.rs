@@ -356,3 +356,33 @@ proptest! {
         prop_assert_eq!(name_a, name_b);
     }
 }
+
+/// See: issue 10, "Double writes on the monolith": copies of writes only go to upstreams that
+/// declare `dry_run = true`, and check says where and why with the line of `writes`.
+#[test]
+fn dry_run_copies_only_to_upstreams_that_roll_them_back() {
+    let route = |mode: &str, extra: &str| {
+        format!("\n[[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/r\" }}\ntarget = \"auth\"\nmode = \"{mode}\"\n{extra}\nshadow = {{ writes = \"dry-run\"{} }}\n", if mode == "extracted" { ", reverse = true" } else { "" })
+    };
+    let text = format!("{BASE}{}", route("canary", "percent = 5"));
+    insta::assert_snapshot!("dry_run_unsupported", errors(&text));
+    // the service declares it: shadow mode is fine; canary and reverse still copy to the monolith
+    let declared = BASE.replace("health = \"/health\"", "health = \"/health\"\ndry_run = true");
+    assert!(compile(&format!("{declared}{}", route("shadow", ""))).is_ok());
+    for (mode, extra) in [("canary", "percent = 5"), ("extracted", "")] {
+        let e = errors(&format!("{declared}{}", route(mode, extra)));
+        assert!(e.contains("upstream `legacy`") && !e.contains("upstream `auth`"), "{mode}: {e}");
+    }
+    // reads only: nothing to declare
+    assert!(compile(&format!("{BASE}\n[[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/r\" }}\ntarget = \"auth\"\nmode = \"canary\"\npercent = 5\n")).is_ok());
+}
+
+#[test]
+fn edge_settings_errors() {
+    let text = format!("[server]\nencoded_slash = \"decode\"\n\n[shadow]\ndry_run_secret_env = \"0123456789abcdef-secret\"\n{BASE}\n[upstreams.plain]\nurl = \"http://127.0.0.1:1\"\nca_file = \"ca.pem\"\n");
+    let text = errors(&text);
+    assert!(!text.contains("0123456789abcdef-secret"), "a secret pasted in the file was echoed: {text}");
+    insta::assert_snapshot!("edge_settings", text);
+    let warned = compile(&format!("{BASE}\n[upstreams.plain]\nurl = \"http://127.0.0.1:1\"\nca_file = \"ca.pem\"\n")).unwrap();
+    assert!(warned.warnings.iter().any(|w| w.message.contains("ca_file` only applies to https")), "{:?}", warned.warnings);
+}
