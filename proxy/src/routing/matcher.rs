@@ -146,12 +146,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalizes() {
-        assert_eq!(normalize_path("/a/b"), "/a/b");
-        assert_eq!(normalize_path("//a///b/"), "/a/b/");
-        assert_eq!(normalize_path("/a/./b/../c"), "/a/c");
-        assert_eq!(normalize_path("/../.."), "/");
-        assert_eq!(normalize_path("/"), "/");
+    fn prefix_segments_ignore_slashes() {
         assert_eq!(prefix_segments("/auth/"), vec!["auth"]);
         assert_eq!(prefix_segments("/"), Vec::<String>::new());
     }
