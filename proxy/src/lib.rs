@@ -5,6 +5,7 @@
 //! - [`config`]: `routes.toml` → validated [`config::RouteTable`] (pure), errors with locations,
 //!   routing diffs.
 //! - [`routing`]: route lookup and canary bucketing over a compiled table (pure).
+//! - [`graphql`]: reading GraphQL operations' root fields, for routes that claim fields (pure).
 //! - [`breaker`]: the per-route circuit breaker (pure; the clock is passed in).
 //! - [`demote`]: automatic demotion of misbehaving canaries (sliding windows, pure).
 //! - [`edge`]: the Pingora `ProxyHttp` implementation: per-request decisions, header hygiene,
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod demote;
 pub mod edge;
+pub mod graphql;
 pub mod health;
 pub mod metrics;
 pub mod outbound;

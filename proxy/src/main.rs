@@ -270,7 +270,9 @@ fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String>, out: Op
 
 fn compile(path: &Path) -> anyhow::Result<Result<strangler::config::Compiled, strangler::config::ConfigErrors>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(RouteTable::compile(Source::new(&path.display().to_string(), &text)))
+    // the same compile the proxy runs, reading the files the configuration names beside it
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Ok(RouteTable::compile_with(Source::new(&path.display().to_string(), &text), &strangler::reload::files_beside(base)))
 }
 
 fn check(file: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {

@@ -44,6 +44,10 @@ pub const REQUESTS_REFUSED_TOTAL: &str = "strangler_requests_refused_total";
 /// connection or stream was aborted rather than the answer looking complete), by `route` and
 /// `reason` (`upstream`, `timeout`, `downstream`).
 pub const RESPONSES_ABORTED_TOTAL: &str = "strangler_responses_aborted_total";
+/// Requests on a GraphQL path by `outcome` (`owned`: one route owns every root field;
+/// `unclaimed`, `mixed`: the default upstream; `rejected`; `unread`: not parsed, with `reason`;
+/// `websocket`).
+pub const GRAPHQL_OPERATIONS_TOTAL: &str = "strangler_graphql_operations_total";
 /// Health-check result per `upstream`: 1 up, 0 down.
 pub const UPSTREAM_UP: &str = "strangler_upstream_up";
 
@@ -77,6 +81,7 @@ fn describe() {
     describe_gauge!(ROUTE_DEMOTED, "1 while a canary is demoted to shadow");
     describe_counter!(DEMOTIONS_TOTAL, "Automatic canary demotions");
     describe_gauge!(UPSTREAM_UP, "Health check per upstream: 1 up, 0 down");
+    describe_counter!(GRAPHQL_OPERATIONS_TOTAL, "Requests on GraphQL paths by how their operation was routed");
     describe_counter!(REQUESTS_REFUSED_TOTAL, "Requests refused before routing, by reason");
     describe_counter!(RESPONSES_ABORTED_TOTAL, "Responses aborted after their head was sent, by route and reason");
 }

@@ -49,12 +49,17 @@ pub enum ReloadOutcome {
 pub fn load_file(path: &Path) -> Result<(RouteTable, Vec<String>), Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
     let name = path.display().to_string();
-    let compiled =
-        RouteTable::compile(Source::new(&name, &text)).map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    let mut table = compiled.table;
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let compiled = RouteTable::compile_with(Source::new(&name, &text), &files_beside(base))
+        .map_err(|errs| errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let mut table = compiled.table;
     table.resolve(base).map_err(|e| vec![format!("{name}: {e}")])?;
     Ok((table, compiled.warnings.iter().map(|w| w.to_string()).collect()))
+}
+
+/// Reads the files a configuration names (its GraphQL schema), relative to its folder.
+pub fn files_beside(base: &Path) -> impl Fn(&str) -> Result<String, String> + '_ {
+    move |name: &str| std::fs::read_to_string(base.join(name)).map_err(|e| format!("{}: {e}", base.join(name).display()))
 }
 
 pub struct LiveState {

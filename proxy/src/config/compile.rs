@@ -31,9 +31,18 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 impl RouteTable {
-    /// Parses and validates a whole `routes.toml`, reporting every problem at once.
+    /// Parses and validates a whole `routes.toml`, reporting every problem at once. A file that
+    /// names another file (`[graphql] schema`) cannot be compiled this way: see
+    /// [`RouteTable::compile_with`].
     pub fn compile(source: Source<'_>) -> Result<Compiled, ConfigErrors> {
-        let mut cx = Cx { src: source, errors: Vec::new(), warnings: Vec::new() };
+        Self::compile_with(source, &|name| Err(format!("`{name}` is not read when compiling from text alone")))
+    }
+
+    /// [`RouteTable::compile`], reading the files the configuration names (the GraphQL schema)
+    /// through `files` (the caller resolves the name; the proxy and `strangler check` read it
+    /// relative to the configuration file). Still pure as far as this function goes.
+    pub fn compile_with(source: Source<'_>, files: &dyn Fn(&str) -> Result<String, String>) -> Result<Compiled, ConfigErrors> {
+        let mut cx = Cx { src: source, errors: Vec::new(), warnings: Vec::new(), files };
         let mut doc = match DeTable::parse(source.text) {
             Ok(doc) => doc,
             Err(e) => {
@@ -72,6 +81,7 @@ impl RouteTable {
 
 struct Cx<'a> {
     src: Source<'a>,
+    files: &'a dyn Fn(&str) -> Result<String, String>,
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigWarning>,
 }
@@ -160,14 +170,27 @@ impl<'a> Cx<'a> {
             }
         }
 
+        // GraphQL claims, checked on the routes that compiled (so their errors come with the rest)
+        let spans: Vec<_> = routes.iter().map(|(_, span)| span.clone()).collect();
+        let routes: Vec<Arc<Route>> = routes.into_iter().map(|(r, _)| r).collect();
+        let graphql = self.graphql_settings(&raw);
+        let graphql_paths = self.graphql_paths(&routes, &raw, &graphql);
+
         let server = server?;
         if !self.errors.is_empty() {
             return None;
         }
-        let spans: Vec<_> = routes.iter().map(|(_, span)| span.clone()).collect();
-        let routes: Vec<Arc<Route>> = routes.into_iter().map(|(r, _)| r).collect();
         let matcher = Matcher::new(&routes);
-        let table = RouteTable { server, upstreams, default_upstream, routes, matcher, hash: content_hash(self.src.text.as_bytes()) };
+        let table = RouteTable {
+            server,
+            upstreams,
+            default_upstream,
+            routes,
+            matcher,
+            graphql,
+            graphql_paths,
+            hash: content_hash(self.src.text.as_bytes()),
+        };
         // Dry-run copies of writes go only to upstreams that roll them back.
         for ((route, span), raw_route) in table.routes.iter().zip(spans).zip(&raw.routes) {
             if route.shadow.writes != Writes::DryRun {
@@ -707,7 +730,36 @@ impl<'a> Cx<'a> {
                 }
             }
         }
-        ok.then_some(RouteMatch { path, methods, host, headers })
+        let mut graphql_fields = Vec::new();
+        if let Some(fields) = &raw.graphql_fields {
+            if !matches!(path, PathMatch::Exact(_)) {
+                ok = false;
+                self.push(fields.span(), K::GraphQlNeedsPath(route.to_string()));
+            }
+            if raw.methods.is_some() || raw.host.is_some() || raw.headers.is_some() {
+                ok = false;
+                self.push(fields.span(), K::GraphQlWithConditions(route.to_string()));
+            }
+            if fields.get_ref().is_empty() {
+                ok = false;
+                let reason = "list the root fields this route claims, e.g. [\"chats\", \"sendMessage\"]".into();
+                self.push(fields.span(), K::BadValue { what: "graphql_fields", value: "[]".into(), reason });
+            }
+            for f in fields.get_ref() {
+                let name = f.get_ref();
+                let valid = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid || name.starts_with("__") {
+                    ok = false;
+                    let reason = "a GraphQL root field name (letters, digits, `_`; not an introspection field)".into();
+                    self.push(f.span(), K::BadValue { what: "graphql field", value: name.clone(), reason });
+                } else if !graphql_fields.contains(name) {
+                    graphql_fields.push(name.clone());
+                }
+            }
+            graphql_fields.sort();
+        }
+        ok.then_some(RouteMatch { path, methods, host, headers, graphql_fields })
     }
 
     fn path(&mut self, p: &Spanned<String>) -> Option<String> {
@@ -728,6 +780,121 @@ impl<'a> Cx<'a> {
             return None;
         }
         Some(v.clone())
+    }
+}
+
+impl Cx<'_> {
+    fn graphql_settings(&mut self, raw: &RawConfig) -> GraphQlSettings {
+        let d = GraphQlSettings::default();
+        let Some(g) = raw.graphql.as_ref().map(|g| g.get_ref()) else { return d };
+        let schema = g.schema.as_ref().and_then(|file| match (self.files)(file.get_ref()) {
+            Err(e) => {
+                self.push(file.span(), K::SchemaUnreadable { file: file.get_ref().clone(), reason: e });
+                None
+            }
+            Ok(text) => match crate::graphql::Schema::parse(&text) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.push(
+                        file.span(),
+                        K::SchemaUnreadable { file: file.get_ref().clone(), reason: format!("not a GraphQL schema: {e}") },
+                    );
+                    None
+                }
+            },
+        });
+        let mixed = match &g.mixed {
+            None => d.mixed,
+            Some(v) => MixedOperations::parse(v.get_ref()).unwrap_or_else(|| {
+                let reason =
+                    "expected `legacy` (the default upstream serves it) or `reject` (a GraphQL error asks the client to split it)".into();
+                self.push(v.span(), K::BadValue { what: "graphql mixed", value: v.get_ref().clone(), reason });
+                d.mixed
+            }),
+        };
+        GraphQlSettings {
+            schema_file: g.schema.as_ref().map(|s| s.get_ref().clone()),
+            schema,
+            max_body_bytes: self.number(
+                &g.max_body_bytes,
+                "max_body_bytes",
+                0..=65_536,
+                "0..=65536 bytes (the body is held while it is read)",
+                d.max_body_bytes as i64,
+            ) as usize,
+            limits: crate::graphql::Limits {
+                max_depth: self.number(&g.max_depth, "max_depth", 1..=1_000, "1..=1000", d.limits.max_depth as i64) as usize,
+                max_tokens: self.number(&g.max_tokens, "max_tokens", 1..=1_000_000, "1..=1000000", d.limits.max_tokens as i64) as usize,
+            },
+            mixed,
+        }
+    }
+
+    /// Who claims which root field on each GraphQL path; every field at most once, every field
+    /// in the schema when there is one, and subscription fields with one route per path.
+    fn graphql_paths(&mut self, routes: &[Arc<Route>], raw: &RawConfig, settings: &GraphQlSettings) -> BTreeMap<String, GraphQlPath> {
+        let mut out: BTreeMap<String, GraphQlPath> = BTreeMap::new();
+        let field_spans = |i: usize| -> Vec<Spanned<String>> {
+            raw.routes
+                .iter()
+                .find(|r| r.get_ref().name.get_ref() == routes[i].name.as_str())
+                .and_then(|r| r.get_ref().matcher.as_ref())
+                .and_then(|m| m.get_ref().graphql_fields.as_ref())
+                .map(|f| f.get_ref().clone())
+                .unwrap_or_default()
+        };
+        for (i, route) in routes.iter().enumerate() {
+            let PathMatch::Exact(path) = &route.matcher.path else { continue };
+            if route.matcher.graphql_fields.is_empty() {
+                continue;
+            }
+            let spans = field_spans(i);
+            let span_of = |f: &str| spans.iter().find(|s| s.get_ref() == f).map_or(0..0, |s| s.span());
+            let entry = out.entry(path.clone()).or_default();
+            let mut subscribes = false;
+            for field in &route.matcher.graphql_fields {
+                if let Some(&by) = entry.claims.get(field) {
+                    let kind = K::FieldClaimedTwice {
+                        field: field.clone(),
+                        route: route.name.to_string(),
+                        by: routes[by].name.to_string(),
+                        by_line: routes[by].line,
+                    };
+                    self.push(span_of(field), kind);
+                    continue;
+                }
+                entry.claims.insert(field.clone(), i);
+                if let Some(schema) = &settings.schema {
+                    match schema.kind_of(field) {
+                        None => {
+                            let known: Vec<&str> = schema.root_fields.keys().map(String::as_str).collect();
+                            let kind = K::UnknownField {
+                                field: field.clone(),
+                                schema: settings.schema_file.clone().unwrap_or_default(),
+                                suggestion: schema::suggest(field, &known).map(str::to_string),
+                            };
+                            self.push(span_of(field), kind);
+                        }
+                        Some(crate::graphql::OperationKind::Subscription) => subscribes = true,
+                        Some(_) => {}
+                    }
+                }
+            }
+            if subscribes {
+                match entry.websocket {
+                    Some(other) => {
+                        let kind =
+                            K::TwoWebSocketOwners { path: path.clone(), route: route.name.to_string(), by: routes[other].name.to_string() };
+                        self.push(span_of(&route.matcher.graphql_fields[0]), kind);
+                    }
+                    None => entry.websocket = Some(i),
+                }
+            }
+        }
+        if settings.schema.is_none() && !out.is_empty() && raw.graphql.as_ref().is_none_or(|g| g.get_ref().schema.is_none()) {
+            self.warn(0..0, "GraphQL routes without [graphql] schema: field names are not checked, and WebSocket upgrades (subscriptions) go to the default upstream".into());
+        }
+        out
     }
 }
 

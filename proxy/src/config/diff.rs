@@ -46,6 +46,13 @@ pub enum Change {
         from: String,
         to: String,
     },
+    /// A GraphQL root field changes owner (`None`: the default upstream).
+    GraphQlFieldMoved {
+        path: String,
+        field: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
     /// Listener, admin or thread settings: they apply only after a restart.
     NeedsRestart {
         what: String,
@@ -150,6 +157,27 @@ impl RouteTable {
             changes.push(Change::RouteRemoved { route: r.name.to_string(), summary: route_summary(r) });
         }
 
+        // GraphQL fields that change owner, path by path, field by field
+        let owner = |t: &RouteTable, path: &str, field: &str| {
+            t.graphql_paths.get(path).and_then(|p| p.claims.get(field)).map(|&i| t.routes[i].name.to_string())
+        };
+        let mut fields: std::collections::BTreeSet<(String, String)> = Default::default();
+        for t in [old, new] {
+            for (path, p) in &t.graphql_paths {
+                fields.extend(p.claims.keys().map(|f| (path.clone(), f.clone())));
+            }
+        }
+        for (path, field) in fields {
+            let (from, to) = (owner(old, &path, &field), owner(new, &path, &field));
+            if from != to {
+                changes.push(Change::GraphQlFieldMoved { path, field, from, to });
+            }
+        }
+        if old.graphql != new.graphql {
+            changes
+                .push(Change::RouteChanged { route: "[graphql]".into(), what: vec!["schema, limits or mixed-operation handling".into()] });
+        }
+
         let (os, ns) = (&old.server, &new.server);
         if os.listeners != ns.listeners {
             changes.push(Change::NeedsRestart { what: "listeners".into() });
@@ -180,6 +208,10 @@ impl fmt::Display for Change {
             Change::UpstreamRemoved { upstream } => write!(f, "- upstream `{upstream}`"),
             Change::UpstreamChanged { upstream, what } => write!(f, "~ upstream `{upstream}`: {}", what.join("; ")),
             Change::DefaultUpstreamChanged { from, to } => write!(f, "~ default upstream: {from} → {to}"),
+            Change::GraphQlFieldMoved { path, field, from, to } => {
+                let who = |r: &Option<String>| r.as_ref().map_or_else(|| "the default upstream".to_string(), |r| format!("route `{r}`"));
+                write!(f, "~ GraphQL field `{field}` on {path}: {} → {}", who(from), who(to))
+            }
             Change::NeedsRestart { what } => write!(f, "! {what} changed: applies after a restart, not a reload"),
         }
     }

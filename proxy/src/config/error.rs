@@ -113,6 +113,18 @@ pub enum ConfigErrorKind {
     StoreNeedsDatabase,
     #[error("route `{route}` would send dry-run copies of writes to upstream `{upstream}`, which does not declare `dry_run = true`")]
     DryRunUnsupported { route: String, upstream: String, why: &'static str },
+    #[error("route `{0}` claims GraphQL fields without an exact `path`")]
+    GraphQlNeedsPath(String),
+    #[error("route `{0}` claims GraphQL fields and also matches on methods, host or headers")]
+    GraphQlWithConditions(String),
+    #[error("cannot use the GraphQL schema `{file}`: {reason}")]
+    SchemaUnreadable { file: String, reason: String },
+    #[error("GraphQL field `{field}` of route `{route}` is already claimed by route `{by}` (line {by_line})")]
+    FieldClaimedTwice { field: String, route: String, by: String, by_line: usize },
+    #[error("`{field}` is not a root field of the schema `{schema}`")]
+    UnknownField { field: String, schema: String, suggestion: Option<String> },
+    #[error("routes `{by}` and `{route}` both claim subscription fields on `{path}`, but a WebSocket can only go to one")]
+    TwoWebSocketOwners { path: String, route: String, by: String },
 }
 
 impl ConfigErrorKind {
@@ -148,6 +160,19 @@ impl ConfigErrorKind {
             StoreNeedsDatabase => {
                 "add database_url_env = \"STRANGLER_SHADOW_DATABASE_URL\" and set that variable to the database URL".into()
             }
+            GraphQlNeedsPath(_) => {
+                "write `match = { path = \"/graphql\", graphql_fields = [...] }`: fields are claimed on one endpoint".into()
+            }
+            GraphQlWithConditions(_) => {
+                "drop `methods`, `host` and `headers`: a GraphQL route is chosen by the operation's root fields (GET and POST alike)".into()
+            }
+            SchemaUnreadable { .. } => {
+                "fix `[graphql] schema` (a path relative to this file, to an SDL file such as docs/api/chat.graphql)".into()
+            }
+            FieldClaimedTwice { by, .. } => format!("a root field has one owner: remove it from this route or from `{by}`"),
+            UnknownField { suggestion: Some(s), .. } => format!("did you mean `{s}`?"),
+            UnknownField { .. } => "claim only root fields of Query, Mutation or Subscription".into(),
+            TwoWebSocketOwners { .. } => "claim all subscription fields of one endpoint in one route".into(),
             DryRunUnsupported { upstream, why, .. } => format!(
                 "{why}; an upstream that ignores the dry-run header would run each copy for real (a second write). \
                  Set `dry_run = true` on [upstreams.{upstream}] only if it rolls dry runs back (services built on \

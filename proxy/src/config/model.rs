@@ -220,12 +220,19 @@ pub struct RouteMatch {
     pub host: Option<HostMatch>,
     /// Header name and the exact value it must have.
     pub headers: Vec<(HeaderName, String)>,
+    /// GraphQL root fields this route claims on its (exact) path, sorted; empty for a route
+    /// that is not GraphQL-aware. Such routes are chosen by the operation, not by the matcher.
+    pub graphql_fields: Vec<String>,
 }
 
 impl RouteMatch {
     /// Whether every request `other` matches (on methods, host and headers) is matched by
-    /// `self` too. Paths are compared by the caller.
+    /// `self` too. Paths are compared by the caller. GraphQL routes are chosen by their fields,
+    /// so none covers another route or is covered by one.
     pub fn conditions_cover(&self, other: &RouteMatch) -> bool {
+        if !self.graphql_fields.is_empty() || !other.graphql_fields.is_empty() {
+            return false;
+        }
         let methods = match (&self.methods, &other.methods) {
             (None, _) => true,
             (Some(_), None) => false,
@@ -253,6 +260,9 @@ impl fmt::Display for RouteMatch {
         }
         for (name, value) in &self.headers {
             write!(f, ", {name}: {value}")?;
+        }
+        if !self.graphql_fields.is_empty() {
+            write!(f, ", graphql_fields = {}", self.graphql_fields.join("|"))?;
         }
         Ok(())
     }
@@ -496,6 +506,61 @@ pub struct ServerSettings {
     pub admin: AdminSettings,
 }
 
+/// What the proxy does with an operation whose root fields belong to different owners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MixedOperations {
+    /// It goes to the default upstream (the monolith still serves every field).
+    #[default]
+    Legacy,
+    /// It is refused with a GraphQL error naming the owners (once the monolith no longer does).
+    Reject,
+}
+
+impl MixedOperations {
+    pub fn parse(s: &str) -> Option<MixedOperations> {
+        match s {
+            "legacy" => Some(MixedOperations::Legacy),
+            "reject" => Some(MixedOperations::Reject),
+            _ => None,
+        }
+    }
+}
+
+/// How GraphQL operations are read at the edge (`[graphql]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphQlSettings {
+    /// The SDL routes are checked against (`schema = "…"`, relative to the file), when given.
+    pub schema_file: Option<String>,
+    pub schema: Option<crate::graphql::Schema>,
+    /// Larger POST bodies are not read (their operation goes to the default upstream). At most
+    /// 64 KiB: the body is held to be sent on after reading.
+    pub max_body_bytes: usize,
+    pub limits: crate::graphql::Limits,
+    pub mixed: MixedOperations,
+}
+
+impl Default for GraphQlSettings {
+    fn default() -> Self {
+        GraphQlSettings {
+            schema_file: None,
+            schema: None,
+            max_body_bytes: 64 * 1024,
+            limits: Default::default(),
+            mixed: MixedOperations::Legacy,
+        }
+    }
+}
+
+/// The GraphQL routes of one path: who claims which root field, and where a WebSocket goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GraphQlPath {
+    /// Root field → index of the route claiming it (into `RouteTable::routes`).
+    pub claims: std::collections::HashMap<String, usize>,
+    /// The route whose fields include the schema's subscription fields: WebSocket upgrades on
+    /// this path go there (without a schema, to the default upstream).
+    pub websocket: Option<usize>,
+}
+
 /// The whole compiled configuration.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
@@ -505,6 +570,9 @@ pub struct RouteTable {
     /// In file order.
     pub routes: Vec<Arc<Route>>,
     pub(crate) matcher: Matcher,
+    pub graphql: GraphQlSettings,
+    /// Normalised path → its GraphQL routes.
+    pub graphql_paths: BTreeMap<String, GraphQlPath>,
     /// SHA-256 of the file's bytes, hex: tells which version is being served.
     pub hash: String,
 }

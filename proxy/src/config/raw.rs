@@ -27,6 +27,18 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub shadow: Option<Spanned<RawShadow>>,
+    #[serde(default)]
+    pub graphql: Option<Spanned<RawGraphQl>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGraphQl {
+    pub schema: Option<Spanned<String>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub max_depth: Option<Spanned<i64>>,
+    pub max_tokens: Option<Spanned<i64>>,
+    pub mixed: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +149,7 @@ pub struct RawMatch {
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     pub host: Option<Spanned<String>>,
     pub headers: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub graphql_fields: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

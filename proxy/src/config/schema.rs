@@ -49,7 +49,10 @@ static UPSTREAM: Shape = Shape::Table(&[
     ("ca_file", &ANY),
 ]);
 static UPSTREAMS: Shape = Shape::MapOf(&UPSTREAM);
-static MATCH: Shape = Shape::Table(&[("path", &ANY), ("path_prefix", &ANY), ("methods", &ANY), ("host", &ANY), ("headers", &ANY)]);
+static MATCH: Shape =
+    Shape::Table(&[("path", &ANY), ("path_prefix", &ANY), ("methods", &ANY), ("host", &ANY), ("headers", &ANY), ("graphql_fields", &ANY)]);
+static GRAPHQL: Shape =
+    Shape::Table(&[("schema", &ANY), ("max_body_bytes", &ANY), ("max_depth", &ANY), ("max_tokens", &ANY), ("mixed", &ANY)]);
 static ROUTE_SHADOW: Shape = Shape::Table(&[
     ("writes", &ANY),
     ("reverse", &ANY),
@@ -95,6 +98,7 @@ pub(crate) static ROOT: Shape = Shape::Table(&[
     ("upstreams", &UPSTREAMS),
     ("routes", &ROUTES),
     ("shadow", &SHADOW),
+    ("graphql", &GRAPHQL),
 ]);
 
 /// A key that the schema does not know.
@@ -162,7 +166,7 @@ fn join(section: &str, key: &str) -> String {
 }
 
 /// The allowed key closest to `key`, when it is close enough to be a typo.
-pub(crate) fn suggest(key: &str, allowed: &[&'static str]) -> Option<&'static str> {
+pub(crate) fn suggest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
     allowed
         .iter()
         .map(|candidate| (edit_distance(key, candidate), *candidate))

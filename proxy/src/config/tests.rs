@@ -374,7 +374,10 @@ fn dry_run_copies_only_to_upstreams_that_roll_them_back() {
         assert!(e.contains("upstream `legacy`") && !e.contains("upstream `auth`"), "{mode}: {e}");
     }
     // reads only: nothing to declare
-    assert!(compile(&format!("{BASE}\n[[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/r\" }}\ntarget = \"auth\"\nmode = \"canary\"\npercent = 5\n")).is_ok());
+    assert!(compile(&format!(
+        "{BASE}\n[[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/r\" }}\ntarget = \"auth\"\nmode = \"canary\"\npercent = 5\n"
+    ))
+    .is_ok());
 }
 
 #[test]
@@ -385,4 +388,62 @@ fn edge_settings_errors() {
     insta::assert_snapshot!("edge_settings", text);
     let warned = compile(&format!("{BASE}\n[upstreams.plain]\nurl = \"http://127.0.0.1:1\"\nca_file = \"ca.pem\"\n")).unwrap();
     assert!(warned.warnings.iter().any(|w| w.message.contains("ca_file` only applies to https")), "{:?}", warned.warnings);
+}
+
+fn compile_with_schema(text: &str) -> Result<Compiled, ConfigErrors> {
+    let files = |name: &str| match name {
+        "chat.graphql" => Ok(include_str!("../../../docs/api/chat.graphql").to_string()),
+        other => Err(format!("{other}: No such file or directory")),
+    };
+    RouteTable::compile_with(Source::new("routes.toml", text), &files)
+}
+
+fn graphql_route(name: &str, fields: &str, extra: &str) -> String {
+    format!("\n[[routes]]\nname = \"{name}\"\nmatch = {{ path = \"/graphql\", graphql_fields = {fields}{extra} }}\ntarget = \"auth\"\nmode = \"shadow\"\n")
+}
+
+/// See: issue 11, "`strangler check` validates field names against the schema".
+#[test]
+fn graphql_route_errors() {
+    let text = format!(
+        "[graphql]\nschema = \"chat.graphql\"\n{BASE}{}{}{}{}",
+        graphql_route("reads", r#"["chats", "chatz", "messageAdded"]"#, ""),
+        graphql_route("writes", r#"["chats", "sendMessage", "__schema"]"#, ""),
+        graphql_route("more-subs", r#"["messageAdded"]"#, ""),
+        "\n[[routes]]\nname = \"prefix\"\nmatch = { path_prefix = \"/graphql\", graphql_fields = [\"markRead\"], methods = [\"POST\"] }\ntarget = \"auth\"\n"
+    );
+    insta::assert_snapshot!("graphql_routes", errors_with_schema(&text));
+    let missing = format!("[graphql]\nschema = \"nope.graphql\"\n{BASE}{}", graphql_route("r", r#"["chats"]"#, ""));
+    assert!(errors_with_schema(&missing).contains("cannot use the GraphQL schema `nope.graphql`"));
+}
+
+fn errors_with_schema(text: &str) -> String {
+    match compile_with_schema(text) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn graphql_routes_compile_to_claims_and_field_moves_show_in_diffs() {
+    let before =
+        format!("[graphql]\nschema = \"chat.graphql\"\n{BASE}{}", graphql_route("chat", r#"["chats", "chat", "messageAdded"]"#, ""));
+    let after = format!(
+        "[graphql]\nschema = \"chat.graphql\"\n{BASE}{}",
+        graphql_route("chat", r#"["chats", "chat", "messageAdded", "sendMessage"]"#, "")
+    );
+    let (a, b) = (compile_with_schema(&before).unwrap().table, compile_with_schema(&after).unwrap().table);
+    let p = &b.graphql_paths["/graphql"];
+    assert_eq!(p.claims.len(), 4);
+    assert_eq!(p.websocket, Some(0), "the route with the subscription field owns WebSocket upgrades");
+    // a GraphQL route is not found by path alone
+    let facts_path = "/graphql";
+    let headers = HeaderMap::new();
+    assert!(b.find(&RequestFacts { method: &Method::POST, path: facts_path, host: None, headers: &headers }).is_none());
+    let diff = RouteTable::diff(&a, &b).to_string();
+    assert!(diff.contains("~ GraphQL field `sendMessage` on /graphql: the default upstream → route `chat`"), "{diff}");
+    // without a schema: a warning, and no WebSocket owner
+    let plain = compile(&format!("{BASE}{}", graphql_route("chat", r#"["chats", "messageAdded"]"#, ""))).unwrap();
+    assert!(plain.warnings.iter().any(|w| w.message.contains("without [graphql] schema")), "{:?}", plain.warnings);
+    assert_eq!(plain.table.graphql_paths["/graphql"].websocket, None);
 }

@@ -90,6 +90,11 @@ pub struct RequestCtx {
     demoted: bool,
     /// The response was cut short after its head went out, and why.
     aborted: Option<&'static str>,
+    /// The request is on a GraphQL path: the proxy's own errors are GraphQL-shaped.
+    graphql: bool,
+    /// The kind of the GraphQL operation read from the request, when one was: a query is
+    /// idempotent and safe whatever the method, a mutation is neither.
+    operation: Option<crate::graphql::OperationKind>,
 }
 
 /// What is captured for the shadow copy while the request is served.
@@ -135,6 +140,20 @@ impl RequestCtx {
     fn on_extracted_attempt(&self) -> bool {
         self.side == Side::Extracted && self.fell_back.is_none()
     }
+    /// Whether the request may be sent again (a GraphQL query may, whatever its method).
+    fn idempotent(&self, method: &http::Method) -> bool {
+        match self.operation {
+            Some(k) => k == crate::graphql::OperationKind::Query,
+            None => method.is_idempotent(),
+        }
+    }
+    /// Whether the request changes nothing (a GraphQL query does not, whatever its method).
+    fn safe(&self, method: &http::Method) -> bool {
+        match self.operation {
+            Some(k) => k == crate::graphql::OperationKind::Query,
+            None => method.is_safe(),
+        }
+    }
 }
 
 /// A NestJS-shaped error body, so clients parse proxy errors like the monolith's.
@@ -143,8 +162,43 @@ fn error_body(status: u16, message: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "statusCode": status, "message": message, "error": reason }).to_string())
 }
 
+/// A GraphQL-shaped error body (`{"errors":[…],"data":null}`), for the proxy's own answers on a
+/// GraphQL path: clients read `errors[].extensions.code` there, not a REST error.
+fn graphql_error_body(status: u16, message: &str, code: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code, "statusCode": status } }], "data": null })
+            .to_string(),
+    )
+}
+
+fn graphql_code(status: u16) -> &'static str {
+    match status {
+        400 => "BAD_REQUEST",
+        502 => "BAD_GATEWAY",
+        503 => "SERVICE_UNAVAILABLE",
+        504 => "GATEWAY_TIMEOUT",
+        _ => "INTERNAL_SERVER_ERROR",
+    }
+}
+
+/// An error answer in the shape the client of this path expects: the monolith's REST error, or
+/// a GraphQL error on a GraphQL path.
+async fn respond_error(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    message: &str,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let body = if ctx.graphql { graphql_error_body(status, message, graphql_code(status)) } else { error_body(status, message) };
+    respond_body(session, status, body, extra).await
+}
+
 async fn respond_json(session: &mut Session, status: u16, message: &str, extra: &[(&'static str, String)]) -> Result<()> {
-    let body = error_body(status, message);
+    respond_body(session, status, error_body(status, message), extra).await
+}
+
+async fn respond_body(session: &mut Session, status: u16, body: Bytes, extra: &[(&'static str, String)]) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -190,7 +244,7 @@ impl Edge {
             return;
         }
         let req = session.req_header();
-        let safe = req.method.is_safe();
+        let safe = ctx.safe(&req.method);
         if !safe && route.shadow.writes == Writes::Skip {
             self.tee.dropped(route.name.as_str(), "unsafe_method");
             return;
@@ -288,6 +342,109 @@ impl Edge {
     }
 }
 
+/// Where a request on a GraphQL path goes.
+enum GraphQlPick {
+    /// The route (index into the table) that owns every root field.
+    Route(usize),
+    /// The path's ordinary routing (the monolith for unclaimed, mixed or unreadable operations).
+    Default,
+    /// Refused: the operation spans owners and `[graphql] mixed = "reject"`.
+    Reject(String),
+}
+
+impl Edge {
+    /// Reads the operation of a request on a GraphQL path and finds its owner. A POST body is
+    /// read only when it is JSON of a known length within `max_body_bytes`; it is kept (Pingora's
+    /// retry buffer) and sent on to whichever upstream serves the request. WebSocket upgrades go
+    /// to the route owning the subscription fields.
+    async fn graphql_owner(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        table: &RouteTable,
+        gql: &crate::config::GraphQlPath,
+    ) -> Result<GraphQlPick> {
+        use crate::graphql::{owner, request_operation, root_fields, Owner, Unreadable};
+        let count = |outcome: &'static str, reason: &'static str| {
+            metrics::counter!(m::GRAPHQL_OPERATIONS_TOTAL, "outcome" => outcome, "reason" => reason).increment(1);
+        };
+        if session.is_upgrade_req() {
+            count("websocket", "");
+            return Ok(gql.websocket.map_or(GraphQlPick::Default, GraphQlPick::Route));
+        }
+        let req = session.req_header();
+        let settings = &table.graphql;
+        let read = match req.method {
+            http::Method::GET => request_operation(req.uri.query(), None),
+            http::Method::POST => {
+                let json = req
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+                let length = req
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                match (json, length) {
+                    (false, _) => Err(Unreadable::NotGraphQl),
+                    // no length (chunked, or h2 without content-length): it could outgrow the buffer
+                    (true, None) => Err(Unreadable::TooLarge),
+                    (true, Some(n)) if n > settings.max_body_bytes => Err(Unreadable::TooLarge),
+                    (true, Some(_)) => {
+                        // kept as it is read, and sent on from there to the chosen upstream
+                        session.enable_retry_buffering();
+                        let mut body = Vec::new();
+                        while let Some(chunk) = session.read_request_body().await? {
+                            body.extend_from_slice(&chunk);
+                        }
+                        if session.as_ref().retry_buffer_truncated() {
+                            return Error::e_explain(ErrorType::InternalError, "GraphQL body outgrew the retry buffer");
+                        }
+                        request_operation(None, Some(&body))
+                    }
+                }
+            }
+            _ => Err(Unreadable::NotGraphQl),
+        };
+        let fields = read.and_then(|op| root_fields(&op.query, op.operation_name.as_deref(), settings.limits));
+        let fields = match fields {
+            Ok(f) => f,
+            Err(why) => {
+                count("unread", why.as_str());
+                return Ok(GraphQlPick::Default);
+            }
+        };
+        ctx.operation = Some(fields.kind);
+        Ok(match owner(&fields.fields, &gql.claims) {
+            Owner::Route(i) => {
+                count("owned", "");
+                GraphQlPick::Route(i)
+            }
+            Owner::Unclaimed => {
+                count("unclaimed", "");
+                GraphQlPick::Default
+            }
+            Owner::Mixed => match settings.mixed {
+                crate::config::MixedOperations::Legacy => {
+                    count("mixed", "");
+                    GraphQlPick::Default
+                }
+                crate::config::MixedOperations::Reject => {
+                    count("rejected", "");
+                    let by = |f: &String| gql.claims.get(f).map_or("the monolith".to_string(), |&i| format!("`{}`", table.routes[i].name));
+                    let list: Vec<String> = fields.fields.iter().map(|f| format!("{f} ({})", by(f))).collect();
+                    GraphQlPick::Reject(format!(
+                        "This operation asks for root fields served by different services: {}. Send them as separate operations.",
+                        list.join(", ")
+                    ))
+                }
+            },
+        })
+    }
+}
+
 fn note_breaker(route: &Route, before: BreakerState, after: BreakerState) {
     metrics::gauge!(m::BREAKER_STATE, "route" => route.name.to_string()).set(after.gauge());
     if before != after {
@@ -323,6 +480,8 @@ impl ProxyHttp for Edge {
             shadow: None,
             demoted: false,
             aborted: None,
+            graphql: false,
+            operation: None,
         }
     }
 
@@ -339,6 +498,20 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         normalize_content_length(session.req_header_mut())?;
+        // a GraphQL path: the operation's root fields choose the route
+        let mut chosen = None;
+        if let Some(gql) = table.graphql_paths.get(session.req_header().uri.path()) {
+            ctx.graphql = true;
+            match self.graphql_owner(session, ctx, &table, gql).await? {
+                GraphQlPick::Route(i) => chosen = Some(table.routes[i].clone()),
+                GraphQlPick::Default => {}
+                GraphQlPick::Reject(message) => {
+                    let body = graphql_error_body(400, &message, "OPERATION_SPANS_SERVICES");
+                    respond_body(session, 400, body, &[(REQUEST_ID_HEADER, ctx.request_id.clone())]).await?;
+                    return Ok(true);
+                }
+            }
+        }
         let req = session.req_header();
         let host = req
             .headers
@@ -347,7 +520,10 @@ impl ProxyHttp for Edge {
             .map(host_of)
             .or_else(|| req.uri.host().map(|h| h.to_ascii_lowercase()));
         let facts = RequestFacts { method: &req.method, path: req.uri.path(), host: host.as_deref(), headers: &req.headers };
-        let mut decision = decide(&table, &facts, ctx.client_ip);
+        let mut decision = match &chosen {
+            Some(route) => crate::routing::decide_for(route, &facts, ctx.client_ip),
+            None => decide(&table, &facts, ctx.client_ip),
+        };
         if let Some(route) = &decision.route {
             // A demoted canary serves everyone from the monolith and keeps comparing.
             if route.mode == Mode::Canary && self.state.demoter.is_demoted(&route.name) {
@@ -355,7 +531,7 @@ impl ProxyHttp for Edge {
                 ctx.demoted = true;
             }
         }
-        let idempotent = req.method.is_idempotent();
+        let idempotent = ctx.idempotent(&req.method);
         ctx.route = decision.route;
         ctx.side = decision.side;
         ctx.upstream = Some(match (decision.side, &ctx.route) {
@@ -383,7 +559,7 @@ impl ProxyHttp for Edge {
                 Admit::No => {
                     let retry_after = route.breaker.cooldown.as_secs().max(1).to_string();
                     metrics::counter!(m::FALLBACKS_TOTAL, "route" => route.name.to_string(), "reason" => "breaker_rejected").increment(1);
-                    respond_json(session, 503, "service temporarily unavailable", &[("retry-after", retry_after)]).await?;
+                    respond_error(session, ctx, 503, "service temporarily unavailable", &[("retry-after", retry_after)]).await?;
                     return Ok(true);
                 }
             }
@@ -473,7 +649,7 @@ impl ProxyHttp for Edge {
         if ctx.breaker_pending && ctx.on_extracted_attempt() {
             let failed = matches!(status, 502..=504);
             self.record_breaker(ctx, !failed);
-            if failed && ctx.fallback_ok && session.req_header().method.is_idempotent() {
+            if failed && ctx.fallback_ok && ctx.idempotent(&session.req_header().method) {
                 self.fall_back(ctx, "bad_status");
                 let mut e =
                     Error::explain(ErrorType::HTTPStatus(status), "extracted upstream answered a gateway error; retrying on legacy");
@@ -507,7 +683,7 @@ impl ProxyHttp for Edge {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
-        let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        let replayable = ctx.idempotent(&session.req_header().method) && !session.as_ref().retry_buffer_truncated();
         // Our own fallback signal: replay the (idempotent, buffered) request on legacy.
         if ctx.fell_back == Some("bad_status") && matches!(e.etype(), ErrorType::HTTPStatus(_)) && replayable {
             e.set_retry(true);
@@ -574,7 +750,7 @@ impl ProxyHttp for Edge {
                 _ => "proxy error",
             };
             let id = ctx.request_id.clone();
-            if let Err(err) = respond_json(session, code, message, &[(REQUEST_ID_HEADER, id)]).await {
+            if let Err(err) = respond_error(session, ctx, code, message, &[(REQUEST_ID_HEADER, id)]).await {
                 warn!(error = %err, "could not send the error response");
             }
         }

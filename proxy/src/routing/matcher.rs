@@ -46,7 +46,8 @@ struct Node {
 impl Matcher {
     pub(crate) fn new(routes: &[Arc<Route>]) -> Matcher {
         let mut m = Matcher::default();
-        for (i, r) in routes.iter().enumerate() {
+        // GraphQL routes are chosen by the operation's root fields (RouteTable::graphql_paths)
+        for (i, r) in routes.iter().enumerate().filter(|(_, r)| r.matcher.graphql_fields.is_empty()) {
             match &r.matcher.path {
                 PathMatch::Exact(p) => m.exact.entry(p.clone()).or_default().push(i),
                 PathMatch::Prefix(segs) => {

@@ -49,9 +49,15 @@ impl RouteTable {
 
 /// Picks route and side for a request.
 pub fn decide(table: &RouteTable, req: &RequestFacts<'_>, client: Option<IpAddr>) -> Decision {
-    let Some(route) = table.find(req) else {
-        return Decision { route: None, side: Side::Legacy };
-    };
+    match table.find(req) {
+        Some(route) => decide_for(route, req, client),
+        None => Decision { route: None, side: Side::Legacy },
+    }
+}
+
+/// The side a request goes to on a route already chosen (by the matcher, or by a GraphQL
+/// operation's fields).
+pub fn decide_for(route: &Arc<Route>, req: &RequestFacts<'_>, client: Option<IpAddr>) -> Decision {
     let side = match route.mode {
         Mode::Legacy | Mode::Shadow => Side::Legacy,
         Mode::Extracted => Side::Extracted,

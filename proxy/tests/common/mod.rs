@@ -52,7 +52,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// - `/slow/{ms}`: answers after a delay
 /// - `/hop`: a response carrying hop-by-hop headers
 /// - `/not-modified`: 304 with an ETag
-/// - `/ws`: WebSocket echo
+/// - `/ws` (or any WebSocket upgrade): WebSocket echo
 pub struct TestUpstream {
     pub name: String,
     pub addr: SocketAddr,
@@ -173,6 +173,9 @@ async fn handle(
     let path = req.uri().path().to_string();
     seen.lock().unwrap().push(req.uri().to_string());
     let segs: Vec<&str> = path.split('/').collect();
+    if req.headers().get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        return Ok(websocket_echo(req, &name));
+    }
     match segs.get(1).copied().unwrap_or("") {
         "status" => {
             let code: u16 = segs.get(2).and_then(|s| s.parse().ok()).unwrap_or(500);
@@ -216,7 +219,7 @@ async fn handle(
                 .body(full(Bytes::new()))
                 .unwrap());
         }
-        "ws" => return Ok(websocket_echo(req)),
+        "ws" => return Ok(websocket_echo(req, &name)),
         "random" => {
             let body = serde_json::json!({ "server": name, "nonce": uuid_like(), "fixed": [1, 2, 3] });
             return Ok(Response::builder()
@@ -256,7 +259,7 @@ fn uuid_like() -> String {
     format!("{}-{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos(), N.fetch_add(1, Ordering::SeqCst))
 }
 
-fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
+fn websocket_echo(mut req: Request<Incoming>, name: &str) -> Response<Body> {
     use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
         return Response::builder().status(400).body(full("not a websocket request")).unwrap();
@@ -279,6 +282,7 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-accept", accept)
+        .header("x-served-by", name)
         .body(full(Bytes::new()))
         .unwrap()
 }
