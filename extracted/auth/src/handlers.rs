@@ -15,12 +15,13 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 use totp_rs::{Algorithm, Secret, TOTP};
 
+use crate::dto as validate;
 use crate::limits;
-use crate::nest::{json as json_response, redirect, JsonBody, NestError};
 use crate::tokens::{opaque_token, sha256_hex};
 use crate::users::{UserRow, UserView};
-use crate::validate::{self, validate};
 use crate::AppState;
+use bm_common::nest::{json as json_response, redirect, JsonBody, NestError};
+use bm_common::validate::validate;
 
 type Result<T, E = NestError> = std::result::Result<T, E>;
 
@@ -626,7 +627,7 @@ pub async fn reset_password(State(s): State<AppState>, tx: RequestTx, body: Json
 }
 
 pub async fn jwks(State(s): State<AppState>) -> Response {
-    crate::nest::json_bytes(StatusCode::OK, s.keys.jwks().as_bytes().to_vec())
+    bm_common::nest::json_bytes(StatusCode::OK, s.keys.jwks().as_bytes().to_vec())
 }
 
 #[cfg(test)]

@@ -12,12 +12,11 @@
 //! work nowhere; rate limits apply and count as for the real request).
 
 pub mod config;
+pub mod dto;
 pub mod handlers;
 pub mod limits;
-pub mod nest;
 pub mod tokens;
 pub mod users;
-pub mod validate;
 
 use std::sync::Arc;
 
@@ -25,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bm_common::dryrun::{transaction_per_request, TxState};
 use bm_common::jwt::Verifier;
+use bm_common::nest;
 use sqlx::PgPool;
 
 pub use config::Config;
