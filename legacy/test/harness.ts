@@ -2,8 +2,8 @@
 // Postgres and Redis of scripts/stack and the fake SaaS servers of the `fakes` crate, each on an
 // ephemeral loopback port, and stops them after the test file.
 import { ChildProcess, spawn } from 'node:child_process';
-import { createHmac, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -23,6 +23,10 @@ export interface Stack {
   authUrl?: string;
   /** stops (SIGKILL) the auth service, to test what happens when it dies */
   killAuth?: () => Promise<void>;
+  /** base URL of the extracted chat service (chat service mode only) */
+  chatUrl?: string;
+  /** stops (SIGKILL) the chat service */
+  killChat?: () => Promise<void>;
   /** base URL of the fakes server (Stripe, FCM, Google, Gmail) */
   fakes: string;
   env: Record<string, string>;
@@ -53,6 +57,7 @@ export async function freePort(): Promise<number> {
 }
 
 let keyFile: string | undefined;
+let publicKeyFile: string | undefined;
 /** One RSA signing key per test process, like a deployment's configured key. */
 export function jwtKeyFile(): string {
   if (!keyFile) {
@@ -61,6 +66,16 @@ export function jwtKeyFile(): string {
     writeFileSync(keyFile, privateKey.export({ format: 'pem', type: 'pkcs8' }));
   }
   return keyFile;
+}
+
+/** The public half of jwtKeyFile(), for services that only verify tokens (chat). */
+export function jwtPublicKeyFile(): string {
+  if (!publicKeyFile) {
+    const pub = createPublicKey(createPrivateKey(readFileSync(jwtKeyFile())));
+    publicKeyFile = join(tmpdir(), `bm-legacy-test-${process.pid}.pub.pem`);
+    writeFileSync(publicKeyFile, pub.export({ format: 'pem', type: 'spki' }));
+  }
+  return publicKeyFile;
 }
 
 /** Spawns a process and resolves with it once a line of its output matches `ready`. */
@@ -109,6 +124,24 @@ async function stopChild(child: ChildProcess) {
  */
 export const authViaService = () => process.env.BM_AUTH_VIA === 'service';
 
+/**
+ * Chat service mode (`BM_CHAT_VIA=service`, or `chatService: true`): the extracted chat service
+ * (`extracted/chat`, binary CHAT_BIN) runs beside the monolith on the same database and Redis,
+ * and the proxy sends every chat root field of `/graphql` (HTTP and the WebSocket) to it with
+ * `extracted` mode (`chatRoute` replaces that route for tests of other splits).
+ */
+export const chatViaService = () => process.env.BM_CHAT_VIA === 'service';
+
+/** Every root field of docs/api/chat.graphql. */
+export const CHAT_FIELDS = ['chats', 'chat', 'messages', 'createChat', 'sendMessage', 'editMessage', 'deleteMessage', 'markRead', 'messageAdded'];
+
+export interface StackOptions {
+  authService?: boolean;
+  chatService?: boolean;
+  /** the proxy's chat route(s), TOML, when not "every chat field extracted" */
+  chatRoute?: string;
+}
+
 /** The secret the test proxy signs dry runs with and the test services verify them with. */
 export const DRY_RUN_SECRET = 'test-dry-run-secret-0123456789abcdef';
 
@@ -123,8 +156,10 @@ export function signedDryRun(method: string, target: string, opts: { requestId?:
   return { 'x-request-id': id, 'x-strangler-dry-run': `v1;t=${t};s=${mac}` };
 }
 
-export async function startStack(extraEnv: Record<string, string> = {}, opts: { authService?: boolean } = {}): Promise<Stack> {
+export async function startStack(extraEnv: Record<string, string> = {}, opts: StackOptions = {}): Promise<Stack> {
   const withAuth = opts.authService ?? authViaService();
+  const withChat = opts.chatService ?? chatViaService();
+  const withProxy = withAuth || withChat;
   const databaseUrl = requireEnv('DATABASE_URL');
   const redisUrl = requireEnv('REDIS_URL');
   const fakesBin = process.env.FAKES_BIN || join(REPO_DIR, 'target', 'debug', 'fakes');
@@ -132,7 +167,7 @@ export async function startStack(extraEnv: Record<string, string> = {}, opts: { 
 
   const port = await freePort();
   const legacyUrl = `http://127.0.0.1:${port}`;
-  const proxyPort = withAuth ? await freePort() : port;
+  const proxyPort = withProxy ? await freePort() : port;
   const url = `http://127.0.0.1:${proxyPort}`;
   const fakes = await spawnUntil(
     fakesBin,
@@ -159,7 +194,7 @@ export async function startStack(extraEnv: Record<string, string> = {}, opts: { 
     // the extracted services verify the proxy's dry runs with it (the monolith ignores it)
     DRY_RUN_SECRET,
     // links and the OAuth redirect name the address clients use
-    ...(withAuth ? { APP_URL: url } : {}),
+    ...(withProxy ? { APP_URL: url } : {}),
     ...extraEnv,
   };
   let legacy;
@@ -186,24 +221,66 @@ export async function startStack(extraEnv: Record<string, string> = {}, opts: { 
       await Promise.all(children.map(stopChild));
     },
   };
-  if (!withAuth) return stack;
+  if (!withProxy) return stack;
   try {
-    const auth = await startAuthService(env);
-    children.push(auth.child);
-    stack.authUrl = auth.url;
-    stack.killAuth = async () => {
-      auth.child.kill('SIGKILL');
-      if (auth.child.exitCode === null && auth.child.signalCode === null) await new Promise((r) => auth.child.once('exit', r));
-    };
-    const proxy = await startProxy(proxyPort, legacyUrl, auth.url);
-    children.push(proxy);
+    const upstreams: Upstreams = {};
     const prevLogs = stack.logs;
-    stack.logs = () => `${prevLogs()}\n--- auth service ---\n${auth.output()}`;
+    const logs: (() => string)[] = [];
+    if (withAuth) {
+      const auth = await startAuthService(env);
+      children.push(auth.child);
+      stack.authUrl = upstreams.auth = auth.url;
+      stack.killAuth = () => kill(auth.child);
+      logs.push(() => `--- auth service ---\n${auth.output()}`);
+    }
+    if (withChat) {
+      const chat = await startChatService(env);
+      children.push(chat.child);
+      stack.chatUrl = upstreams.chat = chat.url;
+      stack.killChat = () => kill(chat.child);
+      upstreams.chatRoute = opts.chatRoute;
+      logs.push(() => `--- chat service ---\n${chat.output()}`);
+    }
+    const proxy = await startProxy(proxyPort, legacyUrl, upstreams);
+    children.push(proxy);
+    stack.logs = () => [prevLogs(), ...logs.map((l) => l())].join('\n');
   } catch (e) {
     await stack.stop();
     throw e;
   }
   return stack;
+}
+
+async function kill(child: ChildProcess) {
+  child.kill('SIGKILL');
+  if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once('exit', r));
+}
+
+/** The extracted chat service on an ephemeral port, with the monolith's database, Redis and FCM. */
+export async function startChatService(env: Record<string, string>) {
+  const bin = process.env.CHAT_BIN || join(REPO_DIR, 'target', 'debug', 'bm-chat');
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: build it with \`cargo build -p bm-chat\``);
+  const s = await spawnUntil(
+    bin,
+    [],
+    {
+      env: {
+        PATH: process.env.PATH,
+        RUST_LOG: 'warn',
+        PORT: '0',
+        HOST: '127.0.0.1',
+        DATABASE_URL: env.DATABASE_URL,
+        REDIS_URL: env.REDIS_URL,
+        JWT_PUBLIC_KEY_FILE: jwtPublicKeyFile(),
+        FCM_BASE_URL: env.FCM_BASE_URL,
+        DRY_RUN_SECRET: env.DRY_RUN_SECRET,
+        ...(env.NODE_ENV ? { NODE_ENV: env.NODE_ENV } : {}),
+      },
+    },
+    /listening on (http:\/\/\S+)/,
+    'the chat service',
+  );
+  return { child: s.child, url: s.match[1], output: s.output };
 }
 
 /** The extracted auth service on an ephemeral port, with the monolith's environment. */
@@ -221,15 +298,22 @@ export async function startAuthService(env: Record<string, string>) {
   return { child: s.child, url: s.match[1], output: s.output };
 }
 
-/** The strangler proxy on `port`: /auth and the JWKS to the service (extracted), the rest to the monolith. */
-async function startProxy(port: number, legacyUrl: string, authUrl: string): Promise<ChildProcess> {
+interface Upstreams {
+  auth?: string;
+  chat?: string;
+  chatRoute?: string;
+}
+
+/**
+ * The strangler proxy on `port`: /auth and the JWKS to the auth service, the chat fields of
+ * /graphql to the chat service (each when given, `extracted`), the rest to the monolith.
+ */
+async function startProxy(port: number, legacyUrl: string, up: Upstreams): Promise<ChildProcess> {
   const bin = process.env.STRANGLER_BIN || join(REPO_DIR, 'target', 'debug', 'strangler');
   if (!existsSync(bin)) throw new Error(`${bin} is missing: build it with \`cargo build -p strangler\``);
   const dir = mkdtempSync(join(tmpdir(), 'bm-proxy-'));
   const config = join(dir, 'routes.toml');
-  writeFileSync(
-    config,
-    `[server]
+  let toml = `[server]
 default_upstream = "legacy"
 threads = 1
 grace_period_secs = 0
@@ -240,8 +324,27 @@ addr = "127.0.0.1:${port}"
 addr = "127.0.0.1:${await freePort()}"
 [upstreams.legacy]
 url = "${legacyUrl}"
-[upstreams.auth]
-url = "${authUrl}"
+`;
+  if (up.chat) {
+    toml = `[graphql]\nschema = "${join(REPO_DIR, 'docs', 'api', 'chat.graphql')}"\n` + toml;
+    toml += `[upstreams.chat]
+url = "${up.chat}"
+dry_run = true
+${
+  up.chatRoute ??
+  `[[routes]]
+name = "chat"
+match = { path = "/graphql", graphql_fields = ${JSON.stringify(CHAT_FIELDS)} }
+target = "chat"
+mode = "extracted"
+breaker = { failures = 3, cooldown_secs = 2 }
+`
+}
+`;
+  }
+  if (up.auth) {
+    toml += `[upstreams.auth]
+url = "${up.auth}"
 [[routes]]
 name = "auth"
 match = { path_prefix = "/auth" }
@@ -253,8 +356,9 @@ name = "jwks"
 match = { path = "/.well-known/jwks.json" }
 target = "auth"
 mode = "extracted"
-`,
-  );
+`;
+  }
+  writeFileSync(config, toml);
   const child = spawn(bin, ['serve', '--config', config], {
     env: { PATH: process.env.PATH, STRANGLER_LOG: 'warn', STRANGLER_DRY_RUN_SECRET: DRY_RUN_SECRET },
     stdio: 'ignore',
@@ -342,7 +446,7 @@ export async function waitFor<T>(probe: () => Promise<T | undefined | null | fal
  * Starts the monolith + fakes before the file's tests and stops them after, with a Postgres
  * client on the same database for checking what the monolith stored.
  */
-export function withStack(extraEnv: Record<string, string> = {}, opts: { authService?: boolean } = {}): { stack: Stack; db: Client } {
+export function withStack(extraEnv: Record<string, string> = {}, opts: StackOptions = {}): { stack: Stack; db: Client } {
   const ctx = {} as { stack: Stack; db: Client };
   before(async () => {
     ctx.stack = await startStack(extraEnv, opts);

@@ -64,16 +64,9 @@ impl AppState {
     }
 }
 
-/// The service as served: `inner` (the auth router, plus health and metrics) wrapped by what
-/// Express does around routing: JSON body parsing, case-insensitive paths with an optional
-/// trailing slash, ETags, and no `Allow` on 404s.
+/// The service as served: `inner` inside Express's layers ([`nest::express_app`]).
 pub fn app(inner: Router) -> Router {
-    Router::new()
-        .fallback_service(inner)
-        .layer(axum::middleware::from_fn(nest::express_json))
-        .layer(axum::middleware::from_fn(nest::express_routing))
-        .layer(axum::middleware::from_fn(nest::express_etag))
-        .layer(axum::middleware::from_fn(nest::no_allow_on_404))
+    nest::express_app(inner)
 }
 
 /// The auth API (the monolith's paths), with the request transaction. Serve it inside [`app`].

@@ -117,12 +117,29 @@ impl RequestTx {
         Ok(TxConn(guard))
     }
 
-    async fn finish(&self, commit: bool) -> Result<(), sqlx::Error> {
-        match self.0.tx.lock().await.take() {
+    /// The transaction's connection if this request has begun it (it wrote, or read for a
+    /// write): reads after a write go through it to see that write; other reads can use the pool.
+    pub async fn conn_if_begun(&self) -> Option<TxConn<'_>> {
+        let guard = self.0.tx.lock().await;
+        guard.is_some().then_some(TxConn(guard))
+    }
+
+    /// Ends the transaction: commits (then starts the [`after_commit`](Self::after_commit) work)
+    /// or rolls back. [`transaction_per_request`] calls it for HTTP requests; call it yourself for
+    /// work outside one (an operation over a WebSocket).
+    pub async fn complete(&self, commit: bool) -> Result<(), sqlx::Error> {
+        let finished = match self.0.tx.lock().await.take() {
             Some(tx) if commit => tx.commit().await,
             Some(tx) => tx.rollback().await,
             None => Ok(()),
+        };
+        let deferred = std::mem::take(&mut *self.0.after_commit.lock().unwrap_or_else(|e| e.into_inner()));
+        if commit && finished.is_ok() {
+            for work in deferred {
+                tokio::spawn(work);
+            }
         }
+        finished
     }
 }
 
@@ -171,16 +188,8 @@ pub async fn transaction_per_request(State(state): State<TxState>, mut req: Requ
     if dry.0 {
         metrics::counter!("dry_run_requests_total").increment(1);
     }
-    match tx.finish(commit).await {
-        Ok(()) => {
-            let deferred = std::mem::take(&mut *tx.0.after_commit.lock().unwrap_or_else(|e| e.into_inner()));
-            if commit {
-                for work in deferred {
-                    tokio::spawn(work);
-                }
-            }
-            res
-        }
+    match tx.complete(commit).await {
+        Ok(()) => res,
         Err(e) => {
             // the client must not believe a write happened when the commit failed
             tracing::error!(error = %e, "finishing the request transaction failed");

@@ -177,8 +177,13 @@ pub fn unauthorized() -> Response {
 }
 
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    // the monolith's /^Bearer\s+(\S+)$/i
-    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    bearer_token(headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization` value (a header, or a graphql-ws `connection_init` payload),
+/// as the monolith's `/^Bearer\s+(\S+)$/i` reads it.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let v = value.trim();
     let (scheme, token) = v.split_once(|c: char| c.is_ascii_whitespace())?;
     let token = token.trim_start();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(|c: char| c.is_ascii_whitespace())).then_some(token)

@@ -163,6 +163,18 @@ pub async fn express_etag(req: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(bytes))
 }
 
+/// A service as Nest on Express serves it: `inner` (the service's routes, health and metrics)
+/// wrapped by what Express does around routing: JSON body parsing, case-insensitive paths with
+/// an optional trailing slash, ETags, and no `Allow` on 404s.
+pub fn express_app(inner: axum::Router) -> axum::Router {
+    axum::Router::new()
+        .fallback_service(inner)
+        .layer(axum::middleware::from_fn(express_json))
+        .layer(axum::middleware::from_fn(express_routing))
+        .layer(axum::middleware::from_fn(express_etag))
+        .layer(axum::middleware::from_fn(no_allow_on_404))
+}
+
 /// Middleware outside the router: axum names the allowed methods on a known path's 404 (its
 /// method-not-allowed fallback), after every layer inside the router has run; Express does not.
 pub async fn no_allow_on_404(req: Request, next: Next) -> Response {

@@ -23,6 +23,20 @@ pub enum Rule {
     NotEmpty,
     /// `@Matches(/^\d{6}$/, { message: 'code must be 6 digits' })`
     SixDigits,
+    /// `@Matches(/\S/, { message: '<p> must not be blank' })`
+    NotBlank,
+    /// `@IsUUID()` (validator.js `all`: any version)
+    IsUuid,
+    /// `@IsUUID('all', { each: true })`: every element of an array
+    EachIsUuid,
+    /// `@ArrayMinSize(n)`
+    ArrayMinSize(usize),
+    /// `@ArrayMaxSize(n)`
+    ArrayMaxSize(usize),
+    /// `@IsArray()`
+    IsArray,
+    /// `@IsOptional()`: a null or missing value skips every rule of the field (put it first)
+    Optional,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,6 +86,9 @@ pub fn validate(body: &JsonBody, fields: &[Field]) -> Result<Dto, NestError> {
     let mut out = Map::new();
     for field in fields {
         let value = obj.get(field.name).map(|v| transform(v, field.transform));
+        if field.rules.contains(&Optional) && matches!(value, None | Some(Value::Null)) {
+            continue;
+        }
         for rule in field.rules {
             if !passes(*rule, value.as_ref()) {
                 messages.push(message(*rule, field.name, value.as_ref()));
@@ -98,7 +115,7 @@ fn transform(v: &Value, t: Transform) -> Value {
 
 /// `String.prototype.trim`: ECMAScript's WhiteSpace and LineTerminator (not U+0085, which Rust's
 /// `char::is_whitespace` includes).
-fn js_trim(s: &str) -> &str {
+pub fn js_trim(s: &str) -> &str {
     s.trim_matches(|c: char| {
         matches!(c, '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
             || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}' | '\u{feff}')
@@ -138,6 +155,13 @@ fn passes(rule: Rule, v: Option<&Value>) -> bool {
         IsEmail => s.is_some_and(is_email),
         NotEmpty => !matches!(v, None | Some(Value::Null)) && s != Some(""),
         SixDigits => s.is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())),
+        NotBlank => s.is_some_and(has_non_space),
+        IsUuid => s.is_some_and(is_uuid),
+        EachIsUuid => v.and_then(Value::as_array).is_none_or(|a| a.iter().all(|e| e.as_str().is_some_and(is_uuid))),
+        ArrayMinSize(n) => v.and_then(Value::as_array).is_some_and(|a| a.len() >= n),
+        ArrayMaxSize(n) => v.and_then(Value::as_array).is_some_and(|a| a.len() <= n),
+        IsArray => v.is_some_and(Value::is_array),
+        Optional => true,
     }
 }
 
@@ -158,7 +182,25 @@ fn message(rule: Rule, p: &str, v: Option<&Value>) -> String {
         IsEmail => format!("{p} must be an email"),
         NotEmpty => format!("{p} should not be empty"),
         SixDigits => "code must be 6 digits".to_string(),
+        NotBlank => format!("{p} must not be blank"),
+        IsUuid => format!("{p} must be a UUID"),
+        EachIsUuid => format!("each value in {p} must be a UUID"),
+        ArrayMinSize(n) => format!("{p} must contain at least {n} elements"),
+        ArrayMaxSize(n) => format!("{p} must contain no more than {n} elements"),
+        IsArray => format!("{p} must be an array"),
+        Optional => String::new(),
     }
+}
+
+/// JavaScript's `/\S/`: a character that is not ECMAScript white space or a line terminator.
+pub fn has_non_space(s: &str) -> bool {
+    s.chars().any(|c| js_trim(c.encode_utf8(&mut [0; 4])).len() == c.len_utf8())
+}
+
+/// validator.js `isUUID(s, 'all')`: 8-4-4-4-12 hex digits, any case.
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36 && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
 }
 
 /// validator.js `isEmail` with its defaults (no display names, a TLD required, UTF-8 local parts

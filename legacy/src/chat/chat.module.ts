@@ -6,6 +6,7 @@ import { AuthUser, bearerOf } from '../auth/auth.guard';
 import { TokensService } from '../auth/tokens.service';
 import { NotificationsModule } from '../notifications/notifications.module';
 import { ChatResolver } from './chat.resolver';
+import { ChatBus } from './chat.bus';
 import { ChatService } from './chat.service';
 import { formatGqlError, formatWsResult } from './graphql-errors';
 
@@ -52,6 +53,6 @@ import { formatGqlError, formatWsResult } from './graphql-errors';
       }),
     }),
   ],
-  providers: [ChatService, ChatResolver],
+  providers: [ChatBus, ChatService, ChatResolver],
 })
 export class ChatModule {}

@@ -4,7 +4,8 @@ import { UseGuards } from '@nestjs/common';
 import { Args, ID, Int, Mutation, Parent, Query, ResolveField, Resolver, Subscription } from '@nestjs/graphql';
 import { AuthGuard, AuthUser, CurrentUser } from '../auth/auth.guard';
 import { Chat, ChatMember, CreateChatInput, Message, MessageConnection, SendMessageInput } from './chat.types';
-import { ChatService, MESSAGE_ADDED } from './chat.service';
+import { messageAddedChannel } from './chat.bus';
+import { ChatService } from './chat.service';
 
 @Resolver(() => Chat)
 @UseGuards(AuthGuard)
@@ -66,7 +67,7 @@ export class ChatResolver {
   })
   async messageAdded(@CurrentUser() me: AuthUser, @Args('chatId', { type: () => ID }) chatId: string) {
     await this.svc.requireMember(chatId, me.id);
-    return this.svc.pubsub.asyncIterableIterator(MESSAGE_ADDED);
+    return this.svc.bus.asyncIterableIterator(messageAddedChannel(chatId));
   }
 
   @ResolveField(() => [ChatMember])

@@ -2,13 +2,12 @@
 // graphql-errors.ts turns them into GraphQL error codes (400 BAD_USER_INPUT, 403 FORBIDDEN,
 // 404 NOT_FOUND).
 import { BadRequestException, ForbiddenException, Injectable, NotFoundException } from '@nestjs/common';
-import { PubSub } from 'graphql-subscriptions';
 import { PoolClient } from 'pg';
 import { Db } from '../infra/infra.module';
 import { NotificationsService } from '../notifications/notifications.service';
+import { ChatBus, messageAddedChannel } from './chat.bus';
 import { Chat, ChatMember, CreateChatInput, Message, MessageConnection, SendMessageInput } from './chat.types';
 
-export const MESSAGE_ADDED = 'messageAdded';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 interface ChatRow {
@@ -74,12 +73,11 @@ function assertBody(body: string) {
 
 @Injectable()
 export class ChatService {
-  /** In-process: subscribers only see messages sent through this instance (see docs/api/chat.md). */
-  readonly pubsub = new PubSub();
-
   constructor(
     private readonly db: Db,
     private readonly notifications: NotificationsService,
+    /** messageAdded through Redis: subscribers on any instance, and on the chat service, see it */
+    readonly bus: ChatBus,
   ) {}
 
   /** 404 when the chat does not exist, 403 when the caller is not a member. */
@@ -233,7 +231,7 @@ export class ChatService {
     });
     const message = messageOf(row);
     if (created) {
-      await this.pubsub.publish(MESSAGE_ADDED, { messageAdded: message });
+      await this.bus.publish(messageAddedChannel(message.chatId), { messageAdded: message });
       // off the request path: the answer never waits for FCM
       void this.notifications.pushNewMessage(
         {

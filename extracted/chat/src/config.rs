@@ -1,0 +1,111 @@
+//! The service's settings: the monolith's variable names and defaults where they mean the same
+//! (docs/api.md "Configuration"), so one environment file configures both during the migration,
+//! plus the service's own (`PORT` defaults to 4002).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bm_common::config::{ConfigError, Env};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub database_url: String,
+    pub db_pool_max: u32,
+    pub redis_url: String,
+    /// Where access tokens are verified: the issuer's JWKS (`JWT_JWKS_URL`, e.g. the auth
+    /// service's) or a PEM public key (`JWT_PUBLIC_KEY_FILE`).
+    pub jwt_keys: JwtKeys,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub fcm: Fcm,
+    pub http_timeout: Duration,
+    /// Verifies the proxy's signed dry runs (`DRY_RUN_SECRET`); unset: dry runs are refused.
+    pub dry_run_key: Option<bm_common::DryRunKey>,
+    /// HTTPS to FCM and the JWKS: the system's CAs plus `EXTRA_CA_CERTS`.
+    pub tls: bm_common::http::OutboundTls,
+    /// Whether `__schema`/`__type` are answered (the monolith: unless `NODE_ENV=production`).
+    pub introspection: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwtKeys {
+    JwksUrl(String),
+    PublicKeyFile(String),
+}
+
+/// FCM HTTP v1, as the monolith calls it (pushes for new messages).
+#[derive(Debug, Clone)]
+pub struct Fcm {
+    pub base_url: String,
+    pub project_id: String,
+    pub access_token: String,
+}
+
+impl Config {
+    pub fn from_env(mut env: Env) -> Result<Config, ConfigError> {
+        let e = &mut env;
+        let port: u16 = e.parse_or("PORT", 4002);
+        let host: IpAddr = e.parse_or("HOST", IpAddr::from([127, 0, 0, 1]));
+        let jwt_keys = match (e.optional("JWT_JWKS_URL"), e.optional("JWT_PUBLIC_KEY_FILE")) {
+            (Some(url), None) => JwtKeys::JwksUrl(url),
+            (None, Some(file)) => JwtKeys::PublicKeyFile(file),
+            (Some(_), Some(_)) => {
+                e.problem("set one of JWT_JWKS_URL and JWT_PUBLIC_KEY_FILE, not both");
+                JwtKeys::JwksUrl(String::new())
+            }
+            (None, None) => {
+                e.problem("JWT_JWKS_URL (the auth service's /.well-known/jwks.json) or JWT_PUBLIC_KEY_FILE is not set");
+                JwtKeys::JwksUrl(String::new())
+            }
+        };
+        let fcm_base = e.or("FCM_BASE_URL", "https://fcm.googleapis.com").trim_end_matches('/').to_string();
+        if reqwest::Url::parse(&fcm_base).is_err() {
+            e.problem(format!("FCM_BASE_URL={fcm_base} is not a URL"));
+        }
+        let pool: u32 = e.parse_or("DB_POOL_MAX", 20);
+        if !(1..=500).contains(&pool) {
+            e.problem(format!("DB_POOL_MAX={pool} is not in 1..500"));
+        }
+        let timeout: u64 = e.parse_or("HTTP_TIMEOUT_MS", 10_000);
+        let cfg = Config {
+            addr: SocketAddr::new(host, port),
+            database_url: e.required("DATABASE_URL"),
+            db_pool_max: pool,
+            redis_url: e.required("REDIS_URL"),
+            jwt_keys,
+            jwt_issuer: e.or("JWT_ISSUER", "https://brainmessenger.local"),
+            jwt_audience: e.or("JWT_AUDIENCE", "brainmessenger-api"),
+            fcm: Fcm {
+                base_url: fcm_base,
+                project_id: e.or("FCM_PROJECT_ID", "brainmessenger-dev"),
+                access_token: e.or("FCM_ACCESS_TOKEN", "dev-fcm-token"),
+            },
+            http_timeout: Duration::from_millis(timeout),
+            dry_run_key: e.dry_run_key(),
+            tls: bm_common::http::OutboundTls::from_env(e),
+            introspection: e.optional("NODE_ENV").as_deref() != Some("production"),
+        };
+        env.finish().map(|()| cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn every_problem_at_once() {
+        let vars: HashMap<&str, &str> = [("PORT", "x"), ("DB_POOL_MAX", "0"), ("FCM_BASE_URL", "not a url")].into();
+        let err = Config::from_env(Env::from_fn(|k| vars.get(k).map(|v| v.to_string()))).unwrap_err().to_string();
+        for want in ["PORT=x", "DATABASE_URL is not set", "REDIS_URL is not set", "JWT_JWKS_URL", "DB_POOL_MAX=0", "FCM_BASE_URL"] {
+            assert!(err.contains(want), "{want} missing from {err}");
+        }
+        let vars: HashMap<&str, &str> =
+            [("DATABASE_URL", "postgres://x"), ("REDIS_URL", "redis://x"), ("JWT_JWKS_URL", "http://a/jwks.json")].into();
+        let c = Config::from_env(Env::from_fn(|k| vars.get(k).map(|v| v.to_string()))).unwrap();
+        assert_eq!(c.addr.port(), 4002);
+        assert!(c.introspection);
+    }
+}

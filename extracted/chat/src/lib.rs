@@ -1,0 +1,95 @@
+//! BrainMessenger's chat service, extracted from the NestJS monolith (the February cut-over,
+//! part 1).
+//!
+//! It serves the monolith's GraphQL chat API (`docs/api/chat.md`, schema in
+//! `docs/api/chat.graphql`) — the same types, fields, descriptions, error codes and messages,
+//! HTTP statuses and WebSocket protocol — on the monolith's own tables (`legacy.chats`,
+//! `legacy.chat_members`, `legacy.messages`, `legacy.notifications`, `legacy.devices`), so the
+//! strangler proxy can send each root field to either side and a client cannot tell which one
+//! answered.
+//!
+//! `messageAdded` crosses sides through Redis pub/sub (`bus`): a message sent through either
+//! side reaches subscribers on both. Pushes for new messages go to FCM as the monolith sends them
+//! (`push`).
+//!
+//! What it adds: Prometheus metrics, `/ready`, dry runs for the proxy's signed shadow copies
+//! (writes rolled back, nothing published or pushed), and, within one HTTP operation with
+//! several mutations, each mutation's writes kept or undone on their own (a savepoint each), as
+//! the monolith's transaction per service call does.
+
+pub mod bus;
+pub mod config;
+pub mod errors;
+pub mod http;
+pub mod push;
+pub mod schema;
+pub mod shape;
+pub mod store;
+pub mod validate;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::routing::any;
+use axum::Router;
+use bm_common::dryrun::{transaction_per_request, TxState};
+use bm_common::jwt::Verifier;
+use bm_common::nest;
+use sqlx::PgPool;
+
+pub use config::Config;
+
+/// Everything a resolver needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub cfg: Config,
+    pub pool: PgPool,
+    pub bus: bus::Bus,
+    /// FCM
+    pub http: reqwest::Client,
+    pub verifier: Verifier,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(cfg: Config, pool: PgPool, bus: bus::Bus, verifier: Verifier) -> anyhow::Result<AppState> {
+        let http = cfg.tls.client_builder().timeout(cfg.http_timeout).build()?;
+        Ok(AppState(Arc::new(Inner { cfg, pool, bus, http, verifier })))
+    }
+
+    /// A new message, once committed: to every live subscriber of its chat (both sides), and to
+    /// the recipients' devices.
+    pub async fn announce(&self, new: store::NewMessage) {
+        self.bus.publish(&new.message).await;
+        push::new_message(self, &new).await;
+    }
+}
+
+/// What `/graphql` needs: the state, and the schema built over it.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub app: AppState,
+    pub schema: schema::ChatSchema,
+}
+
+/// The chat API (`/graphql`, HTTP and WebSocket), with the request transaction. Serve it inside
+/// [`nest::express_app`], like the monolith's Express: `/GraphQL/` and `/graphql/anything` reach
+/// it too (Apollo is mounted with `app.use`).
+pub fn router(state: AppState) -> Router {
+    let tx_state = TxState::new(state.pool.clone(), state.cfg.dry_run_key.clone());
+    let endpoint = Endpoint { schema: schema::build(state.clone()), app: state };
+    Router::new()
+        .route("/graphql", any(http::endpoint))
+        .route("/graphql/{*rest}", any(http::endpoint))
+        .fallback(nest::not_found)
+        .with_state(endpoint)
+        .layer(axum::middleware::from_fn_with_state(tx_state, transaction_per_request))
+}

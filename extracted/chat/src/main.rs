@@ -1,0 +1,85 @@
+//! `bm-chat`: the extracted chat service. Configuration from the environment
+//! (extracted/chat/README.md); exits 2 with every problem listed when it is invalid.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use bm_chat::config::{Config, JwtKeys};
+use bm_chat::{bus::Bus, router, AppState};
+use bm_common::config::Env;
+use bm_common::health::Readiness;
+use bm_common::jwt::Verifier;
+use bm_common::telemetry;
+
+fn main() -> ExitCode {
+    let cfg = match Config::from_env(Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing("bm_chat");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bm-chat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let metrics = telemetry::install_metrics();
+    let verifier = match &cfg.jwt_keys {
+        JwtKeys::JwksUrl(url) => Verifier::from_jwks_url(url, &cfg.jwt_issuer, &cfg.jwt_audience, &cfg.tls)
+            .await
+            .with_context(|| format!("reading the token keys from JWT_JWKS_URL={url}"))?,
+        JwtKeys::PublicKeyFile(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading JWT_PUBLIC_KEY_FILE={path}"))?;
+            Verifier::from_pem(&pem, &cfg.jwt_issuer, &cfg.jwt_audience).with_context(|| format!("JWT_PUBLIC_KEY_FILE={path}"))?
+        }
+    };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(cfg.db_pool_max)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&cfg.database_url)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("REDIS_URL")?;
+    let redis = redis::aio::ConnectionManager::new(redis_client.clone()).await.context("connecting to Redis (REDIS_URL)")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (bus, listener) = Bus::start(redis_client, redis.clone(), stopped);
+    let addr = cfg.addr;
+    let ready_redis = redis.clone();
+    let ready_bus = bus.clone();
+    let readiness = Readiness::default()
+        .postgres(pool.clone())
+        .check("redis", move || {
+            let mut r = ready_redis.clone();
+            async move { redis::cmd("PING").query_async::<String>(&mut r).await.map(|_| ()).map_err(|e| e.to_string()) }
+        })
+        .check("bus", move || {
+            let connected = ready_bus.connected();
+            async move {
+                if connected {
+                    Ok(())
+                } else {
+                    Err("not subscribed to messageAdded:* on Redis".to_string())
+                }
+            }
+        });
+    let state = AppState::new(cfg, pool, bus, verifier)?;
+    let inner = Router::new()
+        .merge(router(state))
+        .merge(readiness.router())
+        .merge(telemetry::metrics_router(metrics))
+        .layer(axum::middleware::from_fn(telemetry::track_requests));
+    let served = bm_common::serve::serve(addr, bm_common::nest::express_app(inner)).await;
+    let _ = stop.send(true);
+    let _ = listener.await;
+    served
+}

@@ -1,0 +1,386 @@
+//! Chats, members and messages on the monolith's tables (schema `legacy`), query for query what
+//! `legacy/src/chat/chat.service.ts` runs, so both sides read and write the same rows in the same
+//! way while the route moves (the data moves in a later step).
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::errors::{ChatError, Result};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChatRow {
+    pub id: Uuid,
+    pub title: Option<String>,
+    pub is_group: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A member with its user's public profile.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MemberRow {
+    pub role: String,
+    pub joined_at: DateTime<Utc>,
+    pub id: Uuid,
+    pub display_name: String,
+    pub avatar_url: Option<String>,
+}
+
+/// A message with its sender's public fields (on the bus: `bus::WireMessage`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: Uuid,
+    /// messages.seq: not exposed, it is the cursor
+    pub seq: i64,
+    pub chat_id: Uuid,
+    pub sender_id: Uuid,
+    pub body: String,
+    pub client_message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub sender_display_name: String,
+    pub sender_avatar_url: Option<String>,
+}
+
+/// Selects a message with its sender's public fields (alias `m` for messages).
+const MESSAGE_SELECT: &str = "SELECT m.id, m.seq, m.chat_id, m.sender_id, m.body, m.client_message_id, m.created_at, m.edited_at, \
+     m.deleted_at, u.display_name AS sender_display_name, u.avatar_url AS sender_avatar_url \
+     FROM legacy.messages m JOIN legacy.users u ON u.id = m.sender_id";
+
+/// Opaque cursor: base64 (standard, padded) of the message's seq.
+pub fn encode_cursor(seq: i64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(seq.to_string())
+}
+
+/// The seq a cursor stands for; anything that is not the canonical encoding of a positive
+/// integer is `BAD_USER_INPUT` (as `Buffer.from(c, 'base64')` and the re-encoding check do).
+pub fn decode_cursor(cursor: &str) -> Result<i64> {
+    let bad = || ChatError::BadRequest("after is not a valid cursor".into());
+    let bytes = base64::engine::general_purpose::STANDARD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let canonical = !text.is_empty() && text.len() <= 19 && !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit());
+    if !canonical || encode_cursor(text.parse().map_err(|_| bad())?) != cursor {
+        return Err(bad());
+    }
+    text.parse().map_err(|_| bad())
+}
+
+/// The monolith's UUID check (`/^[0-9a-f]{8}-…$/i`); `name` is the argument's name.
+pub fn parse_uuid(value: &str, name: &str) -> Result<Uuid> {
+    let bad = || ChatError::BadRequest(format!("{name} must be a UUID"));
+    if !bm_common::validate::is_uuid(value) {
+        return Err(bad());
+    }
+    value.parse().map_err(|_| bad())
+}
+
+/// `assertBody` of `editMessage`: JavaScript's `.length` (UTF-16 units) and `/\S/`.
+pub fn assert_body(body: &str) -> Result<()> {
+    let len = body.encode_utf16().count();
+    if !(1..=4000).contains(&len) {
+        return Err(ChatError::BadRequest("body must be longer than or equal to 1 and shorter than or equal to 4000 characters".into()));
+    }
+    if !bm_common::validate::has_non_space(body) {
+        return Err(ChatError::BadRequest("body must not be blank".into()));
+    }
+    Ok(())
+}
+
+/// 404 when the chat does not exist, 403 when `user` is not a member.
+pub async fn require_member<'e>(db: impl PgExecutor<'e>, chat: Uuid, user: Uuid) -> Result<ChatRow> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        chat: ChatRow,
+        is_member: bool,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at,
+                EXISTS (SELECT 1 FROM legacy.chat_members cm WHERE cm.chat_id = c.id AND cm.user_id = $2) AS is_member
+         FROM legacy.chats c WHERE c.id = $1",
+    )
+    .bind(chat)
+    .bind(user)
+    .fetch_optional(db)
+    .await?;
+    let row = row.ok_or_else(ChatError::not_found_chat)?;
+    if !row.is_member {
+        return Err(ChatError::not_a_member());
+    }
+    Ok(row.chat)
+}
+
+pub async fn chats<'e>(db: impl PgExecutor<'e>, user: Uuid) -> Result<Vec<ChatRow>> {
+    Ok(sqlx::query_as(
+        "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at
+         FROM legacy.chats c JOIN legacy.chat_members cm ON cm.chat_id = c.id AND cm.user_id = $1
+         ORDER BY c.updated_at DESC, c.id DESC",
+    )
+    .bind(user)
+    .fetch_all(db)
+    .await?)
+}
+
+pub async fn members<'e>(db: impl PgExecutor<'e>, chat: Uuid) -> Result<Vec<MemberRow>> {
+    Ok(sqlx::query_as(
+        "SELECT cm.role, cm.joined_at, u.id, u.display_name, u.avatar_url
+         FROM legacy.chat_members cm JOIN legacy.users u ON u.id = cm.user_id
+         WHERE cm.chat_id = $1 ORDER BY cm.joined_at, u.id",
+    )
+    .bind(chat)
+    .fetch_all(db)
+    .await?)
+}
+
+pub async fn last_message<'e>(db: impl PgExecutor<'e>, chat: Uuid) -> Result<Option<MessageRow>> {
+    Ok(sqlx::query_as(&format!("{MESSAGE_SELECT} WHERE m.chat_id = $1 ORDER BY m.seq DESC LIMIT 1")).bind(chat).fetch_optional(db).await?)
+}
+
+pub async fn unread_count<'e>(db: impl PgExecutor<'e>, chat: Uuid, user: Uuid) -> Result<i32> {
+    let n: i32 = sqlx::query_scalar(
+        "SELECT count(*)::int FROM legacy.messages m
+         JOIN legacy.chat_members cm ON cm.chat_id = m.chat_id AND cm.user_id = $2
+         WHERE m.chat_id = $1 AND m.seq > cm.last_read_seq AND m.sender_id <> $2 AND m.deleted_at IS NULL",
+    )
+    .bind(chat)
+    .bind(user)
+    .fetch_one(db)
+    .await?;
+    Ok(n)
+}
+
+/// Messages of a chat, newest first, `first` of them plus one to tell whether more exist.
+pub async fn messages<'e>(db: impl PgExecutor<'e>, chat: Uuid, before: Option<i64>, first: i64) -> Result<Vec<MessageRow>> {
+    Ok(sqlx::query_as(&format!(
+        "{MESSAGE_SELECT} WHERE m.chat_id = $1 AND ($2::bigint IS NULL OR m.seq < $2::bigint) ORDER BY m.seq DESC LIMIT $3"
+    ))
+    .bind(chat)
+    .bind(before)
+    .bind(first + 1)
+    .fetch_all(db)
+    .await?)
+}
+
+pub async fn message<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<MessageRow>> {
+    Ok(sqlx::query_as(&format!("{MESSAGE_SELECT} WHERE m.id = $1")).bind(id).fetch_optional(db).await?)
+}
+
+/// The users among `ids` that exist.
+pub async fn known_users<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar("SELECT id FROM legacy.users WHERE id = ANY($1::uuid[])").bind(ids).fetch_all(db).await?)
+}
+
+/// A direct chat between the two users if one exists, after taking the same advisory lock as
+/// the monolith (`direct-chat:<sorted pair>`), so concurrent creations on either side make one.
+pub async fn lock_and_find_direct(c: &mut PgConnection, a: Uuid, b: Uuid) -> Result<Option<ChatRow>> {
+    let mut pair = [a.to_string(), b.to_string()];
+    pair.sort();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(format!("direct-chat:{}", pair.join(":"))).execute(&mut *c).await?;
+    Ok(sqlx::query_as(
+        "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at FROM legacy.chats c
+         WHERE NOT c.is_group
+           AND EXISTS (SELECT 1 FROM legacy.chat_members WHERE chat_id = c.id AND user_id = $1)
+           AND EXISTS (SELECT 1 FROM legacy.chat_members WHERE chat_id = c.id AND user_id = $2)
+         ORDER BY c.created_at LIMIT 1",
+    )
+    .bind(a)
+    .bind(b)
+    .fetch_optional(&mut *c)
+    .await?)
+}
+
+pub async fn insert_chat(c: &mut PgConnection, creator: Uuid, title: Option<&str>, is_group: bool, others: &[Uuid]) -> Result<ChatRow> {
+    let chat: ChatRow = sqlx::query_as(
+        "INSERT INTO legacy.chats (title, is_group, created_by) VALUES ($1, $2, $3)
+         RETURNING id, title, is_group, created_at, updated_at",
+    )
+    .bind(title)
+    .bind(is_group)
+    .bind(creator)
+    .fetch_one(&mut *c)
+    .await?;
+    let mut all = vec![creator];
+    all.extend_from_slice(others);
+    sqlx::query(
+        "INSERT INTO legacy.chat_members (chat_id, user_id, role)
+         SELECT $1, u, CASE WHEN u = $2 THEN 'owner' ELSE 'member' END FROM unnest($3::uuid[]) AS u",
+    )
+    .bind(chat.id)
+    .bind(creator)
+    .bind(&all)
+    .execute(&mut *c)
+    .await?;
+    Ok(chat)
+}
+
+/// What a new message needs of its chat for notifications and pushes.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub message: MessageRow,
+    /// group title, `None` for a direct chat (and an untitled group)
+    pub chat_title: Option<String>,
+    /// the other members: one `message.new` notification each
+    pub recipients: Vec<Uuid>,
+}
+
+/// `sendMessage` in the request's transaction: idempotent per (chat, sender, clientMessageId).
+/// `Ok((message, None))` for a repeat (nothing written, nothing to notify or publish).
+pub async fn send_message(
+    c: &mut PgConnection,
+    sender: Uuid,
+    chat: &ChatRow,
+    body: &str,
+    client_message_id: &str,
+) -> Result<(MessageRow, Option<NewMessage>)> {
+    let inserted: Option<(Uuid, i64)> = sqlx::query_as(
+        "INSERT INTO legacy.messages (chat_id, sender_id, body, client_message_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (chat_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
+         RETURNING id, seq",
+    )
+    .bind(chat.id)
+    .bind(sender)
+    .bind(body)
+    .bind(client_message_id)
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some((id, seq)) = inserted else {
+        let prev: MessageRow =
+            sqlx::query_as(&format!("{MESSAGE_SELECT} WHERE m.chat_id = $1 AND m.sender_id = $2 AND m.client_message_id = $3"))
+                .bind(chat.id)
+                .bind(sender)
+                .bind(client_message_id)
+                .fetch_one(&mut *c)
+                .await?;
+        return Ok((prev, None));
+    };
+    sqlx::query("UPDATE legacy.chats SET updated_at = now() WHERE id = $1").bind(chat.id).execute(&mut *c).await?;
+    // the sender has read everything up to their own message
+    sqlx::query("UPDATE legacy.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2")
+        .bind(chat.id)
+        .bind(sender)
+        .bind(seq)
+        .execute(&mut *c)
+        .await?;
+    let message: MessageRow = sqlx::query_as(&format!("{MESSAGE_SELECT} WHERE m.id = $1")).bind(id).fetch_one(&mut *c).await?;
+    let chat_title = if chat.is_group { chat.title.clone() } else { None };
+    // one `message.new` notification per other member, in the message's transaction
+    let payload = serde_json::json!({
+        "chatId": chat.id,
+        "messageId": message.id,
+        "senderId": sender,
+        "senderName": message.sender_display_name,
+        "chatTitle": chat_title,
+        "preview": preview(&message.body),
+    });
+    let recipients: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO legacy.notifications (user_id, kind, payload)
+         SELECT user_id, 'message.new', $3::jsonb FROM legacy.chat_members WHERE chat_id = $1 AND user_id <> $2
+         RETURNING user_id",
+    )
+    .bind(chat.id)
+    .bind(sender)
+    .bind(payload)
+    .fetch_all(&mut *c)
+    .await?;
+    let new = NewMessage { message: message.clone(), chat_title, recipients };
+    Ok((message, Some(new)))
+}
+
+/// A notification's or a push's preview of a body: the first 99 UTF-16 units and `…` past 100
+/// (`body.slice(0, 99) + '…'`).
+pub fn preview(body: &str) -> String {
+    let units: Vec<u16> = body.encode_utf16().collect();
+    if units.len() > 100 {
+        format!("{}…", String::from_utf16_lossy(&units[..99]))
+    } else {
+        body.to_string()
+    }
+}
+
+pub async fn edit_message(c: &mut PgConnection, id: Uuid, body: &str) -> Result<Option<MessageRow>> {
+    Ok(sqlx::query_as(
+        "WITH upd AS (UPDATE legacy.messages SET body = $2, edited_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING *)
+         SELECT upd.id, upd.seq, upd.chat_id, upd.sender_id, upd.body, upd.client_message_id, upd.created_at, upd.edited_at,
+                upd.deleted_at, u.display_name AS sender_display_name, u.avatar_url AS sender_avatar_url
+         FROM upd JOIN legacy.users u ON u.id = upd.sender_id",
+    )
+    .bind(id)
+    .bind(body)
+    .fetch_optional(&mut *c)
+    .await?)
+}
+
+pub async fn delete_message(c: &mut PgConnection, id: Uuid) -> Result<MessageRow> {
+    Ok(sqlx::query_as(
+        "WITH upd AS (UPDATE legacy.messages SET deleted_at = COALESCE(deleted_at, now()) WHERE id = $1 RETURNING *)
+         SELECT upd.id, upd.seq, upd.chat_id, upd.sender_id, upd.body, upd.client_message_id, upd.created_at, upd.edited_at,
+                upd.deleted_at, u.display_name AS sender_display_name, u.avatar_url AS sender_avatar_url
+         FROM upd JOIN legacy.users u ON u.id = upd.sender_id",
+    )
+    .bind(id)
+    .fetch_one(&mut *c)
+    .await?)
+}
+
+/// The seq of `message` if it belongs to `chat`.
+pub async fn message_seq<'e>(db: impl PgExecutor<'e>, message: Uuid, chat: Uuid) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar("SELECT seq FROM legacy.messages WHERE id = $1 AND chat_id = $2")
+        .bind(message)
+        .bind(chat)
+        .fetch_optional(db)
+        .await?)
+}
+
+pub async fn mark_read(c: &mut PgConnection, chat: Uuid, user: Uuid, seq: i64) -> Result<()> {
+    sqlx::query("UPDATE legacy.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2")
+        .bind(chat)
+        .bind(user)
+        .bind(seq)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn cursors_are_base64_of_the_seq_and_only_canonical_ones_decode() {
+        // docs/api/chat.md: seq 100211 → "MTAwMjEx"
+        assert_eq!(encode_cursor(100211), "MTAwMjEx");
+        assert_eq!(decode_cursor("MTAwMjEx"), Ok(100211));
+        for bad in ["", "MA==", "LTE=", "MDE=", "bm9wZQ==", "MTAwMjEx=", "MTAwMjEx\n", "%%%", "YQ"] {
+            assert!(decode_cursor(bad).is_err(), "{bad:?} decoded");
+        }
+    }
+
+    #[test]
+    fn uuids_and_bodies_as_the_monolith_checks_them() {
+        assert!(parse_uuid("0e5b7d38-1f1d-4b86-9c52-3b6a1b8e4f10", "id").is_ok());
+        assert!(parse_uuid("0E5B7D38-1F1D-4B86-9C52-3B6A1B8E4F10", "id").is_ok());
+        assert_eq!(parse_uuid("nope", "chatId"), Err(ChatError::BadRequest("chatId must be a UUID".into())));
+        assert!(assert_body("x").is_ok());
+        assert_eq!(assert_body(" \n\u{a0}"), Err(ChatError::BadRequest("body must not be blank".into())));
+        assert!(assert_body(&"😀".repeat(2000)).is_ok(), "4000 UTF-16 units");
+        assert!(assert_body(&"😀".repeat(2001)).is_err());
+        assert!(bm_common::validate::has_non_space("\u{85}"), "U+0085 is not JavaScript white space");
+    }
+
+    #[test]
+    fn previews_cut_at_100_utf16_units() {
+        assert_eq!(preview(&"a".repeat(100)), "a".repeat(100));
+        assert_eq!(preview(&"a".repeat(101)), format!("{}…", "a".repeat(99)));
+    }
+
+    proptest! {
+        #[test]
+        fn every_seq_round_trips(seq in 1i64..i64::MAX) {
+            prop_assert_eq!(decode_cursor(&encode_cursor(seq)), Ok(seq));
+        }
+    }
+}
