@@ -20,6 +20,7 @@
 pub mod bus;
 pub mod config;
 pub mod errors;
+pub mod graphqljs;
 pub mod http;
 pub mod push;
 pub mod schema;
@@ -78,6 +79,8 @@ impl AppState {
 pub struct Endpoint {
     pub app: AppState,
     pub schema: schema::ChatSchema,
+    /// automatic persisted queries (hash → query), per process as in Apollo Server
+    pub persisted: Arc<http::PersistedQueries>,
 }
 
 /// The chat API (`/graphql`, HTTP and WebSocket), with the request transaction. Serve it inside
@@ -85,7 +88,7 @@ pub struct Endpoint {
 /// it too (Apollo is mounted with `app.use`).
 pub fn router(state: AppState) -> Router {
     let tx_state = TxState::new(state.pool.clone(), state.cfg.dry_run_key.clone());
-    let endpoint = Endpoint { schema: schema::build(state.clone()), app: state };
+    let endpoint = Endpoint { schema: schema::build(state.clone()), app: state, persisted: Arc::default() };
     Router::new()
         .route("/graphql", any(http::endpoint))
         .route("/graphql/{*rest}", any(http::endpoint))

@@ -427,12 +427,12 @@ impl SubscriptionRoot {
 
 pub type ChatSchema = async_graphql::Schema<Query, Mutation, SubscriptionRoot>;
 
-/// The schema, with the limits of the monolith's Apollo Server (none beyond graphql-js's own)
-/// and introspection as configured.
+/// The schema, with the limits of the monolith's Apollo Server (none beyond graphql-js's own),
+/// and graphql-js's checks before any resolver ([`crate::graphqljs::Gate`]).
+///
+/// Introspection stays on here: answers come from the monolith's recorded introspection
+/// (`shape`), and over HTTP a production service refuses `__schema`/`__type` as Apollo does
+/// (`http`); over the WebSocket the monolith answers them even in production, and so does this.
 pub fn build(state: AppState) -> ChatSchema {
-    let mut b = async_graphql::Schema::build(Query, Mutation, SubscriptionRoot).data(state.clone());
-    if !state.cfg.introspection {
-        b = b.disable_introspection();
-    }
-    b.finish()
+    async_graphql::Schema::build(Query, Mutation, SubscriptionRoot).data(state).extension(crate::graphqljs::Gate).finish()
 }

@@ -60,7 +60,43 @@ impl Model {
 
     /// The type reference of `parent.field` (`{kind, name, ofType}`).
     fn field_type(&self, parent: &str, field: &str) -> Option<&Json> {
-        self.types.get(parent)?["fields"].as_array()?.iter().find(|f| f["name"] == field).map(|f| &f["type"])
+        self.field(parent, field).map(|f| &f["type"])
+    }
+
+    /// The kind (`OBJECT`, `INPUT_OBJECT`, `SCALAR` …) of a named type.
+    pub fn kind(&self, name: &str) -> Option<&str> {
+        self.types.get(name)?["kind"].as_str()
+    }
+
+    /// The input fields of an input object type.
+    pub fn input_fields(&self, name: &str) -> Vec<&Json> {
+        self.types.get(name).and_then(|t| t["inputFields"].as_array()).map(|a| a.iter().collect()).unwrap_or_default()
+    }
+
+    /// The field names of an object type, in schema order.
+    pub fn field_names(&self, name: &str) -> Vec<&str> {
+        self.types
+            .get(name)
+            .and_then(|t| t["fields"].as_array())
+            .map(|a| a.iter().filter_map(|f| f["name"].as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    fn field(&self, parent: &str, field: &str) -> Option<&Json> {
+        self.types.get(parent)?["fields"].as_array()?.iter().find(|f| f["name"] == field)
+    }
+
+    /// The argument names of `parent.field`.
+    pub fn arg_names(&self, parent: &str, field: &str) -> Vec<&str> {
+        self.field(parent, field)
+            .and_then(|f| f["args"].as_array())
+            .map(|a| a.iter().filter_map(|x| x["name"].as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The type reference of argument `arg` of `parent.field`.
+    pub fn arg_type(&self, parent: &str, field: &str, arg: &str) -> Option<Json> {
+        self.field(parent, field)?["args"].as_array()?.iter().find(|a| a["name"] == arg).map(|a| a["type"].clone())
     }
 
     /// Whether a fragment on `condition` applies to an object of type `object`.
@@ -152,15 +188,19 @@ struct Walk<'a> {
 
 /// `data` of an operation as graphql-js would answer it; `None` when it cannot tell (then the
 /// caller keeps async-graphql's `data`).
-pub fn shape(model: &Model, doc: &ExecutableDocument, op_name: Option<&str>, variables: &Json, data: &Value) -> Option<Value> {
+pub fn shape(model: &Model, doc: &ExecutableDocument, op_name: Option<&str>, variables: &Value, data: &Value) -> Option<Value> {
     let op = operation(doc, op_name)?;
     let root = model.root(op.node.ty)?;
+    let given = match variables {
+        Value::Object(m) => Some(m),
+        _ => None,
+    };
     let mut vars: HashMap<Name, Value> = HashMap::new();
     for def in &op.node.variable_definitions {
         let name = &def.node.name.node;
-        match variables.get(name.as_str()) {
+        match given.and_then(|m| m.get(name)) {
             Some(v) => {
-                vars.insert(name.clone(), Value::from_json(v.clone()).ok()?);
+                vars.insert(name.clone(), v.clone());
             }
             None => {
                 if let Some(d) = def.node.default_value() {
@@ -406,12 +446,12 @@ mod tests {
     fn run(query: &str, variables: Json, data: Json) -> Json {
         let doc = async_graphql::parser::parse_query(query).unwrap();
         let data = Value::from_json(data).unwrap();
-        shape(Model::recorded(), &doc, None, &variables, &data).unwrap().into_json().unwrap()
+        shape(Model::recorded(), &doc, None, &Value::from_json(variables).unwrap(), &data).unwrap().into_json().unwrap()
     }
 
     fn text(query: &str, data: Json) -> String {
         let doc = async_graphql::parser::parse_query(query).unwrap();
-        let v = shape(Model::recorded(), &doc, None, &json!({}), &Value::from_json(data).unwrap()).unwrap();
+        let v = shape(Model::recorded(), &doc, None, &Value::Null, &Value::from_json(data).unwrap()).unwrap();
         serde_json::to_string(&v).unwrap()
     }
 
@@ -441,7 +481,8 @@ mod tests {
                  fragment F on Query { chats { isGroup } }";
         let data = json!({ "chats": [{ "isGroup": true }], "x": [{ "title": "t" }] });
         let doc = async_graphql::parser::parse_query(q).unwrap();
-        let v = shape(Model::recorded(), &doc, None, &json!({ "s": true }), &Value::from_json(data).unwrap()).unwrap();
+        let v = shape(Model::recorded(), &doc, None, &Value::from_json(json!({ "s": true })).unwrap(), &Value::from_json(data).unwrap())
+            .unwrap();
         assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"chats":[{"isGroup":true}],"x":[{"title":"t"}]}"#);
     }
 

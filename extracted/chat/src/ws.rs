@@ -24,9 +24,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::http::{format_errors, is_coercion, ran};
+use crate::http::{format_errors, ran};
 use crate::schema::Caller;
-use crate::{shape, Endpoint};
+use crate::{graphqljs, shape, Endpoint};
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEP_ALIVE: Duration = Duration::from_secs(12);
@@ -65,7 +65,7 @@ enum ClientMessage {
     Init(Option<Value>),
     Ping(Option<Value>),
     Pong,
-    Subscribe { id: String, query: String, variables: Value, operation_name: Option<String> },
+    Subscribe { id: String, query: String, variables: async_graphql::Value, operation_name: Option<String> },
     Complete(String),
 }
 
@@ -98,7 +98,19 @@ fn parse_message(text: &str) -> Option<ClientMessage> {
             {
                 return None;
             }
-            let variables = p.get("variables").cloned().unwrap_or(Value::Null);
+            // again from the text: graphql-js quotes values in the client's key order
+            #[derive(serde::Deserialize)]
+            struct Ordered {
+                #[serde(default)]
+                payload: Option<OrderedPayload>,
+            }
+            #[derive(serde::Deserialize)]
+            struct OrderedPayload {
+                #[serde(default)]
+                variables: Option<async_graphql::Value>,
+            }
+            let variables =
+                serde_json::from_str::<Ordered>(text).ok().and_then(|o| o.payload?.variables).unwrap_or(async_graphql::Value::Null);
             let operation_name = p.get("operationName").and_then(Value::as_str).map(str::to_string);
             ClientMessage::Subscribe { id, query, variables, operation_name }
         }
@@ -255,7 +267,7 @@ async fn authenticate(s: &Endpoint, payload: Option<&Value>) -> Option<uuid::Uui
 struct Operation {
     id: String,
     query: String,
-    variables: Value,
+    variables: async_graphql::Value,
     operation_name: Option<String>,
     doc: async_graphql::parser::types::ExecutableDocument,
     caller: Caller,
@@ -265,12 +277,16 @@ struct Operation {
 async fn run(s: Endpoint, op: Operation, out: mpsc::Sender<Ws>, subs: Subscriptions) {
     let live = |subs: &Subscriptions, id: &str| subs.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id);
     let kind = shape::operation(&op.doc, op.operation_name.as_deref()).map(|o| o.node.ty);
-    let mut request = async_graphql::Request::new(op.query).variables(Variables::from_json(op.variables.clone())).data(op.caller);
+    let model = shape::Model::recorded();
+    let checks = graphqljs::Prechecks::new(model, &op.doc, op.operation_name.as_deref(), &op.variables);
+    let query = op.query.clone();
+    let mut request =
+        async_graphql::Request::new(op.query).variables(Variables::from_value(op.variables.clone())).data(op.caller).data(checks);
     if let Some(name) = &op.operation_name {
         request = request.operation_name(name);
     }
     let shape_data = |data: &async_graphql::Value| {
-        shape::shape(shape::Model::recorded(), &op.doc, op.operation_name.as_deref(), &op.variables, data).unwrap_or_else(|| data.clone())
+        shape::shape(model, &op.doc, op.operation_name.as_deref(), &op.variables, data).unwrap_or_else(|| data.clone())
     };
     if kind == Some(OperationType::Subscription) {
         let mut responses = s.schema.execute_stream(request);
@@ -280,22 +296,24 @@ async fn run(s: Endpoint, op: Operation, out: mpsc::Sender<Ws>, subs: Subscripti
                 return;
             }
             if first && !ran(&r) {
-                if r.errors.iter().all(is_coercion) {
-                    let body = crate::http::render(&format_errors(r.errors, Some("BAD_USER_INPUT")), None);
-                    let _ = out.send(frame(Some(&op.id), "next", Some(&body))).await;
-                    break;
+                match crate::http::refused_ws(model, &query, r.errors) {
+                    Ok(next) => {
+                        let _ = out.send(frame(Some(&op.id), "next", Some(&next))).await;
+                        break;
+                    }
+                    Err(errors) => {
+                        // graphql-ws: an `error` message, and no `complete`
+                        let _ = out.send(frame(Some(&op.id), "error", Some(&errors))).await;
+                        subs.lock().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
+                        return;
+                    }
                 }
-                // not valid: graphql-ws sends graphql-js's errors as they are, and no `complete`
-                let body = serde_json::to_vec(&r.errors).expect("errors serialise");
-                let _ = out.send(frame(Some(&op.id), "error", Some(&body))).await;
-                subs.lock().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
-                return;
             }
             // the subscription was refused (its resolver failed): `errors` only, then `complete`
             let refused = first && r.data == async_graphql::Value::Null && !r.errors.is_empty();
             first = false;
             let data = (!refused).then(|| shape_data(&r.data));
-            let body = crate::http::render(&format_errors(r.errors, None), data.as_ref());
+            let body = crate::http::render_payload(&format_errors(r.errors, None), data.as_ref());
             if out.send(frame(Some(&op.id), "next", Some(&body))).await.is_err() {
                 return;
             }
@@ -314,17 +332,17 @@ async fn run(s: Endpoint, op: Operation, out: mpsc::Sender<Ws>, subs: Subscripti
             return;
         }
         let body = if !ran(&r) {
-            if r.errors.iter().all(is_coercion) {
-                crate::http::render(&format_errors(r.errors, Some("BAD_USER_INPUT")), None)
-            } else {
-                let body = serde_json::to_vec(&r.errors).expect("errors serialise");
-                let _ = out.send(frame(Some(&op.id), "error", Some(&body))).await;
-                subs.lock().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
-                return;
+            match crate::http::refused_ws(model, &query, r.errors) {
+                Ok(next) => next,
+                Err(errors) => {
+                    let _ = out.send(frame(Some(&op.id), "error", Some(&errors))).await;
+                    subs.lock().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
+                    return;
+                }
             }
         } else {
             let data = shape_data(&r.data);
-            crate::http::render(&format_errors(r.errors, None), Some(&data))
+            crate::http::render_payload(&format_errors(r.errors, None), Some(&data))
         };
         let _ = out.send(frame(Some(&op.id), "next", Some(&body))).await;
     }

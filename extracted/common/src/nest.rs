@@ -309,11 +309,17 @@ pub async fn express_json(req: Request, next: Next) -> Response {
         // parsed once, here; the handler's JsonBody extractor takes it from the extensions
         Ok(parsed) => {
             req.extensions_mut().insert(parsed);
+            req.extensions_mut().insert(RawJson(bytes));
             next.run(req).await
         }
         Err(e) => e.into_response(),
     }
 }
+
+/// The bytes of a JSON body [`express_json`] parsed, for handlers that need more than
+/// [`JsonBody`] keeps (the order of keys below the top level, for one).
+#[derive(Clone, Debug)]
+pub struct RawJson(pub axum::body::Bytes);
 
 /// A request body as `express.json()` hands it to Nest: the parsed JSON value, or `{}` when the
 /// content type is not JSON or the body is empty. Keys are also kept in the order they were sent
@@ -352,7 +358,14 @@ impl JsonBody {
         if first != '{' && first != '[' {
             return Err(NestError::bad_request(&strict_violation(text, first)));
         }
-        let value: Value = serde_json::from_str(text).map_err(|e| NestError::bad_request(&format!("{e} in JSON")))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            // V8's JSON.parse message where serde's category matches it; serde's words otherwise
+            if e.is_eof() {
+                NestError::bad_request("Unexpected end of JSON input")
+            } else {
+                NestError::bad_request(&format!("{e} in JSON"))
+            }
+        })?;
         let keys = serde_json::from_str::<KeysInOrder>(text).map(|k| k.0).unwrap_or_default();
         Ok(JsonBody { value, keys })
     }
