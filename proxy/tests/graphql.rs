@@ -182,3 +182,26 @@ async fn queries_fall_back_mutations_do_not_and_errors_are_graphql() {
     assert_eq!(v["errors"][0]["extensions"]["code"], "BAD_GATEWAY", "{v}");
     assert_eq!(v["data"], Value::Null);
 }
+
+/// A claimed mutation stays with its owner even when the service is down and never saw it (no
+/// fallback to the monolith's store): the client gets a GraphQL error; a query on the same route
+/// falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_for_a_dead_service_gets_a_graphql_error_not_the_monolith() {
+    let legacy = TestUpstream::start("legacy").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (dead, _keep_it_dead) = dead_addr();
+    let body =
+        table_to(&legacy, &format!("http://{dead}"), dir.path(), "", "").replace(r#""messageAdded"]"#, r#""messageAdded", "sendMessage"]"#);
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    let r = c.post(proxy.url("/graphql")).json(&json!({ "query": "{ chats { id } }" })).send().await.unwrap();
+    assert_eq!(r.headers()["x-served-by"], "legacy", "a query falls back");
+    let m = json!({ "query": "mutation { sendMessage(input: {chatId: 1, body: \"hi\", clientMessageId: \"c\"}) { id } }" });
+    let r = c.post(proxy.url("/graphql")).json(&m).send().await.unwrap();
+    assert!(r.headers().get("x-served-by").is_none(), "the monolith did not get the mutation");
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["extensions"]["code"], "BAD_GATEWAY", "{v}");
+    assert_eq!(legacy.hits(), 1, "only the query reached the monolith");
+}

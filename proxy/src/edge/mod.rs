@@ -15,7 +15,8 @@
 //!   reached the service — connection refused or timed out, or held back by an open breaker —
 //!   goes to the monolith whatever its method; an idempotent request whose connection failed
 //!   before any answer byte, or that got 502/503/504, is retried there once. A non-idempotent
-//!   request that may have reached the service is never replayed.
+//!   request that may have reached the service is never replayed. A GraphQL mutation never
+//!   falls back: it gets a GraphQL-shaped error from its owner's side.
 //! - `fail_to_proxy` answers errors in the monolith's error shape, unless the answer's head is
 //!   already out: then the client's response is aborted (HTTP/1.1: the connection closes short
 //!   of its length or final chunk; h2: `RST_STREAM`), never completed with bytes the upstream
@@ -543,8 +544,14 @@ impl ProxyHttp for Edge {
         if let (Side::Extracted, Some(route)) = (ctx.side, ctx.route.clone()) {
             // the monolith still serves these routes until it is switched off: a request the
             // service never saw can go there instead
-            ctx.fallback_ok =
-                matches!(route.mode, Mode::Extracted | Mode::Canary) && route.fallback && table.default_upstream != route.target;
+            ctx.fallback_ok = matches!(route.mode, Mode::Extracted | Mode::Canary)
+                && route.fallback
+                && table.default_upstream != route.target
+                // A GraphQL mutation stays with the owner of its fields, even when the service
+                // never saw it: the owner's store is where the data lives (or will, once the data
+                // moves), so the client gets a GraphQL error and retries (its mutations are
+                // idempotent by client id) rather than a write on the monolith's side.
+                && ctx.operation != Some(crate::graphql::OperationKind::Mutation);
             let (admit, _) = self.state.breakers.with(&route.name, route.breaker, |b| b.admit(Instant::now()));
             match admit {
                 Admit::Yes | Admit::Probe => {
