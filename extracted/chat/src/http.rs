@@ -198,8 +198,21 @@ fn query_of(op: &Operation, apq: &PersistedQueries) -> Result<String, Response> 
 
 /// The `errors` of a response in the monolith's shape: each error's own `extensions.code`, or the
 /// code graphql-js gives a request-level error, or a masked internal error.
+/// A resolver's error extension that moves the error's location (graphql-js points some errors at
+/// an argument, not the field); [`format_errors`] applies and removes it.
+pub const LOCATION_EXTENSION: &str = "x-strangler-location";
+
 pub(crate) fn format_errors(mut errors: Vec<ServerError>, request_level: Option<&str>) -> Vec<ServerError> {
     for e in &mut errors {
+        if let Some(ext) = e.extensions.as_mut() {
+            if let Some(AgValue::List(at)) = ext.get(LOCATION_EXTENSION).cloned() {
+                if let [AgValue::Number(l), AgValue::Number(c)] = at.as_slice() {
+                    let (line, column) = (l.as_u64().unwrap_or(0) as usize, c.as_u64().unwrap_or(0) as usize);
+                    e.locations = vec![async_graphql::Pos { line, column }];
+                }
+                ext.unset(LOCATION_EXTENSION);
+            }
+        }
         let has_code = e.extensions.as_ref().is_some_and(|x| x.get("code").is_some());
         if has_code {
             continue;

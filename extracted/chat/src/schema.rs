@@ -250,8 +250,15 @@ impl Query {
             Some(n) => n,
             None if absent_variable(ctx, "first") => 50,
             None => {
+                // graphql-js points at the argument's value
+                let at = ctx.item.node.get_argument("first").map(|v| v.pos);
                 let e = async_graphql::Error::new("Argument \"first\" of non-null type \"Int!\" must not be null.");
-                return Err(e.extend_with(|_, x| x.set("code", "INTERNAL_SERVER_ERROR")));
+                return Err(e.extend_with(move |_, x| {
+                    x.set("code", "INTERNAL_SERVER_ERROR");
+                    if let Some(p) = at {
+                        x.set(crate::http::LOCATION_EXTENSION, Value::List(vec![Value::from(p.line), Value::from(p.column)]));
+                    }
+                }));
             }
         };
         let me = caller(ctx)?;
