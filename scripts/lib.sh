@@ -78,6 +78,16 @@ dev_jwt_key() {
   echo "$key"
 }
 
+# The public half of dev_jwt_key, for services that only verify tokens (chat).
+dev_jwt_public_key() {
+  local key pub="$RUN_DIR/jwt-public.pem"
+  key=$(dev_jwt_key)
+  if [ ! -f "$pub" ] || [ "$pub" -ot "$key" ]; then
+    openssl pkey -in "$key" -pubout -out "$pub" 2>/dev/null
+  fi
+  echo "$pub"
+}
+
 # The dry-run secret of this machine's stack (proxy signs, services verify), made once.
 dev_dry_run_secret() {
   local file="$RUN_DIR/dry-run-secret"
@@ -146,14 +156,30 @@ auth_env() {
   echo "DRY_RUN_SECRET=$(dev_dry_run_secret)"
 }
 
+# The chat service's environment: the monolith's database, Redis and FCM, the public key that
+# verifies access tokens, its own port, and the dry-run secret.
+chat_env() {
+  local fakes=$1 port=$2
+  cat <<ENV
+PORT=$port
+HOST=127.0.0.1
+DATABASE_URL=$DATABASE_URL
+REDIS_URL=$REDIS_URL
+JWT_PUBLIC_KEY_FILE=$(dev_jwt_public_key)
+FCM_BASE_URL=$fakes
+DRY_RUN_SECRET=$(dev_dry_run_secret)
+ENV
+}
+
 # Starts the fakes, the monolith and the extracted auth service (debug builds) on free ports
-# against $DATABASE_URL and $REDIS_URL, as $RUN_DIR/PREFIX-{fakes,legacy,auth}; sets FAKES_URL,
-# LEGACY_URL and AUTH_URL. APP_URL (optional) is the public URL links and redirects name.
+# and the extracted chat service against $DATABASE_URL and $REDIS_URL, as
+# $RUN_DIR/PREFIX-{fakes,legacy,auth,chat}; sets FAKES_URL, LEGACY_URL, AUTH_URL and CHAT_URL.
+# APP_URL (optional) is the public URL links and redirects name.
 # Used by scripts/test (the replay gate) and scripts/record-corpus; stop with stop_cutover PREFIX.
 start_cutover() {
-  local prefix=$1 app_url=${2:-} fp lp ap
-  fp=$(free_port); lp=$(free_port); ap=$(free_port)
-  FAKES_URL=http://127.0.0.1:$fp LEGACY_URL=http://127.0.0.1:$lp AUTH_URL=http://127.0.0.1:$ap
+  local prefix=$1 app_url=${2:-} fp lp ap cp
+  fp=$(free_port); lp=$(free_port); ap=$(free_port); cp=$(free_port)
+  FAKES_URL=http://127.0.0.1:$fp LEGACY_URL=http://127.0.0.1:$lp AUTH_URL=http://127.0.0.1:$ap CHAT_URL=http://127.0.0.1:$cp
   start_bg "$prefix-fakes" "$ROOT/target/debug/fakes" --listen "127.0.0.1:$fp"
   wait_port 127.0.0.1 "$fp" "fakes"
   # shellcheck disable=SC2046
@@ -162,11 +188,14 @@ start_cutover() {
   # shellcheck disable=SC2046
   start_bg "$prefix-auth" env -i PATH="$PATH" $(auth_env "$FAKES_URL" "$ap") BCRYPT_COST=4 ${app_url:+APP_URL=$app_url} \
     RUST_LOG=warn "$ROOT/target/debug/bm-auth"
+  # shellcheck disable=SC2046
+  start_bg "$prefix-chat" env -i PATH="$PATH" $(chat_env "$FAKES_URL" "$cp") RUST_LOG=warn "$ROOT/target/debug/bm-chat"
   wait_port 127.0.0.1 "$lp" "the monolith" 300
   wait_port 127.0.0.1 "$ap" "the auth service"
+  wait_port 127.0.0.1 "$cp" "the chat service"
 }
 
 stop_cutover() {
   local prefix=$1
-  stop_bg "$prefix-auth"; stop_bg "$prefix-legacy"; stop_bg "$prefix-fakes"
+  stop_bg "$prefix-chat"; stop_bg "$prefix-auth"; stop_bg "$prefix-legacy"; stop_bg "$prefix-fakes"
 }

@@ -5,10 +5,12 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { getIntrospectionQuery } from 'graphql';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { buildClientSchema, getIntrospectionQuery, printSchema } from 'graphql';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
-import { api, gql, newUser, signedDryRun, TestUser, waitFor, withStack } from './harness';
+import { api, gql, newUser, REPO_DIR, signedDryRun, TestUser, waitFor, withStack } from './harness';
 
 const env = withStack({}, { chatService: true });
 const legacy = () => env.stack.legacyUrl;
@@ -58,6 +60,11 @@ describe('the same schema', () => {
     const a = await same('full introspection', post({ query }));
     assert.equal(a.status, 200);
     assert.ok(JSON.parse(a.body).data.__schema.types.some((t: any) => t.name === 'Message'));
+  });
+
+  test("the proxy's SDL (docs/api/chat.graphql) is the recorded schema (scripts/chat-schema)", () => {
+    const recorded = JSON.parse(readFileSync(join(REPO_DIR, 'extracted', 'chat', 'schema', 'introspection.json'), 'utf8'));
+    assert.equal(readFileSync(join(REPO_DIR, 'docs', 'api', 'chat.graphql'), 'utf8'), printSchema(buildClientSchema(recorded)) + '\n');
   });
 
   test('partial introspection: __type, aliases, fragments, directives, includeDeprecated', async () => {

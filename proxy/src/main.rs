@@ -123,6 +123,10 @@ enum Command {
         source: StoreSource,
         #[arg(long)]
         route: String,
+        /// Also keep this route's requests, marked as setup: replayed to the monolith only,
+        /// not compared (a session's sign-in before the route's requests). Repeatable.
+        #[arg(long)]
+        setup: Vec<String>,
     },
     /// Validate a route table and print it; with --against, print what it changes.
     Check {
@@ -179,7 +183,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
-        Command::Corpus { source, route } => match corpus(source, &route) {
+        Command::Corpus { source, route, setup } => match corpus(source, &route, &setup) {
             Ok(lines) => match print_out(&lines.iter().map(|l| format!("{l}\n")).collect::<String>()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -213,9 +217,9 @@ fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyho
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }
 
-fn corpus(source: StoreSource, route: &str) -> anyhow::Result<Vec<String>> {
+fn corpus(source: StoreSource, route: &str, setup: &[String]) -> anyhow::Result<Vec<String>> {
     let store = source.open()?;
-    block_on(store.corpus(route))
+    block_on(store.corpus(route, setup))
 }
 
 fn report(

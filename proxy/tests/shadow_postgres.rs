@@ -87,6 +87,7 @@ fn record(route: &str, i: usize) -> Record {
         request_headers: vec![("accept".into(), "*/*".into())],
         request_body: None,
         answer_secrets: Default::default(),
+        answer_ids: Default::default(),
     }
 }
 
@@ -157,10 +158,10 @@ async fn the_writer_batches_keeps_order_and_flushes_on_stop() {
     let since = Some(sqlx::types::chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + 1000).unwrap());
     let (summary, n, _) = StoredRecords::Postgres(Box::new(db.clone())).summarize(&Filter { since, route: None }).await.unwrap();
     assert_eq!((n, summary.routes["items"].compared), (234, 234));
-    let lines = StoredRecords::Postgres(Box::new(db.clone())).corpus("items").await.unwrap();
+    let lines = StoredRecords::Postgres(Box::new(db.clone())).corpus("items", &[]).await.unwrap();
     assert_eq!(lines.len(), 1234);
     assert_eq!(serde_json::from_str::<Value>(&lines[7]).unwrap()["uri"], "/items/7");
-    assert!(StoredRecords::Postgres(Box::new(db.clone())).corpus("other").await.unwrap().is_empty());
+    assert!(StoredRecords::Postgres(Box::new(db.clone())).corpus("other", &[]).await.unwrap().is_empty());
     drop_schema(&url, &schema).await;
 }
 

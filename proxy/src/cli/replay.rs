@@ -105,6 +105,13 @@ pub struct CorpusRequest {
     /// Fingerprints of the secrets in the recorded monolith answer, by JSON path.
     #[serde(default)]
     pub answer_secrets: BTreeMap<String, String>,
+    /// The ids (UUIDs) in the recorded monolith answer, by JSON path.
+    #[serde(default)]
+    pub answer_ids: BTreeMap<String, String>,
+    /// A request of another route the session needs (a sign-in): sent to the monolith only, to
+    /// follow the session; not compared.
+    #[serde(default)]
+    pub setup: bool,
 }
 
 /// A request of a corpus with its redacted secrets filled, and what could not be filled
@@ -126,12 +133,22 @@ pub struct FillContext<'a> {
 }
 
 impl FillContext<'_> {
-    /// Request `i` with its redacted secrets filled.
+    /// Request `i` with its redacted secrets filled and its recorded ids mapped.
     pub fn fill_request(&self, i: usize) -> Filled {
         let mut request = self.corpus[i].clone();
         let mut unfilled = Vec::new();
         if let Some(body) = request.body.as_mut() {
             self.fill_json(i, body, "", &mut unfilled);
+        }
+        let ids = self.id_map(i);
+        if !ids.is_empty() {
+            request.uri = replace_all(&request.uri, &ids);
+            if let Some(body) = request.body.as_mut() {
+                map_strings(body, &ids);
+            }
+            for (_, value) in request.headers.iter_mut() {
+                *value = replace_all(value, &ids);
+            }
         }
         for (name, value) in request.headers.iter_mut() {
             let mut unresolved = false;
@@ -209,6 +226,25 @@ impl FillContext<'_> {
             .find_map(|(path, _)| value_at(answer, &FieldPath::root(), path)?.as_str().map(str::to_string))
     }
 
+    /// Recorded id → this replay's id, for every id an earlier answer carried: an id maps to
+    /// the value at the same path of this replay's answer to the request that first answered it
+    /// (the request that created it). Ids that map to themselves are left out.
+    fn id_map(&self, i: usize) -> Vec<(String, String)> {
+        let mut first: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+        for j in 0..i.min(self.corpus.len()) {
+            for (path, id) in &self.corpus[j].answer_ids {
+                first.entry(id.as_str()).or_insert((j, path.as_str()));
+            }
+        }
+        first
+            .into_iter()
+            .filter_map(|(recorded, (j, path))| {
+                let now = value_at(self.answers.get(j)?.as_ref()?, &FieldPath::root(), path)?.as_str()?;
+                (now != recorded).then(|| (recorded.to_string(), now.to_string()))
+            })
+            .collect()
+    }
+
     /// A value from `[fill]` for a field or header name.
     fn fill_value(&self, i: usize, name: &str) -> Option<String> {
         let spec = self.fill.get(name)?;
@@ -220,6 +256,31 @@ impl FillContext<'_> {
             }
             None => Some(spec.clone()),
         }
+    }
+}
+
+/// `s` with every recorded id in it replaced: UUIDs wherever they appear (a GraphQL document
+/// names ids inside its text), other values (cursors) only as the whole string.
+fn replace_all(s: &str, ids: &[(String, String)]) -> String {
+    let mut out = s.to_string();
+    for (from, to) in ids {
+        if crate::shadow::record::is_uuid(from) {
+            if out.contains(from.as_str()) {
+                out = out.replace(from.as_str(), to);
+            }
+        } else if out == *from {
+            out = to.clone();
+        }
+    }
+    out
+}
+
+fn map_strings(v: &mut Value, ids: &[(String, String)]) {
+    match v {
+        Value::String(s) => *s = replace_all(s, ids),
+        Value::Array(a) => a.iter_mut().for_each(|v| map_strings(v, ids)),
+        Value::Object(m) => m.values_mut().for_each(|v| map_strings(v, ids)),
+        _ => {}
     }
 }
 
@@ -399,6 +460,16 @@ pub async fn replay(
                 filled.unfilled.join(", ")
             );
         }
+        if r.setup {
+            // a request of another route the session needs: the monolith's answer is what later
+            // requests follow; nothing to compare
+            let a = send(&client, &legacy, r, None).await;
+            if let Err(e) = &a {
+                eprintln!("warning: corpus#{} {} {} (setup): {e}", i + 1, r.method, crate::shadow::record::redact_uri(&r.uri));
+            }
+            answers.push(a.as_ref().ok().and_then(answer_json));
+            continue;
+        }
         let path = r.uri.split('?').next().unwrap_or(&r.uri);
         let endpoint = endpoint_template(&r.method, path);
         let safe = matches!(r.method.as_str(), "GET" | "HEAD" | "OPTIONS");
@@ -449,6 +520,7 @@ pub async fn replay(
             request_headers: vec![],
             request_body: None,
             answer_secrets: BTreeMap::new(),
+            answer_ids: BTreeMap::new(),
         });
     }
     if unfilled_total > 0 {
@@ -476,7 +548,44 @@ mod tests {
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             body,
             answer_secrets: secrets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            answer_ids: BTreeMap::new(),
+            setup: false,
         }
+    }
+
+    #[test]
+    fn recorded_ids_map_to_the_ids_of_this_replay_wherever_they_appear() {
+        let (chat_rec, chat_now) = ("0e5b7d38-1f1d-4b86-9c52-3b6a1b8e4f10", "7a1c0000-0000-4000-8000-000000000001");
+        let (user_rec, user_now) = ("11111111-1f1d-4b86-9c52-3b6a1b8e4f10", "22222222-0000-4000-8000-000000000002");
+        let mut create = req("POST", "/graphql", &[], Some(json!({ "query": "mutation { createChat }" })), &[]);
+        create.answer_ids = [("$.data.createChat.id".to_string(), chat_rec.to_string())].into();
+        let mut register = req("POST", "/auth/register", &[], None, &[]);
+        register.answer_ids = [("$.user.id".to_string(), user_rec.to_string())].into();
+        register.setup = true;
+        // a later answer that carries the chat id again does not move its mapping
+        let mut list = req("POST", "/graphql", &[], None, &[]);
+        list.answer_ids = [("$.data.chats[0].id".to_string(), chat_rec.to_string())].into();
+        let send = req(
+            "POST",
+            &format!("/x/{chat_rec}"),
+            &[],
+            Some(
+                json!({ "query": format!("{{ chat(id: \"{chat_rec}\") {{ id }} }}"), "variables": { "c": chat_rec, "m": [user_rec, "other"] } }),
+            ),
+            &[],
+        );
+        let corpus = vec![register, create, list, send];
+        let answers = vec![
+            Some(json!({ "user": { "id": user_now } })),
+            Some(json!({ "data": { "createChat": { "id": chat_now } } })),
+            Some(json!({ "data": { "chats": [{ "id": "ffffffff-0000-4000-8000-000000000000" }] } })),
+        ];
+        let fill = BTreeMap::new();
+        let f = FillContext { corpus: &corpus, answers: &answers, fill: &fill, now_unix: 0 }.fill_request(3);
+        assert_eq!(f.request.uri, format!("/x/{chat_now}"));
+        let body = f.request.body.unwrap();
+        assert_eq!(body["query"], format!("{{ chat(id: \"{chat_now}\") {{ id }} }}"));
+        assert_eq!(body["variables"], json!({ "c": chat_now, "m": [user_now, "other"] }));
     }
 
     #[test]

@@ -32,11 +32,19 @@ impl StoredRecords {
         Ok((summary, read, bad))
     }
 
-    /// A route's recorded requests as corpus lines.
-    pub async fn corpus(&self, route: &str) -> anyhow::Result<Vec<String>> {
+    /// A route's recorded requests as corpus lines, in the order they were recorded, with the
+    /// requests of the `setup` routes among them marked as setup (a session's sign-in).
+    pub async fn corpus(&self, route: &str, setup: &[String]) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
-        let filter = Filter { since: None, route: Some(route.to_string()) };
-        self.for_each(&filter, |r| out.push(r.corpus_line())).await?;
+        let filter = Filter { since: None, route: None };
+        self.for_each(&filter, |r| {
+            if r.route == route {
+                out.push(r.corpus_line(false));
+            } else if setup.contains(&r.route) {
+                out.push(r.corpus_line(true));
+            }
+        })
+        .await?;
         Ok(out)
     }
 }

@@ -150,6 +150,44 @@ fn redact_json_with(v: &Value, secret: &dyn Fn(&str, &Value) -> Value) -> Value 
     }
 }
 
+/// Ids (UUID-shaped strings) kept per answer, at most.
+const MAX_ANSWER_IDS: usize = 256;
+
+/// The UUIDs in an answer body (decoded as the diff engine does), by JSON path, for a replay to
+/// map recorded ids to its own ([`Record::answer_ids`]). Ids are not secrets.
+pub fn answer_ids(answer: &Exchange) -> BTreeMap<String, String> {
+    fn walk(v: &Value, path: &FieldPath, out: &mut BTreeMap<String, String>) {
+        if out.len() >= MAX_ANSWER_IDS {
+            return;
+        }
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, v)| walk(v, &path.key(k), out)),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| walk(v, &path.index(i), out)),
+            Value::String(s) if is_uuid(s) || is_cursor_path(path) => {
+                out.insert(path.to_string(), s.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(v) = serde_json::from_slice::<Value>(&decoded(answer)) {
+        walk(&v, &FieldPath::root(), &mut out);
+    }
+    out
+}
+
+/// A pagination cursor (`cursor`, `endCursor`, `startCursor`): opaque, so a replay maps it like
+/// an id (whole values only: it is too short to find inside other text).
+fn is_cursor_path(path: &FieldPath) -> bool {
+    matches!(path.0.last(), Some(super::path::Seg::Key(k)) if matches!(k.as_str(), "cursor" | "endCursor" | "startCursor"))
+}
+
+/// 8-4-4-4-12 hex digits.
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36 && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
+}
+
 /// The fingerprints of the token-like secrets in an answer body (decoded as the diff engine
 /// does), by JSON path (`$.refreshToken`, `$.items[0].token`). A string counts when its own
 /// key, or the key of an enclosing object or array, names a secret (passwords never count).
@@ -326,16 +364,31 @@ pub struct Record {
     /// (`{"$.refreshToken": "3f2a…"}`): what lets a replay resolve `[redacted:<fp>]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub answer_secrets: BTreeMap<String, String>,
+    /// The UUIDs (and pagination cursors) in the monolith's answer, by JSON path
+    /// (`{"$.data.createChat.id": "0e5b…"}`): the ids of what the request created, which later
+    /// requests of a session name; a replay maps each to the value its own answer carries there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub answer_ids: BTreeMap<String, String>,
 }
 
 impl Record {
     /// The request of this record as one line of a replay corpus (JSON), with the fingerprints
     /// of the monolith's answer secrets so a replay can follow the session.
-    pub fn corpus_line(&self) -> String {
+    ///
+    /// A `setup` line is a request of another route the session needs (a sign-in before the
+    /// chat requests): a replay sends it to the monolith only, to follow the session, and does
+    /// not compare it.
+    pub fn corpus_line(&self, setup: bool) -> String {
         let mut line =
             serde_json::json!({ "method": self.method, "uri": self.uri, "headers": self.request_headers, "body": self.request_body });
         if !self.answer_secrets.is_empty() {
             line["answer_secrets"] = serde_json::json!(self.answer_secrets);
+        }
+        if !self.answer_ids.is_empty() {
+            line["answer_ids"] = serde_json::json!(self.answer_ids);
+        }
+        if setup {
+            line["setup"] = Value::Bool(true);
         }
         line.to_string()
     }
@@ -390,6 +443,7 @@ impl Record {
             request_headers: vec![],
             request_body: None,
             answer_secrets: Default::default(),
+            answer_ids: Default::default(),
         }
     }
 }
