@@ -272,15 +272,19 @@ fn replay(dir: &Path, legacy: Option<String>, candidate: Option<String>, out: Op
     Ok(if failing { ExitCode::from(EXIT_INVALID) } else { ExitCode::SUCCESS })
 }
 
-fn compile(path: &Path) -> anyhow::Result<Result<strangler::config::Compiled, strangler::config::ConfigErrors>> {
+fn compile(path: &Path, files_from: Option<&Path>) -> anyhow::Result<Result<strangler::config::Compiled, strangler::config::ConfigErrors>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    // the same compile the proxy runs, reading the files the configuration names beside it
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    Ok(RouteTable::compile_with(Source::new(&path.display().to_string(), &text), &strangler::reload::files_beside(base)))
+    // the same compile the proxy runs, reading the files the configuration names beside it (or
+    // beside `files_from`)
+    let folder = |p: &Path| p.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| ".".into());
+    let base = folder(files_from.unwrap_or(path));
+    let files = strangler::reload::files_beside(&base);
+    let compiled = RouteTable::compile_with(Source::new(&path.display().to_string(), &text), &files);
+    Ok(compiled)
 }
 
 fn check(file: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
-    let new = match compile(file)? {
+    let new = match compile(file, None)? {
         Ok(c) => c,
         Err(errors) => {
             if json {
@@ -297,7 +301,9 @@ fn check(file: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<Exit
     };
     let old = match against {
         None => None,
-        Some(old_path) => match compile(old_path)? {
+        // the old version has no folder of its own (`<(git show main:routes.toml)`): the files it
+        // names (the GraphQL schema) are read beside the new one
+        Some(old_path) => match compile(old_path, Some(file))? {
             Ok(c) => Some(c.table),
             Err(errors) => {
                 eprintln!("{errors}\nnote: the --against file is itself invalid; showing the new table only");

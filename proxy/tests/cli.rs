@@ -54,6 +54,27 @@ fn check_against_prints_what_changes() {
     assert!(out.contains("~ route `auth`: mode shadow → canary; percent 0 → 5"), "{out}");
 }
 
+/// `--against <(git show main:routes.toml)`: the old version has no folder, so the files it
+/// names (a GraphQL schema) are read beside the new one.
+#[test]
+fn check_against_a_version_elsewhere_reads_its_files_beside_the_new_table() {
+    let repo = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("chat.graphql"), "type Query { chats: [ID!]! chat: ID }\ntype Mutation { sendMessage: ID }\n").unwrap();
+    let table = |fields: &str| {
+        format!(
+            "[graphql]\nschema = \"chat.graphql\"\n[upstreams.legacy]\nurl = \"http://127.0.0.1:3000\"\n[upstreams.chat]\nurl = \"http://127.0.0.1:4002\"\n\
+             [[routes]]\nname = \"chat\"\nmatch = {{ path = \"/graphql\", graphql_fields = {fields} }}\ntarget = \"chat\"\nmode = \"extracted\"\n"
+        )
+    };
+    let old = write(elsewhere.path(), "routes.toml", &table(r#"["chats"]"#));
+    let new = write(repo.path(), "routes.toml", &table(r#"["chats", "chat"]"#));
+    let (code, out, err) = strangler(&["check", &new, "--against", &old]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("invalid"), "{err}");
+    assert!(out.contains("~ GraphQL field `chat` on /graphql: the default upstream → route `chat`"), "{out}");
+}
+
 #[test]
 fn unreadable_file_exits_2() {
     let (code, _, err) = strangler(&["check", "/nonexistent/routes.toml"]);
