@@ -497,7 +497,9 @@ impl<'a> Cx<'a> {
             let connect_timeout = ms(self, &u.connect_timeout_ms, "connect_timeout_ms", 2_000);
             let read_timeout = ms(self, &u.read_timeout_ms, "read_timeout_ms", 60_000);
             let write_timeout = ms(self, &u.write_timeout_ms, "write_timeout_ms", 60_000);
-            let idle = self.number(&u.idle_timeout_secs, "idle_timeout_secs", 1..=3600, "1..=3600 seconds", 60);
+            // below Node's 5 s keepAliveTimeout (the monolith's): a pooled connection the upstream is
+            // about to close is never reused, so a write never meets a reset it cannot be retried after
+            let idle = self.number(&u.idle_timeout_secs, "idle_timeout_secs", 1..=3600, "1..=3600 seconds", 4);
             let interval = self.number(&u.health_interval_secs, "health_interval_secs", 1..=3600, "1..=3600 seconds", 5);
             let pool_size = self.number(&u.pool_size, "pool_size", 0..=100_000, "0..=100000 connections", 128) as usize;
             if let (Some(c), false) = (&u.ca_file, tls) {
