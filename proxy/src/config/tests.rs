@@ -51,6 +51,23 @@ fn the_repository_routes_toml_is_valid() {
 }
 
 #[test]
+fn the_deployment_routes_tomls_are_valid() {
+    // compose and Kubernetes mount docs/api/chat.graphql beside the table as chat.graphql
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let files = |name: &str| match name {
+        "chat.graphql" => std::fs::read_to_string(repo.join("docs/api/chat.graphql")).map_err(|e| e.to_string()),
+        other => Err(format!("{other} is not mounted")),
+    };
+    for (name, text) in [
+        ("deploy/compose/routes.toml", include_str!("../../../deploy/compose/routes.toml")),
+        ("deploy/k8s/routes.toml", include_str!("../../../deploy/k8s/routes.toml")),
+    ] {
+        let compiled = RouteTable::compile_with(Source::new(name, text), &files).unwrap_or_else(|e| panic!("{e}"));
+        assert!(compiled.table.routes.iter().any(|r| r.name.as_str() == "chat"), "{name}");
+    }
+}
+
+#[test]
 fn every_problem_is_reported_at_once_with_locations() {
     let text = format!(
         r#"{BASE}
