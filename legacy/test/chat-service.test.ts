@@ -183,6 +183,34 @@ describe('the same answers', () => {
   });
 });
 
+describe('pushes', () => {
+  test('a message sent through either side pushes the same FCM message; unregistered tokens are dropped', async () => {
+    await fixtures();
+    const register = (u: TestUser, token: string) => api(legacy(), 'POST', '/notifications/devices', { token: u.accessToken, body: { token, platform: 'android' } });
+    const tok = (side: string) => `push-${side}-${randomUUID()}`;
+    const fcm = async () => (await api(env.stack.fakes, 'GET', '/_fake/fcm/messages')).body.items as any[];
+    const sendAs = (base: string, tag: string) =>
+      gql(base, 'mutation($i: SendMessageInput!) { sendMessage(input: $i) { id } }', { i: { chatId, body: `push ${tag}`, clientMessageId: `push-${tag}` } }, alice.accessToken);
+    const [tl, ts] = [tok('l'), tok('s')];
+    assert.equal((await register(bob, tl)).status, 201);
+    const viaLegacy = (await sendAs(legacy(), 'l')).body.data.sendMessage.id;
+    const fromLegacy = await waitFor(async () => (await fcm()).find((p) => p.message.data?.messageId === viaLegacy), 'the monolith push');
+    await api(legacy(), 'DELETE', `/notifications/devices/${tl}`, { token: bob.accessToken });
+    assert.equal((await register(bob, ts)).status, 201);
+    const viaSvc = (await sendAs(svc(), 's')).body.data.sendMessage.id;
+    const fromSvc = await waitFor(async () => (await fcm()).find((p) => p.message.data?.messageId === viaSvc), 'the service push');
+    const norm = (p: any, t: string, id: string) => JSON.parse(JSON.stringify(p.message).replaceAll(t, 'TOKEN').replaceAll(id, 'ID').replaceAll('push l', 'push x').replaceAll('push s', 'push x'));
+    assert.deepEqual(norm(fromSvc, ts, viaSvc), norm(fromLegacy, tl, viaLegacy));
+    assert.equal(fromSvc.project, fromLegacy.project);
+    // a token FCM reports unregistered is deleted by the side that pushed
+    const gone = `unregistered-${randomUUID()}`;
+    assert.equal((await register(bob, gone)).status, 201);
+    await sendAs(svc(), 'u');
+    await waitFor(async () => (await env.db.query('SELECT 1 FROM legacy.devices WHERE token = $1', [gone])).rowCount === 0, 'the unregistered token removed');
+    await api(legacy(), 'DELETE', `/notifications/devices/${ts}`, { token: bob.accessToken });
+  });
+});
+
 describe('subscriptions: one bus for both sides', () => {
   const subscriber = (base: string, user: TestUser, chat: string) => {
     const got: any[] = [];

@@ -12,6 +12,9 @@ pub struct Config {
     pub addr: SocketAddr,
     pub database_url: String,
     pub db_pool_max: u32,
+    /// How long a request waits for a database connection before failing (the monolith's pg
+    /// pool waits without limit; a wait this long is an overload, not a normal answer).
+    pub db_acquire_timeout: Duration,
     pub redis_url: String,
     /// Where access tokens are verified: the issuer's JWKS (`JWT_JWKS_URL`, e.g. the auth
     /// service's) or a PEM public key (`JWT_PUBLIC_KEY_FILE`).
@@ -68,10 +71,12 @@ impl Config {
             e.problem(format!("DB_POOL_MAX={pool} is not in 1..500"));
         }
         let timeout: u64 = e.parse_or("HTTP_TIMEOUT_MS", 10_000);
+        let acquire: u64 = e.parse_or("DB_ACQUIRE_TIMEOUT_MS", 30_000);
         let cfg = Config {
             addr: SocketAddr::new(host, port),
             database_url: e.required("DATABASE_URL"),
             db_pool_max: pool,
+            db_acquire_timeout: Duration::from_millis(acquire),
             redis_url: e.required("REDIS_URL"),
             jwt_keys,
             jwt_issuer: e.or("JWT_ISSUER", "https://brainmessenger.local"),

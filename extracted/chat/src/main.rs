@@ -2,7 +2,6 @@
 //! (extracted/chat/README.md); exits 2 with every problem listed when it is invalid.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -45,7 +44,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(cfg.db_pool_max)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(cfg.db_acquire_timeout)
         .connect(&cfg.database_url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;

@@ -5,32 +5,15 @@
 //! notification issue moves this job behind Kafka.)
 
 use serde_json::json;
-use uuid::Uuid;
 
-use crate::store::{preview, NewMessage};
+use crate::store::{preview, Device, NewMessage};
 use crate::AppState;
 
-#[derive(sqlx::FromRow)]
-struct Device {
-    token: String,
-    user_id: Uuid,
-}
-
 pub async fn new_message(s: &AppState, m: &NewMessage) {
-    if m.recipients.is_empty() {
+    let devices = &m.devices;
+    if devices.is_empty() {
         return;
     }
-    let devices: Vec<Device> = match sqlx::query_as("SELECT token, user_id FROM legacy.devices WHERE user_id = ANY($1::uuid[])")
-        .bind(&m.recipients)
-        .fetch_all(&s.pool)
-        .await
-    {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(message = %m.message.id, error = %e, "push failed: devices not read");
-            return;
-        }
-    };
     let body = preview(&m.message.body);
     let sender = &m.message.sender_display_name;
     let notification = match &m.chat_title {

@@ -224,6 +224,16 @@ pub struct NewMessage {
     pub chat_title: Option<String>,
     /// the other members: one `message.new` notification each
     pub recipients: Vec<Uuid>,
+    /// their devices (FCM token, user), read in the message's transaction: the push after the
+    /// commit needs no connection of its own
+    pub devices: Vec<Device>,
+}
+
+/// A device to push to.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Device {
+    pub token: String,
+    pub user_id: Uuid,
 }
 
 /// `sendMessage` in the request's transaction: idempotent per (chat, sender, clientMessageId).
@@ -285,7 +295,15 @@ pub async fn send_message(
     .bind(payload)
     .fetch_all(&mut *c)
     .await?;
-    let new = NewMessage { message: message.clone(), chat_title, recipients };
+    let devices: Vec<Device> = if recipients.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as("SELECT token, user_id FROM legacy.devices WHERE user_id = ANY($1::uuid[])")
+            .bind(&recipients)
+            .fetch_all(&mut *c)
+            .await?
+    };
+    let new = NewMessage { message: message.clone(), chat_title, recipients, devices };
     Ok((message, Some(new)))
 }
 
