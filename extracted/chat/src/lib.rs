@@ -17,6 +17,7 @@
 //! several mutations, each mutation's writes kept or undone on their own (a savepoint each), as
 //! the monolith's transaction per service call does.
 
+pub mod answer;
 pub mod bus;
 pub mod config;
 pub mod errors;

@@ -256,7 +256,7 @@ impl Query {
                 return Err(e.extend_with(move |_, x| {
                     x.set("code", "INTERNAL_SERVER_ERROR");
                     if let Some(p) = at {
-                        x.set(crate::http::LOCATION_EXTENSION, Value::List(vec![Value::from(p.line), Value::from(p.column)]));
+                        x.set(crate::answer::LOCATION_EXTENSION, Value::List(vec![Value::from(p.line), Value::from(p.column)]));
                     }
                 }));
             }

@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::http::{format_errors, ran};
+use crate::answer::{format_errors, ran};
 use crate::schema::Caller;
 use crate::{graphqljs, shape, Endpoint};
 
@@ -296,7 +296,7 @@ async fn run(s: Endpoint, op: Operation, out: mpsc::Sender<Ws>, subs: Subscripti
                 return;
             }
             if first && !ran(&r) {
-                match crate::http::refused_ws(model, &query, r.errors) {
+                match crate::answer::refused_ws(model, &query, r.errors) {
                     Ok(next) => {
                         let _ = out.send(frame(Some(&op.id), "next", Some(&next))).await;
                         break;
@@ -313,7 +313,7 @@ async fn run(s: Endpoint, op: Operation, out: mpsc::Sender<Ws>, subs: Subscripti
             let refused = first && r.data == async_graphql::Value::Null && !r.errors.is_empty();
             first = false;
             let data = (!refused).then(|| shape_data(&r.data));
-            let body = crate::http::render_payload(&format_errors(r.errors, None), data.as_ref());
+            let body = crate::answer::render_payload(&format_errors(r.errors, None), data.as_ref());
             if out.send(frame(Some(&op.id), "next", Some(&body))).await.is_err() {
                 return;
             }
@@ -332,7 +332,7 @@ async fn run(s: Endpoint, op: Operation, out: mpsc::Sender<Ws>, subs: Subscripti
             return;
         }
         let body = if !ran(&r) {
-            match crate::http::refused_ws(model, &query, r.errors) {
+            match crate::answer::refused_ws(model, &query, r.errors) {
                 Ok(next) => next,
                 Err(errors) => {
                     let _ = out.send(frame(Some(&op.id), "error", Some(&errors))).await;
@@ -342,7 +342,7 @@ async fn run(s: Endpoint, op: Operation, out: mpsc::Sender<Ws>, subs: Subscripti
             }
         } else {
             let data = shape_data(&r.data);
-            crate::http::render_payload(&format_errors(r.errors, None), Some(&data))
+            crate::answer::render_payload(&format_errors(r.errors, None), Some(&data))
         };
         let _ = out.send(frame(Some(&op.id), "next", Some(&body))).await;
     }
