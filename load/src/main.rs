@@ -5,7 +5,8 @@
 //!
 //! * `chat`: list its chats (GraphQL `chats`), read the newest 20 messages of one
 //!   (`messages`), send a message (`sendMessage`, idempotent client id), and now and then `GET /auth/me`;
-//! * `auth`: `GET /auth/me` and `POST /auth/refresh` (rotating its refresh token).
+//! * `auth`: `GET /auth/me` and `POST /auth/refresh` (rotating its refresh token);
+//! * `delivery`: send → the other member's socket, at a fixed message rate (`delivery.rs`).
 //!
 //! Users start spread over the ramp-up. Latency is recorded per step in HDR histograms and printed
 //! as a Markdown table (p50/p95/p99, throughput, errors); `--json` writes the same figures.
@@ -20,10 +21,13 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+mod delivery;
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum Scenario {
     Chat,
     Auth,
+    Delivery,
 }
 
 #[derive(Parser, Debug)]
@@ -63,6 +67,20 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Sign every user in before the measured run (a few at a time), so the run measures the
+    /// scenario's steps, not a sign-in storm: bcrypt at cost 10 for every user at once saturates
+    /// a small machine for the whole ramp-up.
+    #[arg(long)]
+    login_first: bool,
+    /// delivery: messages per second, all pairs together.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// delivery: sender/receiver pairs (seeded users first_user.. first_user+2*pairs-1).
+    #[arg(long, default_value_t = 50)]
+    pairs: u32,
+    /// delivery: where the receivers subscribe (default: --target), e.g. the other side.
+    #[arg(long)]
+    sub_target: Option<String>,
 }
 
 /// Latency and outcome per scenario step.
@@ -156,20 +174,22 @@ impl Vu {
     }
 }
 
-async fn run_user(n: u32, args: Arc<Args>, http: reqwest::Client, stats: Arc<Mutex<Stats>>, start_at: Instant, deadline: Instant) {
+async fn run_user(
+    n: u32,
+    args: Arc<Args>,
+    http: reqwest::Client,
+    stats: Arc<Mutex<Stats>>,
+    start_at: Instant,
+    deadline: Instant,
+    tokens: Option<(String, String)>,
+) {
     tokio::time::sleep_until(start_at.into()).await;
-    let mut vu = Vu {
-        http,
-        base: args.target.clone(),
-        stats,
-        access: String::new(),
-        refresh: String::new(),
-        rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(n),
-    };
+    let (access, refresh) = tokens.unwrap_or_default();
+    let mut vu = Vu { http, base: args.target.clone(), stats, access, refresh, rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(n) };
     let email = format!("user{n}@{}", args.domain);
     let think = Duration::from_millis(args.think_ms);
     // log in (again after a failure, a second later)
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && vu.access.is_empty() {
         let body = json!({ "email": email, "password": args.password });
         if let Some(v) = vu.call("POST /auth/login", reqwest::Method::POST, "/auth/login", Some(body), false).await {
             vu.access = v["accessToken"].as_str().unwrap_or_default().to_string();
@@ -212,6 +232,7 @@ async fn run_user(n: u32, args: Arc<Args>, http: reqwest::Client, stats: Arc<Mut
                     vu.call("GET /auth/me", reqwest::Method::GET, "/auth/me", None, true).await;
                 }
             }
+            Scenario::Delivery => unreachable!("delivery runs on its own (delivery.rs)"),
             Scenario::Auth => {
                 vu.call("GET /auth/me", reqwest::Method::GET, "/auth/me", None, true).await;
                 vu.think(think, deadline).await;
@@ -241,14 +262,44 @@ async fn main() -> Result<()> {
     let args = Arc::new(Args::parse());
     loopback(&args.target)?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(args.timeout)).pool_max_idle_per_host(args.users as usize).build()?;
+    if args.scenario == Scenario::Delivery {
+        if let Some(s) = &args.sub_target {
+            loopback(s)?;
+        }
+        return delivery::run(args, http).await;
+    }
     let stats = Arc::new(Mutex::new(Stats::default()));
+    let mut tokens: Vec<Option<(String, String)>> = vec![None; args.users as usize];
+    if args.login_first {
+        let signed_in = Arc::new(Mutex::new(Stats::default()));
+        let started = Instant::now();
+        let gate = Arc::new(tokio::sync::Semaphore::new(4));
+        let mut logins = Vec::new();
+        for k in 0..args.users {
+            let (http, args, gate, signed_in) = (http.clone(), args.clone(), gate.clone(), signed_in.clone());
+            logins.push(tokio::spawn(async move {
+                let _slot = gate.acquire_owned().await.ok()?;
+                let mut vu =
+                    Vu { http, base: args.target.clone(), stats: signed_in, access: String::new(), refresh: String::new(), rng: 1 };
+                let body = json!({ "email": format!("user{}@{}", args.first_user + k, args.domain), "password": args.password });
+                let v = vu.call("POST /auth/login", reqwest::Method::POST, "/auth/login", Some(body), false).await?;
+                Some((v["accessToken"].as_str()?.to_string(), v["refreshToken"].as_str()?.to_string()))
+            }));
+        }
+        for (k, t) in logins.into_iter().enumerate() {
+            tokens[k] = t.await?;
+        }
+        let ok = tokens.iter().filter(|t| t.is_some()).count();
+        eprintln!("signed {ok} of {} users in first, in {:.1} s (not measured)", args.users, started.elapsed().as_secs_f64());
+    }
     let begin = Instant::now();
     let deadline = begin + Duration::from_secs(args.duration);
     let mut tasks = Vec::with_capacity(args.users as usize);
     for k in 0..args.users {
         let offset = Duration::from_secs(args.ramp_up).mul_f64(f64::from(k) / f64::from(args.users.max(1)));
         let n = args.first_user + k;
-        tasks.push(tokio::spawn(run_user(n, args.clone(), http.clone(), stats.clone(), begin + offset, deadline)));
+        let t = tokens[k as usize].take();
+        tasks.push(tokio::spawn(run_user(n, args.clone(), http.clone(), stats.clone(), begin + offset, deadline, t)));
     }
     for t in tasks {
         t.await?;
