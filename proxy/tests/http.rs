@@ -95,6 +95,36 @@ async fn websocket_echo_through_the_proxy() {
     ws.close(None).await.unwrap();
 }
 
+/// Every upgrade carries data both ways, however fast the upstream answers its 101 (Pingora
+/// issue 946: a 101 read before the upgrade request's own empty body ended the tunnel at once;
+/// vendor/pingora-proxy carries the fix).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_websocket_upgrade_stays_open_however_fast_the_upstream_answers() {
+    let (_legacy, proxy) = legacy_only().await;
+    let url = format!("ws://{}/ws", proxy.addr);
+    let mut failures = Vec::new();
+    for round in 0..25 {
+        let tries = (0..16).map(|i| {
+            let url = url.clone();
+            async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| format!("connect: {e}"))?;
+                let msg = format!("hello {round}/{i}");
+                ws.send(tokio_tungstenite::tungstenite::Message::text(msg.clone())).await.map_err(|e| format!("send: {e}"))?;
+                match ws.next().await {
+                    Some(Ok(m)) if m.to_text().ok() == Some(msg.as_str()) => Ok(()),
+                    other => Err(format!("no echo: {other:?}")),
+                }
+            }
+        });
+        for r in futures_util::future::join_all(tries).await {
+            if let Err(e) = r {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of 400 upgrades failed, e.g. {:?}", failures.len(), failures.first());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_stripped_both_ways_and_forwarding_headers_set() {
     let (_legacy, proxy) = legacy_only().await;
