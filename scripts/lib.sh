@@ -52,6 +52,31 @@ ensure_node() {
   export PATH="$venv/bin:$PATH"
 }
 
+# The Kafka-protocol broker for the stack: tansu (Rust; no Kafka or Redpanda is installable here,
+# see ../shared/FACTS.md). Built from crates.io once (≈ 9 min on 2 cores) into a cache outside the
+# checkout, reused by every later run and clone; sets TANSU_BIN. Nothing else depends on the broker
+# being tansu: the services and the monolith speak Kafka (README, "A production Kafka").
+TANSU_VERSION=0.6.0
+ensure_tansu() {
+  local cache="${STRANGLER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/strangler}/tansu-$TANSU_VERSION"
+  TANSU_BIN="$cache/bin/tansu"
+  export TANSU_BIN
+  [ -x "$TANSU_BIN" ] && return 0
+  say "building the Kafka-protocol broker (tansu $TANSU_VERSION) into $cache, once"
+  mkdir -p "$cache"
+  # --locked: tansu 0.6.0 does not build with newer dependencies; libsql: the SQLite engine
+  CARGO_TARGET_DIR="$cache/build" cargo install tansu --version "$TANSU_VERSION" --locked \
+    --features libsql --root "$cache" -q
+  rm -rf "$cache/build"
+  [ -x "$TANSU_BIN" ] || die "tansu did not build (see above)"
+}
+
+# Creates the stack's Kafka topics on $KAFKA_BROKERS (idempotent), with the built bm-events.
+ensure_topics() {
+  local profile=${1:-debug}
+  "$ROOT/target/$profile/bm-events" ensure-topics >/dev/null || die "could not create the Kafka topics on $KAFKA_BROKERS"
+}
+
 # Installs the monolith's npm dependencies (npm ci, only when the lockfile changed) and compiles it.
 build_legacy() {
   ensure_node
@@ -142,6 +167,7 @@ GMAIL_BASE_URL=$fakes
 FCM_BASE_URL=$fakes
 STRIPE_BASE_URL=$fakes
 STRIPE_WEBHOOK_SECRET=whsec_dev
+${KAFKA_BROKERS:+KAFKA_BROKERS=$KAFKA_BROKERS}
 ENV
 }
 
@@ -168,6 +194,7 @@ REDIS_URL=$REDIS_URL
 JWT_PUBLIC_KEY_FILE=$(dev_jwt_public_key)
 FCM_BASE_URL=$fakes
 DRY_RUN_SECRET=$(dev_dry_run_secret)
+${KAFKA_BROKERS:+KAFKA_BROKERS=$KAFKA_BROKERS}
 ENV
 }
 

@@ -4,11 +4,12 @@ import { CallsModule } from './calls/calls.module';
 import { ChatModule } from './chat/chat.module';
 import { HealthModule } from './health/health.module';
 import { InfraModule } from './infra/infra.module';
+import { OutboxModule } from './infra/outbox';
 import { NotificationsModule } from './notifications/notifications.module';
 import { PaymentsModule } from './payments/payments.module';
 import { UsersModule } from './users/users.module';
 
 @Module({
-  imports: [InfraModule, HealthModule, AuthModule, UsersModule, NotificationsModule, ChatModule, CallsModule, PaymentsModule],
+  imports: [InfraModule, OutboxModule, HealthModule, AuthModule, UsersModule, NotificationsModule, ChatModule, CallsModule, PaymentsModule],
 })
 export class AppModule {}

@@ -30,6 +30,8 @@ export interface Config {
   };
   gmail: { baseUrl: string; accessToken: string; from: string };
   fcm: { baseUrl: string; projectId: string; accessToken: string };
+  /** The brokers the outbox relay publishes to (KAFKA_BROKERS); null: events stay in the outbox for another relay. */
+  kafka: { brokers: string[] } | null;
   stripe: { baseUrl: string; secretKey: string; webhookSecret: string; successUrl: string; cancelUrl: string };
   calls: {
     maxParticipants: number;
@@ -122,6 +124,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       projectId: env.FCM_PROJECT_ID || 'brainmessenger-dev',
       accessToken: env.FCM_ACCESS_TOKEN || 'dev-fcm-token',
     },
+    kafka: env.KAFKA_BROKERS ? { brokers: env.KAFKA_BROKERS.split(',').map((b) => b.trim()) } : null,
     stripe: {
       baseUrl: url('STRIPE_BASE_URL', 'https://api.stripe.com'),
       secretKey: env.STRIPE_SECRET_KEY || 'sk_test_dev',

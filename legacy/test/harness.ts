@@ -275,6 +275,8 @@ export async function startChatService(env: Record<string, string>) {
         FCM_BASE_URL: env.FCM_BASE_URL,
         DRY_RUN_SECRET: env.DRY_RUN_SECRET,
         ...(env.NODE_ENV ? { NODE_ENV: env.NODE_ENV } : {}),
+        // its outbox relay: CHAT_KAFKA_BROKERS gives the service a broker the monolith lacks
+        ...(env.CHAT_KAFKA_BROKERS || env.KAFKA_BROKERS ? { KAFKA_BROKERS: env.CHAT_KAFKA_BROKERS || env.KAFKA_BROKERS } : {}),
       },
     },
     /listening on (http:\/\/\S+)/,

@@ -3,7 +3,7 @@
 //! | path | what |
 //! |---|---|
 //! | `GET /healthz` | the process is up (no token needed: probes) |
-//! | `GET /readyz` | 200 while serving, 503 once draining (no token needed) |
+//! | `GET /readyz` | 200 while serving, 503 until the edge listeners accept and once draining (no token needed) |
 //! | `GET /routes` | the active table, its hash, when it was loaded, the last reload error, breakers, upstream health |
 //! | `GET /shadow` | shadow comparisons per route: parity, mismatching fields with examples, noise, drops |
 //! | `GET /metrics` | Prometheus text |
@@ -29,6 +29,32 @@ pub struct Admin {
     pub prometheus: PrometheusHandle,
     pub token: Option<String>,
     pub tee: std::sync::Arc<crate::shadow::tee::Tee>,
+    /// The edge's listeners: `/readyz` is 503 until each accepts a connection (Pingora starts
+    /// its services on their own threads, the admin listener may come first).
+    pub listeners: Vec<std::net::SocketAddr>,
+    pub listening: std::sync::atomic::AtomicBool,
+}
+
+impl Admin {
+    /// Whether every edge listener accepts connections; once true, not checked again.
+    async fn listening(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.listening.load(Ordering::Relaxed) {
+            return true;
+        }
+        for a in &self.listeners {
+            let mut target = *a;
+            if target.ip().is_unspecified() {
+                target.set_ip(if a.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+            }
+            let connected = tokio::time::timeout(std::time::Duration::from_secs(1), tokio::net::TcpStream::connect(target)).await;
+            if !matches!(connected, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        self.listening.store(true, Ordering::Relaxed);
+        true
+    }
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -126,6 +152,9 @@ impl ServeHttp for Admin {
             (&Method::GET, "/healthz") => return reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             (&Method::GET, "/readyz") if self.state.is_draining() => {
                 return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"draining\n".to_vec())
+            }
+            (&Method::GET, "/readyz") if !self.listening().await => {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"starting\n".to_vec())
             }
             (&Method::GET, "/readyz") => return reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
             _ => {}

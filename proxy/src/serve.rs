@@ -154,7 +154,10 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         info!(addr = %addr, tls = l.tls.is_some(), "listening");
     }
 
-    let mut admin = Service::new("strangler admin".to_string(), Admin { state: state.clone(), prometheus, token: admin_token, tee });
+    let mut admin = Service::new(
+        "strangler admin".to_string(),
+        Admin { state: state.clone(), prometheus, token: admin_token, tee, listeners: bound.clone(), listening: Default::default() },
+    );
     let admin_addr = holds.concrete(settings.admin.addr)?;
     match PortHolds::options(settings.admin.addr.port() == 0) {
         Some(o) => admin.add_tcp_with_settings(&admin_addr.to_string(), o),

@@ -29,6 +29,9 @@ pub struct Config {
     pub tls: bm_common::http::OutboundTls,
     /// Whether `__schema`/`__type` are answered (the monolith: unless `NODE_ENV=production`).
     pub introspection: bool,
+    /// The brokers the outbox relay publishes to (`KAFKA_BROKERS`, `KAFKA_CONFIG`); unset: the
+    /// service writes events to the outbox and leaves publishing to another relay (the monolith's).
+    pub kafka: Option<bm_events::KafkaConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +93,7 @@ impl Config {
             dry_run_key: e.dry_run_key(),
             tls: bm_common::http::OutboundTls::from_env(e),
             introspection: e.optional("NODE_ENV").as_deref() != Some("production"),
+            kafka: bm_events::KafkaConfig::from_env(e, "bm-chat"),
         };
         env.finish().map(|()| cfg)
     }

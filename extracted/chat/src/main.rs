@@ -71,6 +71,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
             }
         });
+    // the outbox relay: publishes message.sent (whoever wrote it) while this process holds the
+    // relay lock; stopped after the last request is answered
+    let relay = cfg.kafka.clone().map(|kafka| {
+        let relay = bm_events::relay::Relay { pool: pool.clone(), kafka, cfg: Default::default() };
+        tokio::spawn(relay.run(stop.subscribe()))
+    });
     let state = AppState::new(cfg, pool, bus, verifier)?;
     let inner = Router::new()
         .merge(router(state))
@@ -80,5 +86,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let served = bm_common::serve::serve(addr, bm_common::nest::express_app(inner)).await;
     let _ = stop.send(true);
     let _ = listener.await;
+    if let Some(r) = relay {
+        let _ = r.await;
+    }
     served
 }

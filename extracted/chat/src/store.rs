@@ -245,6 +245,10 @@ pub async fn send_message(
     body: &str,
     client_message_id: &str,
 ) -> Result<(MessageRow, Option<NewMessage>)> {
+    // one sender at a time per chat, from before the message takes its seq to the commit: a
+    // chat's messages commit (and their events reach the outbox, and the bus) in seq order
+    // (the monolith takes the same lock)
+    sqlx::query("SELECT 1 FROM legacy.chats WHERE id = $1 FOR NO KEY UPDATE").bind(chat.id).execute(&mut *c).await?;
     let inserted: Option<(Uuid, i64)> = sqlx::query_as(
         "INSERT INTO legacy.messages (chat_id, sender_id, body, client_message_id) VALUES ($1, $2, $3, $4)
          ON CONFLICT (chat_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
@@ -303,6 +307,21 @@ pub async fn send_message(
             .fetch_all(&mut *c)
             .await?
     };
+    // `message.sent` in the same transaction (docs/events.md): the relay publishes it after the
+    // commit, and a rollback (a failed request, a dry run) leaves none
+    let event = bm_events::MessageSent::new(
+        "chat",
+        chat.id,
+        message.id,
+        message.seq,
+        sender,
+        &message.sender_display_name,
+        chat_title.as_deref(),
+        &message.body,
+        recipients.clone(),
+        message.created_at,
+    );
+    bm_events::outbox::enqueue(&mut *c, &event.to_outbox()).await?;
     let new = NewMessage { message: message.clone(), chat_title, recipients, devices };
     Ok((message, Some(new)))
 }

@@ -4,6 +4,7 @@
 import { BadRequestException, ForbiddenException, Injectable, NotFoundException } from '@nestjs/common';
 import { PoolClient } from 'pg';
 import { Db } from '../infra/infra.module';
+import { enqueueEvent, messageSentEvent } from '../infra/outbox';
 import { NotificationsService } from '../notifications/notifications.service';
 import { ChatBus, messageAddedChannel } from './chat.bus';
 import { Chat, ChatMember, CreateChatInput, Message, MessageConnection, SendMessageInput } from './chat.types';
@@ -197,6 +198,9 @@ export class ChatService {
   async sendMessage(userId: string, input: SendMessageInput): Promise<Message> {
     const { row, created, recipients, chat } = await this.db.tx(async (c) => {
       const chat = await this.requireMember(input.chatId, userId, c);
+      // one sender at a time per chat, from before the message takes its seq to the commit: a
+      // chat's messages commit (and their events reach the outbox, and the bus) in seq order
+      await c.query('SELECT 1 FROM legacy.chats WHERE id = $1 FOR NO KEY UPDATE', [input.chatId]);
       const ins = await c.query<{ id: string; seq: string }>(
         `INSERT INTO legacy.messages (chat_id, sender_id, body, client_message_id) VALUES ($1, $2, $3, $4)
          ON CONFLICT (chat_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
@@ -227,6 +231,21 @@ export class ChatService {
         chatTitle: chat.is_group ? chat.title : null,
         body: row.body,
       });
+      // message.sent in the message's transaction (docs/events.md): published by the outbox relay
+      await enqueueEvent(
+        c,
+        messageSentEvent({
+          chatId: input.chatId,
+          messageId: id,
+          seq: String(seq),
+          senderId: userId,
+          senderName: row.sender_display_name,
+          chatTitle: chat.is_group ? chat.title : null,
+          body: row.body,
+          recipients,
+          at: row.created_at,
+        }),
+      );
       return { row, created: true, recipients, chat };
     });
     const message = messageOf(row);

@@ -1,5 +1,5 @@
 // Process-wide resources: configuration, the Postgres pool, Redis, and the outbound HTTP client
-// for third-party APIs. Global, so feature modules inject them without importing this module.
+// for third-party APIs. (The outbox relay to Kafka is outbox.ts's OutboxModule.) Global, so feature modules inject them without importing this module.
 import { Global, Inject, Injectable, Module, OnApplicationShutdown } from '@nestjs/common';
 import { Redis } from 'ioredis';
 import { Pool, PoolClient, QueryResultRow } from 'pg';

@@ -1,0 +1,172 @@
+//! The events, as they travel: JSON documents described by JSON Schemas in `docs/events/`
+//! (`message.sent.v1.json`), one topic per event type, keyed so that one chat's events stay in
+//! one partition and so in order. docs/events.md says why JSON Schema and how versions evolve.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Topic of [`MessageSent`].
+pub const MESSAGE_SENT_TOPIC: &str = "message.sent";
+/// Where the push job puts an event it gave up on (docs/events.md "Dead letters").
+pub const PUSH_DEAD_LETTER_TOPIC: &str = "notification.push.dead-letter";
+
+/// Every topic the stack needs, with its partition count (created by `bm-events ensure-topics`;
+/// brokers here do not auto-create topics, and production ones should not).
+pub const TOPICS: &[(&str, i32)] = &[(MESSAGE_SENT_TOPIC, 4), (PUSH_DEAD_LETTER_TOPIC, 1)];
+
+/// Kafka record headers every event carries, so a consumer can route and deduplicate without
+/// parsing the payload.
+pub const HEADER_EVENT_ID: &str = "event-id";
+pub const HEADER_EVENT_TYPE: &str = "event-type";
+pub const HEADER_EVENT_VERSION: &str = "event-version";
+
+/// `message.sent` v1: a message was committed (never for an idempotent repeat, a dry run or a
+/// rolled-back transaction). Written by whichever side handled `sendMessage` (the monolith or
+/// extracted/chat), in the message's transaction. Key: `chatId`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MessageSent {
+    /// The event's own id: consumers deduplicate by it (delivery is at least once).
+    pub id: Uuid,
+    /// Always `"message.sent"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Always 1 for this struct.
+    pub version: u32,
+    /// When the message's transaction wrote the event (RFC 3339, UTC, milliseconds).
+    pub occurred_at: String,
+    /// `"monolith"` or `"chat"`: who wrote it (for tracing a migration, never for logic).
+    pub producer: String,
+    pub chat_id: Uuid,
+    pub message_id: Uuid,
+    /// The message's position (`messages.seq`, a decimal string: it is a 64-bit integer).
+    pub seq: String,
+    pub sender_id: Uuid,
+    pub sender_name: String,
+    /// The group's title; `null` for a direct chat or an untitled group.
+    pub chat_title: Option<String>,
+    /// The whole body (consumers make their own previews).
+    pub body: String,
+    /// The other members when the message was sent: who is notified. Fixed in the transaction,
+    /// so a member who leaves or joins later does not change who this message notifies.
+    pub recipients: Vec<Uuid>,
+}
+
+impl MessageSent {
+    pub const TYPE: &'static str = "message.sent";
+    pub const VERSION: u32 = 1;
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        producer: &str,
+        chat_id: Uuid,
+        message_id: Uuid,
+        seq: i64,
+        sender_id: Uuid,
+        sender_name: &str,
+        chat_title: Option<&str>,
+        body: &str,
+        recipients: Vec<Uuid>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        MessageSent {
+            id: Uuid::new_v4(),
+            kind: Self::TYPE.to_string(),
+            version: Self::VERSION,
+            occurred_at: at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            producer: producer.to_string(),
+            chat_id,
+            message_id,
+            seq: seq.to_string(),
+            sender_id,
+            sender_name: sender_name.to_string(),
+            chat_title: chat_title.map(str::to_string),
+            body: body.to_string(),
+            recipients,
+        }
+    }
+
+    /// The outbox row for this event.
+    pub fn to_outbox(&self) -> crate::outbox::NewEvent {
+        crate::outbox::NewEvent {
+            id: self.id,
+            topic: MESSAGE_SENT_TOPIC,
+            key: self.chat_id.to_string(),
+            kind: Self::TYPE,
+            version: Self::VERSION as i32,
+            payload: serde_json::to_string(self).expect("an event serialises"),
+        }
+    }
+
+    /// Reads a `message.sent` payload, refusing another type or version (a consumer of v1 must
+    /// not guess at v2: it goes to the dead-letter topic with the reason).
+    pub fn parse(payload: &[u8]) -> Result<Self, EventError> {
+        let e: MessageSent = serde_json::from_slice(payload).map_err(|e| EventError::Malformed(e.to_string()))?;
+        if e.kind != Self::TYPE || e.version != Self::VERSION {
+            return Err(EventError::Unsupported { kind: e.kind, version: e.version });
+        }
+        Ok(e)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("not a message.sent v1 event: {0}")]
+    Malformed(String),
+    #[error("event type {kind} version {version} is not one this consumer reads (message.sent v1)")]
+    Unsupported { kind: String, version: u32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> MessageSent {
+        let at = DateTime::parse_from_rfc3339("2026-02-03T04:05:06.789Z").unwrap().with_timezone(&Utc);
+        MessageSent::new("chat", Uuid::nil(), Uuid::max(), 42, Uuid::nil(), "Ann", None, "hi", vec![Uuid::max()], at)
+    }
+
+    #[test]
+    fn round_trips_and_is_keyed_by_chat() {
+        let e = sample();
+        let row = e.to_outbox();
+        assert_eq!(row.key, Uuid::nil().to_string());
+        assert_eq!(MessageSent::parse(row.payload.as_bytes()).unwrap(), e);
+        assert!(row.payload.contains("\"occurredAt\":\"2026-02-03T04:05:06.789Z\""));
+        assert!(row.payload.contains("\"seq\":\"42\""));
+    }
+
+    #[test]
+    fn another_version_or_type_is_refused() {
+        let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        v["version"] = 2.into();
+        assert!(matches!(MessageSent::parse(v.to_string().as_bytes()), Err(EventError::Unsupported { version: 2, .. })));
+        v["version"] = 1.into();
+        v["type"] = "message.edited".into();
+        assert!(matches!(MessageSent::parse(v.to_string().as_bytes()), Err(EventError::Unsupported { .. })));
+        assert!(matches!(MessageSent::parse(b"{}"), Err(EventError::Malformed(_))));
+    }
+
+    /// The JSON Schema in docs/events/ and this struct say the same: every property the schema
+    /// requires is written, and nothing is written that the schema does not name.
+    #[test]
+    fn the_published_schema_describes_what_is_written() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/events/message.sent.v1.json")).expect("the schema is JSON");
+        assert_eq!(schema["additionalProperties"], false);
+        let props = schema["properties"].as_object().unwrap();
+        let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let written = serde_json::to_value(sample()).unwrap();
+        let written = written.as_object().unwrap();
+        for k in written.keys() {
+            assert!(props.contains_key(k), "{k} is written but not in the schema");
+        }
+        for k in &required {
+            assert!(written.contains_key(*k), "{k} is required by the schema but not written");
+        }
+        assert_eq!(required.len(), written.len(), "every field is required (null where it has no value)");
+        assert_eq!(schema["properties"]["type"]["const"], MessageSent::TYPE);
+        assert_eq!(schema["properties"]["version"]["const"], MessageSent::VERSION);
+    }
+}

@@ -1,0 +1,219 @@
+//! The outbox relay: publishes `legacy.outbox` rows to Kafka in `seq` order and marks them
+//! published (docs/events.md "The outbox").
+//!
+//! - **One relay at a time.** Every process that can relay (the monolith, extracted/chat) runs
+//!   one; the one holding a session advisory lock ([`LOCK_KEY`], the same key in the monolith's
+//!   kafkajs relay) publishes, the others wait to take over. One publisher in `seq` order keeps a
+//!   chat's events in order.
+//! - **At least once.** A row is marked only after the broker acknowledged it (`acks=all`); a
+//!   crash or a broker restart in between publishes it again. Of a batch, only the acknowledged
+//!   prefix is marked: a row after a failed one is published again with it, never before it.
+//! - **Wakes on commit.** The writer's `pg_notify` wakes the relay at commit; a poll every
+//!   `poll` catches anything a lost notification missed.
+//! - Published rows are kept for `retention` (to inspect, or to replay by clearing
+//!   `published_at`), then deleted.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::event::{HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION};
+use crate::kafka::KafkaConfig;
+use crate::outbox::NOTIFY_CHANNEL;
+
+/// `pg_try_advisory_lock` key of the relay (the bytes of "outbox"); the monolith's relay
+/// (legacy/src/infra/outbox.ts) names the same number.
+pub const LOCK_KEY: i64 = 0x6f75_7462_6f78;
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows per round trip to the broker.
+    pub batch: i64,
+    /// Longest wait for new rows without a notification (also how often a waiting relay tries
+    /// to take the lead).
+    pub poll: Duration,
+    /// How long published rows are kept.
+    pub retention: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig { batch: 500, poll: Duration::from_secs(1), retention: Duration::from_secs(24 * 3600) }
+    }
+}
+
+pub struct Relay {
+    pub pool: PgPool,
+    pub kafka: KafkaConfig,
+    pub cfg: RelayConfig,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    topic: String,
+    key: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    version: i32,
+    payload: String,
+    created_at: DateTime<Utc>,
+}
+
+impl Relay {
+    /// Relays until `stop` turns true; errors (the database or the broker away) are logged,
+    /// counted and retried after a pause, with a fresh producer.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            match self.lead(&mut stop).await {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics::gauge!("outbox_relay_leader").set(0.0);
+                    metrics::counter!("outbox_relay_errors_total").increment(1);
+                    tracing::warn!(error = %format!("{e:#}"), "outbox relay: retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+        metrics::gauge!("outbox_relay_leader").set(0.0);
+    }
+
+    /// Waits for the lead, then publishes until stopped (`Ok`) or something fails (`Err`).
+    async fn lead(&self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+        // the lock lives as long as this connection, which is never returned to the pool
+        let mut lock = self.pool.acquire().await?.detach();
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut lock).await?;
+            if got {
+                break;
+            }
+            metrics::gauge!("outbox_relay_leader").set(0.0);
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.poll * 2) => {}
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+        tracing::info!("outbox relay: leading");
+        metrics::gauge!("outbox_relay_leader").set(1.0);
+        let producer = self.kafka.producer()?;
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        let mut pruned = Instant::now();
+        self.prune().await?;
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            // still the leader? (a lost lock connection means another relay may lead now)
+            sqlx::query("SELECT 1").execute(&mut lock).await?;
+            let n = self.publish_batch(&producer).await?;
+            if pruned.elapsed() > Duration::from_secs(60) {
+                self.prune().await?;
+                pruned = Instant::now();
+            }
+            if n < self.cfg.batch as usize {
+                self.count_pending().await;
+                tokio::select! {
+                    r = listener.recv() => { r?; }
+                    _ = tokio::time::sleep(self.cfg.poll) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Publishes the oldest unpublished rows and marks the acknowledged prefix; how many rows
+    /// were read. An error leaves the unacknowledged rows for the next leader.
+    async fn publish_batch(&self, producer: &FutureProducer) -> anyhow::Result<usize> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, topic, key, type, version, payload, created_at FROM legacy.outbox
+             WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(self.cfg.batch)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // enqueued in order now (librdkafka keeps a partition's order, and with one request in
+        // flight per connection it keeps it across retries), awaited together
+        let mut pending = Vec::with_capacity(rows.len());
+        let mut refused = None;
+        for r in &rows {
+            let id = r.id.to_string();
+            let version = r.version.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: HEADER_EVENT_ID, value: Some(id.as_str()) })
+                .insert(Header { key: HEADER_EVENT_TYPE, value: Some(r.kind.as_str()) })
+                .insert(Header { key: HEADER_EVENT_VERSION, value: Some(version.as_str()) });
+            let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(headers);
+            match producer.send_result(record) {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut acked = 0;
+        let mut failure: Option<anyhow::Error> = refused.map(Into::into);
+        for f in pending {
+            match f.await {
+                Ok(Ok(_)) if failure.is_none() => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    failure.get_or_insert(e.into());
+                }
+                Err(_) => {
+                    failure.get_or_insert(anyhow::anyhow!("the producer dropped a delivery"));
+                }
+            }
+        }
+        if acked > 0 {
+            let ids: Vec<Uuid> = rows[..acked].iter().map(|r| r.id).collect();
+            sqlx::query("UPDATE legacy.outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(&self.pool).await?;
+            let now = Utc::now();
+            metrics::counter!("outbox_events_published_total").increment(acked as u64);
+            for r in &rows[..acked] {
+                let age = (now - r.created_at).to_std().unwrap_or_default();
+                metrics::histogram!("outbox_publish_delay_seconds").record(age.as_secs_f64());
+            }
+        }
+        match failure {
+            Some(e) => {
+                metrics::counter!("outbox_publish_failures_total").increment((rows.len() - acked) as u64);
+                Err(e.context(format!("publishing: {} of {} acknowledged", acked, rows.len())))
+            }
+            None => Ok(rows.len()),
+        }
+    }
+
+    async fn prune(&self) -> anyhow::Result<()> {
+        let gone = sqlx::query("DELETE FROM legacy.outbox WHERE published_at < now() - make_interval(secs => $1)")
+            .bind(self.cfg.retention.as_secs_f64())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if gone > 0 {
+            tracing::debug!(gone, "outbox: pruned published rows");
+        }
+        Ok(())
+    }
+
+    async fn count_pending(&self) {
+        if let Ok(n) =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM legacy.outbox WHERE published_at IS NULL").fetch_one(&self.pool).await
+        {
+            metrics::gauge!("outbox_pending_events").set(n as f64);
+        }
+    }
+}
