@@ -50,6 +50,8 @@ pub struct FakeState {
 pub(crate) struct Db {
     pub stripe: stripe::Store,
     pub fcm: Vec<serde_json::Value>,
+    /// `POST /_fake/fcm/outage`: FCM answers this status to the next `requests` sends
+    pub fcm_outage: Option<fcm::Outage>,
     pub gmail: Vec<serde_json::Value>,
     pub google: google::Store,
 }

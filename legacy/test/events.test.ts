@@ -131,6 +131,7 @@ async function sendAndCheck(env: { stack: any; db: any }, seen: Map<string, Seen
     assert.equal(e.chatTitle, 'Ops');
     assert.equal(e.body, `hello ${i}`);
     assert.deepEqual([...e.recipients].sort(), [b.id, c.id].sort());
+    assert.equal(e.pushedInProcess, true, 'legacy.push_owner is monolith: the producer pushed it itself');
   }
   // published by a relay: on the topic, keyed by chat, with the headers, in order
   await waitFor(async () => events.every((e: any) => seen.has(e.id)), 'the events on message.sent', 20_000);

@@ -4,7 +4,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHmac, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before } from 'node:test';
@@ -460,4 +460,58 @@ export function withStack(extraEnv: Record<string, string> = {}, opts: StackOpti
     await ctx.stack?.stop();
   });
   return ctx;
+}
+
+/**
+ * A private Kafka-protocol broker (tansu, TANSU_BIN, SQLite engine in a temporary folder) on a
+ * free port, with the stack's topics (bm-events ensure-topics): a test that consumes from the
+ * beginning or switches consumer groups sees only its own events.
+ */
+export async function startBroker(): Promise<{ brokers: string; stop: () => Promise<void> }> {
+  const bin = requireEnv('TANSU_BIN');
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'tansu-'));
+  const url = `tcp://127.0.0.1:${port}`;
+  const child = spawn(bin, ['broker', '--storage-engine', 'sqlite://tansu.db', '--listener-url', url, '--advertised-listener-url', url], {
+    cwd: dir,
+    env: { PATH: process.env.PATH, RUST_LOG: 'warn' },
+    stdio: 'ignore',
+  });
+  const brokers = `127.0.0.1:${port}`;
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGINT');
+    await exited;
+  };
+  try {
+    await waitFor(
+      () =>
+        new Promise<boolean>((res) => {
+          const s = connect(port, '127.0.0.1');
+          s.once('connect', () => (s.destroy(), res(true)));
+          s.once('error', () => res(false));
+        }),
+      'the broker',
+      30_000,
+    );
+    const topics = spawn(join(REPO_DIR, 'target', 'debug', 'bm-events'), ['ensure-topics'], {
+      env: { PATH: process.env.PATH, KAFKA_BROKERS: brokers },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    const code = await new Promise((r) => topics.once('exit', r));
+    if (code !== 0) throw new Error(`bm-events ensure-topics exited with ${code}`);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { brokers, stop };
+}
+
+/** The notification service (NOTIFICATION_BIN) on an ephemeral port: its push job on `brokers`. */
+export async function startNotificationService(env: Record<string, string>) {
+  const bin = process.env.NOTIFICATION_BIN || join(REPO_DIR, 'target', 'debug', 'bm-notification');
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: build it with \`cargo build -p bm-notification\``);
+  const s = await spawnUntil(bin, [], { env: { PATH: process.env.PATH, RUST_LOG: 'warn', PORT: '0', HOST: '127.0.0.1', ...env } }, /listening on (http:\/\/\S+)/, 'the notification service');
+  return { child: s.child, url: s.match[1], output: s.output, stop: () => stopChild(s.child) };
 }

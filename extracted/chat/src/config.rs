@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bm_common::config::{ConfigError, Env};
+use bm_common::config::{ConfigError, Env, Fcm};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -40,14 +40,6 @@ pub enum JwtKeys {
     PublicKeyFile(String),
 }
 
-/// FCM HTTP v1, as the monolith calls it (pushes for new messages).
-#[derive(Debug, Clone)]
-pub struct Fcm {
-    pub base_url: String,
-    pub project_id: String,
-    pub access_token: String,
-}
-
 impl Config {
     pub fn from_env(mut env: Env) -> Result<Config, ConfigError> {
         let e = &mut env;
@@ -65,14 +57,8 @@ impl Config {
                 JwtKeys::JwksUrl(String::new())
             }
         };
-        let fcm_base = e.or("FCM_BASE_URL", "https://fcm.googleapis.com").trim_end_matches('/').to_string();
-        if reqwest::Url::parse(&fcm_base).is_err() {
-            e.problem(format!("FCM_BASE_URL={fcm_base} is not a URL"));
-        }
-        let pool: u32 = e.parse_or("DB_POOL_MAX", 20);
-        if !(1..=500).contains(&pool) {
-            e.problem(format!("DB_POOL_MAX={pool} is not in 1..500"));
-        }
+        let fcm = e.fcm();
+        let pool = e.db_pool_max();
         let timeout: u64 = e.parse_or("HTTP_TIMEOUT_MS", 10_000);
         let acquire: u64 = e.parse_or("DB_ACQUIRE_TIMEOUT_MS", 30_000);
         let cfg = Config {
@@ -84,11 +70,7 @@ impl Config {
             jwt_keys,
             jwt_issuer: e.or("JWT_ISSUER", "https://brainmessenger.local"),
             jwt_audience: e.or("JWT_AUDIENCE", "brainmessenger-api"),
-            fcm: Fcm {
-                base_url: fcm_base,
-                project_id: e.or("FCM_PROJECT_ID", "brainmessenger-dev"),
-                access_token: e.or("FCM_ACCESS_TOKEN", "dev-fcm-token"),
-            },
+            fcm,
             http_timeout: Duration::from_millis(timeout),
             dry_run_key: e.dry_run_key(),
             tls: bm_common::http::OutboundTls::from_env(e),

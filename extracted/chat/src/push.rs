@@ -1,12 +1,13 @@
 //! Push notifications for a new message, exactly as the monolith sends them today
 //! (`NotificationsService.pushNewMessage`, docs/api/notifications.md): after the commit, off the
 //! request path, one FCM HTTP v1 request per device of each recipient; a token FCM reports as
-//! unregistered (404 or `UNREGISTERED`) is deleted. Failures are logged, never returned. (The
-//! notification issue moves this job behind Kafka.)
+//! unregistered (404 or `UNREGISTERED`) is deleted. Failures are logged, never returned. Each
+//! push is recorded in `legacy.push_log` for the notification push job's shadow. Only while
+//! `legacy.push_owner` is `monolith`; otherwise the push job sends them (docs/events.md).
 
-use serde_json::json;
+use bm_events::push::PushContent;
 
-use crate::store::{preview, Device, NewMessage};
+use crate::store::{Device, NewMessage};
 use crate::AppState;
 
 pub async fn new_message(s: &AppState, m: &NewMessage) {
@@ -14,26 +15,38 @@ pub async fn new_message(s: &AppState, m: &NewMessage) {
     if devices.is_empty() {
         return;
     }
-    let body = preview(&m.message.body);
-    let sender = &m.message.sender_display_name;
-    let notification = match &m.chat_title {
-        Some(title) => json!({ "title": title, "body": format!("{sender}: {body}") }),
-        None => json!({ "title": sender, "body": body }),
-    };
-    // FCM `data` values must be strings
-    let data = json!({ "kind": "message.new", "chatId": m.message.chat_id, "messageId": m.message.id, "senderId": m.message.sender_id });
-    futures_util::future::join_all(devices.iter().map(|d| one(s, d, &notification, &data))).await;
+    let msg = &m.message;
+    let content = bm_events::push::message_new(
+        m.chat_title.as_deref(),
+        &msg.sender_display_name,
+        &msg.body,
+        &msg.chat_id.to_string(),
+        &msg.id.to_string(),
+        &msg.sender_id.to_string(),
+    );
+    futures_util::future::join_all(devices.iter().map(|d| one(s, msg.id, d, &content))).await;
 }
 
-async fn one(s: &AppState, device: &Device, notification: &serde_json::Value, data: &serde_json::Value) {
+async fn one(s: &AppState, message: uuid::Uuid, device: &Device, content: &PushContent) {
     let fcm = &s.cfg.fcm;
     let url = format!(
         "{}/v1/projects/{}/messages:send",
         fcm.base_url,
         url::form_urlencoded::byte_serialize(fcm.project_id.as_bytes()).collect::<String>()
     );
-    let body = json!({ "message": { "token": device.token, "notification": notification, "data": data } });
-    let r = match s.http.post(url).bearer_auth(&fcm.access_token).json(&body).send().await {
+    let body = bm_events::push::fcm_request(&device.token, content);
+    let sent = s.http.post(url).bearer_auth(&fcm.access_token).json(&body).send().await;
+    // what the notification push job's shadow compares with (legacy.push_log)
+    let status = sent.as_ref().ok().map(|r| i32::from(r.status().as_u16()));
+    let _ = sqlx::query("INSERT INTO legacy.push_log (message_id, user_id, request, status, sender) VALUES ($1, $2, $3, $4, 'chat')")
+        .bind(message)
+        .bind(device.user_id)
+        .bind(&body["message"])
+        .bind(status)
+        .execute(&s.pool)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "recording a push in legacy.push_log"));
+    let r = match sent {
         Ok(r) => r,
         Err(e) => {
             metrics::counter!("chat_pushes_total", "outcome" => "error").increment(1);
@@ -47,8 +60,7 @@ async fn one(s: &AppState, device: &Device, notification: &serde_json::Value, da
         return;
     }
     let answer: serde_json::Value = r.json().await.unwrap_or_default();
-    let unregistered = answer["error"]["details"].as_array().is_some_and(|ds| ds.iter().any(|d| d["errorCode"] == "UNREGISTERED"));
-    if status == 404 || unregistered {
+    if bm_events::push::is_unregistered(status, &answer) {
         // the app was uninstalled or the token expired: stop pushing to it (unless it moved meanwhile)
         metrics::counter!("chat_pushes_total", "outcome" => "unregistered").increment(1);
         let _ = sqlx::query("DELETE FROM legacy.devices WHERE token = $1 AND user_id = $2")

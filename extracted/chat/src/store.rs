@@ -225,7 +225,8 @@ pub struct NewMessage {
     /// the other members: one `message.new` notification each
     pub recipients: Vec<Uuid>,
     /// their devices (FCM token, user), read in the message's transaction: the push after the
-    /// commit needs no connection of its own
+    /// commit needs no connection of its own. Empty when the notification push job pushes
+    /// (`legacy.push_owner`): then nothing is pushed in-process.
     pub devices: Vec<Device>,
 }
 
@@ -299,7 +300,11 @@ pub async fn send_message(
     .bind(payload)
     .fetch_all(&mut *c)
     .await?;
-    let devices: Vec<Device> = if recipients.is_empty() {
+    // who pushes this message (legacy.push_owner, read in its transaction): this process, after
+    // the commit, or the notification push job from the event
+    let owner: String = sqlx::query_scalar("SELECT owner FROM legacy.push_owner").fetch_one(&mut *c).await?;
+    let push_in_process = owner == "monolith";
+    let devices: Vec<Device> = if recipients.is_empty() || !push_in_process {
         Vec::new()
     } else {
         sqlx::query_as("SELECT token, user_id FROM legacy.devices WHERE user_id = ANY($1::uuid[])")
@@ -319,6 +324,7 @@ pub async fn send_message(
         chat_title.as_deref(),
         &message.body,
         recipients.clone(),
+        push_in_process,
         message.created_at,
     );
     bm_events::outbox::enqueue(&mut *c, &event.to_outbox()).await?;
@@ -326,16 +332,7 @@ pub async fn send_message(
     Ok((message, Some(new)))
 }
 
-/// A notification's or a push's preview of a body: the first 99 UTF-16 units and `…` past 100
-/// (`body.slice(0, 99) + '…'`).
-pub fn preview(body: &str) -> String {
-    let units: Vec<u16> = body.encode_utf16().collect();
-    if units.len() > 100 {
-        format!("{}…", String::from_utf16_lossy(&units[..99]))
-    } else {
-        body.to_string()
-    }
-}
+pub use bm_events::push::preview;
 
 pub async fn edit_message(c: &mut PgConnection, id: Uuid, body: &str) -> Result<Option<MessageRow>> {
     Ok(sqlx::query_as(
@@ -406,12 +403,6 @@ mod tests {
         assert!(assert_body(&"😀".repeat(2000)).is_ok(), "4000 UTF-16 units");
         assert!(assert_body(&"😀".repeat(2001)).is_err());
         assert!(bm_common::validate::has_non_space("\u{85}"), "U+0085 is not JavaScript white space");
-    }
-
-    #[test]
-    fn previews_cut_at_100_utf16_units() {
-        assert_eq!(preview(&"a".repeat(100)), "a".repeat(100));
-        assert_eq!(preview(&"a".repeat(101)), format!("{}…", "a".repeat(99)));
     }
 
     proptest! {

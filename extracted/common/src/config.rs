@@ -70,6 +70,29 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// FCM HTTP v1 as the monolith configures it: `FCM_BASE_URL` (a URL), `FCM_PROJECT_ID`,
+    /// `FCM_ACCESS_TOKEN`, with the monolith's defaults.
+    pub fn fcm(&mut self) -> Fcm {
+        let base_url = self.or("FCM_BASE_URL", "https://fcm.googleapis.com").trim_end_matches('/').to_string();
+        if reqwest::Url::parse(&base_url).is_err() {
+            self.problem(format!("FCM_BASE_URL={base_url} is not a URL"));
+        }
+        Fcm {
+            base_url,
+            project_id: self.or("FCM_PROJECT_ID", "brainmessenger-dev"),
+            access_token: self.or("FCM_ACCESS_TOKEN", "dev-fcm-token"),
+        }
+    }
+
+    /// `DB_POOL_MAX` (default 20, 1..500): a service's Postgres connections.
+    pub fn db_pool_max(&mut self) -> u32 {
+        let pool: u32 = self.parse_or("DB_POOL_MAX", 20);
+        if !(1..=500).contains(&pool) {
+            self.problem(format!("DB_POOL_MAX={pool} is not in 1..500"));
+        }
+        pool
+    }
+
     /// Records a problem found while validating values together.
     pub fn problem(&mut self, p: impl Into<String>) {
         self.problems.push(p.into());
@@ -83,6 +106,14 @@ impl<'a> Env<'a> {
             Err(ConfigError(self.problems))
         }
     }
+}
+
+/// FCM HTTP v1, as the monolith calls it (pushes for new messages): [`Env::fcm`].
+#[derive(Debug, Clone)]
+pub struct Fcm {
+    pub base_url: String,
+    pub project_id: String,
+    pub access_token: String,
 }
 
 #[cfg(test)]

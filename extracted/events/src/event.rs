@@ -51,6 +51,10 @@ pub struct MessageSent {
     /// The other members when the message was sent: who is notified. Fixed in the transaction,
     /// so a member who leaves or joins later does not change who this message notifies.
     pub recipients: Vec<Uuid>,
+    /// Whether the producer pushed this message in-process itself (`legacy.push_owner` was
+    /// `monolith` in its transaction): the push job then only compares, it does not push.
+    /// A field of the migration: gone in v2 once the monolith is off.
+    pub pushed_in_process: bool,
 }
 
 impl MessageSent {
@@ -68,6 +72,7 @@ impl MessageSent {
         chat_title: Option<&str>,
         body: &str,
         recipients: Vec<Uuid>,
+        pushed_in_process: bool,
         at: DateTime<Utc>,
     ) -> Self {
         MessageSent {
@@ -84,6 +89,7 @@ impl MessageSent {
             chat_title: chat_title.map(str::to_string),
             body: body.to_string(),
             recipients,
+            pushed_in_process,
         }
     }
 
@@ -124,7 +130,7 @@ mod tests {
 
     fn sample() -> MessageSent {
         let at = DateTime::parse_from_rfc3339("2026-02-03T04:05:06.789Z").unwrap().with_timezone(&Utc);
-        MessageSent::new("chat", Uuid::nil(), Uuid::max(), 42, Uuid::nil(), "Ann", None, "hi", vec![Uuid::max()], at)
+        MessageSent::new("chat", Uuid::nil(), Uuid::max(), 42, Uuid::nil(), "Ann", None, "hi", vec![Uuid::max()], true, at)
     }
 
     #[test]

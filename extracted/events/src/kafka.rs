@@ -85,19 +85,28 @@ impl KafkaConfig {
         self.finish(c).create()
     }
 
-    /// A group consumer that commits only what the caller says is done (`enable.auto.commit`
-    /// off), starts a new group from the beginning, and fetches without the 500 ms default wait
-    /// (`fetch.wait.max.ms=10`: each fetch otherwise sleeps that long with data waiting).
-    pub fn consumer(&self, group: &str) -> Result<StreamConsumer, KafkaError> {
+    /// A group consumer's settings: it commits only the offsets the caller stored once their work
+    /// was done (`enable.auto.offset.store=false`; stored offsets are committed every 500 ms, on a
+    /// rebalance and on close), starts a new group from the beginning, fetches without the 500 ms
+    /// default wait (`fetch.wait.max.ms=10`: each fetch otherwise sleeps that long with data
+    /// waiting), and notices a dead member within 6 s.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut c = self.base();
         c.set("group.id", group)
-            .set("enable.auto.commit", "false")
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "500")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "10")
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false");
-        self.finish(c).create()
+        self.finish(c)
+    }
+
+    /// A consumer with [`Self::consumer_config`] (no offsets stored: a reader, such as a test).
+    pub fn consumer(&self, group: &str) -> Result<StreamConsumer, KafkaError> {
+        self.consumer_config(group).create()
     }
 
     /// Creates the topics that do not exist yet (`TOPICS`); existing ones are left as they are.

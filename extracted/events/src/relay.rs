@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -52,6 +52,17 @@ pub struct Relay {
     pub pool: PgPool,
     pub kafka: KafkaConfig,
     pub cfg: RelayConfig,
+}
+
+/// The leader's producer. When it stops leading (an error, the lock lost, the task dropped), what
+/// it still queues is purged, not delivered: the next leader publishes those rows again, and a
+/// late delivery from the old one would land after the new one's, out of order.
+struct Purging(FutureProducer);
+
+impl Drop for Purging {
+    fn drop(&mut self) {
+        self.0.purge(PurgeConfig::default().queue().inflight());
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -104,7 +115,7 @@ impl Relay {
         }
         tracing::info!("outbox relay: leading");
         metrics::gauge!("outbox_relay_leader").set(1.0);
-        let producer = self.kafka.producer()?;
+        let producer = Purging(self.kafka.producer()?);
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         let mut pruned = Instant::now();
@@ -115,7 +126,7 @@ impl Relay {
             }
             // still the leader? (a lost lock connection means another relay may lead now)
             sqlx::query("SELECT 1").execute(&mut lock).await?;
-            let n = self.publish_batch(&producer).await?;
+            let n = self.publish_batch(&producer.0).await?;
             if pruned.elapsed() > Duration::from_secs(60) {
                 self.prune().await?;
                 pruned = Instant::now();

@@ -2,13 +2,12 @@
 //! written in transactions while the broker restarts and the relay is killed and replaced all
 //! reach the topic, each chat's in order; nothing lost.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bm_events::event::{MessageSent, HEADER_EVENT_ID, MESSAGE_SENT_TOPIC, TOPICS};
 use bm_events::relay::{Relay, RelayConfig};
+use bm_events::testkit;
 use bm_events::KafkaConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
@@ -44,8 +43,8 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, limit: Duratio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_is_lost_or_reordered_across_a_broker_restart_and_a_relay_crash() {
-    let mut broker = support::Broker::start().await;
-    let (pool, db) = support::outbox_db().await;
+    let mut broker = testkit::Broker::start().await;
+    let (pool, db) = testkit::fresh_database().await;
     kafka(&broker.brokers()).ensure_topics(TOPICS).await.expect("topics");
 
     let (_stop1, relay1) = relay(&pool, &broker.brokers());
@@ -71,6 +70,7 @@ async fn nothing_is_lost_or_reordered_across_a_broker_restart_and_a_relay_crash(
                     None,
                     "hi",
                     vec![],
+                    false,
                     chrono::Utc::now(),
                 );
                 let mut tx = pool.begin().await.unwrap();
@@ -131,17 +131,18 @@ async fn nothing_is_lost_or_reordered_across_a_broker_restart_and_a_relay_crash(
     let _ = stop2.send(true);
     relay2.await.unwrap();
     broker.stop();
-    support::drop_db(pool, &db).await;
+    testkit::drop_database(pool, &db).await;
 }
 
 #[tokio::test]
 async fn a_rolled_back_transaction_leaves_no_event() {
-    let (pool, db) = support::outbox_db().await;
-    let e = MessageSent::new("chat", Uuid::new_v4(), Uuid::new_v4(), 1, Uuid::new_v4(), "Ann", None, "hi", vec![], chrono::Utc::now());
+    let (pool, db) = testkit::fresh_database().await;
+    let e =
+        MessageSent::new("chat", Uuid::new_v4(), Uuid::new_v4(), 1, Uuid::new_v4(), "Ann", None, "hi", vec![], false, chrono::Utc::now());
     let mut tx = pool.begin().await.unwrap();
     bm_events::outbox::enqueue(&mut tx, &e.to_outbox()).await.unwrap();
     tx.rollback().await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM legacy.outbox").fetch_one(&pool).await.unwrap();
     assert_eq!(n, 0);
-    support::drop_db(pool, &db).await;
+    testkit::drop_database(pool, &db).await;
 }

@@ -196,7 +196,7 @@ export class ChatService {
    * neither notifies nor publishes again.
    */
   async sendMessage(userId: string, input: SendMessageInput): Promise<Message> {
-    const { row, created, recipients, chat } = await this.db.tx(async (c) => {
+    const { row, created, recipients, chat, pushInProcess } = await this.db.tx(async (c) => {
       const chat = await this.requireMember(input.chatId, userId, c);
       // one sender at a time per chat, from before the message takes its seq to the commit: a
       // chat's messages commit (and their events reach the outbox, and the bus) in seq order
@@ -212,7 +212,7 @@ export class ChatService {
           `${MESSAGE_SELECT} WHERE m.chat_id = $1 AND m.sender_id = $2 AND m.client_message_id = $3`,
           [input.chatId, userId, input.clientMessageId],
         );
-        return { row: prev.rows[0], created: false, recipients: [] as string[], chat };
+        return { row: prev.rows[0], created: false, recipients: [] as string[], chat, pushInProcess: false };
       }
       const { id, seq } = ins.rows[0];
       await c.query('UPDATE legacy.chats SET updated_at = now() WHERE id = $1', [input.chatId]);
@@ -231,6 +231,10 @@ export class ChatService {
         chatTitle: chat.is_group ? chat.title : null,
         body: row.body,
       });
+      // who pushes it, decided in its transaction (docs/events.md "Who pushes"): this process
+      // after the commit, or the notification push job from the event
+      const owner = (await c.query<{ owner: string }>('SELECT owner FROM legacy.push_owner')).rows[0]?.owner;
+      const pushInProcess = owner === 'monolith';
       // message.sent in the message's transaction (docs/events.md): published by the outbox relay
       await enqueueEvent(
         c,
@@ -243,16 +247,17 @@ export class ChatService {
           chatTitle: chat.is_group ? chat.title : null,
           body: row.body,
           recipients,
+          pushedInProcess: pushInProcess,
           at: row.created_at,
         }),
       );
-      return { row, created: true, recipients, chat };
+      return { row, created: true, recipients, chat, pushInProcess };
     });
     const message = messageOf(row);
     if (created) {
       await this.bus.publish(messageAddedChannel(message.chatId), { messageAdded: message });
       // off the request path: the answer never waits for FCM
-      void this.notifications.pushNewMessage(
+      if (pushInProcess) void this.notifications.pushNewMessage(
         {
           chatId: message.chatId,
           messageId: message.id,

@@ -44,6 +44,7 @@ export function messageSentEvent(m: {
   chatTitle: string | null;
   body: string;
   recipients: string[];
+  pushedInProcess: boolean;
   at: Date;
 }): OutboxEvent {
   const id = randomUUID();
@@ -61,6 +62,7 @@ export function messageSentEvent(m: {
     chatTitle: m.chatTitle,
     body: m.body,
     recipients: m.recipients,
+    pushedInProcess: m.pushedInProcess,
   };
   return { id, topic: 'message.sent', key: m.chatId, type: 'message.sent', version: 1, payload: JSON.stringify(payload) };
 }

@@ -149,8 +149,9 @@ export class NotificationsService {
 
   /**
    * Pushes a new message to every device of the recipients. Called without awaiting, after the
-   * message is committed: never throws, failures are logged; tokens FCM reports as unregistered
-   * are deleted.
+   * message is committed, while legacy.push_owner is `monolith`: never throws, failures are
+   * logged; tokens FCM reports as unregistered are deleted. Each push is recorded in
+   * legacy.push_log for the notification push job's shadow.
    */
   async pushNewMessage(m: NewMessage, recipients: string[]): Promise<void> {
     try {
@@ -161,20 +162,38 @@ export class NotificationsService {
         : { title: m.senderName, body: preview(m.body) };
       // FCM `data` values must be strings
       const data = { kind: 'message.new', chatId: m.chatId, messageId: m.messageId, senderId: m.senderId };
-      await Promise.all(devices.map((d) => this.pushOne(d, notification, data)));
+      await Promise.all(devices.map((d) => this.pushOne(m.messageId, d, notification, data)));
     } catch (e) {
       this.log.error(`push for message ${m.messageId} failed: ${(e as Error).message}`);
     }
   }
 
-  private async pushOne(device: DeviceRow, notification: { title: string; body: string }, data: Record<string, string>) {
+  private async pushOne(messageId: string, device: DeviceRow, notification: { title: string; body: string }, data: Record<string, string>) {
     const { baseUrl, projectId, accessToken } = this.config.fcm;
+    const message = { token: device.token, notification, data };
+    // what the notification push job's shadow compares with (docs/events.md "Who pushes")
+    const record = (status: number | null) =>
+      this.db
+        .query(`INSERT INTO legacy.push_log (message_id, user_id, request, status, sender) VALUES ($1, $2, $3, $4, 'monolith')`, [
+          messageId,
+          device.user_id,
+          JSON.stringify(message),
+          status,
+        ])
+        .catch((e) => this.log.warn(`recording a push in legacy.push_log: ${(e as Error).message}`));
     try {
-      const r = await this.http.request('fcm', `${baseUrl}/v1/projects/${encodeURIComponent(projectId)}/messages:send`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${accessToken}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ message: { token: device.token, notification, data } }),
-      });
+      let r;
+      try {
+        r = await this.http.request('fcm', `${baseUrl}/v1/projects/${encodeURIComponent(projectId)}/messages:send`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${accessToken}`, 'content-type': 'application/json' },
+          body: JSON.stringify({ message }),
+        });
+      } catch (e) {
+        await record(null);
+        throw e;
+      }
+      await record(r.status);
       if (r.status >= 200 && r.status < 300) return;
       const codes: string[] = (r.body?.error?.details ?? []).map((d: any) => d?.errorCode).filter(Boolean);
       if (r.status === 404 || codes.includes('UNREGISTERED')) {

@@ -1,7 +1,8 @@
-//! A private broker and database per test: the outbox relay publishes every row of its table, so
-//! tests that share one would publish each other's events.
-
-#![allow(dead_code)]
+//! For the integration tests of the services that use events: a private broker (tansu, its
+//! SQLite engine: durable, restartable) and a fresh database with every migration, so tests that
+//! run at once do not consume, relay or switch each other's state. Needs `TANSU_BIN` (set by
+//! scripts/test, scripts/lib.sh `ensure_tansu`) and `DATABASE_URL` (the server to create
+//! databases on).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -77,30 +78,32 @@ impl Drop for Broker {
     }
 }
 
-/// A fresh database with the outbox table (migrations/legacy/0002_outbox.sql), dropped with
-/// the returned guard's pool closed.
-pub async fn outbox_db() -> (PgPool, String) {
+/// A fresh database on `DATABASE_URL`'s server with every migration applied by
+/// `scripts/migrate` (the path production takes); drop it with [`drop_database`].
+pub async fn fresh_database() -> (PgPool, String) {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/test sets it)");
-    let name = format!("outbox_test_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("events_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&base).await.expect("connecting to DATABASE_URL");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-    let url = replace_db(&base, &name);
+    let url = database_url(&name);
+    let migrate = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/migrate");
+    let out = Command::new(migrate).arg(&url).stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("running scripts/migrate");
+    assert!(out.status.success(), "scripts/migrate failed: {}", String::from_utf8_lossy(&out.stderr));
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(&url).await.unwrap();
-    sqlx::query("CREATE SCHEMA legacy").execute(&pool).await.unwrap();
-    let sql = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations/legacy/0002_outbox.sql")).unwrap();
-    sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
     (pool, name)
 }
 
-pub async fn drop_db(pool: PgPool, name: &str) {
+/// The URL of database `name` on `DATABASE_URL`'s server.
+pub fn database_url(name: &str) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (head, tail) = base.split_at(base.rfind('/').expect("a database URL ends with /name"));
+    let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
+    format!("{head}/{name}{query}")
+}
+
+pub async fn drop_database(pool: PgPool, name: &str) {
     pool.close().await;
     let base = std::env::var("DATABASE_URL").unwrap();
     let mut admin = PgConnection::connect(&base).await.unwrap();
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
-}
-
-fn replace_db(url: &str, name: &str) -> String {
-    let (head, tail) = url.split_at(url.rfind('/').expect("a database URL ends with /name"));
-    let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
-    format!("{head}/{name}{query}")
 }

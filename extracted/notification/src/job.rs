@@ -1,0 +1,431 @@
+//! The push job: a consumer group on `message.sent` that sends each recipient's devices one FCM
+//! request, as the monolith did in-process (docs/events.md "The push job").
+//!
+//! - **Order**: one chat's events go to one lane (by key) and a lane handles one event at a time,
+//!   so a chat's pushes leave in order; lanes run side by side.
+//! - **Offsets** are stored only once an event is finished ([`Offsets`]) and committed from
+//!   there: a crash or a rebalance redelivers unfinished events, never skips one.
+//! - **Once per device**: each (event, device) is claimed in `notification.pushes` before the
+//!   request; a redelivery finds it done and skips it. A claim is a lease, so a push claimed by
+//!   an instance that died is taken over once the lease expires. The one case where a device
+//!   can get a push twice: its sender died (kill -9) after sending the request and before
+//!   recording the answer; FCM has no idempotency key, so it is sent again and counted
+//!   (`resent_unknown`), never silently.
+//! - **Retries**: 5xx, 429, timeouts and network errors are retried with doubling backoff, up
+//!   to `PUSH_MAX_ATTEMPTS`; then (or at once for a refusal such as `INVALID_ARGUMENT`) the event
+//!   goes to the dead-letter topic with the reason and the device's user. An event that does not
+//!   parse, or of a version this job does not read, goes there too.
+//! - **Shadow**: an event whose producer pushed in-process (`pushedInProcess`) is not pushed; the
+//!   job plans its pushes and compares them with what the producer logged ([`crate::shadow`]).
+//! - **Drain**: on SIGTERM it stops reading, finishes what the lanes hold, commits, and leaves
+//!   the group.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bm_events::event::{MessageSent, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, MESSAGE_SENT_TOPIC, PUSH_DEAD_LETTER_TOPIC};
+use bm_events::push::{fcm_request, for_event, PushContent};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::fcm::{self, Outcome};
+use crate::offsets::Offsets;
+use crate::store::{self, retry_db, Device};
+
+/// One record handed to a lane.
+pub struct Work {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+enum TakeOver {
+    /// finished by someone: nothing to send
+    Done,
+    /// another instance holds a live lease on it
+    Held,
+    /// ours now, with this many attempts started
+    Ours(u32),
+}
+
+pub struct Job {
+    pub cfg: Config,
+    pub pool: PgPool,
+    pub fcm: fcm::Client,
+    pub producer: FutureProducer,
+}
+
+/// The consumer's context: rebalances logged and counted, consumer lag from librdkafka's
+/// statistics exported per partition.
+pub struct Ctx;
+
+impl ClientContext for Ctx {
+    fn stats(&self, stats: Statistics) {
+        for topic in stats.topics.values() {
+            for (p, part) in &topic.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    metrics::gauge!("notification_consumer_lag", "partition" => p.to_string()).set(part.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
+        let what = match r {
+            Rebalance::Assign(_) => "assign",
+            Rebalance::Revoke(_) => "revoke",
+            Rebalance::Error(_) => "error",
+        };
+        metrics::counter!("notification_rebalances_total", "phase" => what).increment(1);
+        tracing::info!(phase = what, "consumer group rebalance");
+    }
+}
+
+pub type PushConsumer = StreamConsumer<Ctx>;
+
+impl Job {
+    pub fn consumer(&self) -> anyhow::Result<PushConsumer> {
+        let mut c = self.cfg.kafka.consumer_config(&self.cfg.job.group);
+        if c.get("statistics.interval.ms").is_none() {
+            c.set("statistics.interval.ms", "1000");
+        }
+        Ok(c.create_with_context(Ctx)?)
+    }
+
+    /// Consumes until `stop`, then drains: the lanes finish what they hold, offsets are
+    /// committed, the consumer leaves the group.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let consumer = Arc::new(self.consumer()?);
+        consumer.subscribe(&[MESSAGE_SENT_TOPIC])?;
+        let offsets = Arc::new(Mutex::new(Offsets::default()));
+        let mut lanes = Vec::with_capacity(self.cfg.job.lanes);
+        let mut workers = Vec::with_capacity(self.cfg.job.lanes);
+        for _ in 0..self.cfg.job.lanes {
+            // bounded: a slow lane holds the reader back instead of piling up events in memory
+            let (tx, rx) = mpsc::channel::<Work>(16);
+            lanes.push(tx);
+            workers.push(tokio::spawn(lane(self.clone(), consumer.clone(), offsets.clone(), rx)));
+        }
+        tracing::info!(group = %self.cfg.job.group, lanes = lanes.len(), "push job consuming {MESSAGE_SENT_TOPIC}");
+        loop {
+            let m = tokio::select! {
+                m = consumer.recv() => m,
+                _ = stop.changed() => break,
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    metrics::counter!("notification_consumer_errors_total").increment(1);
+                    tracing::warn!(error = %e, "consuming message.sent");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let headers = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .unwrap_or_default();
+            let work = Work {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            };
+            drop(m);
+            offsets.lock().unwrap().start(work.partition, work.offset);
+            let lane = lane_of(&work.key, lanes.len());
+            if lanes[lane].send(work).await.is_err() {
+                anyhow::bail!("lane {lane} stopped");
+            }
+        }
+        tracing::info!(in_flight = offsets.lock().unwrap().in_flight(), "push job draining");
+        drop(lanes);
+        for w in workers {
+            let _ = w.await;
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %e, "committing offsets at shutdown");
+        }
+        consumer.unsubscribe();
+        tracing::info!("push job stopped");
+        Ok(())
+    }
+
+    /// One event, to the end: pushed (or shadowed), or on the dead-letter topic. Never gives up
+    /// on the database or the broker (it waits for them); gives up on FCM after the attempts.
+    pub async fn handle(&self, w: &Work) {
+        let event = match MessageSent::parse(&w.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                metrics::counter!("notification_events_total", "result" => "poison").increment(1);
+                tracing::warn!(partition = w.partition, offset = w.offset, error = %e, "an event the push job cannot read");
+                self.dead_letter(w, &e.to_string(), None, 0).await;
+                return;
+            }
+        };
+        if event.pushed_in_process {
+            let devices = self.devices(&event.recipients).await;
+            crate::shadow::compare(&self.pool, self.cfg.job.shadow_wait, &event, &devices, (w.partition, w.offset)).await;
+            metrics::counter!("notification_events_total", "result" => "shadowed").increment(1);
+            return;
+        }
+        let devices = self.devices(&event.recipients).await;
+        let content = for_event(&event);
+        futures_util::future::join_all(devices.iter().map(|d| self.push(w, &event, d, &content))).await;
+        metrics::counter!("notification_events_total", "result" => "pushed").increment(1);
+    }
+
+    /// The recipients' devices now (as the monolith read them at push time).
+    pub async fn devices(&self, recipients: &[Uuid]) -> Vec<Device> {
+        store::devices(&self.pool, recipients).await
+    }
+
+    async fn push(&self, w: &Work, e: &MessageSent, d: &Device, content: &PushContent) {
+        let Some(mut attempts) = self.claim(e, d).await else {
+            metrics::counter!("notification_pushes_total", "outcome" => "duplicate").increment(1);
+            return;
+        };
+        let body = fcm_request(&d.token, content);
+        loop {
+            // `attempts` counts the attempts started, this one included (marked in flight)
+            let outcome = self.fcm.send(&body).await;
+            metrics::counter!("notification_push_attempts_total").increment(1);
+            let (status, error) = match &outcome {
+                Outcome::Sent => ("sent", None),
+                Outcome::Unregistered => ("unregistered", None),
+                Outcome::Retry(why) if attempts < self.cfg.job.max_attempts => ("sending", Some(why.clone())),
+                Outcome::Retry(why) | Outcome::Refused(why) => ("dead", Some(why.clone())),
+            };
+            if status == "unregistered" {
+                // the app was uninstalled or the token expired: stop pushing to it (unless it moved)
+                retry_db("deleting an unregistered device", || {
+                    sqlx::query("DELETE FROM legacy.devices WHERE token = $1 AND user_id = $2")
+                        .bind(&d.token)
+                        .bind(d.user_id)
+                        .execute(&self.pool)
+                })
+                .await;
+                tracing::info!(user = %d.user_id, "device token is unregistered: removed");
+            }
+            if status == "dead" {
+                let why = error.clone().unwrap_or_default();
+                tracing::warn!(user = %d.user_id, attempts, error = %why, "giving up on a push: dead-letter topic");
+                self.dead_letter(w, &why, Some(d.user_id), attempts).await;
+            }
+            // the outcome; the lease is renewed with every attempt
+            let lease = self.cfg.job.lease.as_secs_f64();
+            retry_db("recording a push", || {
+                sqlx::query(
+                    "UPDATE notification.pushes SET status = $3, attempts = $4, last_error = $5, in_flight = false, updated_at = now(),
+                            lease_until = now() + make_interval(secs => $6)
+                     WHERE event_id = $1 AND token = $2",
+                )
+                .bind(e.id)
+                .bind(&d.token)
+                .bind(status)
+                .bind(attempts as i32)
+                .bind(error.as_deref())
+                .bind(lease)
+                .execute(&self.pool)
+            })
+            .await;
+            match status {
+                "sending" => {
+                    metrics::counter!("notification_pushes_total", "outcome" => "retried").increment(1);
+                    let backoff = self.cfg.job.retry_base.saturating_mul(1 << (attempts - 1).min(16)).min(Duration::from_secs(10));
+                    tokio::time::sleep(backoff).await;
+                    attempts += 1;
+                    retry_db("starting an attempt", || {
+                        sqlx::query(
+                            "UPDATE notification.pushes SET attempts = $3, in_flight = true, updated_at = now(),
+                                    lease_until = now() + make_interval(secs => $4)
+                             WHERE event_id = $1 AND token = $2",
+                        )
+                        .bind(e.id)
+                        .bind(&d.token)
+                        .bind(attempts as i32)
+                        .bind(lease)
+                        .execute(&self.pool)
+                    })
+                    .await;
+                }
+                _ => {
+                    metrics::counter!("notification_pushes_total", "outcome" => status).increment(1);
+                    if status == "sent" {
+                        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&e.occurred_at) {
+                            let delay = (chrono::Utc::now() - at.to_utc()).to_std().unwrap_or_default();
+                            metrics::histogram!("notification_push_delay_seconds").record(delay.as_secs_f64());
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Claims (event, device) for this instance, marking an attempt under way: `Some(attempts
+    /// started so far)` when it is ours to send, `None` when it is already finished. Waits while
+    /// another live instance holds it; takes it over once that one's lease has expired.
+    async fn claim(&self, e: &MessageSent, d: &Device) -> Option<u32> {
+        let lease = self.cfg.job.lease.as_secs_f64();
+        loop {
+            let fresh: Option<i32> = retry_db("claiming a push", || {
+                sqlx::query_scalar(
+                    "INSERT INTO notification.pushes (event_id, token, message_id, user_id, status, attempts, in_flight, lease_until)
+                     VALUES ($1, $2, $3, $4, 'sending', 1, true, now() + make_interval(secs => $5))
+                     ON CONFLICT (event_id, token) DO NOTHING RETURNING attempts",
+                )
+                .bind(e.id)
+                .bind(&d.token)
+                .bind(e.message_id)
+                .bind(d.user_id)
+                .bind(lease)
+                .fetch_optional(&self.pool)
+            })
+            .await;
+            if fresh.is_some() {
+                return Some(1);
+            }
+            match self.take_over(e, d).await {
+                TakeOver::Done => return None,
+                TakeOver::Ours(attempts) => return Some(attempts),
+                // another instance is sending it (a rebalance handed us its event): wait for it
+                TakeOver::Held => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    async fn take_over(&self, e: &MessageSent, d: &Device) -> TakeOver {
+        let lease = self.cfg.job.lease.as_secs_f64();
+        let attempt = async {
+            let mut tx = self.pool.begin().await?;
+            let row: Option<(String, bool, bool, i32)> = sqlx::query_as(
+                "SELECT status, lease_until < now(), in_flight, attempts FROM notification.pushes WHERE event_id = $1 AND token = $2 FOR UPDATE",
+            )
+            .bind(e.id)
+            .bind(&d.token)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((status, expired, in_flight, attempts)) = row else { return Ok(TakeOver::Held) };
+            if status != "sending" {
+                return Ok(TakeOver::Done);
+            }
+            if !expired {
+                return Ok(TakeOver::Held);
+            }
+            if in_flight {
+                // its sender died mid-request: FCM may have it. Sent again (a lost push is worse
+                // than a double), and counted: the one way a device gets a push twice
+                metrics::counter!("notification_pushes_total", "outcome" => "resent_unknown").increment(1);
+                tracing::warn!(user = %d.user_id, "a push's sender died mid-request: sending it again");
+            }
+            sqlx::query(
+                "UPDATE notification.pushes SET attempts = attempts + 1, in_flight = true, resent_unknown = resent_unknown + $3::int,
+                        lease_until = now() + make_interval(secs => $4), updated_at = now()
+                 WHERE event_id = $1 AND token = $2",
+            )
+            .bind(e.id)
+            .bind(&d.token)
+            .bind(i32::from(in_flight))
+            .bind(lease)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(TakeOver::Ours(attempts as u32 + 1))
+        };
+        match attempt.await {
+            Ok(t) => t,
+            Err(err) => {
+                metrics::counter!("notification_db_errors_total").increment(1);
+                tracing::warn!(error = %err, "taking over a push; retrying");
+                TakeOver::Held
+            }
+        }
+    }
+
+    /// Puts the record on the dead-letter topic with why; retried until the broker takes it (a
+    /// poison message is never dropped).
+    async fn dead_letter(&self, w: &Work, reason: &str, user: Option<Uuid>, attempts: u32) {
+        let user = user.map(|u| u.to_string()).unwrap_or_default();
+        let attempts = attempts.to_string();
+        let partition = w.partition.to_string();
+        let offset = w.offset.to_string();
+        loop {
+            let mut headers = OwnedHeaders::new();
+            for (k, v) in &w.headers {
+                if [HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION].contains(&k.as_str()) {
+                    headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+                }
+            }
+            let headers = headers
+                .insert(Header { key: "dead-letter-reason", value: Some(reason) })
+                .insert(Header { key: "dead-letter-user", value: Some(user.as_str()) })
+                .insert(Header { key: "dead-letter-attempts", value: Some(attempts.as_str()) })
+                .insert(Header { key: "dead-letter-from", value: Some(format!("{MESSAGE_SENT_TOPIC}/{partition}@{offset}").as_str()) });
+            let record = FutureRecord::to(PUSH_DEAD_LETTER_TOPIC).key(&w.key).payload(&w.payload).headers(headers);
+            match self.producer.send(record, Duration::from_secs(30)).await {
+                Ok(_) => {
+                    metrics::counter!("notification_dead_letters_total").increment(1);
+                    return;
+                }
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "publishing to the dead-letter topic; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn lane(job: Arc<Job>, consumer: Arc<PushConsumer>, offsets: Arc<Mutex<Offsets>>, mut rx: mpsc::Receiver<Work>) {
+    while let Some(w) = rx.recv().await {
+        job.handle(&w).await;
+        let next = offsets.lock().unwrap().done(w.partition, w.offset);
+        if let Some(next) = next {
+            // `next` is the next offset to read, stored as is (`rd_kafka_offsets_store`;
+            // `store_offset` would add one and skip an event at every hand-over). Fails for a
+            // partition this instance no longer owns (a rebalance): its new owner starts from
+            // the last commit and finds these pushes done.
+            let mut tpl = TopicPartitionList::new();
+            if tpl.add_partition_offset(MESSAGE_SENT_TOPIC, w.partition, Offset::Offset(next)).is_ok() {
+                let _ = consumer.store_offsets(&tpl);
+            }
+        }
+    }
+}
+
+/// The lane of a key (a chat id): stable, so a chat's events stay in one lane.
+pub fn lane_of(key: &[u8], lanes: usize) -> usize {
+    // FNV-1a: small and stable across processes and versions
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % lanes as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_keeps_its_lane() {
+        let key = b"0e5b3c7a-0000-4000-8000-000000000001";
+        assert_eq!(lane_of(key, 16), lane_of(key, 16));
+        let spread: std::collections::HashSet<usize> = (0..200).map(|i| lane_of(format!("chat-{i}").as_bytes(), 16)).collect();
+        assert!(spread.len() > 12, "keys spread over the lanes: {spread:?}");
+    }
+}

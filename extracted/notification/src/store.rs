@@ -1,0 +1,51 @@
+//! The job's reads and writes that never give up: Postgres briefly away (a failover, a restart)
+//! makes the job wait, never skip work.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// A device to push to.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Device {
+    pub token: String,
+    pub user_id: Uuid,
+    /// registered or moved to this user (the shadow tells device changes from differences)
+    pub last_seen_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The recipients' devices now (as the monolith read them at push time).
+pub async fn devices(pool: &sqlx::PgPool, recipients: &[Uuid]) -> Vec<Device> {
+    if recipients.is_empty() {
+        return Vec::new();
+    }
+    retry_db("reading devices", || {
+        sqlx::query_as::<_, Device>(
+            "SELECT token, user_id, last_seen_at FROM legacy.devices WHERE user_id = ANY($1::uuid[]) ORDER BY user_id, token",
+        )
+        .bind(recipients)
+        .fetch_all(pool)
+    })
+    .await
+}
+
+/// Runs a database operation until it succeeds: the job never skips work because Postgres is
+/// briefly away (a failover, a restart); it waits, logging, with growing pauses.
+pub async fn retry_db<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                metrics::counter!("notification_db_errors_total").increment(1);
+                tracing::warn!(error = %e, "{what}; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The push job as a real process against a real broker (tansu), PostgreSQL and the FCM fake:
+//! events written through the outbox and its relay, pushes counted where FCM receives them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bm_events::event::{MessageSent, MESSAGE_SENT_TOPIC, PUSH_DEAD_LETTER_TOPIC};
+use bm_events::relay::{Relay, RelayConfig};
+use bm_events::testkit;
+use bm_events::KafkaConfig;
+use bm_notification::owner::{self, Owner};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureRecord;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn bin(name: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug");
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+/// A child process that printed `listening on <url>`; killed when dropped.
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, what: &str) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(u) = l.strip_prefix("listening on ") {
+                        break u.trim().to_string();
+                    }
+                }
+                _ => panic!("{what} exited before listening"),
+            }
+        };
+        // keep draining its output so it never blocks on a full pipe
+        std::thread::spawn(move || for _ in lines {});
+        Proc { child, url }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: the job drains and leaves the group.
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn fakes() -> Proc {
+    let mut c = Command::new(bin("fakes"));
+    c.args(["--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn");
+    Proc::spawn(c, "the fakes")
+}
+
+fn notification(db: &str, brokers: &str, fcm: &str, extra: &[(&str, &str)]) -> Proc {
+    let mut c = Command::new(bin("bm-notification"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("PORT", "0")
+        .env("DATABASE_URL", testkit::database_url(db))
+        .env("KAFKA_BROKERS", brokers)
+        .env("FCM_BASE_URL", fcm)
+        .env("HTTP_TIMEOUT_MS", "1000")
+        .env("PUSH_LEASE_MS", "3000")
+        .env("PUSH_RETRY_BASE_MS", "50")
+        .env("PUSH_LANES", "8");
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    Proc::spawn(c, "bm-notification")
+}
+
+fn kafka(brokers: &str) -> KafkaConfig {
+    KafkaConfig { brokers: brokers.to_string(), client_id: "push-test".into(), extra: Default::default() }
+}
+
+fn relay(pool: &PgPool, brokers: &str) -> tokio::sync::watch::Sender<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let r =
+        Relay { pool: pool.clone(), kafka: kafka(brokers), cfg: RelayConfig { poll: Duration::from_millis(100), ..Default::default() } };
+    tokio::spawn(r.run(stopped));
+    stop
+}
+
+struct World {
+    pool: PgPool,
+    db: String,
+    broker: testkit::Broker,
+    fakes: Proc,
+    http: reqwest::Client,
+    _relay: tokio::sync::watch::Sender<bool>,
+}
+
+impl World {
+    async fn new(owner_: Owner) -> World {
+        let broker = testkit::Broker::start().await;
+        let (pool, db) = testkit::fresh_database().await;
+        kafka(&broker.brokers()).ensure_topics(bm_events::event::TOPICS).await.unwrap();
+        owner::switch(&pool, owner_).await.unwrap();
+        let relay = relay(&pool, &broker.brokers());
+        World { pool, db, broker, fakes: fakes(), http: reqwest::Client::new(), _relay: relay }
+    }
+
+    async fn user(&self, name: &str, tokens: &[&str]) -> Uuid {
+        let id: Uuid = sqlx::query_scalar("INSERT INTO legacy.users (email, display_name) VALUES ($1, $2) RETURNING id")
+            .bind(format!("{}@push.test", Uuid::new_v4()))
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        for t in tokens {
+            sqlx::query("INSERT INTO legacy.devices (token, user_id, platform) VALUES ($1, $2, 'android')")
+                .bind(t)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .unwrap();
+        }
+        id
+    }
+
+    /// A message.sent written in a transaction, as sendMessage writes it.
+    async fn send(&self, chat: Uuid, seq: i64, sender: Uuid, recipients: &[Uuid]) -> MessageSent {
+        send(&self.pool, chat, seq, sender, recipients).await
+    }
+
+    /// What the FCM fake accepted, in arrival order: (messageId, token, chatId).
+    async fn received(&self) -> Vec<(String, String, String)> {
+        let v: Value = self.http.get(format!("{}/_fake/fcm/messages", self.fakes.url)).send().await.unwrap().json().await.unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let msg = &m["message"];
+                (
+                    msg["data"]["messageId"].as_str().unwrap().to_string(),
+                    msg["token"].as_str().unwrap().to_string(),
+                    msg["data"]["chatId"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    async fn outage(&self, body: Value) {
+        let r = self.http.post(format!("{}/_fake/fcm/outage", self.fakes.url)).json(&body).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+
+    async fn finish(self) {
+        drop(self.fakes);
+        testkit::drop_database(self.pool, &self.db).await;
+        drop(self.broker);
+    }
+}
+
+async fn send(pool: &PgPool, chat: Uuid, seq: i64, sender: Uuid, recipients: &[Uuid]) -> MessageSent {
+    let e = MessageSent::new(
+        "chat",
+        chat,
+        Uuid::new_v4(),
+        seq,
+        sender,
+        "Ann",
+        Some("Ops"),
+        &format!("message {seq}"),
+        recipients.to_vec(),
+        false,
+        chrono::Utc::now(),
+    );
+    let mut tx = pool.begin().await.unwrap();
+    bm_events::outbox::enqueue(&mut tx, &e.to_outbox()).await.unwrap();
+    tx.commit().await.unwrap();
+    e
+}
+
+async fn until<F: std::future::Future<Output = bool>>(what: &str, limit: Duration, mut cond: impl FnMut() -> F) {
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks the pushes the fake received against the events: every (message, device) at least
+/// once, each chat's pushes to a device in send order; returns how many arrived twice.
+fn check(received: &[(String, String, String)], sent: &[(MessageSent, Vec<String>)]) -> usize {
+    let mut count: HashMap<(String, String), usize> = HashMap::new();
+    for (m, t, _) in received {
+        *count.entry((m.clone(), t.clone())).or_default() += 1;
+    }
+    for (e, tokens) in sent {
+        for t in tokens {
+            assert!(count.contains_key(&(e.message_id.to_string(), t.clone())), "message {} never reached device {t}", e.message_id);
+        }
+    }
+    // order: per (chat, device), the first arrivals follow seq
+    let seq: HashMap<String, i64> = sent.iter().map(|(e, _)| (e.message_id.to_string(), e.seq.parse().unwrap())).collect();
+    let mut last: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut first_seen = std::collections::HashSet::new();
+    for (m, t, chat) in received {
+        if !first_seen.insert((m.clone(), t.clone())) {
+            continue;
+        }
+        let s = seq[m];
+        let prev = last.insert((chat.clone(), t.clone()), s);
+        assert!(prev.is_none_or(|p| p < s), "chat {chat}: device {t} got seq {s} after {prev:?}");
+    }
+    count.values().map(|n| n - 1).sum()
+}
+
+async fn resent_unknown(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT COALESCE(sum(resent_unknown), 0)::bigint FROM notification.pushes").fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_push_per_device_through_a_crash_a_broker_restart_an_outage_and_a_dead_token() {
+    let mut w = World::new(Owner::Notification).await;
+    let sender = w.user("Ann", &[]).await;
+    let bob = w.user("Bob", &["bob-phone", "bob-tablet"]).await;
+    let cy = w.user("Cy", &["cy-phone", "unregistered-cy-old-phone"]).await;
+    let dee = w.user("Dee", &[]).await;
+    let recipients = [bob, cy, dee];
+    let live_tokens: Vec<String> = ["bob-phone", "bob-tablet", "cy-phone"].iter().map(|s| s.to_string()).collect();
+    let chats: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    let mut job = notification(&w.db, &w.broker.brokers(), &w.fakes.url, &[("PUSH_MAX_ATTEMPTS", "20")]);
+
+    let mut sent = Vec::new();
+    const PER_CHAT: i64 = 50;
+    for seq in 1..=PER_CHAT {
+        for chat in &chats {
+            sent.push((w.send(*chat, seq, sender, &recipients).await, live_tokens.clone()));
+        }
+        match seq {
+            // the job dies without a word mid-stream and comes back
+            12 => {
+                job.kill9();
+                job = notification(&w.db, &w.broker.brokers(), &w.fakes.url, &[("PUSH_MAX_ATTEMPTS", "20")]);
+            }
+            // the broker restarts as an operator restarts it (SIGINT)
+            25 => w.broker.restart().await,
+            // FCM answers 500 for a while: from here until it has refused 15 requests
+            38 => w.outage(serde_json::json!({ "status": 500 })).await,
+            45 => {
+                until("FCM refusing requests", Duration::from_secs(30), || async {
+                    let v: Value = w.http.get(format!("{}/_fake/fcm/outage", w.fakes.url)).send().await.unwrap().json().await.unwrap();
+                    v["outage"]["refused"].as_u64().unwrap_or(0) >= 15
+                })
+                .await;
+                w.http.delete(format!("{}/_fake/fcm/outage", w.fakes.url)).send().await.unwrap();
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let expected = sent.len() * live_tokens.len();
+    let done = || async {
+        let finished: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.pushes WHERE status IN ('sent', 'dead')")
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+        finished as usize >= expected
+    };
+    until("every push recorded", Duration::from_secs(120), done).await;
+    let received = w.received().await;
+    let doubled = check(&received, &sent);
+    let explained = resent_unknown(&w.pool).await as usize;
+    eprintln!(
+        "{} events, {expected} pushes expected, {} received, {doubled} twice ({explained} resent after the crash)",
+        sent.len(),
+        received.len()
+    );
+    assert!(doubled <= explained, "every push that arrived twice is one whose sender died mid-request ({doubled} > {explained})");
+    assert!(explained <= 8, "at most one push in flight per lane at the crash, got {explained}");
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.pushes WHERE status = 'dead'").fetch_one(&w.pool).await.unwrap();
+    assert_eq!(dead, 0, "the outage was retried through");
+    // the dead token: FCM said UNREGISTERED once, the device is gone, never pushed again
+    let gone: i64 = sqlx::query_scalar("SELECT count(*) FROM legacy.devices WHERE token = 'unregistered-cy-old-phone'")
+        .fetch_one(&w.pool)
+        .await
+        .unwrap();
+    assert_eq!(gone, 0);
+    // (events already in flight when it was deleted had read it too: as in the monolith, each
+    // gets the same answer; none after the deletion)
+    let unregistered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notification.pushes WHERE status = 'unregistered'").fetch_one(&w.pool).await.unwrap();
+    assert!((1..=8).contains(&unregistered), "{unregistered}");
+    job.stop();
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_that_keeps_failing_and_an_unreadable_event_go_to_the_dead_letter_topic() {
+    let w = World::new(Owner::Notification).await;
+    let sender = w.user("Ann", &[]).await;
+    let bob = w.user("Bob", &["bob-phone"]).await;
+    let mut job = notification(&w.db, &w.broker.brokers(), &w.fakes.url, &[("PUSH_MAX_ATTEMPTS", "3"), ("PUSH_RETRY_BASE_MS", "20")]);
+    let dlq = kafka(&w.broker.brokers()).consumer(&format!("dlq-test-{}", Uuid::new_v4())).unwrap();
+    dlq.subscribe(&[PUSH_DEAD_LETTER_TOPIC]).unwrap();
+
+    // FCM fails until told otherwise: three attempts, then the dead-letter topic
+    w.outage(serde_json::json!({ "status": 503 })).await;
+    let chat = Uuid::new_v4();
+    let e = w.send(chat, 1, sender, &[bob]).await;
+    let m = tokio::time::timeout(Duration::from_secs(60), dlq.recv()).await.expect("a dead letter").unwrap();
+    let headers: HashMap<String, String> = m
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+        .collect();
+    assert_eq!(MessageSent::parse(m.payload().unwrap()).unwrap().id, e.id, "the event itself");
+    assert_eq!(headers["event-id"], e.id.to_string());
+    assert_eq!(headers["dead-letter-user"], bob.to_string());
+    assert_eq!(headers["dead-letter-attempts"], "3");
+    assert!(headers["dead-letter-reason"].contains("503"), "{headers:?}");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM notification.pushes WHERE event_id = $1").bind(e.id).fetch_one(&w.pool).await.unwrap();
+    assert_eq!(status, "dead");
+    let r = w.http.delete(format!("{}/_fake/fcm/outage", w.fakes.url)).send().await.unwrap();
+    assert!(r.status().is_success());
+
+    // a record that is not a message.sent v1: straight to the dead-letter topic, the job goes on
+    let producer = kafka(&w.broker.brokers()).producer().unwrap();
+    producer
+        .send(
+            FutureRecord::to(MESSAGE_SENT_TOPIC).key(&chat.to_string()).payload("{\"type\":\"message.sent\",\"version\":9}"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(60), dlq.recv()).await.expect("a dead letter").unwrap();
+    let reason = m.headers().unwrap().iter().find(|h| h.key == "dead-letter-reason").and_then(|h| h.value).unwrap();
+    assert!(String::from_utf8_lossy(reason).contains("message.sent v1"), "{}", String::from_utf8_lossy(reason));
+    let next = w.send(chat, 2, sender, &[bob]).await;
+    until("the next event pushed", Duration::from_secs(30), || async {
+        w.received().await.iter().any(|(m, _, _)| *m == next.message_id.to_string())
+    })
+    .await;
+    job.stop();
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_instance_joins_and_leaves_under_load_and_nothing_is_lost_or_doubled() {
+    let w = World::new(Owner::Notification).await;
+    let sender = w.user("Ann", &[]).await;
+    let bob = w.user("Bob", &["bob-phone"]).await;
+    let cy = w.user("Cy", &["cy-phone"]).await;
+    let tokens: Vec<String> = vec!["bob-phone".into(), "cy-phone".into()];
+    let mut a = notification(&w.db, &w.broker.brokers(), &w.fakes.url, &[]);
+
+    // the load: rounds of one message in each of 8 chats, until told to stop
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (rounds_tx, mut rounds) = tokio::sync::watch::channel(0i64);
+    let pool = w.pool.clone();
+    let writer = tokio::spawn(async move {
+        let chats: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+        let mut sent = Vec::new();
+        let mut seq = 0;
+        while !*stopped.borrow() {
+            seq += 1;
+            for chat in &chats {
+                sent.push(send(&pool, *chat, seq, sender, &[bob, cy]).await);
+            }
+            let _ = rounds_tx.send(seq);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sent
+    });
+    let metrics = |url: String| async move { reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap() };
+    let handled = |m: &str| m.lines().any(|l| l.starts_with("notification_events_total{result=\"pushed\"}"));
+
+    rounds.wait_for(|r| *r >= 10).await.unwrap();
+    let mut b = notification(&w.db, &w.broker.brokers(), &w.fakes.url, &[]);
+    // b takes a share of the partitions and handles events, then leaves (SIGTERM: drains)
+    let start = Instant::now();
+    loop {
+        let m = metrics(b.url.clone()).await;
+        if handled(&m) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the second instance handled no event:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at = *rounds.borrow();
+    rounds.wait_for(|r| *r >= at + 10).await.unwrap();
+    b.stop();
+    // a takes everything back
+    let at = *rounds.borrow();
+    rounds.wait_for(|r| *r >= at + 10).await.unwrap();
+    let _ = stop.send(true);
+    let sent: Vec<(MessageSent, Vec<String>)> = writer.await.unwrap().into_iter().map(|e| (e, tokens.clone())).collect();
+
+    let expected = sent.len() * tokens.len();
+    until("every push recorded", Duration::from_secs(120), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notification.pushes WHERE status = 'sent'").fetch_one(&w.pool).await.unwrap();
+        n as usize >= expected
+    })
+    .await;
+    let received = w.received().await;
+    let doubled = check(&received, &sent);
+    eprintln!("{} events through a join and a leave, {} pushes, {doubled} twice", sent.len(), received.len());
+    assert_eq!(resent_unknown(&w.pool).await, 0, "nobody died mid-request");
+    assert_eq!(doubled, 0, "a rebalance hands events over without pushing any twice");
+    assert_eq!(received.len(), expected);
+    a.stop();
+    w.finish().await;
+}
