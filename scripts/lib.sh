@@ -198,6 +198,18 @@ ${KAFKA_BROKERS:+KAFKA_BROKERS=$KAFKA_BROKERS}
 ENV
 }
 
+# The notification service's environment: the monolith's database and FCM, the broker, its port.
+notification_env() {
+  local fakes=$1 port=$2
+  cat <<ENV
+PORT=$port
+HOST=127.0.0.1
+DATABASE_URL=$DATABASE_URL
+FCM_BASE_URL=$fakes
+KAFKA_BROKERS=$KAFKA_BROKERS
+ENV
+}
+
 # Starts the fakes, the monolith and the extracted auth service (debug builds) on free ports
 # and the extracted chat service against $DATABASE_URL and $REDIS_URL, as
 # $RUN_DIR/PREFIX-{fakes,legacy,auth,chat}; sets FAKES_URL, LEGACY_URL, AUTH_URL and CHAT_URL.

@@ -34,7 +34,7 @@ struct Book {
     reconnects: u64,
 }
 
-async fn login(http: &reqwest::Client, base: &str, n: u32, args: &Args) -> Result<(String, String)> {
+pub(crate) async fn login(http: &reqwest::Client, base: &str, n: u32, args: &Args) -> Result<(String, String)> {
     let body = json!({ "email": format!("user{n}@{}", args.domain), "password": args.password });
     let v: Value = http.post(format!("{base}/auth/login")).json(&body).send().await?.error_for_status()?.json().await?;
     let token = v["accessToken"].as_str().context("no accessToken")?.to_string();
@@ -42,7 +42,7 @@ async fn login(http: &reqwest::Client, base: &str, n: u32, args: &Args) -> Resul
     Ok((token, id))
 }
 
-async fn gql(http: &reqwest::Client, base: &str, token: &str, query: &str, variables: Value) -> Result<Value> {
+pub(crate) async fn gql(http: &reqwest::Client, base: &str, token: &str, query: &str, variables: Value) -> Result<Value> {
     let v: Value = http
         .post(format!("{base}/graphql"))
         .bearer_auth(token)
@@ -57,7 +57,7 @@ async fn gql(http: &reqwest::Client, base: &str, token: &str, query: &str, varia
     Ok(v["data"].clone())
 }
 
-const SEND: &str = "mutation($input: SendMessageInput!) { sendMessage(input: $input) { id } }";
+pub(crate) const SEND: &str = "mutation($input: SendMessageInput!) { sendMessage(input: $input) { id } }";
 
 /// Opens a subscription to `chat` and feeds every `d:<seq>` body it sees to the book.
 async fn subscribe(

@@ -7,6 +7,7 @@
 //!   (`messages`), send a message (`sendMessage`, idempotent client id), and now and then `GET /auth/me`;
 //! * `auth`: `GET /auth/me` and `POST /auth/refresh` (rotating its refresh token);
 //! * `delivery`: send → the other member's socket, at a fixed message rate (`delivery.rs`).
+//! * `push`: send → the FCM request for the other member's device (`push.rs`).
 //!
 //! Users start spread over the ramp-up. Latency is recorded per step in HDR histograms and printed
 //! as a Markdown table (p50/p95/p99, throughput, errors); `--json` writes the same figures.
@@ -22,12 +23,14 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 mod delivery;
+mod push;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum Scenario {
     Chat,
     Auth,
     Delivery,
+    Push,
 }
 
 #[derive(Parser, Debug)]
@@ -81,6 +84,9 @@ struct Args {
     /// delivery: where the receivers subscribe (default: --target), e.g. the other side.
     #[arg(long)]
     sub_target: Option<String>,
+    /// push: the FCM fake, whose record of received pushes is the finish line.
+    #[arg(long, default_value = "http://127.0.0.1:4010")]
+    fakes: String,
 }
 
 /// Latency and outcome per scenario step.
@@ -232,7 +238,7 @@ async fn run_user(
                     vu.call("GET /auth/me", reqwest::Method::GET, "/auth/me", None, true).await;
                 }
             }
-            Scenario::Delivery => unreachable!("delivery runs on its own (delivery.rs)"),
+            Scenario::Delivery | Scenario::Push => unreachable!("delivery and push run on their own (delivery.rs, push.rs)"),
             Scenario::Auth => {
                 vu.call("GET /auth/me", reqwest::Method::GET, "/auth/me", None, true).await;
                 vu.think(think, deadline).await;
@@ -267,6 +273,10 @@ async fn main() -> Result<()> {
             loopback(s)?;
         }
         return delivery::run(args, http).await;
+    }
+    if args.scenario == Scenario::Push {
+        loopback(&args.fakes)?;
+        return push::run(args, http).await;
     }
     let stats = Arc::new(Mutex::new(Stats::default()));
     let mut tokens: Vec<Option<(String, String)>> = vec![None; args.users as usize];

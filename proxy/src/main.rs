@@ -301,9 +301,12 @@ fn check(file: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<Exit
     };
     let old = match against {
         None => None,
-        // the old version has no folder of its own (`<(git show main:routes.toml)`): the files it
-        // names (the GraphQL schema) are read beside the new one
-        Some(old_path) => match compile(old_path, Some(file))? {
+        // the old version may have no folder of its own (`<(git show main:routes.toml)`): the
+        // files it names (the GraphQL schema) are read beside the new one, else beside itself
+        Some(old_path) => match match compile(old_path, Some(file))? {
+            Err(beside_new) => compile(old_path, None)?.map_err(|_| beside_new),
+            ok => ok,
+        } {
             Ok(c) => Some(c.table),
             Err(errors) => {
                 eprintln!("{errors}\nnote: the --against file is itself invalid; showing the new table only");

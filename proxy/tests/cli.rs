@@ -75,6 +75,28 @@ fn check_against_a_version_elsewhere_reads_its_files_beside_the_new_table() {
     assert!(out.contains("~ GraphQL field `chat` on /graphql: the default upstream → route `chat`"), "{out}");
 }
 
+/// The other way round (a generated table checked against the repository's): the new table's
+/// folder lacks the schema, the old one's own folder has it.
+#[test]
+fn check_against_a_table_in_its_own_folder_reads_its_files_there() {
+    let repo = tempfile::tempdir().unwrap();
+    let generated = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("chat.graphql"), "type Query { chats: [ID!]! chat: ID }\ntype Mutation { sendMessage: ID }\n").unwrap();
+    let table = |schema: &str, mode: &str| {
+        format!(
+            "[graphql]\nschema = \"{schema}\"\n[upstreams.legacy]\nurl = \"http://127.0.0.1:3000\"\n[upstreams.chat]\nurl = \"http://127.0.0.1:4002\"\n\
+             [[routes]]\nname = \"chat\"\nmatch = {{ path = \"/graphql\", graphql_fields = [\"chats\"] }}\ntarget = \"chat\"\nmode = \"{mode}\"\n"
+        )
+    };
+    let old = write(repo.path(), "routes.toml", &table("chat.graphql", "extracted"));
+    let schema = repo.path().join("chat.graphql");
+    let new = write(generated.path(), "routes.toml", &table(&schema.to_string_lossy(), "legacy"));
+    let (code, out, err) = strangler(&["check", &new, "--against", &old]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("invalid"), "{err}");
+    assert!(out.contains("route `chat`: mode extracted → legacy"), "{out}");
+}
+
 #[test]
 fn unreadable_file_exits_2() {
     let (code, _, err) = strangler(&["check", "/nonexistent/routes.toml"]);

@@ -100,6 +100,9 @@ impl KafkaConfig {
             .set("fetch.wait.max.ms", "10")
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
+            // a member that stops polling (or dies: tansu 0.6 waited this long, not the session
+            // timeout, for a killed member before rebalancing) is out after 60 s, not 5 min
+            .set("max.poll.interval.ms", "60000")
             .set("enable.partition.eof", "false");
         self.finish(c)
     }

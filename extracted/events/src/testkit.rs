@@ -84,7 +84,12 @@ pub async fn fresh_database() -> (PgPool, String) {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/test sets it)");
     let name = format!("events_test_{}", uuid::Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&base).await.expect("connecting to DATABASE_URL");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    // from template0, which nobody connects to: tests creating databases at once do not trip
+    // over each other's copy of template1 ("being accessed by other users")
+    sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'"))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
     let url = database_url(&name);
     let migrate = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/migrate");
     let out = Command::new(migrate).arg(&url).stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("running scripts/migrate");

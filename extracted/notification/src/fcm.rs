@@ -64,7 +64,10 @@ pub fn classify(status: u16, answer: &Value) -> Outcome {
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            // encodeURIComponent's unreserved set, as the monolith encodes the project id
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -88,5 +91,6 @@ mod tests {
     fn project_ids_are_encoded_as_encode_uri_component_does() {
         assert_eq!(url_encode("brainmessenger-dev"), "brainmessenger-dev");
         assert_eq!(url_encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(url_encode("it's(1)*!~"), "it's(1)*!~");
     }
 }

@@ -16,9 +16,11 @@
 //!   goes to the dead-letter topic with the reason and the device's user. An event that does not
 //!   parse, or of a version this job does not read, goes there too.
 //! - **Shadow**: an event whose producer pushed in-process (`pushedInProcess`) is not pushed; the
-//!   job plans its pushes and compares them with what the producer logged ([`crate::shadow`]).
-//! - **Drain**: on SIGTERM it stops reading, finishes what the lanes hold, commits, and leaves
-//!   the group.
+//!   job plans its pushes and compares them with what the producer logged ([`crate::shadow`]),
+//!   off the lane (the wait for the log must not delay the events behind it). A comparison lost
+//!   in a crash is a lost comparison, never a lost push.
+//! - **Drain**: on SIGTERM it stops reading, commits what is done, leaves the group (the others
+//!   take over at once), and finishes what the lanes hold.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,6 +64,17 @@ pub struct Job {
     pub pool: PgPool,
     pub fcm: fcm::Client,
     pub producer: FutureProducer,
+    /// comparisons under way ([`SHADOW_SLOTS`] at most)
+    pub shadow_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Shadow comparisons waiting for the producer's log at once.
+pub const SHADOW_SLOTS: usize = 1024;
+
+impl Job {
+    pub fn new(cfg: Config, pool: PgPool, fcm: fcm::Client, producer: FutureProducer) -> Job {
+        Job { cfg, pool, fcm, producer, shadow_slots: Arc::new(tokio::sync::Semaphore::new(SHADOW_SLOTS)) }
+    }
 }
 
 /// The consumer's context: rebalances logged and counted, consumer lag from librdkafka's
@@ -150,15 +163,20 @@ impl Job {
                 anyhow::bail!("lane {lane} stopped");
             }
         }
+        // leave the group first, committing what is done: the other instances take the partitions
+        // over now instead of waiting for this drain (the events still in the lanes are redelivered
+        // to them, and their claims are found done, or held until this instance finishes them)
         tracing::info!(in_flight = offsets.lock().unwrap().in_flight(), "push job draining");
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "committing offsets before leaving");
+        }
+        consumer.unsubscribe();
         drop(lanes);
         for w in workers {
             let _ = w.await;
         }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::warn!(error = %e, "committing offsets at shutdown");
-        }
-        consumer.unsubscribe();
+        // the comparisons under way finish (each waits at most the shadow wait)
+        let _ = tokio::time::timeout(self.cfg.job.shadow_wait * 2, self.shadow_slots.acquire_many(SHADOW_SLOTS as u32)).await;
         tracing::info!("push job stopped");
         Ok(())
     }
@@ -176,9 +194,17 @@ impl Job {
             }
         };
         if event.pushed_in_process {
-            let devices = self.devices(&event.recipients).await;
-            crate::shadow::compare(&self.pool, self.cfg.job.shadow_wait, &event, &devices, (w.partition, w.offset)).await;
-            metrics::counter!("notification_events_total", "result" => "shadowed").increment(1);
+            // compared off the lane: the wait for the producer's log must not hold back the
+            // events behind it (under load the in-process pushes lag seconds). Bounded: a full
+            // set of comparisons holds the lane until one finishes.
+            let permit = self.shadow_slots.clone().acquire_owned().await.expect("the shadow slots are never closed");
+            let (pool, wait, at) = (self.pool.clone(), self.cfg.job.shadow_wait, (w.partition, w.offset));
+            tokio::spawn(async move {
+                let devices = store::devices(&pool, &event.recipients).await;
+                crate::shadow::compare(&pool, wait, &event, &devices, at).await;
+                metrics::counter!("notification_events_total", "result" => "shadowed").increment(1);
+                drop(permit);
+            });
             return;
         }
         let devices = self.devices(&event.recipients).await;

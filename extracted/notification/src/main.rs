@@ -102,7 +102,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let fcm = bm_notification::fcm::Client::new(&cfg.fcm, cfg.http_timeout, &cfg.tls)?;
     let producer = cfg.kafka.producer().context("creating the Kafka producer (dead letters)")?;
     let addr = cfg.addr;
-    let job = Arc::new(Job { cfg, pool: pool.clone(), fcm, producer });
+    let job = Arc::new(Job::new(cfg, pool.clone(), fcm, producer));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut running = tokio::spawn(job.clone().run(stopped));
     let readiness = Readiness::default().postgres(pool);
