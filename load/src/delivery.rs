@@ -42,6 +42,26 @@ pub(crate) async fn login(http: &reqwest::Client, base: &str, n: u32, args: &Arg
     Ok((token, id))
 }
 
+/// Signs in seeded users `a` and `b` and gives them a direct chat: (a's token, b's token, b's
+/// id, the chat id).
+pub(crate) async fn direct_pair(
+    http: &reqwest::Client,
+    base: &str,
+    a: u32,
+    b: u32,
+    args: &Args,
+) -> Result<(String, String, String, String)> {
+    let (ta, _) = login(http, base, a, args).await.with_context(|| format!("login user{a}"))?;
+    let (tb, ib) = login(http, base, b, args).await.with_context(|| format!("login user{b}"))?;
+    let chat =
+        gql(http, base, &ta, "mutation($i: CreateChatInput!) { createChat(input: $i) { id } }", json!({ "i": { "memberIds": [ib] } }))
+            .await?["createChat"]["id"]
+            .as_str()
+            .context("no chat id")?
+            .to_string();
+    Ok((ta, tb, ib, chat))
+}
+
 pub(crate) async fn gql(http: &reqwest::Client, base: &str, token: &str, query: &str, variables: Value) -> Result<Value> {
     let v: Value = http
         .post(format!("{base}/graphql"))
@@ -133,19 +153,7 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
     let mut subs = Vec::new();
     for p in 0..pairs {
         let (a, b) = (args.first_user + 2 * p, args.first_user + 2 * p + 1);
-        let (ta, _) = login(&http, &base, a, &args).await.with_context(|| format!("login user{a}"))?;
-        let (tb, ib) = login(&http, &base, b, &args).await.with_context(|| format!("login user{b}"))?;
-        let chat = gql(
-            &http,
-            &base,
-            &ta,
-            "mutation($i: CreateChatInput!) { createChat(input: $i) { id } }",
-            json!({ "i": { "memberIds": [ib] } }),
-        )
-        .await?["createChat"]["id"]
-            .as_str()
-            .context("no chat id")?
-            .to_string();
+        let (ta, tb, _, chat) = direct_pair(&http, &base, a, b, &args).await?;
         let (ws, book, live) = (ws_base.clone(), book.clone(), live_tx.clone());
         let chat2 = chat.clone();
         subs.push(tokio::spawn(async move {

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::delivery::{gql, login, SEND};
+use crate::delivery::{direct_pair, gql, SEND};
 use crate::Args;
 
 fn now_ms() -> u64 {
@@ -31,8 +31,7 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
     let mut devices = Vec::new();
     for p in 0..args.pairs {
         let (a, b) = (args.first_user + 2 * p, args.first_user + 2 * p + 1);
-        let (ta, _) = login(&http, &base, a, &args).await.with_context(|| format!("login user{a}"))?;
-        let (tb, ib) = login(&http, &base, b, &args).await.with_context(|| format!("login user{b}"))?;
+        let (ta, tb, _, chat) = direct_pair(&http, &base, a, b, &args).await?;
         let token = format!("bench-push-{run}-{p}");
         http.post(format!("{base}/notifications/devices"))
             .bearer_auth(&tb)
@@ -41,17 +40,6 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
             .await?
             .error_for_status()
             .context("registering a device")?;
-        let chat = gql(
-            &http,
-            &base,
-            &ta,
-            "mutation($i: CreateChatInput!) { createChat(input: $i) { id } }",
-            json!({ "i": { "memberIds": [ib] } }),
-        )
-        .await?["createChat"]["id"]
-            .as_str()
-            .context("no chat id")?
-            .to_string();
         senders.push((ta, chat));
         devices.push((tb, token));
     }
