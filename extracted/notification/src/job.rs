@@ -19,8 +19,8 @@
 //!   job plans its pushes and compares them with what the producer logged ([`crate::shadow`]),
 //!   off the lane (the wait for the log must not delay the events behind it). A comparison lost
 //!   in a crash is a lost comparison, never a lost push.
-//! - **Drain**: on SIGTERM it stops reading, commits what is done, leaves the group (the others
-//!   take over at once), and finishes what the lanes hold.
+//! - **Drain**: on SIGTERM it stops reading, commits what is done, leaves the group, finishes
+//!   the event each lane is on and leaves the queued ones to the next owner.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,6 +67,9 @@ pub struct Job {
     /// comparisons under way ([`SHADOW_SLOTS`] at most)
     pub shadow_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// FCM requests under way for one event at once.
+pub const PUSHES_PER_EVENT: usize = 16;
 
 /// Shadow comparisons waiting for the producer's log at once.
 pub const SHADOW_SLOTS: usize = 1024;
@@ -128,9 +131,10 @@ impl Job {
             // bounded: a slow lane holds the reader back instead of piling up events in memory
             let (tx, rx) = mpsc::channel::<Work>(16);
             lanes.push(tx);
-            workers.push(tokio::spawn(lane(self.clone(), consumer.clone(), offsets.clone(), rx)));
+            workers.push(tokio::spawn(lane(self.clone(), consumer.clone(), offsets.clone(), rx, stop.clone())));
         }
         tracing::info!(group = %self.cfg.job.group, lanes = lanes.len(), "push job consuming {MESSAGE_SENT_TOPIC}");
+        let pruner = tokio::spawn(store::prune_forever(self.pool.clone(), stop.clone()));
         loop {
             let m = tokio::select! {
                 m = consumer.recv() => m,
@@ -167,16 +171,20 @@ impl Job {
         // over now instead of waiting for this drain (the events still in the lanes are redelivered
         // to them, and their claims are found done, or held until this instance finishes them)
         tracing::info!(in_flight = offsets.lock().unwrap().in_flight(), "push job draining");
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %e, "committing offsets before leaving");
-        }
-        consumer.unsubscribe();
+        // (a synchronous commit: off the runtime's cooperative threads)
+        tokio::task::block_in_place(|| {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "committing offsets before leaving");
+            }
+            consumer.unsubscribe();
+        });
         drop(lanes);
         for w in workers {
             let _ = w.await;
         }
         // the comparisons under way finish (each waits at most the shadow wait)
         let _ = tokio::time::timeout(self.cfg.job.shadow_wait * 2, self.shadow_slots.acquire_many(SHADOW_SLOTS as u32)).await;
+        let _ = pruner.await;
         tracing::info!("push job stopped");
         Ok(())
     }
@@ -209,7 +217,14 @@ impl Job {
         }
         let devices = self.devices(&event.recipients).await;
         let content = for_event(&event);
-        futures_util::future::join_all(devices.iter().map(|d| self.push(w, &event, d, &content))).await;
+        // a few requests at a time per event: a group of thousands must not hold every pooled
+        // connection (and so outlive its leases) at once
+        let slots = tokio::sync::Semaphore::new(PUSHES_PER_EVENT);
+        futures_util::future::join_all(devices.iter().map(|d| async {
+            let _slot = slots.acquire().await.expect("never closed");
+            self.push(w, &event, d, &content).await
+        }))
+        .await;
         metrics::counter!("notification_events_total", "result" => "pushed").increment(1);
     }
 
@@ -219,7 +234,7 @@ impl Job {
     }
 
     async fn push(&self, w: &Work, e: &MessageSent, d: &Device, content: &PushContent) {
-        let Some(mut attempts) = self.claim(e, d).await else {
+        let Some((mut attempts, mine)) = self.claim(e, d).await else {
             metrics::counter!("notification_pushes_total", "outcome" => "duplicate").increment(1);
             return;
         };
@@ -250,13 +265,14 @@ impl Job {
                 tracing::warn!(user = %d.user_id, attempts, error = %why, "giving up on a push: dead-letter topic");
                 self.dead_letter(w, &why, Some(d.user_id), attempts).await;
             }
-            // the outcome; the lease is renewed with every attempt
+            // the outcome; the lease is renewed with every attempt. Fenced by the claim: if another
+            // instance took the push over (this one stalled past its lease), it is theirs now
             let lease = self.cfg.job.lease.as_secs_f64();
-            retry_db("recording a push", || {
+            let recorded = retry_db("recording a push", || {
                 sqlx::query(
                     "UPDATE notification.pushes SET status = $3, attempts = $4, last_error = $5, in_flight = false, updated_at = now(),
                             lease_until = now() + make_interval(secs => $6)
-                     WHERE event_id = $1 AND token = $2",
+                     WHERE event_id = $1 AND token = $2 AND claim = $7",
                 )
                 .bind(e.id)
                 .bind(&d.token)
@@ -264,28 +280,39 @@ impl Job {
                 .bind(attempts as i32)
                 .bind(error.as_deref())
                 .bind(lease)
+                .bind(mine)
                 .execute(&self.pool)
             })
             .await;
+            if recorded.rows_affected() == 0 {
+                metrics::counter!("notification_pushes_total", "outcome" => "lease_lost").increment(1);
+                tracing::warn!(user = %d.user_id, "a push's lease was taken over by another instance: leaving it to them");
+                return;
+            }
             match status {
                 "sending" => {
                     metrics::counter!("notification_pushes_total", "outcome" => "retried").increment(1);
                     let backoff = self.cfg.job.retry_base.saturating_mul(1 << (attempts - 1).min(16)).min(Duration::from_secs(10));
                     tokio::time::sleep(backoff).await;
                     attempts += 1;
-                    retry_db("starting an attempt", || {
+                    let started = retry_db("starting an attempt", || {
                         sqlx::query(
                             "UPDATE notification.pushes SET attempts = $3, in_flight = true, updated_at = now(),
                                     lease_until = now() + make_interval(secs => $4)
-                             WHERE event_id = $1 AND token = $2",
+                             WHERE event_id = $1 AND token = $2 AND claim = $5 AND status = 'sending'",
                         )
                         .bind(e.id)
                         .bind(&d.token)
                         .bind(attempts as i32)
                         .bind(lease)
+                        .bind(mine)
                         .execute(&self.pool)
                     })
                     .await;
+                    if started.rows_affected() == 0 {
+                        metrics::counter!("notification_pushes_total", "outcome" => "lease_lost").increment(1);
+                        return;
+                    }
                 }
                 _ => {
                     metrics::counter!("notification_pushes_total", "outcome" => status).increment(1);
@@ -304,13 +331,14 @@ impl Job {
     /// Claims (event, device) for this instance, marking an attempt under way: `Some(attempts
     /// started so far)` when it is ours to send, `None` when it is already finished. Waits while
     /// another live instance holds it; takes it over once that one's lease has expired.
-    async fn claim(&self, e: &MessageSent, d: &Device) -> Option<u32> {
+    async fn claim(&self, e: &MessageSent, d: &Device) -> Option<(u32, Uuid)> {
         let lease = self.cfg.job.lease.as_secs_f64();
         loop {
+            let mine = Uuid::new_v4();
             let fresh: Option<i32> = retry_db("claiming a push", || {
                 sqlx::query_scalar(
-                    "INSERT INTO notification.pushes (event_id, token, message_id, user_id, status, attempts, in_flight, lease_until)
-                     VALUES ($1, $2, $3, $4, 'sending', 1, true, now() + make_interval(secs => $5))
+                    "INSERT INTO notification.pushes (event_id, token, message_id, user_id, status, attempts, in_flight, lease_until, claim)
+                     VALUES ($1, $2, $3, $4, 'sending', 1, true, now() + make_interval(secs => $5), $6)
                      ON CONFLICT (event_id, token) DO NOTHING RETURNING attempts",
                 )
                 .bind(e.id)
@@ -318,22 +346,23 @@ impl Job {
                 .bind(e.message_id)
                 .bind(d.user_id)
                 .bind(lease)
+                .bind(mine)
                 .fetch_optional(&self.pool)
             })
             .await;
             if fresh.is_some() {
-                return Some(1);
+                return Some((1, mine));
             }
-            match self.take_over(e, d).await {
+            match self.take_over(e, d, mine).await {
                 TakeOver::Done => return None,
-                TakeOver::Ours(attempts) => return Some(attempts),
+                TakeOver::Ours(attempts) => return Some((attempts, mine)),
                 // another instance is sending it (a rebalance handed us its event): wait for it
                 TakeOver::Held => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     }
 
-    async fn take_over(&self, e: &MessageSent, d: &Device) -> TakeOver {
+    async fn take_over(&self, e: &MessageSent, d: &Device, mine: Uuid) -> TakeOver {
         let lease = self.cfg.job.lease.as_secs_f64();
         let attempt = async {
             let mut tx = self.pool.begin().await?;
@@ -359,13 +388,14 @@ impl Job {
             }
             sqlx::query(
                 "UPDATE notification.pushes SET attempts = attempts + 1, in_flight = true, resent_unknown = resent_unknown + $3::int,
-                        lease_until = now() + make_interval(secs => $4), updated_at = now()
+                        lease_until = now() + make_interval(secs => $4), updated_at = now(), claim = $5
                  WHERE event_id = $1 AND token = $2",
             )
             .bind(e.id)
             .bind(&d.token)
             .bind(i32::from(in_flight))
             .bind(lease)
+            .bind(mine)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -415,8 +445,19 @@ impl Job {
     }
 }
 
-async fn lane(job: Arc<Job>, consumer: Arc<PushConsumer>, offsets: Arc<Mutex<Offsets>>, mut rx: mpsc::Receiver<Work>) {
+async fn lane(
+    job: Arc<Job>,
+    consumer: Arc<PushConsumer>,
+    offsets: Arc<Mutex<Offsets>>,
+    mut rx: mpsc::Receiver<Work>,
+    stop: watch::Receiver<bool>,
+) {
     while let Some(w) = rx.recv().await {
+        if *stop.borrow() {
+            // draining: what is queued is left for the next owner (its offset was never stored),
+            // so the drain fits in the grace period and no push is cut off mid-request
+            continue;
+        }
         job.handle(&w).await;
         let next = offsets.lock().unwrap().done(w.partition, w.offset);
         if let Some(next) = next {

@@ -49,3 +49,38 @@ where
         }
     }
 }
+
+/// How long the job's records are kept: its claims (`notification.pushes`, what makes a
+/// redelivery a no-op: longer than any redelivery), the in-process senders' log and its shadow
+/// comparisons.
+pub const RETENTION_DAYS: i32 = 7;
+
+/// Deletes records past [`RETENTION_DAYS`] every ten minutes, in batches, until `stop`.
+pub async fn prune_forever(pool: sqlx::PgPool, mut stop: tokio::sync::watch::Receiver<bool>) {
+    const TABLES: &[(&str, &str, &str)] = &[
+        ("notification.pushes", "created_at", "status <> 'sending'"),
+        ("legacy.push_log", "sent_at", "true"),
+        ("strangler.shadow_comparisons", "recorded_at", "route = 'notification-push'"),
+    ];
+    loop {
+        for (table, at, which) in TABLES {
+            let sql = format!(
+                "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {which} AND {at} < now() - make_interval(days => $1) LIMIT 10000)"
+            );
+            loop {
+                match sqlx::query(&sql).bind(RETENTION_DAYS).execute(&pool).await {
+                    Ok(r) if r.rows_affected() == 10_000 => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, table, "pruning");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
