@@ -6,8 +6,9 @@
 //!   kafkajs relay) publishes, the others wait to take over. One publisher in `seq` order keeps a
 //!   chat's events in order.
 //! - **At least once.** A row is marked only after the broker acknowledged it (`acks=all`); a
-//!   crash or a broker restart in between publishes it again. Of a batch, only the acknowledged
-//!   prefix is marked: a row after a failed one is published again with it, never before it.
+//!   crash or a broker restart in between publishes it again. Within a batch one key's rows go
+//!   one after another, each acknowledged before the next: a failed row stops its key, so a
+//!   chat's later event never lands before an earlier one.
 //! - **Wakes on commit.** The writer's `pg_notify` wakes the relay at commit; a poll every
 //!   `poll` catches anything a lost notification missed.
 //! - Published rows are kept for `retention` (to inspect, or to replay by clearing
@@ -155,54 +156,60 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        // enqueued in order now (librdkafka keeps a partition's order, and with one request in
-        // flight per connection it keeps it across retries), awaited together
-        let mut pending = Vec::with_capacity(rows.len());
-        let mut refused = None;
+        // one key (a chat) at a time, each record acknowledged before the next of its key is
+        // sent; keys side by side. A record the broker fails (a restart answers some requests
+        // with errors librdkafka does not retry) then stops its key: nothing later of that chat
+        // can land before it. (Enqueuing the whole batch at once let a later request succeed
+        // after an earlier one failed: out of order once the failed one was sent again.)
+        let mut keys: Vec<(&str, Vec<&Row>)> = Vec::new();
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for r in &rows {
-            let id = r.id.to_string();
-            let version = r.version.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: HEADER_EVENT_ID, value: Some(id.as_str()) })
-                .insert(Header { key: HEADER_EVENT_TYPE, value: Some(r.kind.as_str()) })
-                .insert(Header { key: HEADER_EVENT_VERSION, value: Some(version.as_str()) });
-            let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(headers);
-            match producer.send_result(record) {
-                Ok(f) => pending.push(f),
-                Err((e, _)) => {
-                    refused = Some(e);
-                    break;
+            let at = *index.entry(r.key.as_str()).or_insert_with(|| {
+                keys.push((r.key.as_str(), Vec::new()));
+                keys.len() - 1
+            });
+            keys[at].1.push(r);
+        }
+        let outcomes = futures_util::future::join_all(keys.iter().map(|(_, rows)| async move {
+            let mut acked: Vec<&Row> = Vec::with_capacity(rows.len());
+            for r in rows {
+                let id = r.id.to_string();
+                let version = r.version.to_string();
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: HEADER_EVENT_ID, value: Some(id.as_str()) })
+                    .insert(Header { key: HEADER_EVENT_TYPE, value: Some(r.kind.as_str()) })
+                    .insert(Header { key: HEADER_EVENT_VERSION, value: Some(version.as_str()) });
+                let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(headers);
+                if let Err((e, _)) = producer.send(record, Duration::from_secs(30)).await {
+                    return (acked, Some(anyhow::Error::from(e)));
                 }
+                acked.push(*r);
+            }
+            (acked, None)
+        }))
+        .await;
+        let mut failure: Option<anyhow::Error> = None;
+        let mut acked: Vec<&Row> = Vec::with_capacity(rows.len());
+        for (a, e) in outcomes {
+            acked.extend(a);
+            if let Some(e) = e {
+                failure.get_or_insert(e);
             }
         }
-        let mut acked = 0;
-        let mut failure: Option<anyhow::Error> = refused.map(Into::into);
-        for f in pending {
-            match f.await {
-                Ok(Ok(_)) if failure.is_none() => acked += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    failure.get_or_insert(e.into());
-                }
-                Err(_) => {
-                    failure.get_or_insert(anyhow::anyhow!("the producer dropped a delivery"));
-                }
-            }
-        }
-        if acked > 0 {
-            let ids: Vec<Uuid> = rows[..acked].iter().map(|r| r.id).collect();
+        if !acked.is_empty() {
+            let ids: Vec<Uuid> = acked.iter().map(|r| r.id).collect();
             sqlx::query("UPDATE legacy.outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(&self.pool).await?;
             let now = Utc::now();
-            metrics::counter!("outbox_events_published_total").increment(acked as u64);
-            for r in &rows[..acked] {
+            metrics::counter!("outbox_events_published_total").increment(acked.len() as u64);
+            for r in &acked {
                 let age = (now - r.created_at).to_std().unwrap_or_default();
                 metrics::histogram!("outbox_publish_delay_seconds").record(age.as_secs_f64());
             }
         }
         match failure {
             Some(e) => {
-                metrics::counter!("outbox_publish_failures_total").increment((rows.len() - acked) as u64);
-                Err(e.context(format!("publishing: {} of {} acknowledged", acked, rows.len())))
+                metrics::counter!("outbox_publish_failures_total").increment((rows.len() - acked.len()) as u64);
+                Err(e.context(format!("publishing: {} of {} acknowledged", acked.len(), rows.len())))
             }
             None => Ok(rows.len()),
         }

@@ -260,12 +260,13 @@ async fn one_push_per_device_through_a_crash_a_broker_restart_an_outage_and_a_de
             }
             // the broker restarts as an operator restarts it (SIGINT)
             25 => w.broker.restart().await,
-            // FCM answers 500 for a while: from here until it has refused 15 requests
+            // FCM answers 500 for a while: from here until it has refused 10 requests
             38 => w.outage(serde_json::json!({ "status": 500 })).await,
             45 => {
-                until("FCM refusing requests", Duration::from_secs(30), || async {
+                // (the job may still be catching up after the crash and the broker restart)
+                until("FCM refusing requests", Duration::from_secs(120), || async {
                     let v: Value = w.http.get(format!("{}/_fake/fcm/outage", w.fakes.url)).send().await.unwrap().json().await.unwrap();
-                    v["outage"]["refused"].as_u64().unwrap_or(0) >= 15
+                    v["outage"]["refused"].as_u64().unwrap_or(0) >= 10
                 })
                 .await;
                 w.http.delete(format!("{}/_fake/fcm/outage", w.fakes.url)).send().await.unwrap();
