@@ -257,24 +257,8 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
     );
     println!("| what | count | per s | p50 ms | p95 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| sendMessage (HTTP) | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-        s.len(),
-        s.len() as f64 / wall,
-        ms(s.value_at_quantile(0.5)),
-        ms(s.value_at_quantile(0.95)),
-        ms(s.value_at_quantile(0.99)),
-        ms(s.max())
-    );
-    println!(
-        "| send → other member's socket | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-        l.len(),
-        l.len() as f64 / wall,
-        ms(l.value_at_quantile(0.5)),
-        ms(l.value_at_quantile(0.95)),
-        ms(l.value_at_quantile(0.99)),
-        ms(l.max())
-    );
+    println!("{}", crate::latency_row("sendMessage (HTTP)", s, wall, 1000.0));
+    println!("{}", crate::latency_row("send → other member's socket", l, wall, 1000.0));
     println!(
         "\nsent {sent} (send errors {}), delivered {delivered}, missing {}, duplicated {duplicated}, subscriber reconnects {}",
         b.send_errors,

@@ -89,6 +89,21 @@ struct Args {
     fakes: String,
 }
 
+/// One Markdown row of the delivery and push tables: count, rate and latency percentiles of a
+/// histogram recorded in `units_per_ms` (1000: microseconds, 1: milliseconds).
+pub(crate) fn latency_row(what: &str, h: &Histogram<u64>, wall: f64, units_per_ms: f64) -> String {
+    let ms = |v: u64| v as f64 / units_per_ms;
+    format!(
+        "| {what} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        h.len(),
+        h.len() as f64 / wall,
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.95)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max())
+    )
+}
+
 /// Latency and outcome per scenario step.
 #[derive(Default)]
 struct Stats {

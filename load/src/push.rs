@@ -122,15 +122,7 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
     println!("\n{} — push: {} pairs, {} messages/s for {} s, through {base}\n", args.label, args.pairs, args.rate, args.duration);
     println!("| what | count | per s | p50 ms | p95 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| sendMessage → FCM request | {} | {:.1} | {} | {} | {} | {} |",
-        hist.len(),
-        hist.len() as f64 / wall,
-        hist.value_at_quantile(0.5),
-        hist.value_at_quantile(0.95),
-        hist.value_at_quantile(0.99),
-        hist.max()
-    );
+    println!("{}", crate::latency_row("sendMessage → FCM request", &hist, wall, 1.0));
     println!(
         "\nsent {} (send errors {send_errors}), pushed {delivered}, missing {}, duplicated {duplicated}",
         sent.len(),
