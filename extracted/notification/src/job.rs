@@ -249,17 +249,6 @@ impl Job {
                 Outcome::Retry(why) if attempts < self.cfg.job.max_attempts => ("sending", Some(why.clone())),
                 Outcome::Retry(why) | Outcome::Refused(why) => ("dead", Some(why.clone())),
             };
-            if status == "unregistered" {
-                // the app was uninstalled or the token expired: stop pushing to it (unless it moved)
-                retry_db("deleting an unregistered device", || {
-                    sqlx::query("DELETE FROM legacy.devices WHERE token = $1 AND user_id = $2")
-                        .bind(&d.token)
-                        .bind(d.user_id)
-                        .execute(&self.pool)
-                })
-                .await;
-                tracing::info!(user = %d.user_id, "device token is unregistered: removed");
-            }
             if status == "dead" {
                 let why = error.clone().unwrap_or_default();
                 tracing::warn!(user = %d.user_id, attempts, error = %why, "giving up on a push: dead-letter topic");
@@ -288,6 +277,20 @@ impl Job {
                 metrics::counter!("notification_pushes_total", "outcome" => "lease_lost").increment(1);
                 tracing::warn!(user = %d.user_id, "a push's lease was taken over by another instance: leaving it to them");
                 return;
+            }
+            if status == "unregistered" {
+                // the app was uninstalled or the token expired: stop pushing to it (unless it
+                // moved). After the outcome is recorded: a crash in between leaves the device, and
+                // the next event is told UNREGISTERED again, instead of a push row left in flight
+                // for a device that is gone (a redelivery no longer finds it)
+                retry_db("deleting an unregistered device", || {
+                    sqlx::query("DELETE FROM legacy.devices WHERE token = $1 AND user_id = $2")
+                        .bind(&d.token)
+                        .bind(d.user_id)
+                        .execute(&self.pool)
+                })
+                .await;
+                tracing::info!(user = %d.user_id, "device token is unregistered: removed");
             }
             match status {
                 "sending" => {
