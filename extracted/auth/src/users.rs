@@ -1,5 +1,6 @@
 //! The `legacy.users` row and the views of it the API returns.
 
+use bm_common::nest::js_iso_string;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
@@ -58,33 +59,5 @@ impl From<&UserRow> for UserView {
             two_factor_enabled: u.totp_enabled,
             created_at: js_iso_string(u.created_at),
         }
-    }
-}
-
-/// The timestamp as the monolith prints it: node-postgres turns the microseconds into
-/// `1000 * parseFloat("0.uuuuuu")` milliseconds, `Date` truncates that, then `toISOString()`.
-/// The same floating-point steps here (node agrees with plain truncation for all 10^6 values).
-pub fn js_iso_string(t: DateTime<Utc>) -> String {
-    let micros = t.timestamp_subsec_micros();
-    let ms = (1000.0 * (micros as f64 / 1_000_000.0)).trunc() as u32;
-    format!("{}.{ms:03}Z", t.format("%Y-%m-%dT%H:%M:%S"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn iso_strings_follow_javascript() {
-        let t = Utc.with_ymd_and_hms(2026, 12, 1, 23, 19, 48).unwrap() + chrono::Duration::microseconds(457_123);
-        assert_eq!(js_iso_string(t), "2026-12-01T23:19:48.457Z");
-        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        assert_eq!(js_iso_string(t), "2026-01-02T03:04:05.000Z");
-        // truncated, never rounded (checked with node for every microsecond value of a second)
-        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(999_999);
-        assert_eq!(js_iso_string(t), "2026-01-02T03:04:05.999Z");
-        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(291_000);
-        assert_eq!(js_iso_string(t), "2026-01-02T03:04:05.291Z");
     }
 }

@@ -16,11 +16,9 @@ pub struct Config {
     /// pool waits without limit; a wait this long is an overload, not a normal answer).
     pub db_acquire_timeout: Duration,
     pub redis_url: String,
-    /// Where access tokens are verified: the issuer's JWKS (`JWT_JWKS_URL`, e.g. the auth
-    /// service's) or a PEM public key (`JWT_PUBLIC_KEY_FILE`).
-    pub jwt_keys: JwtKeys,
-    pub jwt_issuer: String,
-    pub jwt_audience: String,
+    /// Where access tokens are verified (`JWT_JWKS_URL`, e.g. the auth service's, or
+    /// `JWT_PUBLIC_KEY_FILE`) and what they must name.
+    pub jwt: bm_common::jwt::JwtSettings,
     pub fcm: Fcm,
     pub http_timeout: Duration,
     /// Verifies the proxy's signed dry runs (`DRY_RUN_SECRET`); unset: dry runs are refused.
@@ -34,29 +32,12 @@ pub struct Config {
     pub kafka: Option<bm_events::KafkaConfig>,
 }
 
-#[derive(Debug, Clone)]
-pub enum JwtKeys {
-    JwksUrl(String),
-    PublicKeyFile(String),
-}
-
 impl Config {
     pub fn from_env(mut env: Env) -> Result<Config, ConfigError> {
         let e = &mut env;
         let port: u16 = e.parse_or("PORT", 4002);
         let host: IpAddr = e.parse_or("HOST", IpAddr::from([127, 0, 0, 1]));
-        let jwt_keys = match (e.optional("JWT_JWKS_URL"), e.optional("JWT_PUBLIC_KEY_FILE")) {
-            (Some(url), None) => JwtKeys::JwksUrl(url),
-            (None, Some(file)) => JwtKeys::PublicKeyFile(file),
-            (Some(_), Some(_)) => {
-                e.problem("set one of JWT_JWKS_URL and JWT_PUBLIC_KEY_FILE, not both");
-                JwtKeys::JwksUrl(String::new())
-            }
-            (None, None) => {
-                e.problem("JWT_JWKS_URL (the auth service's /.well-known/jwks.json) or JWT_PUBLIC_KEY_FILE is not set");
-                JwtKeys::JwksUrl(String::new())
-            }
-        };
+        let jwt = e.jwt();
         let fcm = e.fcm();
         let pool = e.db_pool_max();
         let timeout: u64 = e.parse_or("HTTP_TIMEOUT_MS", 10_000);
@@ -67,9 +48,7 @@ impl Config {
             db_pool_max: pool,
             db_acquire_timeout: Duration::from_millis(acquire),
             redis_url: e.required("REDIS_URL"),
-            jwt_keys,
-            jwt_issuer: e.or("JWT_ISSUER", "https://brainmessenger.local"),
-            jwt_audience: e.or("JWT_AUDIENCE", "brainmessenger-api"),
+            jwt,
             fcm,
             http_timeout: Duration::from_millis(timeout),
             dry_run_key: e.dry_run_key(),

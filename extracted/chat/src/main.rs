@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use axum::Router;
-use bm_chat::config::{Config, JwtKeys};
+use bm_chat::config::Config;
 use bm_chat::{bus::Bus, router, AppState};
 use bm_common::config::Env;
 use bm_common::health::Readiness;
-use bm_common::jwt::Verifier;
 use bm_common::telemetry;
 
 fn main() -> ExitCode {
@@ -33,15 +32,7 @@ fn main() -> ExitCode {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
-    let verifier = match &cfg.jwt_keys {
-        JwtKeys::JwksUrl(url) => Verifier::from_jwks_url(url, &cfg.jwt_issuer, &cfg.jwt_audience, &cfg.tls)
-            .await
-            .with_context(|| format!("reading the token keys from JWT_JWKS_URL={url}"))?,
-        JwtKeys::PublicKeyFile(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("reading JWT_PUBLIC_KEY_FILE={path}"))?;
-            Verifier::from_pem(&pem, &cfg.jwt_issuer, &cfg.jwt_audience).with_context(|| format!("JWT_PUBLIC_KEY_FILE={path}"))?
-        }
-    };
+    let verifier = cfg.jwt.verifier(&cfg.tls).await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(cfg.db_pool_max)
         .acquire_timeout(cfg.db_acquire_timeout)

@@ -42,11 +42,12 @@ pub struct DryRun(pub bool);
 
 impl DryRun {
     /// Verifies the request's dry-run header, if it has one: `Ok(DryRun(false))` without it,
-    /// `Ok(DryRun(true))` when it verifies, the reason otherwise.
+    /// `Ok(DryRun(true))` when it verifies, the reason otherwise. `target` is the request target
+    /// as the proxy sent it (signed as sent, before [`crate::nest::express_routing`] rewrites it).
     pub fn verify(
         key: Option<&DryRunKey>,
         method: &axum::http::Method,
-        uri: &axum::http::Uri,
+        target: &str,
         headers: &axum::http::HeaderMap,
         now_unix_secs: u64,
     ) -> Result<DryRun, DryRunRejection> {
@@ -54,7 +55,6 @@ impl DryRun {
         let key = key.ok_or(DryRunRejection::NoKey)?;
         let value = value.to_str().map_err(|_| DryRunRejection::Malformed)?;
         let request_id = headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).ok_or(DryRunRejection::Malformed)?;
-        let target = uri.path_and_query().map_or_else(|| uri.path(), |pq| pq.as_str());
         key.verify(value, now_unix_secs, Signed { request_id, method: method.as_str(), target })?;
         Ok(DryRun(true))
     }
@@ -170,7 +170,11 @@ impl TxState {
 /// `Router::layer(axum::middleware::from_fn_with_state(TxState::new(pool, key), transaction_per_request))`.
 pub async fn transaction_per_request(State(state): State<TxState>, mut req: Request, next: Next) -> Response {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let dry = match DryRun::verify(state.dry_run_key.as_ref(), req.method(), req.uri(), req.headers(), now) {
+    let target = match req.extensions().get::<crate::nest::ClientUrl>() {
+        Some(sent) => sent.0.clone(),
+        None => req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |pq| pq.as_str().to_string()),
+    };
+    let dry = match DryRun::verify(state.dry_run_key.as_ref(), req.method(), &target, req.headers(), now) {
         Ok(dry) => dry,
         Err(why) => {
             metrics::counter!("dry_run_rejected_total", "reason" => why.as_str()).increment(1);

@@ -53,6 +53,38 @@ struct Keys {
     fetched: Option<Instant>,
 }
 
+/// Where a service gets the issuer's public keys ([`crate::config::Env::jwt`]).
+#[derive(Debug, Clone)]
+pub enum JwtKeys {
+    JwksUrl(String),
+    PublicKeyFile(String),
+}
+
+/// A service's token settings: the keys and the issuer and audience tokens must name.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub keys: JwtKeys,
+    pub issuer: String,
+    pub audience: String,
+}
+
+impl JwtSettings {
+    /// The verifier these settings describe (a JWKS URL is fetched now, so a wrong one fails at
+    /// start); the error names the setting.
+    pub async fn verifier(&self, tls: &crate::http::OutboundTls) -> anyhow::Result<Verifier> {
+        use anyhow::Context;
+        Ok(match &self.keys {
+            JwtKeys::JwksUrl(url) => Verifier::from_jwks_url(url, &self.issuer, &self.audience, tls)
+                .await
+                .with_context(|| format!("reading the token keys from JWT_JWKS_URL={url}"))?,
+            JwtKeys::PublicKeyFile(path) => {
+                let pem = std::fs::read(path).with_context(|| format!("reading JWT_PUBLIC_KEY_FILE={path}"))?;
+                Verifier::from_pem(&pem, &self.issuer, &self.audience).with_context(|| format!("JWT_PUBLIC_KEY_FILE={path}"))?
+            }
+        })
+    }
+}
+
 /// Verifies access tokens; cheap to clone.
 #[derive(Clone)]
 pub struct Verifier(Arc<VerifierInner>);

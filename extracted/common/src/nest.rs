@@ -269,6 +269,31 @@ pub async fn not_found(req: Request) -> NestError {
 #[derive(Clone, Debug)]
 pub struct ClientUrl(pub String);
 
+/// The path's segments as the client sent them, percent-decoded (`/a/B%20c` → `["", "a", "B c"]`).
+/// Express matches routes case-insensitively but hands a route's parameters over as sent, while
+/// [`express_routing`] lower-cases the path for axum's router: a parameter whose case matters (a
+/// device token) is read from here, by its position.
+#[derive(Clone, Debug)]
+pub struct ClientSegments(pub Vec<String>);
+
+impl ClientSegments {
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.0.get(i).map(String::as_str)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientSegments {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let path = match parts.extensions.get::<ClientUrl>() {
+            Some(u) => u.0.split('?').next().unwrap_or_default().to_string(),
+            None => parts.uri.path().to_string(),
+        };
+        let segments = path.split('/').map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
+        Ok(ClientSegments(segments))
+    }
+}
+
 /// Middleware before routing: Express's router matches paths case-insensitively and with one
 /// optional trailing slash (`POST /auth/Login/` is `POST /auth/login`).
 pub async fn express_routing(mut req: Request, next: Next) -> Response {
@@ -369,6 +394,35 @@ impl JsonBody {
         let keys = serde_json::from_str::<KeysInOrder>(text).map(|k| k.0).unwrap_or_default();
         Ok(JsonBody { value, keys })
     }
+}
+
+/// The timestamp as the monolith prints it: node-postgres turns the microseconds into
+/// `1000 * parseFloat("0.uuuuuu")` milliseconds, `Date` truncates that, then `toISOString()`.
+/// The same floating-point steps here (node agrees with plain truncation for all 10^6 values).
+pub fn js_iso_string(t: chrono::DateTime<chrono::Utc>) -> String {
+    let micros = t.timestamp_subsec_micros();
+    let ms = (1000.0 * (micros as f64 / 1_000_000.0)).trunc() as u32;
+    format!("{}.{ms:03}Z", t.format("%Y-%m-%dT%H:%M:%S"))
+}
+
+/// The query string as Express 5's default ("simple") query parser, node's `querystring.parse`,
+/// hands it to Nest: `+` is a space, escapes are decoded (malformed ones kept as sent), a key sent
+/// twice becomes an array. Keys keep the order sent (validation reports unknown ones so).
+pub fn query_object(query: Option<&str>) -> JsonBody {
+    let mut value = serde_json::Map::new();
+    let mut keys = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let (k, v) = (k.into_owned(), Value::String(v.into_owned()));
+        match value.get_mut(&k) {
+            None => {
+                keys.push(k.clone());
+                value.insert(k, v);
+            }
+            Some(Value::Array(a)) => a.push(v),
+            Some(first) => *first = Value::Array(vec![first.take(), v]),
+        }
+    }
+    JsonBody { value: Value::Object(value), keys }
 }
 
 fn too_large() -> NestError {
@@ -499,5 +553,27 @@ mod tests {
         let r = redirect(Some("text/html"), "http://g/?a=1&b=2");
         assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
         assert_eq!(r.headers()[header::LOCATION], "http://g/?a=1&b=2");
+    }
+
+    #[test]
+    fn iso_strings_follow_javascript() {
+        use chrono::TimeZone;
+        let t = chrono::Utc.with_ymd_and_hms(2026, 12, 1, 23, 19, 48).unwrap() + chrono::Duration::microseconds(457_123);
+        assert_eq!(js_iso_string(t), "2026-12-01T23:19:48.457Z");
+        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(js_iso_string(t), "2026-01-02T03:04:05.000Z");
+        // truncated, never rounded (checked with node for every microsecond value of a second)
+        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(999_999);
+        assert_eq!(js_iso_string(t), "2026-01-02T03:04:05.999Z");
+        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(291_000);
+        assert_eq!(js_iso_string(t), "2026-01-02T03:04:05.291Z");
+    }
+
+    #[test]
+    fn queries_parse_as_node_querystring() {
+        let q = query_object(Some("b=2&a=x+y&b=3&c=%zz&d=%E2%9C%93&e"));
+        assert_eq!(q.keys, vec!["b", "a", "c", "d", "e"]);
+        assert_eq!(q.value, serde_json::json!({ "b": ["2", "3"], "a": "x y", "c": "%zz", "d": "✓", "e": "" }));
+        assert_eq!(query_object(None).value, serde_json::json!({}));
     }
 }

@@ -35,6 +35,14 @@ pub enum Rule {
     ArrayMaxSize(usize),
     /// `@IsArray()`
     IsArray,
+    /// `@IsIn([...])`
+    IsIn(&'static [&'static str]),
+    /// `@IsInt()` (a JavaScript number with no fraction; NaN and ±Infinity are not)
+    IsInt,
+    /// `@Min(n)`
+    Min(i64),
+    /// `@Max(n)`
+    Max(i64),
     /// `@IsOptional()`: a null or missing value skips every rule of the field (put it first)
     Optional,
 }
@@ -46,6 +54,9 @@ pub enum Transform {
     Trim,
     /// `@Transform(trimLower)` on strings
     TrimLower,
+    /// `@Type(() => Number)`: JavaScript's `Number(value)` on a string (query parameters); NaN is
+    /// kept as `null`, ±Infinity as the strings `"Infinity"`/`"-Infinity"`
+    ToNumber,
 }
 
 pub struct Field {
@@ -65,8 +76,13 @@ pub const fn f(name: &'static str, transform: Transform, rules: &'static [Rule])
 pub struct Dto(Map<String, Value>);
 
 impl Dto {
+    /// A string field (`""` when absent).
     pub fn get(&self, name: &str) -> &str {
         self.0.get(name).and_then(Value::as_str).unwrap_or_default()
+    }
+    /// An integer field (validated with [`Rule::IsInt`]), `None` when absent.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.0.get(name).and_then(Value::as_f64).map(|f| f as i64)
     }
 }
 
@@ -85,10 +101,12 @@ pub fn validate(body: &JsonBody, fields: &[Field]) -> Result<Dto, NestError> {
         .collect();
     let mut out = Map::new();
     for field in fields {
-        let value = obj.get(field.name).map(|v| transform(v, field.transform));
-        if field.rules.contains(&Optional) && matches!(value, None | Some(Value::Null)) {
+        let raw = obj.get(field.name);
+        // (before the transform: no transform turns a value into null or undefined)
+        if field.rules.contains(&Optional) && matches!(raw, None | Some(Value::Null)) {
             continue;
         }
+        let value = raw.map(|v| transform(v, field.transform));
         for rule in field.rules {
             if !passes(*rule, value.as_ref()) {
                 messages.push(message(*rule, field.name, value.as_ref()));
@@ -109,6 +127,11 @@ fn transform(v: &Value, t: Transform) -> Value {
     match (v, t) {
         (Value::String(s), Transform::Trim) => Value::String(js_trim(s).to_string()),
         (Value::String(s), Transform::TrimLower) => Value::String(js_trim(s).to_lowercase()),
+        (Value::String(s), Transform::ToNumber) => match js_number(s) {
+            n if n.is_nan() => Value::Null,
+            n if n.is_infinite() => Value::String(if n > 0.0 { "Infinity" } else { "-Infinity" }.into()),
+            n => serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+        },
         _ => v.clone(),
     }
 }
@@ -120,6 +143,55 @@ pub fn js_trim(s: &str) -> &str {
         matches!(c, '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'..='\u{200a}')
             || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}' | '\u{feff}')
     })
+}
+
+/// JavaScript's `Number(string)`: blanks around are ignored, an empty string is 0, `0x`/`0o`/`0b`
+/// integers, `Infinity` with a sign, decimal literals with an exponent; NaN for anything else.
+pub fn js_number(s: &str) -> f64 {
+    let t = js_trim(s);
+    if t.is_empty() {
+        return 0.0;
+    }
+    for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] {
+        if t.len() > 2 && t[..2].eq_ignore_ascii_case(prefix) {
+            let digits = &t[2..];
+            if !digits.chars().all(|c| c.is_digit(radix)) {
+                return f64::NAN;
+            }
+            return digits.chars().fold(0.0, |n, c| n * radix as f64 + c.to_digit(radix).unwrap_or(0) as f64);
+        }
+    }
+    let unsigned = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let negative = t.starts_with('-');
+    if unsigned == "Infinity" {
+        return if negative { f64::NEG_INFINITY } else { f64::INFINITY };
+    }
+    // a decimal literal: digits with at most one point (and at least one digit), then an exponent
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => (&unsigned[..i], Some(&unsigned[i + 1..])),
+        None => (unsigned, None),
+    };
+    let mantissa_ok = mantissa.chars().filter(|c| *c == '.').count() <= 1
+        && mantissa.chars().any(|c| c.is_ascii_digit())
+        && mantissa.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let exponent_ok = exponent.is_none_or(|e| {
+        let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+    });
+    if !mantissa_ok || !exponent_ok {
+        return f64::NAN;
+    }
+    t.parse().unwrap_or(f64::NAN)
+}
+
+/// A value as a JavaScript number after [`Transform::ToNumber`] (`None`: not a number, or NaN).
+fn js_num(v: Option<&Value>) -> Option<f64> {
+    match v? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) if s == "Infinity" => Some(f64::INFINITY),
+        Value::String(s) if s == "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
 }
 
 /// validator.js `isLength`: code points, not counting variation selectors.
@@ -161,6 +233,10 @@ fn passes(rule: Rule, v: Option<&Value>) -> bool {
         ArrayMinSize(n) => v.and_then(Value::as_array).is_some_and(|a| a.len() >= n),
         ArrayMaxSize(n) => v.and_then(Value::as_array).is_some_and(|a| a.len() <= n),
         IsArray => v.is_some_and(Value::is_array),
+        IsIn(allowed) => s.is_some_and(|s| allowed.contains(&s)),
+        IsInt => js_num(v).is_some_and(|n| n.is_finite() && n.fract() == 0.0),
+        Min(min) => js_num(v).is_some_and(|n| n >= min as f64),
+        Max(max) => js_num(v).is_some_and(|n| n <= max as f64),
         Optional => true,
     }
 }
@@ -188,6 +264,10 @@ fn message(rule: Rule, p: &str, v: Option<&Value>) -> String {
         ArrayMinSize(n) => format!("{p} must contain at least {n} elements"),
         ArrayMaxSize(n) => format!("{p} must contain no more than {n} elements"),
         IsArray => format!("{p} must be an array"),
+        IsIn(allowed) => format!("{p} must be one of the following values: {}", allowed.join(", ")),
+        IsInt => format!("{p} must be an integer number"),
+        Min(min) => format!("{p} must not be less than {min}"),
+        Max(max) => format!("{p} must not be greater than {max}"),
         Optional => String::new(),
     }
 }
@@ -261,6 +341,37 @@ fn is_fqdn(domain: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn numbers_follow_javascript() {
+        for (s, n) in [("5", 5.0), (" 5\n", 5.0), ("", 0.0), ("  ", 0.0), ("0x10", 16.0), ("0B11", 3.0), ("0o7", 7.0), ("1e2", 100.0)]
+            .into_iter()
+            .chain([("+5", 5.0), ("-5", -5.0), (".5", 0.5), ("5.", 5.0), ("1.5E-1", 0.15)])
+        {
+            assert_eq!(js_number(s), n, "{s:?}");
+        }
+        assert_eq!(js_number("-Infinity"), f64::NEG_INFINITY);
+        for s in ["abc", "5px", "0x", "-0x10", "1_000", "inf", "nan", "infinity", ".", "1e", "e5", "- 5", "1.2.3", "0xg"] {
+            assert!(js_number(s).is_nan(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn query_numbers_get_class_validators_messages() {
+        const LIMIT: &[Field] = &[f("limit", Transform::ToNumber, &[Optional, Max(100), Min(1), IsInt])];
+        let body = |v: Value| JsonBody { keys: v.as_object().unwrap().keys().cloned().collect(), value: v };
+        let ok = validate(&body(json!({ "limit": "0x10" })), LIMIT).unwrap();
+        assert_eq!(ok.int("limit"), Some(16));
+        assert_eq!(validate(&body(json!({})), LIMIT).unwrap().int("limit"), None);
+        let msgs = |v: Value| validate(&body(v), LIMIT).unwrap_err().message;
+        let all = json!(["limit must not be greater than 100", "limit must not be less than 1", "limit must be an integer number"]);
+        assert_eq!(msgs(json!({ "limit": "x" })), all);
+        assert_eq!(msgs(json!({ "limit": ["1", "2"] })), all);
+        assert_eq!(msgs(json!({ "limit": "" })), json!(["limit must not be less than 1"]));
+        assert_eq!(msgs(json!({ "limit": "1.5" })), json!(["limit must be an integer number"]));
+        assert_eq!(msgs(json!({ "limit": "Infinity" })), json!(["limit must not be greater than 100", "limit must be an integer number"]));
+        assert_eq!(msgs(json!({ "limit": "5", "x": "1" })), json!(["property x should not exist"]));
+    }
 
     #[test]
     fn trim_is_javascript_s() {
