@@ -198,27 +198,33 @@ ${KAFKA_BROKERS:+KAFKA_BROKERS=$KAFKA_BROKERS}
 ENV
 }
 
-# The notification service's environment: the monolith's database and FCM, the broker, its port.
+# The notification service's environment: the monolith's database and FCM, the broker, the
+# public key that verifies access tokens (its REST routes), its port, and the dry-run secret.
 notification_env() {
   local fakes=$1 port=$2
   cat <<ENV
 PORT=$port
 HOST=127.0.0.1
 DATABASE_URL=$DATABASE_URL
+JWT_PUBLIC_KEY_FILE=$(dev_jwt_public_key)
 FCM_BASE_URL=$fakes
+DRY_RUN_SECRET=$(dev_dry_run_secret)
 KAFKA_BROKERS=$KAFKA_BROKERS
 ENV
 }
 
 # Starts the fakes, the monolith and the extracted auth service (debug builds) on free ports
 # and the extracted chat service against $DATABASE_URL and $REDIS_URL, as
-# $RUN_DIR/PREFIX-{fakes,legacy,auth,chat}; sets FAKES_URL, LEGACY_URL, AUTH_URL and CHAT_URL.
+# and the extracted notification service (its push job on $KAFKA_BROKERS, in a consumer group of
+# its own), as $RUN_DIR/PREFIX-{fakes,legacy,auth,chat,notification}; sets FAKES_URL, LEGACY_URL,
+# AUTH_URL, CHAT_URL and NOTIFICATION_URL.
 # APP_URL (optional) is the public URL links and redirects name.
 # Used by scripts/test (the replay gate) and scripts/record-corpus; stop with stop_cutover PREFIX.
 start_cutover() {
-  local prefix=$1 app_url=${2:-} fp lp ap cp
-  fp=$(free_port); lp=$(free_port); ap=$(free_port); cp=$(free_port)
+  local prefix=$1 app_url=${2:-} fp lp ap cp np
+  fp=$(free_port); lp=$(free_port); ap=$(free_port); cp=$(free_port); np=$(free_port)
   FAKES_URL=http://127.0.0.1:$fp LEGACY_URL=http://127.0.0.1:$lp AUTH_URL=http://127.0.0.1:$ap CHAT_URL=http://127.0.0.1:$cp
+  NOTIFICATION_URL=http://127.0.0.1:$np
   start_bg "$prefix-fakes" "$ROOT/target/debug/fakes" --listen "127.0.0.1:$fp"
   wait_port 127.0.0.1 "$fp" "fakes"
   # shellcheck disable=SC2046
@@ -229,12 +235,16 @@ start_cutover() {
     RUST_LOG=warn "$ROOT/target/debug/bm-auth"
   # shellcheck disable=SC2046
   start_bg "$prefix-chat" env -i PATH="$PATH" $(chat_env "$FAKES_URL" "$cp") RUST_LOG=warn "$ROOT/target/debug/bm-chat"
+  # shellcheck disable=SC2046
+  start_bg "$prefix-notification" env -i PATH="$PATH" $(notification_env "$FAKES_URL" "$np") PUSH_GROUP="$prefix-push-$$" RUST_LOG=warn \
+    "$ROOT/target/debug/bm-notification"
   wait_port 127.0.0.1 "$lp" "the monolith" 300
   wait_port 127.0.0.1 "$ap" "the auth service"
   wait_port 127.0.0.1 "$cp" "the chat service"
+  wait_port 127.0.0.1 "$np" "the notification service"
 }
 
 stop_cutover() {
   local prefix=$1
-  stop_bg "$prefix-chat"; stop_bg "$prefix-auth"; stop_bg "$prefix-legacy"; stop_bg "$prefix-fakes"
+  stop_bg "$prefix-notification"; stop_bg "$prefix-chat"; stop_bg "$prefix-auth"; stop_bg "$prefix-legacy"; stop_bg "$prefix-fakes"
 }

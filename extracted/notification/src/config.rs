@@ -1,5 +1,6 @@
 //! The service's settings from the environment: the monolith's names where they mean the same
-//! (`DATABASE_URL`, `FCM_*`, `HTTP_TIMEOUT_MS`), the Kafka ones of bm-events, and the push
+//! (`DATABASE_URL`, `FCM_*`, `HTTP_TIMEOUT_MS`, `JWT_ISSUER`/`JWT_AUDIENCE`), the token keys and
+//! dry-run secret as the other services take them, the Kafka ones of bm-events, and the push
 //! job's own (extracted/notification/README.md).
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,12 @@ pub struct Config {
     pub addr: SocketAddr,
     pub database_url: String,
     pub db_pool_max: u32,
+    /// How long a request waits for a database connection before failing.
+    pub db_acquire_timeout: Duration,
+    /// Where access tokens of the REST routes are verified (`JWT_JWKS_URL`/`JWT_PUBLIC_KEY_FILE`).
+    pub jwt: bm_common::jwt::JwtSettings,
+    /// Verifies the proxy's signed dry runs (`DRY_RUN_SECRET`); unset: dry runs are refused.
+    pub dry_run_key: Option<bm_common::DryRunKey>,
     pub fcm: Fcm,
     /// One FCM request's timeout (the monolith: 10 s).
     pub http_timeout: Duration,
@@ -44,6 +51,8 @@ impl Config {
         let host: IpAddr = e.parse_or("HOST", IpAddr::from([127, 0, 0, 1]));
         let fcm = e.fcm();
         let pool = e.db_pool_max();
+        let jwt = e.jwt();
+        let acquire: u64 = e.parse_or("DB_ACQUIRE_TIMEOUT_MS", 30_000);
         let lanes: usize = e.parse_or("PUSH_LANES", 16);
         if !(1..=1024).contains(&lanes) {
             e.problem(format!("PUSH_LANES={lanes} is not in 1..1024"));
@@ -69,6 +78,9 @@ impl Config {
             addr: SocketAddr::new(host, port),
             database_url: e.required("DATABASE_URL"),
             db_pool_max: pool,
+            db_acquire_timeout: Duration::from_millis(acquire),
+            jwt,
+            dry_run_key: e.dry_run_key(),
             fcm,
             http_timeout,
             tls: bm_common::http::OutboundTls::from_env(e),
@@ -88,11 +100,19 @@ mod tests {
     fn every_problem_at_once() {
         let vars: HashMap<&str, &str> = [("PORT", "x"), ("PUSH_LANES", "0"), ("FCM_BASE_URL", "nope"), ("PUSH_MAX_ATTEMPTS", "0")].into();
         let err = Config::from_env(Env::from_fn(|k| vars.get(k).map(|v| v.to_string()))).unwrap_err().to_string();
-        for want in ["PORT=x", "DATABASE_URL is not set", "KAFKA_BROKERS is not set", "PUSH_LANES=0", "FCM_BASE_URL", "PUSH_MAX_ATTEMPTS=0"]
-        {
+        for want in [
+            "PORT=x",
+            "DATABASE_URL is not set",
+            "JWT_JWKS_URL",
+            "KAFKA_BROKERS is not set",
+            "PUSH_LANES=0",
+            "FCM_BASE_URL",
+            "PUSH_MAX_ATTEMPTS=0",
+        ] {
             assert!(err.contains(want), "{want} missing from {err}");
         }
-        let vars: HashMap<&str, &str> = [("DATABASE_URL", "postgres://x"), ("KAFKA_BROKERS", "127.0.0.1:9092")].into();
+        let vars: HashMap<&str, &str> =
+            [("DATABASE_URL", "postgres://x"), ("KAFKA_BROKERS", "127.0.0.1:9092"), ("JWT_PUBLIC_KEY_FILE", "/k.pem")].into();
         let c = Config::from_env(Env::from_fn(|k| vars.get(k).map(|v| v.to_string()))).unwrap();
         assert_eq!(c.addr.port(), 4003);
         assert_eq!(c.job.group, "notification-push");

@@ -1,7 +1,8 @@
 //! `bm-notification`: the notification service. Configuration from the environment
 //! (extracted/notification/README.md); exits 2 with every problem listed when it is invalid.
 //!
-//! - `bm-notification` (or `serve`): the push job and `/health`, `/ready`, `/metrics`.
+//! - `bm-notification` (or `serve`): the REST routes `/notifications/*`, the push job, and
+//!   `/health`, `/ready`, `/metrics`.
 //! - `bm-notification pushes [--owner monolith|notification]`: who sends the pushes; with
 //!   `--owner`, switch (the cut-over) or switch back (the rollback).
 
@@ -27,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the push job (the default)
+    /// Serve the REST routes and run the push job (the default)
     Serve,
     /// Show who sends the pushes for new messages; --owner switches (DATABASE_URL)
     Pushes {
@@ -94,20 +95,27 @@ async fn pushes(to: Option<String>) -> anyhow::Result<ExitCode> {
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
+    let verifier = cfg.jwt.verifier(&cfg.tls).await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(cfg.db_pool_max)
+        .acquire_timeout(cfg.db_acquire_timeout)
         .connect(&cfg.database_url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
     let fcm = bm_notification::fcm::Client::new(&cfg.fcm, cfg.http_timeout, &cfg.tls)?;
     let producer = cfg.kafka.producer().context("creating the Kafka producer (dead letters)")?;
     let addr = cfg.addr;
+    let rest = bm_notification::rest::router(pool.clone(), cfg.dry_run_key.clone()).layer(axum::Extension(verifier));
     let job = Arc::new(Job::new(cfg, pool.clone(), fcm, producer));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut running = tokio::spawn(job.clone().run(stopped));
     let readiness = Readiness::default().postgres(pool);
-    let app = Router::new().merge(readiness.router()).merge(telemetry::metrics_router(metrics));
-    let mut server = tokio::spawn(bm_common::serve::serve(addr, app));
+    let inner = Router::new()
+        .merge(rest)
+        .merge(readiness.router())
+        .merge(telemetry::metrics_router(metrics))
+        .layer(axum::middleware::from_fn(telemetry::track_requests));
+    let mut server = tokio::spawn(bm_common::serve::serve(addr, bm_common::nest::express_app(inner)));
     tokio::select! {
         // the job never ends on its own: if it does, exit so the supervisor restarts the service
         r = &mut running => {

@@ -81,6 +81,8 @@ fn notification(db: &str, brokers: &str, fcm: &str, extra: &[(&str, &str)]) -> P
         .env("DATABASE_URL", testkit::database_url(db))
         .env("KAFKA_BROKERS", brokers)
         .env("FCM_BASE_URL", fcm)
+        // (the REST routes need a key to verify tokens with; these tests do not call them)
+        .env("JWT_PUBLIC_KEY_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jwt-test-public.pem"))
         .env("HTTP_TIMEOUT_MS", "1000")
         .env("PUSH_LEASE_MS", "3000")
         .env("PUSH_RETRY_BASE_MS", "50")
