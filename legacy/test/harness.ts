@@ -132,12 +132,22 @@ export const authViaService = () => process.env.BM_AUTH_VIA === 'service';
  */
 export const chatViaService = () => process.env.BM_CHAT_VIA === 'service';
 
+/**
+ * Notification service mode (`BM_NOTIFICATION_VIA=service`, or `notificationService: true`): the
+ * extracted notification service (`extracted/notification`, binary NOTIFICATION_BIN) runs beside
+ * the monolith on the same database, with a broker of its own (its push job needs one; the
+ * pushes stay the monolith's unless a test switches them), and the proxy sends `/notifications`
+ * to it with `extracted` mode.
+ */
+export const notificationViaService = () => process.env.BM_NOTIFICATION_VIA === 'service';
+
 /** Every root field of docs/api/chat.graphql. */
 export const CHAT_FIELDS = ['chats', 'chat', 'messages', 'createChat', 'sendMessage', 'editMessage', 'deleteMessage', 'markRead', 'messageAdded'];
 
 export interface StackOptions {
   authService?: boolean;
   chatService?: boolean;
+  notificationService?: boolean;
   /** the proxy's chat route(s), TOML, when not "every chat field extracted" */
   chatRoute?: string;
 }
@@ -159,7 +169,8 @@ export function signedDryRun(method: string, target: string, opts: { requestId?:
 export async function startStack(extraEnv: Record<string, string> = {}, opts: StackOptions = {}): Promise<Stack> {
   const withAuth = opts.authService ?? authViaService();
   const withChat = opts.chatService ?? chatViaService();
-  const withProxy = withAuth || withChat;
+  const withNotification = opts.notificationService ?? notificationViaService();
+  const withProxy = withAuth || withChat || withNotification;
   const databaseUrl = requireEnv('DATABASE_URL');
   const redisUrl = requireEnv('REDIS_URL');
   const fakesBin = process.env.FAKES_BIN || join(REPO_DIR, 'target', 'debug', 'fakes');
@@ -211,6 +222,8 @@ export async function startStack(extraEnv: Record<string, string> = {}, opts: St
     throw e;
   }
   const children = [legacy.child, fakes.child];
+  // stopped after the children (a broker outlives the service consuming from it)
+  const stopLast: (() => Promise<void>)[] = [];
   const stack: Stack = {
     url,
     legacyUrl,
@@ -219,6 +232,7 @@ export async function startStack(extraEnv: Record<string, string> = {}, opts: St
     logs: legacy.output,
     async stop() {
       await Promise.all(children.map(stopChild));
+      for (const stop of stopLast) await stop();
     },
   };
   if (!withProxy) return stack;
@@ -240,6 +254,19 @@ export async function startStack(extraEnv: Record<string, string> = {}, opts: St
       stack.killChat = () => kill(chat.child);
       upstreams.chatRoute = opts.chatRoute;
       logs.push(() => `--- chat service ---\n${chat.output()}`);
+    }
+    if (withNotification) {
+      const broker = await startBroker();
+      stopLast.push(broker.stop);
+      const n = await startNotificationService({
+        DATABASE_URL: env.DATABASE_URL,
+        FCM_BASE_URL: env.FCM_BASE_URL,
+        KAFKA_BROKERS: broker.brokers,
+        PUSH_GROUP: `notification-${randomUUID()}`,
+      });
+      children.push(n.child);
+      upstreams.notification = n.url;
+      logs.push(() => `--- notification service ---\n${n.output()}`);
     }
     const proxy = await startProxy(proxyPort, legacyUrl, upstreams);
     children.push(proxy);
@@ -303,12 +330,14 @@ export async function startAuthService(env: Record<string, string>) {
 interface Upstreams {
   auth?: string;
   chat?: string;
+  notification?: string;
   chatRoute?: string;
 }
 
 /**
  * The strangler proxy on `port`: /auth and the JWKS to the auth service, the chat fields of
- * /graphql to the chat service (each when given, `extracted`), the rest to the monolith.
+ * /graphql to the chat service, /notifications to the notification service (each when given,
+ * `extracted`), the rest to the monolith.
  */
 async function startProxy(port: number, legacyUrl: string, up: Upstreams): Promise<ChildProcess> {
   const bin = process.env.STRANGLER_BIN || join(REPO_DIR, 'target', 'debug', 'strangler');
@@ -342,6 +371,18 @@ mode = "extracted"
 breaker = { failures = 3, cooldown_secs = 2 }
 `
 }
+`;
+  }
+  if (up.notification) {
+    toml += `[upstreams.notification]
+url = "${up.notification}"
+dry_run = true
+[[routes]]
+name = "notification"
+match = { path_prefix = "/notifications" }
+target = "notification"
+mode = "extracted"
+breaker = { failures = 3, cooldown_secs = 2 }
 `;
   }
   if (up.auth) {
@@ -512,6 +553,22 @@ export async function startBroker(): Promise<{ brokers: string; stop: () => Prom
 export async function startNotificationService(env: Record<string, string>) {
   const bin = process.env.NOTIFICATION_BIN || join(REPO_DIR, 'target', 'debug', 'bm-notification');
   if (!existsSync(bin)) throw new Error(`${bin} is missing: build it with \`cargo build -p bm-notification\``);
-  const s = await spawnUntil(bin, [], { env: { PATH: process.env.PATH, RUST_LOG: 'warn', PORT: '0', HOST: '127.0.0.1', ...env } }, /listening on (http:\/\/\S+)/, 'the notification service');
+  const s = await spawnUntil(
+    bin,
+    [],
+    {
+      env: {
+        PATH: process.env.PATH,
+        RUST_LOG: 'warn',
+        PORT: '0',
+        HOST: '127.0.0.1',
+        JWT_PUBLIC_KEY_FILE: jwtPublicKeyFile(),
+        DRY_RUN_SECRET,
+        ...env,
+      },
+    },
+    /listening on (http:\/\/\S+)/,
+    'the notification service',
+  );
   return { child: s.child, url: s.match[1], output: s.output, stop: () => stopChild(s.child) };
 }

@@ -8,53 +8,14 @@ expected answer: the monolith's answers at replay time are the expectations.
 
 Usage: session.py PROXY_URL ADMIN_URL   (scripts/record-corpus runs it)
 """
-import base64, hashlib, hmac, json, secrets, struct, sys, time, urllib.error, urllib.request
+import base64, hashlib, hmac, os, secrets, struct, sys, time
 
-PROXY, ADMIN = sys.argv[1].rstrip("/"), sys.argv[2].rstrip("/")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recorder import Session
+
 PASSWORD = "corpus-password-1"  # = [fill] password in parity.toml
-sent = 0
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *a, **k):
-        return None
-
-
-opener = urllib.request.build_opener(NoRedirect)
-
-
-def recorded():
-    with urllib.request.urlopen(ADMIN + "/shadow") as r:
-        s = json.load(r)
-    route = s.get("routes", {}).get("auth", {})
-    return route.get("compared", 0) + sum(route.get("dropped", {}).values())
-
-
-def call(method, path, body=None, token=None, raw=None):
-    global sent
-    data = raw.encode() if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(PROXY + path, data=data, method=method)
-    if data is not None:
-        req.add_header("content-type", "application/json")
-    if token:
-        req.add_header("authorization", "Bearer " + token)
-    try:
-        r = opener.open(req)
-    except urllib.error.HTTPError as e:
-        r = e
-    text = r.read().decode()
-    sent += 1
-    deadline = time.time() + 10
-    while recorded() < sent:
-        if time.time() > deadline:
-            sys.exit(f"the proxy did not record request {sent} ({method} {path}) within 10 s")
-        time.sleep(0.02)
-    try:
-        parsed = json.loads(text) if text else None
-    except ValueError:
-        parsed = text
-    print(f"{r.status} {method} {path}", file=sys.stderr)
-    return r.status, parsed
+session = Session(sys.argv[1], sys.argv[2], ("auth",))
+call = session.call
 
 
 def totp(secret_b32):
@@ -120,4 +81,4 @@ call("POST", "/auth/refresh", {"refreshToken": pair4["refreshToken"]})
 call("POST", "/auth/logout", {"refreshToken": pair4["refreshToken"]})
 call("GET", "/auth/unknown")
 call("DELETE", "/auth/login")
-print(f"session done: {sent} requests", file=sys.stderr)
+print(f"session done: {session.sent} requests", file=sys.stderr)

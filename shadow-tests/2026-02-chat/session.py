@@ -11,44 +11,14 @@ replay time are the expectations.
 
 Usage: session.py PROXY_URL ADMIN_URL   (scripts/record-corpus runs it)
 """
-import json, secrets, sys, time, urllib.error, urllib.parse, urllib.request
+import os, secrets, sys, urllib.parse
 
-PROXY, ADMIN = sys.argv[1].rstrip("/"), sys.argv[2].rstrip("/")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recorder import Session
+
 PASSWORD = "corpus-password-1"  # = [fill] password in parity.toml
-sent = 0
-
-
-def recorded():
-    with urllib.request.urlopen(ADMIN + "/shadow") as r:
-        s = json.load(r)
-    routes = s.get("routes", {})
-    return sum(r.get("compared", 0) + sum(r.get("dropped", {}).values()) for name, r in routes.items() if name in ("auth", "chat"))
-
-
-def call(method, path, body=None, token=None):
-    global sent
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(PROXY + path, data=data, method=method)
-    if data is not None:
-        req.add_header("content-type", "application/json")
-    if token:
-        req.add_header("authorization", "Bearer " + token)
-    try:
-        r = urllib.request.urlopen(req)
-    except urllib.error.HTTPError as e:
-        r = e
-    text = r.read().decode()
-    sent += 1
-    deadline = time.time() + 10
-    while recorded() < sent:
-        if time.time() > deadline:
-            sys.exit(f"the proxy did not record request {sent} ({method} {path}) within 10 s")
-        time.sleep(0.02)
-    print(f"{r.status} {method} {path} {text[:120]}", file=sys.stderr)
-    try:
-        return r.status, json.loads(text) if text else None
-    except ValueError:
-        return r.status, text
+session = Session(sys.argv[1], sys.argv[2], ("auth", "chat"))
+call = session.call
 
 
 def gql(token, query, variables=None):
