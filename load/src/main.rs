@@ -29,6 +29,10 @@ mod push;
 enum Scenario {
     Chat,
     Auth,
+    /// The notification module's REST routes as the app uses them: the in-app list, the unread
+    /// badge, reading one, read-all now and then, a device registered at start, and a message
+    /// sent in one of the user's chats each round (so the others get notifications)
+    Notifications,
     Delivery,
     Push,
 }
@@ -251,6 +255,40 @@ async fn run_user(
                 .await;
                 if i % 5 == 0 {
                     vu.call("GET /auth/me", reqwest::Method::GET, "/auth/me", None, true).await;
+                }
+            }
+            Scenario::Notifications => {
+                if i == 1 {
+                    let device = json!({ "token": format!("load-device-{n}"), "platform": "android" });
+                    vu.call("POST /notifications/devices", reqwest::Method::POST, "/notifications/devices", Some(device), true).await;
+                }
+                vu.call("GET /notifications/unread-count", reqwest::Method::GET, "/notifications/unread-count", None, true).await;
+                vu.think(think, deadline).await;
+                let list = vu.call("GET /notifications", reqwest::Method::GET, "/notifications?limit=20", None, true).await;
+                let unread = list
+                    .as_ref()
+                    .and_then(|l| l["items"].as_array())
+                    .and_then(|items| items.iter().find(|n| n["readAt"].is_null()))
+                    .and_then(|n| n["id"].as_str().map(str::to_string));
+                vu.think(think, deadline).await;
+                if let Some(id) = unread {
+                    let path = format!("/notifications/{id}/read");
+                    vu.call("POST /notifications/:id/read", reqwest::Method::POST, &path, None, true).await;
+                }
+                if i % 5 == 0 {
+                    vu.call("POST /notifications/read-all", reqwest::Method::POST, "/notifications/read-all", None, true).await;
+                }
+                let chats = vu.gql("graphql chats", "query { chats { id } }", json!({})).await;
+                let first = chats
+                    .and_then(|d| d["chats"].as_array().and_then(|c| c.first().cloned()))
+                    .and_then(|c| c["id"].as_str().map(str::to_string));
+                if let Some(chat) = first {
+                    vu.gql(
+                        "graphql sendMessage",
+                        "mutation($input: SendMessageInput!) { sendMessage(input: $input) { id } }",
+                        json!({ "input": { "chatId": chat, "body": format!("load message {i} from user {n}"), "clientMessageId": uuid::Uuid::new_v4().to_string() } }),
+                    )
+                    .await;
                 }
             }
             Scenario::Delivery | Scenario::Push => unreachable!("delivery and push run on their own (delivery.rs, push.rs)"),
