@@ -50,6 +50,7 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let begin = Instant::now();
+    let begin_ms = now_ms();
     let deadline = begin + Duration::from_secs(args.duration);
     let mut n = 0u64;
     let mut inflight = Vec::new();
@@ -107,12 +108,19 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
     let mut seen: HashMap<&str, u32> = HashMap::new();
+    // per second of the run (by send time): the slowest push and how many took over 500 ms, to
+    // see a pause (a consumer joining or leaving the group) where it happened
+    let mut by_second: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
     for (m, at) in &received {
         let c = seen.entry(m.as_str()).or_default();
         *c += 1;
         if *c == 1 {
             if let Some(s) = sent.get(m) {
-                hist.saturating_record(at.saturating_sub(*s).max(1));
+                let delay = at.saturating_sub(*s).max(1);
+                hist.saturating_record(delay);
+                let slot = by_second.entry(s.saturating_sub(begin_ms) / 1000).or_default();
+                slot.0 = slot.0.max(delay);
+                slot.1 += u64::from(delay > 500);
             }
         }
     }
@@ -130,6 +138,14 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
     );
     if let Some(e) = first_error {
         println!("first send error: {e}");
+    }
+    let slow: Vec<String> = by_second
+        .iter()
+        .filter(|(_, (max, _))| *max > 250)
+        .map(|(s, (max, over))| format!("{s} s: max {max} ms, {over} over 500 ms"))
+        .collect();
+    if !slow.is_empty() {
+        println!("seconds with a push slower than 250 ms (by send time): {}", slow.join("; "));
     }
     if let Some(path) = &args.json {
         let doc = json!({ "label": args.label, "scenario": "push", "pairs": args.pairs, "rate": args.rate, "duration_s": args.duration,
