@@ -72,6 +72,26 @@ ensure_tansu() {
 }
 
 # Creates the stack's Kafka topics on $KAFKA_BROKERS (idempotent), with the built bm-events.
+# tansu 0.6's SQLite engine reads a record's headers with `header_fetch.sql`, one query per
+# record, on a table without an index on (topition, offset_id): every fetched record scans every
+# header the broker holds. Our events carry headers, so fetching slowed down as the broker's data
+# grew until it stalled at 100% CPU (docs/benchmarks.md, "Pushes"). This index (created once the
+# broker has made its schema; idempotent) makes that lookup a seek. Tuning of the dev broker's
+# storage only: nothing in the code knows the broker is tansu.
+tansu_index() {
+  local db=$1
+  python3 - "$db" <<'PY' || die "could not index the broker's header table in $db"
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=30)
+for _ in range(100):  # the broker creates its tables when it starts
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'header'").fetchone():
+        break
+    time.sleep(0.1)
+db.execute("CREATE INDEX IF NOT EXISTS strangler_header_record ON header (topition, offset_id)")
+db.commit()
+PY
+}
+
 ensure_topics() {
   local profile=${1:-debug}
   "$ROOT/target/$profile/bm-events" ensure-topics >/dev/null || die "could not create the Kafka topics on $KAFKA_BROKERS"
