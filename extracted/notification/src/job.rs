@@ -105,6 +105,24 @@ impl ConsumerContext for Ctx {
         };
         metrics::counter!("notification_rebalances_total", "phase" => what).increment(1);
         tracing::info!(phase = what, "consumer group rebalance");
+        if let Rebalance::Revoke(tpl) = r {
+            // librdkafka reports lag for assigned partitions only: a revoked partition's last
+            // value would stay on /metrics and look current. NaN says "not measured here"
+            for e in tpl.elements() {
+                metrics::gauge!("notification_consumer_lag", "partition" => e.partition().to_string()).set(f64::NAN);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, base: &rdkafka::consumer::BaseConsumer<Self>, _: &Rebalance<'_>) {
+        // 0 on every instance (sum over instances) means nobody consumes message.sent: the
+        // pushes wait in the topic. An alert on it catches a group the broker stopped serving
+        // (seen on the dev broker after a member timed out under load: docs/benchmarks.md)
+        let assigned = base.assignment().map(|a| a.count()).unwrap_or(0);
+        metrics::gauge!("notification_assigned_partitions").set(assigned as f64);
+        if assigned == 0 {
+            tracing::warn!("no partitions of message.sent assigned to this instance after a rebalance");
+        }
     }
 }
 

@@ -407,6 +407,11 @@ async fn a_second_instance_joins_and_leaves_under_load_and_nothing_is_lost_or_do
     loop {
         let m = metrics(b.url.clone()).await;
         if handled(&m) {
+            // it says how many partitions it holds (of message.sent's four, some and not all:
+            // a holds the rest)
+            let held =
+                m.lines().find_map(|l| l.strip_prefix("notification_assigned_partitions ")).map(|v| v.trim().parse::<f64>().unwrap());
+            assert!(held.is_some_and(|n| (1.0..4.0).contains(&n)), "assigned partitions of the second instance: {held:?}\n{m}");
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(60), "the second instance handled no event:\n{m}");
