@@ -85,18 +85,24 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
     // the pushes: wait up to 30 s for every message to reach the fake
     let prefix = format!("bench-push-{run}-");
     let settle = Instant::now() + Duration::from_secs(30);
-    let received: Vec<(String, u64)> = loop {
+    let received: Vec<(String, String, u64)> = loop {
         let v: Value = http.get(format!("{fakes}/_fake/fcm/messages")).send().await?.json().await?;
-        let ours: Vec<(String, u64)> = v["items"]
+        let ours: Vec<(String, String, u64)> = v["items"]
             .as_array()
             .map(|a| {
                 a.iter()
                     .filter(|m| m["message"]["token"].as_str().is_some_and(|t| t.starts_with(&prefix)))
-                    .filter_map(|m| Some((m["message"]["data"]["messageId"].as_str()?.to_string(), m["received_at_ms"].as_u64()?)))
+                    .filter_map(|m| {
+                        Some((
+                            m["message"]["data"]["messageId"].as_str()?.to_string(),
+                            m["message"]["token"].as_str()?.to_string(),
+                            m["received_at_ms"].as_u64()?,
+                        ))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        let got: std::collections::HashSet<&String> = ours.iter().map(|(m, _)| m).collect();
+        let got: std::collections::HashSet<&String> = ours.iter().map(|(m, _, _)| m).collect();
         if sent.keys().all(|k| got.contains(k)) || Instant::now() > settle {
             break ours;
         }
@@ -107,12 +113,17 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
         let _ = http.delete(format!("{base}/notifications/devices/{token}")).bearer_auth(tb).send().await;
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
-    let mut seen: HashMap<&str, u32> = HashMap::new();
+    // keyed by (message, device): a message of another load in a group chat that two of this
+    // run's receivers share reaches both devices once each, which is not a double
+    let mut seen: HashMap<(&str, &str), u32> = HashMap::new();
     // per second of the run (by send time): the slowest push and how many took over 500 ms, to
     // see a pause (a consumer joining or leaving the group) where it happened
     let mut by_second: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
-    for (m, at) in &received {
-        let c = seen.entry(m.as_str()).or_default();
+    for (m, token, at) in &received {
+        if !sent.contains_key(m) {
+            continue; // a push of another load's message to one of this run's devices
+        }
+        let c = seen.entry((m.as_str(), token.as_str())).or_default();
         *c += 1;
         if *c == 1 {
             if let Some(s) = sent.get(m) {
@@ -124,7 +135,8 @@ pub async fn run(args: Arc<Args>, http: reqwest::Client) -> Result<()> {
             }
         }
     }
-    let delivered = sent.keys().filter(|k| seen.contains_key(k.as_str())).count();
+    let pushed: std::collections::HashSet<&str> = seen.keys().map(|(m, _)| *m).collect();
+    let delivered = sent.keys().filter(|k| pushed.contains(k.as_str())).count();
     let duplicated = seen.values().filter(|c| **c > 1).count();
     let (send_errors, first_error) = errors.lock().unwrap().clone();
     println!("\n{} — push: {} pairs, {} messages/s for {} s, through {base}\n", args.label, args.pairs, args.rate, args.duration);
