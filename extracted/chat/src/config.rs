@@ -37,7 +37,7 @@ impl Config {
         let e = &mut env;
         let port: u16 = e.parse_or("PORT", 4002);
         let host: IpAddr = e.parse_or("HOST", IpAddr::from([127, 0, 0, 1]));
-        let jwt = e.jwt();
+        let jwt = bm_common::jwt::JwtSettings::from_env(e);
         let fcm = e.fcm();
         let pool = e.db_pool_max();
         let timeout: u64 = e.parse_or("HTTP_TIMEOUT_MS", 10_000);

@@ -84,30 +84,6 @@ impl<'a> Env<'a> {
         }
     }
 
-    /// Where access tokens are verified and what they must say: `JWT_JWKS_URL` (the auth
-    /// service's `/.well-known/jwks.json`) or `JWT_PUBLIC_KEY_FILE` (a PEM), exactly one;
-    /// `JWT_ISSUER` and `JWT_AUDIENCE` with the monolith's defaults.
-    pub fn jwt(&mut self) -> crate::jwt::JwtSettings {
-        use crate::jwt::JwtKeys;
-        let keys = match (self.optional("JWT_JWKS_URL"), self.optional("JWT_PUBLIC_KEY_FILE")) {
-            (Some(url), None) => JwtKeys::JwksUrl(url),
-            (None, Some(file)) => JwtKeys::PublicKeyFile(file),
-            (Some(_), Some(_)) => {
-                self.problem("set one of JWT_JWKS_URL and JWT_PUBLIC_KEY_FILE, not both");
-                JwtKeys::JwksUrl(String::new())
-            }
-            (None, None) => {
-                self.problem("JWT_JWKS_URL (the auth service's /.well-known/jwks.json) or JWT_PUBLIC_KEY_FILE is not set");
-                JwtKeys::JwksUrl(String::new())
-            }
-        };
-        crate::jwt::JwtSettings {
-            keys,
-            issuer: self.or("JWT_ISSUER", "https://brainmessenger.local"),
-            audience: self.or("JWT_AUDIENCE", "brainmessenger-api"),
-        }
-    }
-
     /// `DB_POOL_MAX` (default 20, 1..500): a service's Postgres connections.
     pub fn db_pool_max(&mut self) -> u32 {
         let pool: u32 = self.parse_or("DB_POOL_MAX", 20);

@@ -53,7 +53,7 @@ struct Keys {
     fetched: Option<Instant>,
 }
 
-/// Where a service gets the issuer's public keys ([`crate::config::Env::jwt`]).
+/// Where a service gets the issuer's public keys ([`JwtSettings::from_env`]).
 #[derive(Debug, Clone)]
 pub enum JwtKeys {
     JwksUrl(String),
@@ -69,6 +69,29 @@ pub struct JwtSettings {
 }
 
 impl JwtSettings {
+    /// From the environment: `JWT_JWKS_URL` (the auth service's `/.well-known/jwks.json`) or
+    /// `JWT_PUBLIC_KEY_FILE` (a PEM), exactly one; `JWT_ISSUER` and `JWT_AUDIENCE` with the
+    /// monolith's defaults. Problems are recorded in `env`.
+    pub fn from_env(env: &mut crate::config::Env) -> JwtSettings {
+        let keys = match (env.optional("JWT_JWKS_URL"), env.optional("JWT_PUBLIC_KEY_FILE")) {
+            (Some(url), None) => JwtKeys::JwksUrl(url),
+            (None, Some(file)) => JwtKeys::PublicKeyFile(file),
+            (Some(_), Some(_)) => {
+                env.problem("set one of JWT_JWKS_URL and JWT_PUBLIC_KEY_FILE, not both");
+                JwtKeys::JwksUrl(String::new())
+            }
+            (None, None) => {
+                env.problem("JWT_JWKS_URL (the auth service's /.well-known/jwks.json) or JWT_PUBLIC_KEY_FILE is not set");
+                JwtKeys::JwksUrl(String::new())
+            }
+        };
+        JwtSettings {
+            keys,
+            issuer: env.or("JWT_ISSUER", "https://brainmessenger.local"),
+            audience: env.or("JWT_AUDIENCE", "brainmessenger-api"),
+        }
+    }
+
     /// The verifier these settings describe (a JWKS URL is fetched now, so a wrong one fails at
     /// start); the error names the setting.
     pub async fn verifier(&self, tls: &crate::http::OutboundTls) -> anyhow::Result<Verifier> {

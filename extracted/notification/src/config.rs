@@ -51,7 +51,7 @@ impl Config {
         let host: IpAddr = e.parse_or("HOST", IpAddr::from([127, 0, 0, 1]));
         let fcm = e.fcm();
         let pool = e.db_pool_max();
-        let jwt = e.jwt();
+        let jwt = bm_common::jwt::JwtSettings::from_env(e);
         let acquire: u64 = e.parse_or("DB_ACQUIRE_TIMEOUT_MS", 30_000);
         let lanes: usize = e.parse_or("PUSH_LANES", 16);
         if !(1..=1024).contains(&lanes) {
