@@ -308,7 +308,10 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         r.bytes().await.unwrap();
     }
     let conns = legacy.connections.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(conns <= 4, "200 sequential requests opened {conns} upstream connections");
+    // Pingora puts the upstream connection back in its pool after it has forwarded the response,
+    // so on a busy machine the client's next request can get there first and open one more (a
+    // CI run saw 5). Without reuse this would be 200; 20 still fails below ~90% reuse.
+    assert!(conns <= 20, "200 sequential requests opened {conns} upstream connections");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
