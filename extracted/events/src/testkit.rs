@@ -92,7 +92,15 @@ pub async fn fresh_database() -> (PgPool, String) {
         .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
     let url = database_url(&name);
     let migrate = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/migrate");
-    let out = Command::new(migrate).arg(&url).stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("running scripts/migrate");
+    // (no chat shards: these databases hold the monolith's tables only)
+    let out = Command::new(migrate)
+        .arg(&url)
+        .env("CHAT_SHARDS", "0")
+        .env_remove("CHAT_SHARD_URLS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running scripts/migrate");
     assert!(out.status.success(), "scripts/migrate failed: {}", String::from_utf8_lossy(&out.stderr));
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(&url).await.unwrap();
     (pool, name)
