@@ -157,7 +157,10 @@ async fn killing_the_service_under_load_fails_no_request_it_never_saw() {
         failed_posts.iter().all(|d| d.started < opened),
         "a POST failed after the breaker opened (the service could not have seen it): {failed_posts:?}"
     );
-    assert!(fallbacks.iter().any(|l| l.contains("reason=\"connect_error\"")), "{metrics}");
+    // before the breaker opens, GETs fell back because the service was gone: refused new
+    // connections, or pooled ones reset by the kill — which of the two depends on timing (a CI
+    // run saw only resets: the breaker opened before any new connection was tried)
+    assert!(fallbacks.iter().any(|l| l.contains("reason=\"connect_error\"") || l.contains("reason=\"upstream_reset\"")), "{metrics}");
     assert!(fallbacks.iter().any(|l| l.contains("reason=\"breaker_open\"")), "{metrics}");
 }
 
