@@ -18,6 +18,9 @@ mode = "canary"
 percent = 50
 sticky = "jwt_sub"
 breaker = { failures = 3, cooldown_secs = 2 }
+# no shadow copies of the monolith's share: they would reach the service too, and the test
+# counts the service's requests to see where each user was routed
+shadow = { sample_percent = 0 }
 `,
   },
 );
