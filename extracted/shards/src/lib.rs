@@ -5,9 +5,12 @@
 //! * [`mint_chat_id`]: a new chat's id, random but in its creator's bucket, so the chat is homed
 //!   on the creator's shard and its id alone names that shard;
 //! * [`ShardMap`]: the versioned map of buckets to shards, parsed and validated as a whole from
-//!   `shards.toml`, every problem reported at once with file, line and column.
+//!   `shards.toml`, every problem reported at once with file, line and column;
+//! * [`verify`]: the move's verify comparison — chunks of (key, checksum of every column) from
+//!   source and target merged by key, what differs named.
 
 mod map;
+pub mod verify;
 
 pub use map::{MapError, Problem, Shard, ShardMap};
 
