@@ -75,3 +75,46 @@ async fn a_publication_row_filter_accepts_the_expression() {
     assert!(refused.is_err(), "PostgreSQL accepted a user-defined function in a row filter");
     tx.rollback().await.unwrap();
 }
+
+/// A publication that filters on a column outside the replica identity makes every UPDATE and
+/// DELETE of the table fail — on the monolith's `legacy.messages` that would stop chat. A message
+/// row's bucket is its chat's (`chat_id`), not its own id's, so the move first makes the replica
+/// identity cover `chat_id`: a unique index on `(id, chat_id)` (unique because `id` is), used as
+/// `REPLICA IDENTITY USING INDEX` — no `FULL` identity and its WAL cost.
+#[tokio::test]
+async fn filtering_messages_by_chat_bucket_needs_chat_id_in_the_replica_identity() {
+    let mut db = connect().await;
+    let schema = format!("shards_test_{}", Uuid::new_v4().simple());
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut *tx).await.unwrap();
+    sqlx::query(&format!("CREATE TABLE {schema}.messages (id uuid PRIMARY KEY, chat_id uuid NOT NULL, body text NOT NULL)"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(&format!("INSERT INTO {schema}.messages VALUES (gen_random_uuid(), gen_random_uuid(), 'hello')"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "CREATE PUBLICATION {schema}_pub FOR TABLE {schema}.messages WHERE ({} BETWEEN 0 AND 255)",
+        bucket_sql("chat_id")
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("SAVEPOINT before_update").execute(&mut *tx).await.unwrap();
+    let refused = sqlx::query(&format!("UPDATE {schema}.messages SET body = 'edited'")).execute(&mut *tx).await;
+    let e = refused.expect_err("an UPDATE with chat_id outside the replica identity must fail");
+    let pg = e.as_database_error().and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()).expect("a PostgreSQL error");
+    assert!(pg.message().contains("cannot update table"), "{pg:?}");
+    assert!(pg.detail().is_some_and(|d| d.contains("not part of the replica identity")), "{pg:?}");
+    sqlx::query("ROLLBACK TO SAVEPOINT before_update").execute(&mut *tx).await.unwrap();
+    sqlx::query(&format!("CREATE UNIQUE INDEX messages_id_chat_idx ON {schema}.messages (id, chat_id)")).execute(&mut *tx).await.unwrap();
+    sqlx::query(&format!("ALTER TABLE {schema}.messages REPLICA IDENTITY USING INDEX messages_id_chat_idx"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(&format!("UPDATE {schema}.messages SET body = 'edited'")).execute(&mut *tx).await.expect("with chat_id in the identity");
+    sqlx::query(&format!("DELETE FROM {schema}.messages")).execute(&mut *tx).await.expect("deletes too");
+    tx.rollback().await.unwrap();
+}
