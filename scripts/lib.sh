@@ -202,35 +202,32 @@ auth_env() {
   echo "DRY_RUN_SECRET=$(dev_dry_run_secret)"
 }
 
-# The chat service's environment: the monolith's database, Redis and FCM, the public key that
-# verifies access tokens, its own port, and the dry-run secret.
-chat_env() {
+# What every extracted service on the dev stack gets: its port, the monolith's database and FCM,
+# the public key that verifies access tokens, and the secret that verifies the proxy's dry runs.
+service_env() {
   local fakes=$1 port=$2
   cat <<ENV
 PORT=$port
 HOST=127.0.0.1
 DATABASE_URL=$DATABASE_URL
-REDIS_URL=$REDIS_URL
 JWT_PUBLIC_KEY_FILE=$(dev_jwt_public_key)
 FCM_BASE_URL=$fakes
 DRY_RUN_SECRET=$(dev_dry_run_secret)
-${KAFKA_BROKERS:+KAFKA_BROKERS=$KAFKA_BROKERS}
 ENV
 }
 
-# The notification service's environment: the monolith's database and FCM, the broker, the
-# public key that verifies access tokens (its REST routes), its port, and the dry-run secret.
+# The chat service's: the monolith's Redis too (messageAdded crosses sides there), and the
+# broker for its outbox relay when there is one.
+chat_env() {
+  service_env "$@"
+  echo "REDIS_URL=$REDIS_URL"
+  if [ -n "${KAFKA_BROKERS:-}" ]; then echo "KAFKA_BROKERS=$KAFKA_BROKERS"; fi
+}
+
+# The notification service's: the broker (its push job consumes message.sent).
 notification_env() {
-  local fakes=$1 port=$2
-  cat <<ENV
-PORT=$port
-HOST=127.0.0.1
-DATABASE_URL=$DATABASE_URL
-JWT_PUBLIC_KEY_FILE=$(dev_jwt_public_key)
-FCM_BASE_URL=$fakes
-DRY_RUN_SECRET=$(dev_dry_run_secret)
-KAFKA_BROKERS=$KAFKA_BROKERS
-ENV
+  service_env "$@"
+  echo "KAFKA_BROKERS=$KAFKA_BROKERS"
 }
 
 # Starts the fakes, the monolith and the extracted auth service (debug builds) on free ports

@@ -283,33 +283,35 @@ async function kill(child: ChildProcess) {
   if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once('exit', r));
 }
 
-/** The extracted chat service on an ephemeral port, with the monolith's database, Redis and FCM. */
-export async function startChatService(env: Record<string, string>) {
-  const bin = process.env.CHAT_BIN || join(REPO_DIR, 'target', 'debug', 'bm-chat');
-  if (!existsSync(bin)) throw new Error(`${bin} is missing: build it with \`cargo build -p bm-chat\``);
+/**
+ * An extracted service's binary (`$<binVar>` or target/debug/<crate>) on an ephemeral port of
+ * loopback, with warnings-only logs, the test key that verifies access tokens and `env`; resolved
+ * once it prints where it listens.
+ */
+async function startExtracted(crate: string, binVar: string, what: string, env: Record<string, string | undefined>) {
+  const bin = process.env[binVar] || join(REPO_DIR, 'target', 'debug', crate);
+  if (!existsSync(bin)) throw new Error(`${bin} is missing: build it with \`cargo build -p ${crate}\``);
   const s = await spawnUntil(
     bin,
     [],
-    {
-      env: {
-        PATH: process.env.PATH,
-        RUST_LOG: 'warn',
-        PORT: '0',
-        HOST: '127.0.0.1',
-        DATABASE_URL: env.DATABASE_URL,
-        REDIS_URL: env.REDIS_URL,
-        JWT_PUBLIC_KEY_FILE: jwtPublicKeyFile(),
-        FCM_BASE_URL: env.FCM_BASE_URL,
-        DRY_RUN_SECRET: env.DRY_RUN_SECRET,
-        ...(env.NODE_ENV ? { NODE_ENV: env.NODE_ENV } : {}),
-        // its outbox relay: CHAT_KAFKA_BROKERS gives the service a broker the monolith lacks
-        ...(env.CHAT_KAFKA_BROKERS || env.KAFKA_BROKERS ? { KAFKA_BROKERS: env.CHAT_KAFKA_BROKERS || env.KAFKA_BROKERS } : {}),
-      },
-    },
+    { env: { PATH: process.env.PATH, RUST_LOG: 'warn', PORT: '0', HOST: '127.0.0.1', JWT_PUBLIC_KEY_FILE: jwtPublicKeyFile(), ...env } },
     /listening on (http:\/\/\S+)/,
-    'the chat service',
+    what,
   );
-  return { child: s.child, url: s.match[1], output: s.output };
+  return { child: s.child, url: s.match[1], output: s.output, stop: () => stopChild(s.child) };
+}
+
+/** The extracted chat service on an ephemeral port, with the monolith's database, Redis and FCM. */
+export async function startChatService(env: Record<string, string>) {
+  return startExtracted('bm-chat', 'CHAT_BIN', 'the chat service', {
+    DATABASE_URL: env.DATABASE_URL,
+    REDIS_URL: env.REDIS_URL,
+    FCM_BASE_URL: env.FCM_BASE_URL,
+    DRY_RUN_SECRET: env.DRY_RUN_SECRET,
+    ...(env.NODE_ENV ? { NODE_ENV: env.NODE_ENV } : {}),
+    // its outbox relay: CHAT_KAFKA_BROKERS gives the service a broker the monolith lacks
+    ...(env.CHAT_KAFKA_BROKERS || env.KAFKA_BROKERS ? { KAFKA_BROKERS: env.CHAT_KAFKA_BROKERS || env.KAFKA_BROKERS } : {}),
+  });
 }
 
 /** The extracted auth service on an ephemeral port, with the monolith's environment. */
@@ -551,24 +553,5 @@ export async function startBroker(): Promise<{ brokers: string; stop: () => Prom
 
 /** The notification service (NOTIFICATION_BIN) on an ephemeral port: its push job on `brokers`. */
 export async function startNotificationService(env: Record<string, string>) {
-  const bin = process.env.NOTIFICATION_BIN || join(REPO_DIR, 'target', 'debug', 'bm-notification');
-  if (!existsSync(bin)) throw new Error(`${bin} is missing: build it with \`cargo build -p bm-notification\``);
-  const s = await spawnUntil(
-    bin,
-    [],
-    {
-      env: {
-        PATH: process.env.PATH,
-        RUST_LOG: 'warn',
-        PORT: '0',
-        HOST: '127.0.0.1',
-        JWT_PUBLIC_KEY_FILE: jwtPublicKeyFile(),
-        DRY_RUN_SECRET,
-        ...env,
-      },
-    },
-    /listening on (http:\/\/\S+)/,
-    'the notification service',
-  );
-  return { child: s.child, url: s.match[1], output: s.output, stop: () => stopChild(s.child) };
+  return startExtracted('bm-notification', 'NOTIFICATION_BIN', 'the notification service', { DRY_RUN_SECRET, ...env });
 }

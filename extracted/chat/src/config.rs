@@ -10,11 +10,7 @@ use bm_common::config::{ConfigError, Env, Fcm};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
-    pub database_url: String,
-    pub db_pool_max: u32,
-    /// How long a request waits for a database connection before failing (the monolith's pg
-    /// pool waits without limit; a wait this long is an overload, not a normal answer).
-    pub db_acquire_timeout: Duration,
+    pub database: bm_common::config::Database,
     pub redis_url: String,
     /// Where access tokens are verified (`JWT_JWKS_URL`, e.g. the auth service's, or
     /// `JWT_PUBLIC_KEY_FILE`) and what they must name.
@@ -39,14 +35,10 @@ impl Config {
         let host: IpAddr = e.parse_or("HOST", IpAddr::from([127, 0, 0, 1]));
         let jwt = bm_common::jwt::JwtSettings::from_env(e);
         let fcm = e.fcm();
-        let pool = e.db_pool_max();
         let timeout: u64 = e.parse_or("HTTP_TIMEOUT_MS", 10_000);
-        let acquire: u64 = e.parse_or("DB_ACQUIRE_TIMEOUT_MS", 30_000);
         let cfg = Config {
             addr: SocketAddr::new(host, port),
-            database_url: e.required("DATABASE_URL"),
-            db_pool_max: pool,
-            db_acquire_timeout: Duration::from_millis(acquire),
+            database: e.database(),
             redis_url: e.required("REDIS_URL"),
             jwt,
             fcm,

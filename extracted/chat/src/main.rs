@@ -33,12 +33,7 @@ fn main() -> ExitCode {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
     let verifier = cfg.jwt.verifier(&cfg.tls).await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(cfg.db_pool_max)
-        .acquire_timeout(cfg.db_acquire_timeout)
-        .connect(&cfg.database_url)
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
+    let pool = cfg.database.connect().await?;
     let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("REDIS_URL")?;
     let redis = redis::aio::ConnectionManager::new(redis_client.clone()).await.context("connecting to Redis (REDIS_URL)")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -84,6 +84,14 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// A service's database: `DATABASE_URL` (required), `DB_POOL_MAX` (20) and
+    /// `DB_ACQUIRE_TIMEOUT_MS` (30 s: how long a request waits for a connection before failing).
+    pub fn database(&mut self) -> Database {
+        let pool_max = self.db_pool_max();
+        let acquire: u64 = self.parse_or("DB_ACQUIRE_TIMEOUT_MS", 30_000);
+        Database { url: self.required("DATABASE_URL"), pool_max, acquire_timeout: std::time::Duration::from_millis(acquire) }
+    }
+
     /// `DB_POOL_MAX` (default 20, 1..500): a service's Postgres connections.
     pub fn db_pool_max(&mut self) -> u32 {
         let pool: u32 = self.parse_or("DB_POOL_MAX", 20);
@@ -105,6 +113,29 @@ impl<'a> Env<'a> {
         } else {
             Err(ConfigError(self.problems))
         }
+    }
+}
+
+/// A service's Postgres settings ([`Env::database`]).
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub url: String,
+    pub pool_max: u32,
+    /// How long a request waits for a connection before failing (the monolith's pg pool waits
+    /// without limit; a wait this long is an overload, not a normal answer).
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Database {
+    /// The pool, connected now (a wrong URL fails at start, naming `DATABASE_URL`).
+    pub async fn connect(&self) -> anyhow::Result<sqlx::PgPool> {
+        use anyhow::Context;
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.pool_max)
+            .acquire_timeout(self.acquire_timeout)
+            .connect(&self.url)
+            .await
+            .context("connecting to Postgres (DATABASE_URL)")
     }
 }
 

@@ -12,10 +12,7 @@ use bm_events::KafkaConfig;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
-    pub database_url: String,
-    pub db_pool_max: u32,
-    /// How long a request waits for a database connection before failing.
-    pub db_acquire_timeout: Duration,
+    pub database: bm_common::config::Database,
     /// Where access tokens of the REST routes are verified (`JWT_JWKS_URL`/`JWT_PUBLIC_KEY_FILE`).
     pub jwt: bm_common::jwt::JwtSettings,
     /// Verifies the proxy's signed dry runs (`DRY_RUN_SECRET`); unset: dry runs are refused.
@@ -50,9 +47,7 @@ impl Config {
         let port: u16 = e.parse_or("PORT", 4003);
         let host: IpAddr = e.parse_or("HOST", IpAddr::from([127, 0, 0, 1]));
         let fcm = e.fcm();
-        let pool = e.db_pool_max();
         let jwt = bm_common::jwt::JwtSettings::from_env(e);
-        let acquire: u64 = e.parse_or("DB_ACQUIRE_TIMEOUT_MS", 30_000);
         let lanes: usize = e.parse_or("PUSH_LANES", 16);
         if !(1..=1024).contains(&lanes) {
             e.problem(format!("PUSH_LANES={lanes} is not in 1..1024"));
@@ -76,9 +71,7 @@ impl Config {
         }
         let cfg = Config {
             addr: SocketAddr::new(host, port),
-            database_url: e.required("DATABASE_URL"),
-            db_pool_max: pool,
-            db_acquire_timeout: Duration::from_millis(acquire),
+            database: e.database(),
             jwt,
             dry_run_key: e.dry_run_key(),
             fcm,

@@ -96,12 +96,7 @@ async fn pushes(to: Option<String>) -> anyhow::Result<ExitCode> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
     let verifier = cfg.jwt.verifier(&cfg.tls).await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(cfg.db_pool_max)
-        .acquire_timeout(cfg.db_acquire_timeout)
-        .connect(&cfg.database_url)
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
+    let pool = cfg.database.connect().await?;
     let fcm = bm_notification::fcm::Client::new(&cfg.fcm, cfg.http_timeout, &cfg.tls)?;
     let producer = cfg.kafka.producer().context("creating the Kafka producer (dead letters)")?;
     let addr = cfg.addr;
