@@ -1,5 +1,6 @@
 //! `bm-chat`: the extracted chat service. Configuration from the environment
 //! (extracted/chat/README.md); exits 2 with every problem listed when it is invalid.
+//! `bm-chat move …` is the chat data mover (bm-chatmove, docs/chat-sharding.md).
 
 use std::process::ExitCode;
 
@@ -12,6 +13,9 @@ use bm_common::health::Readiness;
 use bm_common::telemetry;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "move") {
+        return bm_chatmove::cli::main(std::env::args_os().skip(1));
+    }
     let cfg = match Config::from_env(Env::from_process()) {
         Ok(c) => c,
         Err(e) => {

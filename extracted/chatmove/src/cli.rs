@@ -1,0 +1,290 @@
+//! `bm-chat move …`: the operator's commands. Exit status 0: done; 1: verify found differences
+//! or a database failed; 2: refused (bad input, another mover running) — the message says what
+//! to do.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bm_shards::ShardMap;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::mover::{self, MoveError, MoveSpec, Mover, VerifyReport};
+use crate::plan::{self, Origin};
+
+#[derive(Parser)]
+#[command(name = "bm-chat move", about = "Move chat data onto the shards, or between them, while traffic flows (docs/chat-sharding.md)")]
+struct Cli {
+    /// The control database: the move's state and lock live here, and it holds the monolith's
+    /// tables (the first move's source).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a move, or resume the open one: prepare, copy, verify, then follow until stopped.
+    Run {
+        /// The shard map to move to (its shards' URLs come from their url_env variables).
+        /// Optional when resuming: the open move's map is stored.
+        #[arg(long)]
+        to: Option<std::path::PathBuf>,
+        /// The map the data is on now; without it, the monolith's tables.
+        #[arg(long)]
+        from: Option<std::path::PathBuf>,
+        /// Rows per chunk (copy and verify).
+        #[arg(long, default_value_t = 2000)]
+        chunk: i64,
+        /// Pause between copied chunks, to spare a busy source.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+        /// Stop after this stage instead of following until Ctrl-C / SIGTERM.
+        #[arg(long, value_enum)]
+        exit_after: Option<ExitAfter>,
+        /// Serve Prometheus metrics (chat_move_*) on this address.
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
+    /// Verify the open move again (follows while it compares).
+    Verify {
+        #[arg(long, default_value_t = 2000)]
+        chunk: i64,
+    },
+    /// Where the open move is: stage, rows copied, rate, ETA, follow lag, last verify.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Abandon the open move before its switch: drop its slots and publications and the rows it
+    /// copied to the targets.
+    Abort,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ExitAfter {
+    Copy,
+    Verify,
+}
+
+/// Runs `bm-chat move` with these arguments (the first is the program name).
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    bm_common::telemetry::init_tracing("bm_chatmove");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bm-chat move: {e}");
+            ExitCode::from(match e {
+                MoveError::Refused(_) | MoveError::Locked(_) | MoveError::Plan(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn read_map(path: &std::path::Path) -> Result<(ShardMap, String), MoveError> {
+    let text = std::fs::read_to_string(path).map_err(|e| MoveError::Refused(format!("{}: {e}", path.display())))?;
+    let map = ShardMap::parse(&path.display().to_string(), &text).map_err(|e| MoveError::Refused(e.to_string().trim_end().to_string()))?;
+    Ok((map, text))
+}
+
+/// The open move's maps, as stored when it started.
+async fn open_spec(control_url: &str) -> Result<Option<MoveSpec>, MoveError> {
+    let Some(st) = mover::stored_maps(control_url).await? else { return Ok(None) };
+    let to = ShardMap::parse("the open move's map", &st.1).map_err(|e| MoveError::Refused(e.to_string()))?;
+    let from = match &st.0 {
+        None => Origin::Legacy,
+        Some(t) => Origin::Map(ShardMap::parse("the open move's old map", t).map_err(|e| MoveError::Refused(e.to_string()))?),
+    };
+    Ok(Some(MoveSpec { from, from_text: st.0, to, to_text: st.1 }))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, MoveError> {
+    let url = cli.database_url;
+    match cli.command {
+        Command::Status { json } => {
+            let st = mover::status(&url, &env).await?;
+            match (st, json) {
+                (None, true) => println!("null"),
+                (None, false) => println!("no move is open"),
+                (Some(s), true) => println!("{}", serde_json::to_string_pretty(&s).expect("status serialises")),
+                (Some(s), false) => print!("{}", show_status(&s)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Abort => {
+            let spec = open_spec(&url).await?.ok_or_else(|| MoveError::Refused("no move is open".into()))?;
+            let m = Mover::open(&url, spec, &env).await?;
+            let id = m.move_id;
+            mover::abort(m).await?;
+            println!("move {id} aborted: its slots, publications and copied rows are gone");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { chunk } => {
+            let spec = open_spec(&url).await?.ok_or_else(|| MoveError::Refused("no move is open".into()))?;
+            let mut m = Mover::open(&url, spec, &env).await?;
+            m.chunk = chunk;
+            let r = m.verify().await?;
+            print!("{}", show_verify(&r));
+            Ok(if r.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Run { to, from, chunk, pause_ms, exit_after, metrics_addr } => {
+            if chunk < 1 {
+                return Err(MoveError::Refused("--chunk must be at least 1".into()));
+            }
+            let spec = match (to, open_spec(&url).await?) {
+                (None, Some(open)) => open,
+                (None, None) => {
+                    return Err(MoveError::Refused(
+                        "no move is open: start one with --to <shards.toml> (and --from <old map> when the data is on shards)".into(),
+                    ))
+                }
+                (Some(to), _) => {
+                    let (to, to_text) = read_map(&to)?;
+                    let (from, from_text) = match from {
+                        None => (Origin::Legacy, None),
+                        Some(p) => {
+                            let (m, t) = read_map(&p)?;
+                            (Origin::Map(m), Some(t))
+                        }
+                    };
+                    MoveSpec { from, from_text, to, to_text }
+                }
+            };
+            if let Some(addr) = metrics_addr {
+                let handle = bm_common::telemetry::install_metrics();
+                let listener =
+                    tokio::net::TcpListener::bind(addr).await.map_err(|e| MoveError::Refused(format!("--metrics-addr {addr}: {e}")))?;
+                tokio::spawn(async move { axum::serve(listener, bm_common::telemetry::metrics_router::<()>(handle)).await });
+            }
+            let mut m = Mover::open(&url, spec, &env).await?;
+            m.chunk = chunk;
+            m.pause = Duration::from_millis(pause_ms);
+            for s in &m.plan.sources {
+                for (t, b) in &s.targets {
+                    eprintln!("move {}: buckets {} from {} to {t}", m.move_id, plan::show_ranges(b), s.name);
+                }
+            }
+            m.prepare().await?;
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template("{msg:28} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            let mut last_line = Instant::now();
+            m.copy(|p| {
+                bar.set_length(p.rows_total.max(p.rows_copied) as u64);
+                bar.set_position(p.rows_copied as u64);
+                bar.set_message(format!("copy {}.{}", p.source, p.table));
+                if bar.is_hidden() && last_line.elapsed() >= Duration::from_secs(5) {
+                    last_line = Instant::now();
+                    eprintln!("copy {}.{}: {}/{} rows", p.source, p.table, p.rows_copied, p.rows_total);
+                }
+            })
+            .await?;
+            bar.finish_and_clear();
+            eprintln!("copy done");
+            if exit_after == Some(ExitAfter::Copy) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if m.stage().await? == "verify" {
+                let r = m.verify().await?;
+                eprint!("{}", show_verify(&r));
+                if !r.is_clean() {
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            if exit_after == Some(ExitAfter::Verify) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("following: changes on the source are applied to the shards until this stops (Ctrl-C)");
+            follow_until_stopped(&mut m).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn follow_until_stopped(m: &mut Mover) -> Result<(), MoveError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut last_line = Instant::now();
+    loop {
+        let applied = m.follow_once(5000).await?;
+        if last_line.elapsed() >= Duration::from_secs(10) {
+            last_line = Instant::now();
+            let lag = m.lag().await?;
+            eprintln!("following: lag {}", lag.iter().map(|(s, l)| format!("{s} {l} bytes")).collect::<Vec<_>>().join(", "));
+        }
+        if applied == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = term.recv() => return Ok(()),
+            }
+        }
+    }
+}
+
+fn show_verify(r: &VerifyReport) -> String {
+    let mut s = format!(
+        "verify: {} rows in {} chunks compared in {:.1} s ({} chunks read again after writes in flight): ",
+        r.rows_compared, r.chunks, r.seconds, r.rechecked
+    );
+    if r.is_clean() {
+        s.push_str("no differences\n");
+    } else {
+        s.push_str(&format!("{} differences\n", r.differences.len()));
+        for d in &r.differences {
+            s.push_str(&format!("  {} {}: {} on the target\n", d.table, d.key, if d.kind == "changed" { "changed" } else { d.kind }));
+        }
+    }
+    s
+}
+
+fn show_status(s: &mover::Status) -> String {
+    let mut out =
+        format!("move {} from {} to shard map version {}: stage {}, started {}\n", s.move_id, s.from, s.to_version, s.stage, s.started);
+    out.push_str(&format!("mover: {}\n", s.mover.as_deref().unwrap_or("none running")));
+    for c in &s.copy {
+        let eta = c.eta_seconds.map(|e| format!(", eta {e:.0} s")).unwrap_or_default();
+        out.push_str(&format!(
+            "copy {}.{}: {}/{} rows{} ({:.0} rows/s{eta})\n",
+            c.source,
+            c.table,
+            c.rows_copied,
+            c.rows_total,
+            if c.done { " done" } else { "" },
+            c.rows_per_second
+        ));
+    }
+    for f in &s.follow {
+        out.push_str(&format!(
+            "follow {} (slot {}): lag {}\n",
+            f.source,
+            f.slot,
+            f.lag_bytes.map(|b| format!("{b} bytes")).unwrap_or_else(|| "unknown (source unreachable)".into())
+        ));
+    }
+    match &s.last_verify {
+        Some(v) => out.push_str(&format!(
+            "last verify: {} rows compared, finished {}, differences {}\n",
+            v.rows_compared,
+            v.finished.as_deref().unwrap_or("(running or killed)"),
+            v.differences
+        )),
+        None => out.push_str("last verify: none yet\n"),
+    }
+    out
+}
