@@ -71,7 +71,7 @@ pub async fn connect(what: &str, url: &str, max: u32) -> Result<PgPool> {
         .application_name("bm-chat move");
     PgPoolOptions::new()
         .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(5))
         .connect_with(opts)
         .await
         .ctx(|| format!("{what} is unreachable ({})", redact(url)))
@@ -222,32 +222,6 @@ impl Mover {
         let control = connect("the control database (DATABASE_URL)", control_url, 2).await?;
         sqlx::raw_sql(CONTROL_SCHEMA).execute(&control).await.ctx(|| "creating the chat_move tables".into())?;
 
-        // the open move, if any, must be this one
-        let open: Option<(i64, Option<String>, String, i64, String)> =
-            sqlx::query_as("SELECT id, from_map, to_map, to_version, tag FROM chat_move.moves WHERE ended_at IS NULL")
-                .fetch_optional(&control)
-                .await
-                .ctx(|| "reading the open move".into())?;
-        let (move_id, tag) = match open {
-            Some((id, from_map, to_map, version, tag)) => {
-                if to_map != spec.to_text || from_map != spec.from_text {
-                    return Err(MoveError::Refused(format!(
-                        "move {id} (to shard map version {version}) is open with other maps than these: finish it, or `bm-chat move abort` it, before starting another"
-                    )));
-                }
-                (id, tag)
-            }
-            None => sqlx::query_as(
-                "INSERT INTO chat_move.moves (from_map, to_map, to_version, stage) VALUES ($1, $2, $3, 'prepare') RETURNING id, tag",
-            )
-            .bind(&spec.from_text)
-            .bind(&spec.to_text)
-            .bind(spec.to.version as i64)
-            .fetch_one(&control)
-            .await
-            .ctx(|| "recording the move".into())?,
-        };
-
         // every database, reachable, or every problem at once
         let mut problems = Vec::new();
         let mut urls: BTreeMap<String, String> = BTreeMap::new();
@@ -279,7 +253,7 @@ impl Mover {
                 Err(e) => problems.push(e.to_string()),
             }
         }
-        let mut follows = Vec::new();
+        let mut source_pools = Vec::new();
         for (s, url) in plan.sources.iter().zip(source_urls) {
             let pool = if s.name == plan::LEGACY {
                 connect("the monolith's database (DATABASE_URL)", &url, 4).await
@@ -289,19 +263,52 @@ impl Mover {
                 connect(&format!("shard `{}`", s.name), &url, 4).await
             };
             match pool {
-                Ok(pool) => follows.push(Follow {
-                    source: s.clone(),
-                    pool,
-                    slot: slot_name(&tag, &s.name),
-                    publication: slot_name(&tag, &s.name),
-                    relations: HashMap::new(),
-                }),
+                Ok(pool) => source_pools.push(pool),
                 Err(e) => problems.push(e.to_string()),
             }
         }
         if !problems.is_empty() {
             return Err(MoveError::Refused(problems.join("; ")));
         }
+
+        // the open move, if any, must be this one
+        let open: Option<(i64, Option<String>, String, i64, String)> =
+            sqlx::query_as("SELECT id, from_map, to_map, to_version, tag FROM chat_move.moves WHERE ended_at IS NULL")
+                .fetch_optional(&control)
+                .await
+                .ctx(|| "reading the open move".into())?;
+        let (move_id, tag) = match open {
+            Some((id, from_map, to_map, version, tag)) => {
+                if to_map != spec.to_text || from_map != spec.from_text {
+                    return Err(MoveError::Refused(format!(
+                        "move {id} (to shard map version {version}) is open with other maps than these: finish it, or `bm-chat move abort` it, before starting another"
+                    )));
+                }
+                (id, tag)
+            }
+            None => sqlx::query_as(
+                "INSERT INTO chat_move.moves (from_map, to_map, to_version, stage) VALUES ($1, $2, $3, 'prepare') RETURNING id, tag",
+            )
+            .bind(&spec.from_text)
+            .bind(&spec.to_text)
+            .bind(spec.to.version as i64)
+            .fetch_one(&control)
+            .await
+            .ctx(|| "recording the move".into())?,
+        };
+
+        let follows = plan
+            .sources
+            .iter()
+            .zip(source_pools)
+            .map(|(s, pool)| Follow {
+                source: s.clone(),
+                pool,
+                slot: slot_name(&tag, &s.name),
+                publication: slot_name(&tag, &s.name),
+                relations: HashMap::new(),
+            })
+            .collect();
         let mover = Mover { plan, move_id, control, targets, follows, _lock: lock, chunk: 2000, pause: Duration::ZERO };
         mover.check_schemas().await?;
         Ok(mover)
