@@ -40,7 +40,7 @@ async fn a_move_killed_mid_copy_continues_and_verifies_clean() {
     let map = write("shards.toml", &fx.map(1, 4));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writing = tokio::spawn(writer(fx.main.clone(), stop.clone(), 50_000));
+    let writing = tokio::spawn(writer(fx.pools().await, stop.clone(), 50_000));
     // slow chunks, so there is a middle of the copy to kill it in
     let mut child = bm_chat(&fx, &["run", "--to", &map, "--chunk", "200", "--pause-ms", "30", "--exit-after", "verify"])
         .stdout(Stdio::null())

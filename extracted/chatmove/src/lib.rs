@@ -10,5 +10,6 @@ pub mod cli;
 pub mod mover;
 pub mod pgoutput;
 pub mod plan;
+pub mod routing;
 #[doc(hidden)]
 pub mod testkit;

@@ -1,10 +1,11 @@
 //! The mover's I/O: one move at a time (an advisory lock on the control database), its state in
 //! `chat_move.*` there, so a `kill -9` at any point and a second `run` continue where it stopped.
 //!
-//! * **prepare** (per source): `wal_level` checked; `messages` gets a unique `(id, chat_id)` index
-//!   as its replica identity (a row filter on `chat_id` needs it in the identity); the
-//!   publication (row filter: the moving buckets), then the slot — in that order, since decoding
-//!   reads the publication as of each change's position.
+//! * **prepare**: `wal_level` checked; `messages` gets a unique `(id, chat_id)` index as its
+//!   replica identity on every database of the move (a row filter on `chat_id` needs it); the
+//!   write fence ([`plan::fence_install_sql`]); on each source the publication (row filter: the
+//!   moving buckets), then the slot — in that order, since decoding reads the publication as of
+//!   each change's position.
 //! * **copy**: chunks by the table's key, rows of the moving buckets inserted on their new shard
 //!   (already there: left alone; their chat not there: skipped — the follow stage brings both),
 //!   progress recorded after each chunk.
@@ -12,10 +13,23 @@
 //!   deletes by key), then the slot advanced: re-applying after a crash replays the same
 //!   sequence, so it ends in the same state.
 //! * **verify**: chunk by chunk, source against targets, a checksum of every column of every row;
-//!   a chunk that differs is read again after the follow stage has passed the source's position,
-//!   up to [`VERIFY_ATTEMPTS`] times, before its differences are reported by key.
+//!   rows that differ are read again after the follow stage has passed the source's position,
+//!   up to [`VERIFY_ATTEMPTS`] times, before they are reported by key.
+//! * **switch reads**: the routing ([`crate::routing`]) sends the moving buckets' reads to the
+//!   targets; writes stay on the source, followed.
+//! * **switch writes**: caught up; the routing pauses the moving buckets' writes; the fence
+//!   closes on the sources (waiting for writes in flight); the follow stage drains; on each
+//!   target a reverse publication and slot are created (before its first write) and its message
+//!   sequence is set above every `seq` so far; the routing sends writes to the targets. From then
+//!   on **reverse sync** applies the targets' changes to the sources, so a rollback loses nothing.
+//! * **rollback**: the other way — the fence closes on the targets, reverse sync drains, the
+//!   source's sequence moves past every `seq`, the source's fence opens, the routing returns, and
+//!   the copies are removed from the targets.
+//! * **finish** (when the monolith is switched off, or for a shard source at once): reverse sync
+//!   ends; a shard source's moved rows are removed. The new map becomes the routing's map.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use bm_shards::verify::{diff, RowSum};
@@ -27,13 +41,15 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::pgoutput::{self, Message, Relation, Value};
-use crate::plan::{self, Origin, Plan, Source, TableSpec, TABLES};
+use crate::plan::{self, Origin, Plan, TableSpec, LEGACY, TABLES};
 
-/// The advisory lock key every mover takes on the control database ("chatmove" in ASCII, cut).
+/// The advisory lock key every mover takes on the control database ("chatmo" in ASCII).
 pub const LOCK_KEY: i64 = 0x6368_6174_6d6f;
-/// How often verify reads a differing chunk again (after the follow stage caught up) before it
-/// reports the difference.
+/// How often verify reads differing rows again (after the follow stage caught up) before it
+/// reports them.
 pub const VERIFY_ATTEMPTS: usize = 5;
+/// The channel the mover notifies on the control database when the routing changes.
+pub const ROUTING_CHANNEL: &str = "chat_routing";
 
 #[derive(Debug, Error)]
 pub enum MoveError {
@@ -49,9 +65,9 @@ pub enum MoveError {
     Decode { source_name: String, error: pgoutput::DecodeError },
 }
 
-type Result<T, E = MoveError> = std::result::Result<T, E>;
+pub type Result<T, E = MoveError> = std::result::Result<T, E>;
 
-trait Ctx<T> {
+pub(crate) trait Ctx<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
 }
 impl<T> Ctx<T> for Result<T, sqlx::Error> {
@@ -61,13 +77,14 @@ impl<T> Ctx<T> for Result<T, sqlx::Error> {
 }
 
 /// Connects to one database with the session settings the move relies on: UTC (timestamps are
-/// compared and re-parsed as text) and an application name an operator can find in
-/// `pg_stat_activity`.
+/// compared and re-parsed as text), `session_replication_role = replica` (the mover's writes
+/// pass the write fence and are not checked again by foreign keys: it applies changes in their
+/// commit order) and an application name an operator can find in `pg_stat_activity`.
 pub async fn connect(what: &str, url: &str, max: u32) -> Result<PgPool> {
     let opts: PgConnectOptions = url
         .parse::<PgConnectOptions>()
         .map_err(|e| MoveError::Refused(format!("{what}: the database URL does not parse: {e}")))?
-        .options([("TimeZone", "UTC")])
+        .options([("TimeZone", "UTC"), ("session_replication_role", "replica")])
         .application_name("bm-chat move");
     PgPoolOptions::new()
         .max_connections(max)
@@ -77,7 +94,7 @@ pub async fn connect(what: &str, url: &str, max: u32) -> Result<PgPool> {
         .ctx(|| format!("{what} is unreachable ({})", redact(url)))
 }
 
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -89,20 +106,25 @@ fn redact(url: &str) -> String {
     }
 }
 
-const CONTROL_SCHEMA: &str = r#"
+pub(crate) const CONTROL_SCHEMA: &str = r#"
 CREATE SCHEMA IF NOT EXISTS chat_move;
 CREATE TABLE IF NOT EXISTS chat_move.moves (
-    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    from_map   text,                -- NULL: from the monolith's tables
-    to_map     text NOT NULL,
-    to_version bigint NOT NULL,
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    from_map      text,                -- NULL: from the monolith's tables
+    to_map        text NOT NULL,
+    to_version    bigint NOT NULL,
     -- names the move's slots and publications: slot names are unique in a whole PostgreSQL
     -- cluster, which may hold other databases with moves of their own (dev, tests)
-    tag        text NOT NULL DEFAULT substr(md5(random()::text), 1, 10),
-    stage      text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    ended_at   timestamptz
+    tag           text NOT NULL DEFAULT substr(md5(random()::text), 1, 10),
+    stage         text NOT NULL,
+    -- a command for the running mover (switch-reads, switch-writes, rollback, finish) and how it went
+    request       text,
+    request_error text,
+    -- the longest time writes to the moving buckets waited at the switch, in ms
+    write_pause_ms bigint,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    ended_at      timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS moves_one_open ON chat_move.moves ((true)) WHERE ended_at IS NULL;
 CREATE TABLE IF NOT EXISTS chat_move.copy_progress (
@@ -127,24 +149,47 @@ CREATE TABLE IF NOT EXISTS chat_move.verify_runs (
 );
 "#;
 
-/// Stages, in order. `following` is where a move waits for the switch.
-pub const STAGES: [&str; 5] = ["prepare", "copy", "verify", "following", "done"];
+/// Stages, in order; a move ends `done`, `rolled-back` or `aborted`.
+pub const STAGES: [&str; 10] = [
+    "prepare",
+    "copy",
+    "verify",
+    "following",
+    "reads-switched",
+    "switching-writes",
+    "writes-switched",
+    "rolling-back",
+    "done",
+    "rolled-back",
+];
 
-/// What one source's follow stage is doing.
+/// One stream of changes: a database's slot, applied to the databases the routing names.
 struct Follow {
-    source: Source,
-    pool: PgPool,
+    /// the database it reads (a name in `Mover::pools`)
+    db: String,
+    schema: &'static str,
     slot: String,
     publication: String,
+    buckets: Vec<RangeInclusive<u16>>,
+    /// forward (source → targets) or reverse (a target → the sources)
+    reverse: bool,
     relations: HashMap<u32, Relation>,
 }
 
 pub struct Mover {
     pub plan: Plan,
     pub move_id: i64,
+    tag: String,
     control: PgPool,
-    targets: BTreeMap<String, PgPool>,
-    follows: Vec<Follow>,
+    /// every database of the move by name: `legacy` and shard names
+    pools: BTreeMap<String, PgPool>,
+    /// each bucket's database before and after the move
+    before: Vec<String>,
+    after: Vec<String>,
+    forward: Vec<Follow>,
+    reverse: Vec<Follow>,
+    /// the old map (None: from the monolith's tables)
+    from_map: Option<ShardMap>,
     /// held for the mover's life: the lock is the session's
     _lock: PgConnection,
     pub chunk: i64,
@@ -164,7 +209,7 @@ pub struct Difference {
 pub struct VerifyReport {
     pub rows_compared: u64,
     pub chunks: u64,
-    /// chunks that differed at first and were clean when read again (writes in flight)
+    /// chunks whose differing rows agreed when read again (writes in flight)
     pub rechecked: u64,
     pub differences: Vec<Difference>,
     pub seconds: f64,
@@ -185,8 +230,17 @@ pub struct CopyProgress {
     pub rows_total: i64,
 }
 
-fn slot_name(tag: &str, source: &str) -> String {
-    format!("chat_move_{tag}_{source}")
+/// What the switch of writes took.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchReport {
+    /// from the routing pausing the moving buckets' writes to sending them to the targets
+    pub write_pause_ms: u64,
+    /// changes applied while writes were paused
+    pub drained: usize,
+}
+
+fn slot_name(tag: &str, db: &str, reverse: bool) -> String {
+    format!("chat_move_{tag}_{}{db}", if reverse { "rev_" } else { "" })
 }
 
 /// The settings of a move.
@@ -196,6 +250,40 @@ pub struct MoveSpec {
     pub from_text: Option<String>,
     pub to: ShardMap,
     pub to_text: String,
+}
+
+impl MoveSpec {
+    /// From the texts stored with a move.
+    pub fn parse(from_text: Option<String>, to_text: String) -> Result<MoveSpec> {
+        let to = ShardMap::parse("the move's new map", &to_text).map_err(|e| MoveError::Refused(e.to_string()))?;
+        let from = match &from_text {
+            None => Origin::Legacy,
+            Some(t) => Origin::Map(ShardMap::parse("the move's old map", t).map_err(|e| MoveError::Refused(e.to_string()))?),
+        };
+        Ok(MoveSpec { from, from_text, to, to_text })
+    }
+
+    /// Each bucket's database before the move.
+    pub fn before(&self) -> Vec<String> {
+        (0..BUCKETS)
+            .map(|b| match &self.from {
+                Origin::Legacy => LEGACY.to_string(),
+                Origin::Map(m) => m.shard_for_bucket(b).name.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Whether the move lock is free, without taking it.
+pub async fn lock_is_free(control: &PgPool) -> Result<bool> {
+    let held: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND (classid::bigint << 32 | objid::bigint) = $1)",
+    )
+    .bind(LOCK_KEY)
+    .fetch_one(control)
+    .await
+    .ctx(|| "reading the move lock".into())?;
+    Ok(!held)
 }
 
 impl Mover {
@@ -222,10 +310,17 @@ impl Mover {
         let control = connect("the control database (DATABASE_URL)", control_url, 2).await?;
         sqlx::raw_sql(CONTROL_SCHEMA).execute(&control).await.ctx(|| "creating the chat_move tables".into())?;
 
-        // every database, reachable, or every problem at once
+        // every database, reachable, or every problem at once — before anything is recorded
         let mut problems = Vec::new();
         let mut urls: BTreeMap<String, String> = BTreeMap::new();
-        for s in &spec.to.shards {
+        let old_shards = match &spec.from {
+            Origin::Legacy => vec![],
+            Origin::Map(m) => m.shards.clone(),
+        };
+        for s in spec.to.shards.iter().chain(&old_shards) {
+            if urls.contains_key(&s.name) || problems.iter().any(|p: &String| p.contains(&format!("`{}`", s.name))) {
+                continue;
+            }
             match url_of(&s.url_env).filter(|u| !u.is_empty()) {
                 Some(u) => {
                     urls.insert(s.name.clone(), u);
@@ -233,37 +328,19 @@ impl Mover {
                 None => problems.push(format!("{} is not set (the database URL of shard `{}`)", s.url_env, s.name)),
             }
         }
-        let mut source_urls = Vec::new();
-        for s in &plan.sources {
-            let url = if s.name == plan::LEGACY { Some(control_url.to_string()) } else { url_of(&s.url_env).filter(|u| !u.is_empty()) };
-            match url {
-                Some(u) => source_urls.push(u),
-                None => problems.push(format!("{} is not set (the database URL of shard `{}`, a source)", s.url_env, s.name)),
-            }
-        }
         if !problems.is_empty() {
             return Err(MoveError::Refused(problems.join("; ")));
         }
-        let mut targets = BTreeMap::new();
-        for (name, url) in &urls {
-            match connect(&format!("shard `{name}`"), url, 4).await {
-                Ok(p) => {
-                    targets.insert(name.clone(), p);
-                }
-                Err(e) => problems.push(e.to_string()),
-            }
+        let mut pools = BTreeMap::new();
+        if plan.sources.iter().any(|s| s.name == LEGACY) {
+            urls.insert(LEGACY.into(), control_url.to_string());
         }
-        let mut source_pools = Vec::new();
-        for (s, url) in plan.sources.iter().zip(source_urls) {
-            let pool = if s.name == plan::LEGACY {
-                connect("the monolith's database (DATABASE_URL)", &url, 4).await
-            } else if let Some(p) = targets.get(&s.name) {
-                Ok(p.clone())
-            } else {
-                connect(&format!("shard `{}`", s.name), &url, 4).await
-            };
-            match pool {
-                Ok(pool) => source_pools.push(pool),
+        for (name, url) in &urls {
+            let what = if name == LEGACY { "the monolith's database (DATABASE_URL)".to_string() } else { format!("shard `{name}`") };
+            match connect(&what, url, 4).await {
+                Ok(p) => {
+                    pools.insert(name.clone(), p);
+                }
                 Err(e) => problems.push(e.to_string()),
             }
         }
@@ -286,42 +363,96 @@ impl Mover {
                 }
                 (id, tag)
             }
-            None => sqlx::query_as(
-                "INSERT INTO chat_move.moves (from_map, to_map, to_version, stage) VALUES ($1, $2, $3, 'prepare') RETURNING id, tag",
-            )
-            .bind(&spec.from_text)
-            .bind(&spec.to_text)
-            .bind(spec.to.version as i64)
-            .fetch_one(&control)
-            .await
-            .ctx(|| "recording the move".into())?,
+            None => {
+                // the data must be where the move says it is: the map in effect
+                let current: Option<Option<String>> =
+                    sqlx::query_scalar("SELECT to_map FROM chat_move.moves WHERE stage = 'done' ORDER BY id DESC LIMIT 1")
+                        .fetch_optional(&control)
+                        .await
+                        .ctx(|| "reading the map in effect".into())?;
+                let current = current.flatten();
+                if current != spec.from_text {
+                    return Err(MoveError::Refused(match current {
+                        None => "the chat data is in the monolith's tables: start the move without --from".into(),
+                        Some(_) => "--from is not the map in effect (the last finished move's map): pass that map as --from".into(),
+                    }));
+                }
+                sqlx::query_as(
+                    "INSERT INTO chat_move.moves (from_map, to_map, to_version, stage) VALUES ($1, $2, $3, 'prepare') RETURNING id, tag",
+                )
+                .bind(&spec.from_text)
+                .bind(&spec.to_text)
+                .bind(spec.to.version as i64)
+                .fetch_one(&control)
+                .await
+                .ctx(|| "recording the move".into())?
+            }
         };
-
-        let follows = plan
+        let forward = plan
             .sources
             .iter()
-            .zip(source_pools)
-            .map(|(s, pool)| Follow {
-                source: s.clone(),
-                pool,
-                slot: slot_name(&tag, &s.name),
-                publication: slot_name(&tag, &s.name),
+            .map(|s| Follow {
+                db: s.name.clone(),
+                schema: s.schema,
+                slot: slot_name(&tag, &s.name, false),
+                publication: slot_name(&tag, &s.name, false),
+                buckets: s.buckets.clone(),
+                reverse: false,
                 relations: HashMap::new(),
             })
             .collect();
-        let mover = Mover { plan, move_id, control, targets, follows, _lock: lock, chunk: 2000, pause: Duration::ZERO };
+        let mut received: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+        for s in &plan.sources {
+            for (t, ranges) in &s.targets {
+                received.entry(t.clone()).or_default().extend(ranges.iter().flat_map(|r| r.clone()));
+            }
+        }
+        let reverse = received
+            .into_iter()
+            .map(|(name, mut b)| {
+                b.sort_unstable();
+                Follow {
+                    slot: slot_name(&tag, &name, true),
+                    publication: slot_name(&tag, &name, true),
+                    db: name,
+                    schema: "chat",
+                    buckets: plan::ranges(b),
+                    reverse: true,
+                    relations: HashMap::new(),
+                }
+            })
+            .collect();
+        let before = spec.before();
+        let after = (0..BUCKETS).map(|b| spec.to.shard_for_bucket(b).name.clone()).collect();
+        let from_map = match spec.from {
+            Origin::Legacy => None,
+            Origin::Map(m) => Some(m),
+        };
+        let mover = Mover {
+            plan,
+            move_id,
+            tag,
+            control,
+            pools,
+            before,
+            after,
+            forward,
+            reverse,
+            from_map,
+            _lock: lock,
+            chunk: 2000,
+            pause: Duration::ZERO,
+        };
         mover.check_schemas().await?;
         Ok(mover)
     }
 
-    /// Every source and target has the tables with the columns the move copies.
+    /// Every database has the tables with the columns the move copies.
     async fn check_schemas(&self) -> Result<()> {
         let mut problems = Vec::new();
-        let mut dbs: Vec<(String, &PgPool, &str)> = self.targets.iter().map(|(n, p)| (format!("shard `{n}`"), p, "chat")).collect();
-        for f in &self.follows {
-            dbs.push((format!("source `{}`", f.source.name), &f.pool, f.source.schema));
-        }
-        for (what, pool, schema) in dbs {
+        for (name, pool) in &self.pools {
+            let schema = plan::schema_of(name);
+            let what = if name == LEGACY { "the monolith's database".to_string() } else { format!("shard `{name}`") };
             for t in &TABLES {
                 let cols: Vec<String> = sqlx::query_scalar(
                     "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
@@ -362,99 +493,73 @@ impl Mover {
         for s in STAGES {
             metrics::gauge!("chat_move_stage", "stage" => s).set(if s == stage { 1.0 } else { 0.0 });
         }
-        sqlx::query("UPDATE chat_move.moves SET stage = $2, updated_at = now() WHERE id = $1")
+        let end = matches!(stage, "done" | "rolled-back" | "aborted");
+        sqlx::query("UPDATE chat_move.moves SET stage = $2, updated_at = now(), ended_at = CASE WHEN $3 THEN now() END WHERE id = $1;")
             .bind(self.move_id)
             .bind(stage)
+            .bind(end)
             .execute(&self.control)
             .await
             .ctx(|| "recording the stage".into())?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ROUTING_CHANNEL)
+            .bind(stage)
+            .execute(&self.control)
+            .await
+            .ctx(|| "notifying the routing".into())?;
         Ok(())
+    }
+
+    fn pool(&self, db: &str) -> &PgPool {
+        &self.pools[db]
     }
 
     /// The prepare stage: idempotent, so a resumed move runs it again.
     pub async fn prepare(&self) -> Result<()> {
         let new_move = self.stage().await? == "prepare";
-        for f in &self.follows {
-            let (pool, schema, name) = (&f.pool, f.source.schema, &f.source.name);
-            let wal: String = sqlx::query_scalar("SHOW wal_level").fetch_one(pool).await.ctx(|| format!("source `{name}`"))?;
+        for (name, pool) in &self.pools {
+            let schema = plan::schema_of(name);
+            let wal: String = sqlx::query_scalar("SHOW wal_level").fetch_one(pool).await.ctx(|| format!("database `{name}`"))?;
             if wal != "logical" {
                 return Err(MoveError::Refused(format!(
-                    "source `{name}` runs with wal_level = {wal}: the follow stage needs logical (ALTER SYSTEM SET wal_level = logical, then restart that PostgreSQL; scripts/stack does it in dev)"
+                    "database `{name}` runs with wal_level = {wal}: the follow stage needs logical (ALTER SYSTEM SET wal_level = logical, then restart that PostgreSQL; scripts/stack does it in dev)"
                 )));
             }
-            // a kill during CREATE INDEX CONCURRENTLY leaves an invalid index: drop it, build again
-            let valid: Option<bool> = sqlx::query_scalar(
-                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = 'messages_id_chat_id_key'",
-            )
-            .bind(schema)
-            .fetch_optional(pool)
-            .await
-            .ctx(|| format!("source `{name}`"))?;
-            if valid == Some(false) {
-                sqlx::raw_sql(&format!("DROP INDEX CONCURRENTLY {schema}.messages_id_chat_id_key"))
-                    .execute(pool)
-                    .await
-                    .ctx(|| format!("source `{name}`"))?;
+            replica_identity(pool, name, schema).await?;
+            for stmt in plan::fence_install_sql(schema) {
+                sqlx::raw_sql(&stmt).execute(pool).await.ctx(|| format!("database `{name}`: installing the write fence"))?;
             }
-            if valid != Some(true) {
-                sqlx::raw_sql(&format!("CREATE UNIQUE INDEX CONCURRENTLY messages_id_chat_id_key ON {schema}.messages (id, chat_id)"))
-                    .execute(pool)
-                    .await
-                    .ctx(|| format!("source `{name}`: indexing messages (id, chat_id) for the replica identity"))?;
-            }
-            sqlx::raw_sql(&format!("ALTER TABLE {schema}.messages REPLICA IDENTITY USING INDEX messages_id_chat_id_key"))
-                .execute(pool)
-                .await
-                .ctx(|| format!("source `{name}`: setting the replica identity of messages"))?;
-            let has_pub: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
-                .bind(&f.publication)
-                .fetch_one(pool)
-                .await
-                .ctx(|| format!("source `{name}`"))?;
-            if !has_pub {
-                sqlx::raw_sql(&plan::publication_sql(&f.publication, &f.source))
-                    .execute(pool)
-                    .await
-                    .ctx(|| format!("source `{name}`: creating the publication"))?;
-            }
-            let has_slot: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)")
-                .bind(&f.slot)
-                .fetch_one(pool)
-                .await
-                .ctx(|| format!("source `{name}`"))?;
+        }
+        for f in &self.forward {
+            let pool = self.pool(&f.db);
+            create_publication(pool, &f.db, &f.publication, f.schema, &f.buckets).await?;
+            let has_slot = slot_exists(pool, &f.slot).await?;
             if !has_slot {
                 if !new_move {
                     // the copy may already have read rows whose later changes only this slot had
                     return Err(MoveError::Refused(format!(
-                        "source `{name}`: the move's replication slot {} is gone (dropped by hand?): changes made since the copy began are lost to this move — `bm-chat move abort` it and start again",
-                        f.slot
+                        "source `{}`: the move's replication slot {} is gone (dropped by hand?): changes made since the copy began are lost to this move — `bm-chat move abort` it and start again",
+                        f.db, f.slot
                     )));
                 }
-                sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
-                    .bind(&f.slot)
-                    .execute(pool)
-                    .await
-                    .ctx(|| format!("source `{name}`: creating the replication slot"))?;
+                create_slot(pool, &f.db, &f.slot).await?;
             }
         }
         if new_move {
             // nothing of the moving buckets may be on a target yet: rows left by an earlier move
             // would be trusted by the copy (it leaves rows that are there alone)
-            for (target, pool) in &self.targets {
-                for f in &self.follows {
-                    if let Some(b) = f.source.targets.get(target) {
-                        let filter = plan::bucket_filter("id", b);
-                        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM chat.chats WHERE {filter}"))
-                            .fetch_one(pool)
-                            .await
-                            .ctx(|| format!("shard `{target}`"))?;
-                        if n > 0 {
-                            return Err(MoveError::Refused(format!(
-                                "shard `{target}` already holds {n} chats in buckets {} that this move would copy to it (left by an aborted move?): empty them first (DELETE FROM chat.chats WHERE {filter})",
-                                plan::show_ranges(b)
-                            )));
-                        }
+            for s in &self.plan.sources {
+                for (target, b) in &s.targets {
+                    let filter = plan::bucket_filter("id", b);
+                    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM chat.chats WHERE {filter}"))
+                        .fetch_one(self.pool(target))
+                        .await
+                        .ctx(|| format!("shard `{target}`"))?;
+                    if n > 0 {
+                        return Err(MoveError::Refused(format!(
+                            "shard `{target}` already holds {n} chats in buckets {} that this move would copy to it (left by an aborted move?): empty them first (DELETE FROM chat.chats WHERE {filter})",
+                            plan::show_ranges(b)
+                        )));
                     }
                 }
             }
@@ -465,9 +570,9 @@ impl Mover {
 
     /// The copy stage: every table of every source, chunk by chunk, from where it stopped.
     pub async fn copy(&self, mut progress: impl FnMut(&CopyProgress)) -> Result<()> {
-        for f in &self.follows {
+        for s in &self.plan.sources {
             for t in &TABLES {
-                self.copy_table(f, t, &mut progress).await?;
+                self.copy_table(&s.name, s.schema, &s.buckets, t, &mut progress).await?;
             }
         }
         if self.stage().await? == "copy" {
@@ -476,8 +581,15 @@ impl Mover {
         Ok(())
     }
 
-    async fn copy_table(&self, f: &Follow, t: &TableSpec, progress: &mut impl FnMut(&CopyProgress)) -> Result<()> {
-        let (src, name) = (&f.pool, &f.source.name);
+    async fn copy_table(
+        &self,
+        name: &str,
+        schema: &str,
+        buckets: &[RangeInclusive<u16>],
+        t: &TableSpec,
+        progress: &mut impl FnMut(&CopyProgress),
+    ) -> Result<()> {
+        let src = self.pool(name);
         let row: Option<(Option<Uuid>, bool, i64, i64)> = sqlx::query_as(
             "SELECT last_key, done, rows_copied, rows_total FROM chat_move.copy_progress WHERE move_id = $1 AND source = $2 AND tbl = $3",
         )
@@ -491,10 +603,9 @@ impl Mover {
             Some(r) => r,
             None => {
                 let total: i64 = sqlx::query_scalar(&format!(
-                    "SELECT count(*) FROM {}.{} WHERE {}",
-                    f.source.schema,
+                    "SELECT count(*) FROM {schema}.{} WHERE {}",
                     t.name,
-                    plan::bucket_filter(t.bucket_col, &f.source.buckets)
+                    plan::bucket_filter(t.bucket_col, buckets)
                 ))
                 .fetch_one(src)
                 .await
@@ -513,8 +624,8 @@ impl Mover {
         if done {
             return Ok(());
         }
-        let end_sql = plan::chunk_end_sql(f.source.schema, t);
-        let select_sql = plan::copy_select_sql(f.source.schema, t, &f.source.buckets);
+        let end_sql = plan::chunk_end_sql(schema, t);
+        let select_sql = plan::copy_select_sql(schema, t, buckets);
         let insert_sql = plan::copy_insert_sql(t);
         loop {
             let hi: Option<Uuid> = sqlx::query_scalar(&end_sql)
@@ -531,14 +642,13 @@ impl Mover {
                 .ctx(|| format!("source `{name}`: reading {}", t.name))?;
             let mut by_target: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for (b, json) in &rows {
-                let target = self.plan.to.shard_for_bucket(*b as u16 % BUCKETS);
-                by_target.entry(target.name.as_str()).or_default().push(json);
+                by_target.entry(self.after[(*b as u16 % BUCKETS) as usize].as_str()).or_default().push(json);
             }
             for (target, rows) in by_target {
                 let array = format!("[{}]", rows.join(","));
                 sqlx::query(&insert_sql)
                     .bind(array)
-                    .execute(&self.targets[target])
+                    .execute(self.pool(target))
                     .await
                     .ctx(|| format!("shard `{target}`: inserting {}", t.name))?;
             }
@@ -556,8 +666,8 @@ impl Mover {
             .execute(&self.control)
             .await
             .ctx(|| "recording the copy's progress".into())?;
-            metrics::counter!("chat_move_rows_copied_total", "source" => name.clone(), "table" => t.name).increment(rows.len() as u64);
-            progress(&CopyProgress { source: name.clone(), table: t.name.into(), rows_copied: copied, rows_total: total });
+            metrics::counter!("chat_move_rows_copied_total", "source" => name.to_string(), "table" => t.name).increment(rows.len() as u64);
+            progress(&CopyProgress { source: name.to_string(), table: t.name.into(), rows_copied: copied, rows_total: total });
             match hi {
                 None => return Ok(()),
                 Some(h) => last = Some(h),
@@ -568,35 +678,44 @@ impl Mover {
         }
     }
 
-    /// Applies what every source's slot holds, up to `max` changes each; returns how many.
+    /// Whether the stage follows forward (source → targets) or backward (reverse sync).
+    fn following_reverse(stage: &str) -> bool {
+        matches!(stage, "writes-switched" | "rolling-back")
+    }
+
+    /// Applies what the stage's slots hold, up to `max` changes each; returns how many.
     pub async fn follow_once(&mut self, max: i32) -> Result<usize> {
+        let reverse = Self::following_reverse(&self.stage().await?);
+        let n = if reverse { self.reverse.len() } else { self.forward.len() };
         let mut applied = 0;
-        for i in 0..self.follows.len() {
-            applied += self.follow_source(i, max).await?;
+        for i in 0..n {
+            applied += self.follow_stream(reverse, i, max).await?;
         }
         Ok(applied)
     }
 
-    async fn follow_source(&mut self, i: usize, max: i32) -> Result<usize> {
-        let f = &mut self.follows[i];
-        let name = f.source.name.clone();
+    async fn follow_stream(&mut self, reverse: bool, i: usize, max: i32) -> Result<usize> {
+        let f = if reverse { &mut self.reverse[i] } else { &mut self.forward[i] };
+        let pool = &self.pools[&f.db];
+        let name = f.db.clone();
         let before: String =
-            sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&f.pool).await.ctx(|| format!("source `{name}`"))?;
+            sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(pool).await.ctx(|| format!("database `{name}`"))?;
         let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
             "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, 'proto_version', '1', 'publication_names', $3)",
         )
         .bind(&f.slot)
         .bind(max)
         .bind(&f.publication)
-        .fetch_all(&f.pool)
+        .fetch_all(pool)
         .await
-        .ctx(|| format!("source `{name}`: reading the replication slot {}", f.slot))?;
+        .ctx(|| format!("database `{name}`: reading the replication slot {}", f.slot))?;
         if rows.is_empty() {
             // everything committed before `before` was decoded and none of it is ours
-            advance(&f.pool, &f.slot, &before).await?;
+            advance(pool, &f.slot, &before).await?;
             return Ok(0);
         }
-        // target → statements in stream order (a chat's rows all go to one target)
+        let route = if f.reverse { &self.before } else { &self.after };
+        // target → statements in stream order (a chat's rows all go to one database)
         let mut ops: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         let mut changes = 0;
         let mut last_commit = None;
@@ -612,14 +731,14 @@ impl Mover {
                         Some(b'U') => Kind::Update,
                         _ => Kind::Delete,
                     };
-                    if let Some((target, sql, json)) = change(&self.plan, &f.source, &f.relations, rel, &row, kind)? {
+                    if let Some((target, sql, json)) = change(&name, f.schema, &f.buckets, route, &f.relations, rel, &row, kind)? {
                         ops.entry(target).or_default().push((sql, json));
                         changes += 1;
                     }
                 }
                 Message::Truncate { .. } => {
                     return Err(MoveError::Refused(format!(
-                        "source `{name}`: a TRUNCATE of a chat table was replicated; a move cannot follow it — `bm-chat move abort`, then start again"
+                        "database `{name}`: a TRUNCATE of a chat table was replicated; a move cannot follow it — `bm-chat move abort`, then start again"
                     )))
                 }
                 Message::Commit { .. } => last_commit = Some(lsn.clone()),
@@ -627,100 +746,150 @@ impl Mover {
             }
         }
         for (target, stmts) in &ops {
-            let pool = &self.targets[target];
-            let mut tx = pool.begin().await.ctx(|| format!("shard `{target}`"))?;
+            let mut tx = self.pools[target].begin().await.ctx(|| format!("database `{target}`"))?;
             for (sql, json) in stmts {
-                sqlx::query(sql).bind(json).execute(&mut *tx).await.ctx(|| format!("shard `{target}`: applying a change"))?;
+                sqlx::query(sql).bind(json).execute(&mut *tx).await.ctx(|| format!("database `{target}`: applying a change"))?;
             }
-            tx.commit().await.ctx(|| format!("shard `{target}`: applying changes"))?;
+            tx.commit().await.ctx(|| format!("database `{target}`: applying changes"))?;
         }
         if let Some(lsn) = last_commit {
-            advance(&f.pool, &f.slot, &lsn).await?;
+            advance(pool, &f.slot, &lsn).await?;
         }
-        metrics::counter!("chat_move_changes_applied_total", "source" => name).increment(changes as u64);
+        let direction = if f.reverse { "reverse" } else { "forward" };
+        metrics::counter!("chat_move_changes_applied_total", "database" => name, "direction" => direction).increment(changes as u64);
         Ok(changes)
     }
 
-    /// Follows until every source's slot has passed the position its WAL had when called.
-    pub async fn catch_up(&mut self) -> Result<()> {
-        for i in 0..self.follows.len() {
-            let pool = self.follows[i].pool.clone();
-            let slot = self.follows[i].slot.clone();
+    /// Follows until every slot of one direction has passed the position its database's WAL had
+    /// when called; returns the changes applied.
+    pub async fn catch_up(&mut self, reverse: bool) -> Result<usize> {
+        let n = if reverse { self.reverse.len() } else { self.forward.len() };
+        let mut applied = 0;
+        for i in 0..n {
+            let (db, slot) = {
+                let f = if reverse { &self.reverse[i] } else { &self.forward[i] };
+                (f.db.clone(), f.slot.clone())
+            };
+            let pool = self.pools[&db].clone();
             let goal: String =
                 sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&pool).await.ctx(|| "reading the WAL position".into())?;
             loop {
-                let behind: bool =
+                let behind: Option<bool> =
                     sqlx::query_scalar("SELECT confirmed_flush_lsn < $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1")
                         .bind(&slot)
                         .bind(&goal)
-                        .fetch_one(&pool)
+                        .fetch_optional(&pool)
                         .await
                         .ctx(|| format!("reading slot {slot}"))?;
-                if !behind {
-                    break;
+                match behind {
+                    None => return Err(MoveError::Refused(format!("database `{db}`: the move's replication slot {slot} is gone"))),
+                    Some(false) => break,
+                    Some(true) => applied += self.follow_stream(reverse, i, 5000).await?,
                 }
-                self.follow_source(i, 5000).await?;
             }
         }
-        Ok(())
+        Ok(applied)
     }
 
-    /// Each source's follow lag: bytes of WAL its slot has not confirmed.
+    /// The follow lag of the stage's direction: bytes of WAL each slot has not confirmed.
     pub async fn lag(&self) -> Result<Vec<(String, i64)>> {
+        let reverse = Self::following_reverse(&self.stage().await?);
         let mut out = Vec::new();
-        for f in &self.follows {
-            let lag = slot_lag(&f.pool, &f.slot).await?;
-            metrics::gauge!("chat_move_follow_lag_bytes", "source" => f.source.name.clone()).set(lag as f64);
-            out.push((f.source.name.clone(), lag));
+        for f in if reverse { &self.reverse } else { &self.forward } {
+            let lag = slot_lag(self.pool(&f.db), &f.slot).await?.unwrap_or(-1);
+            metrics::gauge!("chat_move_follow_lag_bytes", "database" => f.db.clone()).set(lag as f64);
+            out.push((f.db.clone(), lag));
         }
         Ok(out)
     }
 
     /// The verify stage: every table of every source, chunk by chunk, against the targets.
+    /// After the switch of writes it compares the same rows the other way round (the targets
+    /// are the truth then, and the reverse sync keeps the sources level).
     pub async fn verify(&mut self) -> Result<VerifyReport> {
         let started = Instant::now();
+        let reverse = Self::following_reverse(&self.stage().await?);
         let run_id: i64 = sqlx::query_scalar("INSERT INTO chat_move.verify_runs (move_id) VALUES ($1) RETURNING id")
             .bind(self.move_id)
             .fetch_one(&self.control)
             .await
             .ctx(|| "recording the verify run".into())?;
         let mut report = VerifyReport::default();
-        for i in 0..self.follows.len() {
+        let sources = self.plan.sources.clone();
+        for s in &sources {
             for t in &TABLES {
-                let (pool, schema, buckets) =
-                    (self.follows[i].pool.clone(), self.follows[i].source.schema, self.follows[i].source.buckets.clone());
-                let end_sql = plan::chunk_end_sql(schema, t);
+                // "left": the side that is the truth now; "right": the copies
+                let src_pool = self.pool(&s.name).clone();
+                let left_sql = plan::checksum_sql(s.schema, t, &s.buckets);
+                let end_sql = plan::chunk_end_sql(s.schema, t);
                 let mut last: Option<Uuid> = None;
                 loop {
                     let hi: Option<Uuid> = sqlx::query_scalar(&end_sql)
                         .bind(last)
                         .bind(self.chunk)
-                        .fetch_optional(&pool)
+                        .fetch_optional(&src_pool)
                         .await
                         .ctx(|| "verify: reading a chunk".into())?;
                     let upper = hi.unwrap_or(Uuid::max());
-                    let source = checksums(&pool, &plan::checksum_sql(schema, t, &buckets), last, upper).await?;
-                    self.catch_up().await?;
-                    let mut target = Vec::new();
-                    for (name, b) in &self.follows[i].source.targets {
-                        target.extend(checksums(&self.targets[name], &plan::checksum_sql("chat", t, b), last, upper).await?);
-                    }
-                    target.sort_by(|a, b| a.key.cmp(&b.key));
+                    let read_source = |m: &Mover| {
+                        let pool = src_pool.clone();
+                        let sql = left_sql.clone();
+                        let _ = m;
+                        async move { checksums(&pool, &sql, last, upper).await }
+                    };
+                    let read_targets = |m: &Mover| {
+                        let parts: Vec<(PgPool, String)> =
+                            s.targets.iter().map(|(name, b)| (m.pool(name).clone(), plan::checksum_sql("chat", t, b))).collect();
+                        async move {
+                            let mut all = Vec::new();
+                            for (pool, sql) in parts {
+                                all.extend(checksums(&pool, &sql, last, upper).await?);
+                            }
+                            all.sort_by(|a: &RowSum<String>, b| a.key.cmp(&b.key));
+                            Ok::<_, MoveError>(all)
+                        }
+                    };
+                    // the truth is read first, the copies after the follow stage has passed it
+                    let (source, target) = if reverse {
+                        let target = read_targets(self).await?;
+                        self.catch_up(true).await?;
+                        (read_source(self).await?, target)
+                    } else {
+                        let source = read_source(self).await?;
+                        self.catch_up(false).await?;
+                        (source, read_targets(self).await?)
+                    };
                     let mut d = diff(&source, &target);
                     // a row written between the two reads differs for now: read the rows that
-                    // differ again, source first, then the targets once the follow stage has
-                    // passed the source's position, until they agree or the attempts run out
+                    // differ again, truth first, until they agree or the attempts run out
                     let mut attempt = 1;
                     while !d.is_clean() && attempt < VERIFY_ATTEMPTS {
                         attempt += 1;
                         let keys: Vec<String> = d.missing.iter().chain(&d.extra).chain(&d.changed).cloned().collect();
-                        let src = keyed_checksums(&pool, &plan::checksum_keys_sql(schema, t), &keys).await?;
-                        self.catch_up().await?;
-                        let mut tgt = Vec::new();
-                        for name in self.follows[i].source.targets.keys() {
-                            tgt.extend(keyed_checksums(&self.targets[name], &plan::checksum_keys_sql("chat", t), &keys).await?);
-                        }
-                        tgt.sort_by(|a, b| a.key.cmp(&b.key));
+                        let src_keys = plan::checksum_keys_sql(s.schema, t);
+                        let tgt_keys = plan::checksum_keys_sql("chat", t);
+                        let read_tgt = |m: &Mover| {
+                            let pools: Vec<PgPool> = s.targets.keys().map(|n| m.pool(n).clone()).collect();
+                            let keys = keys.clone();
+                            let sql = tgt_keys.clone();
+                            async move {
+                                let mut all = Vec::new();
+                                for p in pools {
+                                    all.extend(keyed_checksums(&p, &sql, &keys).await?);
+                                }
+                                all.sort_by(|a: &RowSum<String>, b| a.key.cmp(&b.key));
+                                Ok::<_, MoveError>(all)
+                            }
+                        };
+                        let (src, tgt) = if reverse {
+                            let tgt = read_tgt(self).await?;
+                            self.catch_up(true).await?;
+                            (keyed_checksums(&src_pool, &src_keys, &keys).await?, tgt)
+                        } else {
+                            let src = keyed_checksums(&src_pool, &src_keys, &keys).await?;
+                            self.catch_up(false).await?;
+                            (src, read_tgt(self).await?)
+                        };
                         d = diff(&src, &tgt);
                         if d.is_clean() {
                             report.rechecked += 1;
@@ -755,18 +924,179 @@ impl Mover {
         }
         Ok(report)
     }
+
+    /// Sends the moving buckets' reads to the targets (writes stay on the sources, followed).
+    pub async fn switch_reads(&mut self) -> Result<()> {
+        let stage = self.stage().await?;
+        if stage != "following" {
+            return Err(MoveError::Refused(format!("reads switch after a clean verify (stage `following`); this move is at `{stage}`")));
+        }
+        self.catch_up(false).await?;
+        self.set_stage("reads-switched").await
+    }
+
+    /// Sends the moving buckets' writes to the targets; see the module's documentation.
+    pub async fn switch_writes(&mut self) -> Result<SwitchReport> {
+        let stage = self.stage().await?;
+        if stage != "reads-switched" && stage != "switching-writes" {
+            return Err(MoveError::Refused(format!("writes switch after reads (stage `reads-switched`); this move is at `{stage}`")));
+        }
+        // most of the lag first, while writes still flow
+        self.catch_up(false).await?;
+        let paused = Instant::now();
+        self.set_stage("switching-writes").await?;
+        for s in &self.plan.sources {
+            close_fence(self.pool(&s.name), &s.name, s.schema, &s.buckets, &self.tag).await?;
+        }
+        // nothing reaches the sources' moving buckets any more: what the slots hold is the rest
+        let drained = self.catch_up(false).await?;
+        for f in &self.reverse {
+            let pool = self.pool(&f.db);
+            // a target's fence from an earlier move no longer covers what it now owns
+            open_fence(pool, &f.db, "chat", &f.buckets).await?;
+            create_publication(pool, &f.db, &f.publication, "chat", &f.buckets).await?;
+            if !slot_exists(pool, &f.slot).await? {
+                create_slot(pool, &f.db, &f.slot).await?;
+            }
+        }
+        // new sequence numbers start above every seq so far, in each target's residue
+        let mut max_seq: i64 = 0;
+        for s in &self.plan.sources {
+            let m: Option<i64> = sqlx::query_scalar(&format!("SELECT max(seq) FROM {}.messages", s.schema))
+                .fetch_one(self.pool(&s.name))
+                .await
+                .ctx(|| format!("database `{}`", s.name))?;
+            max_seq = max_seq.max(m.unwrap_or(0));
+        }
+        for f in &self.reverse {
+            let index = self.plan.to.shards.iter().position(|s| s.name == f.db).expect("a target is in the new map");
+            set_shard_sequence(self.pool(&f.db), &f.db, index, max_seq).await?;
+        }
+        let pause_ms = paused.elapsed().as_millis() as u64;
+        sqlx::query("UPDATE chat_move.moves SET write_pause_ms = $2 WHERE id = $1")
+            .bind(self.move_id)
+            .bind(pause_ms as i64)
+            .execute(&self.control)
+            .await
+            .ctx(|| "recording the pause".into())?;
+        self.set_stage("writes-switched").await?;
+        for f in &self.forward {
+            drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
+        }
+        Ok(SwitchReport { write_pause_ms: pause_ms, drained })
+    }
+
+    /// Back to the sources, losing nothing written since the switch (see the module's
+    /// documentation). Before the switch of writes it is [`abort`].
+    pub async fn rollback(mut self) -> Result<()> {
+        let stage = self.stage().await?;
+        if !matches!(stage.as_str(), "writes-switched" | "rolling-back" | "switching-writes") {
+            return abort(self).await;
+        }
+        if stage == "switching-writes" {
+            // the sources' fence may be closed and nothing written on the targets yet: drain and reopen
+            self.catch_up(false).await?;
+        } else {
+            self.set_stage("rolling-back").await?;
+            for f in &self.reverse {
+                close_fence(self.pool(&f.db), &f.db, "chat", &f.buckets, &self.tag).await?;
+            }
+            self.catch_up(true).await?;
+        }
+        // the sources number new messages above everything written on the targets
+        let mut max_seq: i64 = 0;
+        for f in &self.reverse {
+            let m: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM chat.messages")
+                .fetch_one(self.pool(&f.db))
+                .await
+                .ctx(|| format!("shard `{}`", f.db))?;
+            max_seq = max_seq.max(m.unwrap_or(0));
+        }
+        for s in &self.plan.sources {
+            let pool = self.pool(&s.name);
+            if s.name == LEGACY {
+                let m: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM legacy.messages")
+                    .fetch_one(pool)
+                    .await
+                    .ctx(|| "the monolith's database".into())?;
+                let next = max_seq.max(m.unwrap_or(0)) + 1;
+                sqlx::raw_sql(&format!("ALTER TABLE legacy.messages ALTER COLUMN seq RESTART WITH {next}"))
+                    .execute(pool)
+                    .await
+                    .ctx(|| "moving the monolith's message sequence".into())?;
+            } else if let Some(old) = &self.from_map {
+                let index = old.shards.iter().position(|x| x.name == s.name).expect("a source is in the old map");
+                set_shard_sequence(pool, &s.name, index, max_seq).await?;
+            }
+            open_fence(pool, &s.name, s.schema, &s.buckets).await?;
+        }
+        self.set_stage("rolled-back").await?;
+        for f in self.reverse.iter().chain(&self.forward) {
+            drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
+        }
+        for f in &self.reverse {
+            remove_copies(self.pool(&f.db), &f.db, &f.buckets).await?;
+            open_fence(self.pool(&f.db), &f.db, "chat", &f.buckets).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends reverse sync once nothing needs the sources any more (the monolith switched off, or
+    /// a shard source at once): a last drain, the streams dropped, a shard source's moved rows
+    /// removed. The new map becomes the routing's map.
+    pub async fn finish(mut self) -> Result<()> {
+        let stage = self.stage().await?;
+        if stage != "writes-switched" {
+            return Err(MoveError::Refused(format!("a move finishes after its writes switched; this one is at `{stage}`")));
+        }
+        self.catch_up(true).await?;
+        self.set_stage("done").await?;
+        for f in self.reverse.iter().chain(&self.forward) {
+            drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
+        }
+        for s in &self.plan.sources {
+            if s.name != LEGACY {
+                // the fence stays closed on them: a stale writer is refused, not lost
+                remove_copies(self.pool(&s.name), &s.name, &s.buckets).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The command a running mover was asked to run (`bm-chat move switch …` while it runs).
+    pub async fn take_request(&self) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT request FROM chat_move.moves WHERE id = $1 AND request IS NOT NULL")
+            .bind(self.move_id)
+            .fetch_optional(&self.control)
+            .await
+            .ctx(|| "reading requests".into())
+    }
+
+    pub async fn answer_request(&self, error: Option<String>) -> Result<()> {
+        sqlx::query("UPDATE chat_move.moves SET request = NULL, request_error = $2 WHERE id = $1")
+            .bind(self.move_id)
+            .bind(error)
+            .execute(&self.control)
+            .await
+            .ctx(|| "answering a request".into())?;
+        Ok(())
+    }
 }
 
+#[derive(Clone, Copy)]
 enum Kind {
     Insert,
     Update,
     Delete,
 }
 
-/// One change as (target shard, statement, JSON of its row), or None when it is not the move's.
+/// One change as (target database, statement, JSON of its row), or None when it is not the move's.
+#[allow(clippy::too_many_arguments)]
 fn change(
-    plan: &Plan,
-    source: &Source,
+    db: &str,
+    schema: &str,
+    buckets: &[RangeInclusive<u16>],
+    route: &[String],
     relations: &HashMap<u32, Relation>,
     rel: u32,
     tuple: &[Value],
@@ -774,8 +1104,8 @@ fn change(
 ) -> Result<Option<(String, String, String)>> {
     let r = relations
         .get(&rel)
-        .ok_or_else(|| MoveError::Refused(format!("source `{}`: a change of relation {rel} came before its description", source.name)))?;
-    let Some(t) = plan::table(&r.name).filter(|_| r.schema == source.schema) else {
+        .ok_or_else(|| MoveError::Refused(format!("database `{db}`: a change of relation {rel} came before its description")))?;
+    let Some(t) = plan::table(&r.name).filter(|_| r.schema == schema) else {
         return Ok(None);
     };
     let mut obj = serde_json::Map::new();
@@ -796,22 +1126,159 @@ fn change(
     }
     let Some(bucket) = obj.get(t.bucket_col).and_then(|v| v.as_str()).and_then(|s| s.parse::<Uuid>().ok()).map(|id| bm_shards::bucket(&id))
     else {
-        return Err(MoveError::Refused(format!(
-            "source `{}`: a change of {}.{} without its {}",
-            source.name, r.schema, r.name, t.bucket_col
-        )));
+        return Err(MoveError::Refused(format!("database `{db}`: a change of {}.{} without its {}", r.schema, r.name, t.bucket_col)));
     };
-    if !source.buckets.iter().any(|b| b.contains(&bucket)) {
+    if !buckets.iter().any(|b| b.contains(&bucket)) {
         return Ok(None);
     }
-    let target = plan.to.shard_for_bucket(bucket).name.clone();
+    let target = route[bucket as usize].clone();
+    let target_schema = plan::schema_of(&target);
     let columns: Vec<&str> = t.columns.iter().copied().filter(|c| sent.contains(c)).collect();
     let sql = match kind {
-        Kind::Delete => plan::delete_sql(t),
-        Kind::Update if unchanged => plan::update_sql(t, &columns),
-        Kind::Insert | Kind::Update => plan::upsert_sql(t),
+        Kind::Delete => plan::delete_sql(target_schema, t),
+        Kind::Update if unchanged => plan::update_sql(target_schema, t, &columns),
+        Kind::Insert | Kind::Update => plan::upsert_sql(target_schema, t),
     };
     Ok(Some((target, sql, serde_json::Value::Object(obj).to_string())))
+}
+
+async fn replica_identity(pool: &PgPool, name: &str, schema: &str) -> Result<()> {
+    // a kill during CREATE INDEX CONCURRENTLY leaves an invalid index: drop it, build again
+    let valid: Option<bool> = sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = 'messages_id_chat_id_key'",
+    )
+    .bind(schema)
+    .fetch_optional(pool)
+    .await
+    .ctx(|| format!("database `{name}`"))?;
+    if valid == Some(false) {
+        sqlx::raw_sql(&format!("DROP INDEX CONCURRENTLY {schema}.messages_id_chat_id_key"))
+            .execute(pool)
+            .await
+            .ctx(|| format!("database `{name}`"))?;
+    }
+    if valid != Some(true) {
+        sqlx::raw_sql(&format!("CREATE UNIQUE INDEX CONCURRENTLY messages_id_chat_id_key ON {schema}.messages (id, chat_id)"))
+            .execute(pool)
+            .await
+            .ctx(|| format!("database `{name}`: indexing messages (id, chat_id) for the replica identity"))?;
+    }
+    sqlx::raw_sql(&format!("ALTER TABLE {schema}.messages REPLICA IDENTITY USING INDEX messages_id_chat_id_key"))
+        .execute(pool)
+        .await
+        .ctx(|| format!("database `{name}`: setting the replica identity of messages"))?;
+    Ok(())
+}
+
+async fn create_publication(pool: &PgPool, db: &str, name: &str, schema: &str, buckets: &[RangeInclusive<u16>]) -> Result<()> {
+    let has: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .ctx(|| format!("database `{db}`"))?;
+    if !has {
+        sqlx::raw_sql(&plan::publication_sql(name, schema, buckets))
+            .execute(pool)
+            .await
+            .ctx(|| format!("database `{db}`: creating publication {name}"))?;
+    }
+    Ok(())
+}
+
+async fn slot_exists(pool: &PgPool, slot: &str) -> Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)")
+        .bind(slot)
+        .fetch_one(pool)
+        .await
+        .ctx(|| format!("reading slot {slot}"))
+}
+
+async fn create_slot(pool: &PgPool, db: &str, slot: &str) -> Result<()> {
+    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')").bind(slot).execute(pool).await.ctx(|| {
+        format!(
+            "database `{db}`: creating the replication slot {slot} (max_replication_slots reached? a move uses one per database it reads)"
+        )
+    })?;
+    Ok(())
+}
+
+async fn drop_stream(pool: &PgPool, db: &str, slot: &str, publication: &str) -> Result<()> {
+    sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
+        .bind(slot)
+        .execute(pool)
+        .await
+        .ctx(|| format!("database `{db}`: dropping slot {slot}"))?;
+    sqlx::raw_sql(&format!("DROP PUBLICATION IF EXISTS {publication}"))
+        .execute(pool)
+        .await
+        .ctx(|| format!("database `{db}`: dropping publication"))?;
+    Ok(())
+}
+
+/// Closes the write fence for `buckets`: waits for the writes in flight (they hold the lock row
+/// for share), then no write to those chats passes.
+async fn close_fence(pool: &PgPool, db: &str, schema: &str, buckets: &[RangeInclusive<u16>], tag: &str) -> Result<()> {
+    let mut tx = pool.begin().await.ctx(|| format!("database `{db}`"))?;
+    sqlx::query("SET LOCAL lock_timeout = '30s'").execute(&mut *tx).await.ctx(|| format!("database `{db}`"))?;
+    sqlx::raw_sql(&format!("SELECT 1 FROM {schema}.chat_move_fence_lock FOR UPDATE"))
+        .execute(&mut *tx)
+        .await
+        .ctx(|| format!("database `{db}`: waiting for the writes in flight to close the fence"))?;
+    for r in buckets {
+        sqlx::query(&format!("INSERT INTO {schema}.chat_move_fence (lo, hi, move_tag) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"))
+            .bind(*r.start() as i32)
+            .bind(*r.end() as i32)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await
+            .ctx(|| format!("database `{db}`: closing the fence"))?;
+    }
+    tx.commit().await.ctx(|| format!("database `{db}`: closing the fence"))?;
+    Ok(())
+}
+
+/// Opens the write fence wherever it overlaps `buckets`.
+async fn open_fence(pool: &PgPool, db: &str, schema: &str, buckets: &[RangeInclusive<u16>]) -> Result<()> {
+    for r in buckets {
+        sqlx::query(&format!("DELETE FROM {schema}.chat_move_fence WHERE lo <= $2 AND hi >= $1"))
+            .bind(*r.start() as i32)
+            .bind(*r.end() as i32)
+            .execute(pool)
+            .await
+            .ctx(|| format!("database `{db}`: opening the fence"))?;
+    }
+    Ok(())
+}
+
+/// Sets a shard's message sequence to start above `floor` and above everything it holds, in its
+/// residue.
+async fn set_shard_sequence(pool: &PgPool, db: &str, index: usize, floor: i64) -> Result<()> {
+    let (own, last): (Option<i64>, i64) =
+        sqlx::query_as("SELECT (SELECT max(seq) FROM chat.messages), (SELECT last_value FROM chat.message_seq)")
+            .fetch_one(pool)
+            .await
+            .ctx(|| format!("shard `{db}`: reading its sequence"))?;
+    let first = plan::first_seq_above(floor.max(own.unwrap_or(0)).max(last), index);
+    sqlx::query("SELECT setval('chat.message_seq', $1, false)")
+        .bind(first)
+        .execute(pool)
+        .await
+        .ctx(|| format!("shard `{db}`: setting its sequence"))?;
+    Ok(())
+}
+
+/// Removes a database's rows of `buckets` (a chat and, by cascade, its members and messages).
+async fn remove_copies(pool: &PgPool, db: &str, buckets: &[RangeInclusive<u16>]) -> Result<()> {
+    // the mover's session is a replica's: cascades are triggers, so the children go first
+    let schema = plan::schema_of(db);
+    for t in TABLES.iter().rev() {
+        sqlx::raw_sql(&format!("DELETE FROM {schema}.{} WHERE {}", t.name, plan::bucket_filter(t.bucket_col, buckets)))
+            .execute(pool)
+            .await
+            .ctx(|| format!("database `{db}`: removing moved rows"))?;
+    }
+    Ok(())
 }
 
 async fn checksums(pool: &PgPool, sql: &str, from: Option<Uuid>, to: Uuid) -> Result<Vec<RowSum<String>>> {
@@ -841,15 +1308,14 @@ async fn advance(pool: &PgPool, slot: &str, lsn: &str) -> Result<()> {
     Ok(())
 }
 
-async fn slot_lag(pool: &PgPool, slot: &str) -> Result<i64> {
-    let lag: Option<i64> = sqlx::query_scalar(
+async fn slot_lag(pool: &PgPool, slot: &str) -> Result<Option<i64>> {
+    sqlx::query_scalar(
         "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(slot)
     .fetch_optional(pool)
     .await
-    .ctx(|| format!("reading slot {slot}"))?;
-    Ok(lag.unwrap_or(-1))
+    .ctx(|| format!("reading slot {slot}"))
 }
 
 async fn lock_holder(conn: &mut PgConnection) -> String {
@@ -873,6 +1339,83 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "this host".into())
 }
 
+/// Ends the open move before its writes switched: drops its slots and publications (a slot left
+/// behind keeps WAL on its database forever) and the rows it copied to the targets, opens the
+/// fences, and marks it aborted.
+pub async fn abort(mover: Mover) -> Result<()> {
+    let stage = mover.stage().await?;
+    if matches!(stage.as_str(), "switching-writes" | "writes-switched" | "rolling-back") {
+        return Err(MoveError::Refused(format!(
+            "the move is at `{stage}`: writes may be on the targets — `bm-chat move rollback` brings them back"
+        )));
+    }
+    for f in mover.forward.iter().chain(&mover.reverse) {
+        drop_stream(mover.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
+    }
+    for f in &mover.reverse {
+        remove_copies(mover.pool(&f.db), &f.db, &f.buckets).await?;
+    }
+    sqlx::query("UPDATE chat_move.moves SET stage = 'aborted', ended_at = now(), updated_at = now() WHERE id = $1")
+        .bind(mover.move_id)
+        .execute(&mover.control)
+        .await
+        .ctx(|| "recording the abort".into())?;
+    sqlx::query("SELECT pg_notify($1, 'aborted')")
+        .bind(ROUTING_CHANNEL)
+        .execute(&mover.control)
+        .await
+        .ctx(|| "notifying the routing".into())?;
+    Ok(())
+}
+
+/// The open move's maps (old map text or None for the monolith's tables, new map text).
+pub async fn stored_maps(control_url: &str) -> Result<Option<(Option<String>, String)>> {
+    let control = connect("the control database (DATABASE_URL)", control_url, 1).await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('chat_move.moves') IS NOT NULL")
+        .fetch_one(&control)
+        .await
+        .ctx(|| "reading the move".into())?;
+    if !exists {
+        return Ok(None);
+    }
+    sqlx::query_as("SELECT from_map, to_map FROM chat_move.moves WHERE ended_at IS NULL")
+        .fetch_optional(&control)
+        .await
+        .ctx(|| "reading the open move".into())
+}
+
+/// Asks the running mover to run a command, and waits for its answer.
+pub async fn request(control_url: &str, command: &str, wait: Duration) -> Result<()> {
+    let control = connect("the control database (DATABASE_URL)", control_url, 1).await?;
+    let n = sqlx::query("UPDATE chat_move.moves SET request = $1, request_error = NULL WHERE ended_at IS NULL AND request IS NULL")
+        .bind(command)
+        .execute(&control)
+        .await
+        .ctx(|| "sending the request".into())?
+        .rows_affected();
+    if n == 0 {
+        return Err(MoveError::Refused("no move is open, or it has a request pending".into()));
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT request, request_error FROM chat_move.moves ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&control)
+                .await
+                .ctx(|| "reading the request".into())?;
+        match row {
+            Some((None, None)) => return Ok(()),
+            Some((None, Some(e))) => return Err(MoveError::Refused(e)),
+            _ if Instant::now() > deadline => {
+                return Err(MoveError::Refused(format!(
+                    "the running mover did not answer `{command}` within {} s; it is still asked",
+                    wait.as_secs()
+                )))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
 /// What `bm-chat move status` shows.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -956,17 +1499,30 @@ pub async fn status(control_url: &str, url_of: &dyn Fn(&str) -> Option<String>) 
         Some(t) => Origin::Map(ShardMap::parse("from_map", t).map_err(|e| MoveError::Refused(e.to_string()))?),
     };
     let plan = plan::plan(&from, &to)?;
-    for s in &plan.sources {
-        let slot = slot_name(&tag, &s.name);
-        let url = if s.name == plan::LEGACY { Some(control_url.to_string()) } else { url_of(&s.url_env) };
+    // before the switch of writes the sources' slots are followed, after it the targets'
+    let reverse = Mover::following_reverse(&stage);
+    let streams: Vec<(String, String)> = if reverse {
+        let mut targets: Vec<&String> = plan.sources.iter().flat_map(|s| s.targets.keys()).collect();
+        targets.sort();
+        targets.dedup();
+        targets
+            .into_iter()
+            .map(|t| (t.clone(), to.shards.iter().find(|s| &s.name == t).map(|s| s.url_env.clone()).unwrap_or_default()))
+            .collect()
+    } else {
+        plan.sources.iter().map(|s| (s.name.clone(), s.url_env.clone())).collect()
+    };
+    for (db, url_env) in streams {
+        let slot = slot_name(&tag, &db, reverse);
+        let url = if db == LEGACY { Some(control_url.to_string()) } else { url_of(&url_env) };
         let lag = match url {
-            Some(u) => match connect(&s.name, &u, 1).await {
-                Ok(p) => slot_lag(&p, &slot).await.ok(),
+            Some(u) => match connect(&db, &u, 1).await {
+                Ok(p) => slot_lag(&p, &slot).await.ok().flatten(),
                 Err(_) => None,
             },
             None => None,
         };
-        follow.push(FollowStatus { source: s.name.clone(), slot, lag_bytes: lag });
+        follow.push(FollowStatus { source: db, slot, lag_bytes: lag });
     }
     let last_verify: Option<(Option<String>, i64, serde_json::Value)> = sqlx::query_as(
         "SELECT to_char(finished_at, 'YYYY-MM-DD HH24:MI:SS') || ' UTC', rows_compared, differences FROM chat_move.verify_runs WHERE move_id = $1 ORDER BY id DESC LIMIT 1",
@@ -995,52 +1551,4 @@ pub async fn status(control_url: &str, url_of: &dyn Fn(&str) -> Option<String>) 
         last_verify: last_verify.map(|(finished, rows_compared, differences)| VerifyStatus { finished, rows_compared, differences }),
         mover,
     }))
-}
-
-/// Ends the open move before its switch: drops its slots and publications (a slot left behind
-/// keeps WAL on the source forever) and the rows it copied to the targets, and marks it aborted.
-pub async fn abort(mover: Mover) -> Result<()> {
-    let stage = mover.stage().await?;
-    if stage == "done" {
-        return Err(MoveError::Refused("the move is done: moving back is a new move".into()));
-    }
-    for f in &mover.follows {
-        sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
-            .bind(&f.slot)
-            .execute(&f.pool)
-            .await
-            .ctx(|| format!("source `{}`: dropping slot {}", f.source.name, f.slot))?;
-        sqlx::raw_sql(&format!("DROP PUBLICATION IF EXISTS {}", f.publication))
-            .execute(&f.pool)
-            .await
-            .ctx(|| format!("source `{}`: dropping publication", f.source.name))?;
-        for (target, b) in &f.source.targets {
-            sqlx::raw_sql(&format!("DELETE FROM chat.chats WHERE {}", plan::bucket_filter("id", b)))
-                .execute(&mover.targets[target])
-                .await
-                .ctx(|| format!("shard `{target}`: removing the copied rows"))?;
-        }
-    }
-    sqlx::query("UPDATE chat_move.moves SET stage = 'aborted', ended_at = now(), updated_at = now() WHERE id = $1")
-        .bind(mover.move_id)
-        .execute(&mover.control)
-        .await
-        .ctx(|| "recording the abort".into())?;
-    Ok(())
-}
-
-/// The open move's maps (old map text or None for the monolith's tables, new map text).
-pub async fn stored_maps(control_url: &str) -> Result<Option<(Option<String>, String)>> {
-    let control = connect("the control database (DATABASE_URL)", control_url, 1).await?;
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('chat_move.moves') IS NOT NULL")
-        .fetch_one(&control)
-        .await
-        .ctx(|| "reading the move".into())?;
-    if !exists {
-        return Ok(None);
-    }
-    sqlx::query_as("SELECT from_map, to_map FROM chat_move.moves WHERE ended_at IS NULL")
-        .fetch_optional(&control)
-        .await
-        .ctx(|| "reading the open move".into())
 }

@@ -4,7 +4,6 @@
 //! owner changes moves, the others stay where they are.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::ops::RangeInclusive;
 
 use bm_shards::{bucket_sql, ShardMap, BUCKETS};
@@ -189,21 +188,79 @@ pub fn bucket_filter(col: &str, ranges: &[RangeInclusive<u16>]) -> String {
     format!("({})", parts.join(" OR "))
 }
 
-/// The publication the follow stage reads on a source: its three tables, rows of the moving
-/// buckets only (PG 15 row filters), inserts, updates and deletes (a TRUNCATE of chat tables
-/// is not something a move can follow: it stops with an error).
-pub fn publication_sql(name: &str, source: &Source) -> String {
+/// The publication a follow stage reads: the three tables of `schema`, rows of `buckets` only
+/// (PG 15 row filters), inserts, updates and deletes (a TRUNCATE of chat tables is not something
+/// a move can follow: it stops with an error).
+pub fn publication_sql(name: &str, schema: &str, buckets: &[RangeInclusive<u16>]) -> String {
     let mut tables = Vec::new();
     for t in &TABLES {
-        let filter = bucket_filter(t.bucket_col, &source.buckets);
+        let filter = bucket_filter(t.bucket_col, buckets);
         if filter == "true" {
-            tables.push(format!("{}.{}", source.schema, t.name));
+            tables.push(format!("{schema}.{}", t.name));
         } else {
-            tables.push(format!("{}.{} WHERE {}", source.schema, t.name, filter));
+            tables.push(format!("{schema}.{} WHERE {}", t.name, filter));
         }
     }
     format!("CREATE PUBLICATION {name} FOR TABLE {} WITH (publish = 'insert, update, delete, truncate')", tables.join(", "))
 }
+
+/// The schema of a database's chat tables: the monolith's are `legacy`, a shard's `chat`.
+pub fn schema_of(db: &str) -> &'static str {
+    if db == LEGACY {
+        "legacy"
+    } else {
+        "chat"
+    }
+}
+
+/// The write fence of a database's chat tables, installed by prepare: a row trigger that
+/// refuses (SQLSTATE `BMMOV`) every write to a chat whose bucket is fenced, after taking a share
+/// lock on one row — so closing the fence (that row locked for update, the buckets added) waits
+/// for every write in flight and no write lands after it. Every writer meets it, the monolith
+/// included. The mover's own sessions run with `session_replication_role = replica`: ordinary
+/// triggers do not fire for them.
+/// One statement each (run on their own: a trigger's lock on one table is never held while
+/// waiting for the next, which would deadlock with writers touching them in another order).
+pub fn fence_install_sql(schema: &str) -> Vec<String> {
+    let bucket = bucket_sql("k");
+    let mut s = vec![
+        format!("CREATE TABLE IF NOT EXISTS {schema}.chat_move_fence (lo int NOT NULL, hi int NOT NULL, move_tag text NOT NULL, PRIMARY KEY (lo, hi))"),
+        format!("CREATE TABLE IF NOT EXISTS {schema}.chat_move_fence_lock (singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton))"),
+        format!("INSERT INTO {schema}.chat_move_fence_lock VALUES (true) ON CONFLICT DO NOTHING"),
+    ];
+    s.push(format!(
+        "CREATE OR REPLACE FUNCTION {schema}.chat_move_fence() RETURNS trigger LANGUAGE plpgsql AS $fence$
+DECLARE
+    k uuid;
+    b int;
+BEGIN
+    IF TG_TABLE_NAME = 'chats' THEN
+        IF TG_OP = 'DELETE' THEN k := OLD.id; ELSE k := NEW.id; END IF;
+    ELSE
+        IF TG_OP = 'DELETE' THEN k := OLD.chat_id; ELSE k := NEW.chat_id; END IF;
+    END IF;
+    PERFORM 1 FROM {schema}.chat_move_fence_lock FOR SHARE;
+    b := {bucket};
+    IF EXISTS (SELECT 1 FROM {schema}.chat_move_fence WHERE b BETWEEN lo AND hi) THEN
+        RAISE EXCEPTION 'chat % (bucket %) is being moved or has moved to another database: write it where the chat routing says', k, b
+            USING ERRCODE = 'BMMOV';
+    END IF;
+    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+    RETURN NEW;
+END
+$fence$"
+    ));
+    for t in &TABLES {
+        s.push(format!(
+            "CREATE OR REPLACE TRIGGER chat_move_fence BEFORE INSERT OR UPDATE OR DELETE ON {schema}.{n} FOR EACH ROW EXECUTE FUNCTION {schema}.chat_move_fence()",
+            n = t.name
+        ));
+    }
+    s
+}
+
+/// The SQLSTATE the fence raises.
+pub const FENCE_SQLSTATE: &str = "BMMOV";
 
 /// The upper key of the chunk after `$1` (NULL: from the start): the `$2`-th key, or none when
 /// fewer are left (the last chunk reaches the end).
@@ -227,11 +284,11 @@ pub fn copy_select_sql(schema: &str, t: &TableSpec, buckets: &[RangeInclusive<u1
     )
 }
 
-fn chat_exists(t: &TableSpec) -> &'static str {
+fn chat_exists(schema: &str, t: &TableSpec) -> String {
     if t.child {
-        " WHERE EXISTS (SELECT 1 FROM chat.chats c WHERE c.id = r.chat_id)"
+        format!(" WHERE EXISTS (SELECT 1 FROM {schema}.chats c WHERE c.id = r.chat_id)")
     } else {
-        ""
+        String::new()
     }
 }
 
@@ -242,38 +299,60 @@ pub fn copy_insert_sql(t: &TableSpec) -> String {
     format!(
         "INSERT INTO chat.{n} SELECT r.* FROM json_populate_recordset(NULL::chat.{n}, $1::json) r{e} ON CONFLICT DO NOTHING",
         n = t.name,
-        e = chat_exists(t)
+        e = chat_exists("chat", t)
     )
 }
 
-/// The follow stage's insert-or-replace of one whole row (a JSON object of every column).
-pub fn upsert_sql(t: &TableSpec) -> String {
-    let set: Vec<String> = t.columns.iter().filter(|c| !t.pk.contains(c)).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+/// The follow stage's insert-or-replace of one whole row (a JSON object of every column) in
+/// `schema` (`chat` on a shard; `legacy` when syncing back, where `seq` is an identity column:
+/// the shard's value is kept).
+pub fn upsert_sql(schema: &str, t: &TableSpec) -> String {
+    let set: Vec<String> = t.columns.iter().filter(|c| settable(t, c)).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
     format!(
-        "INSERT INTO chat.{n} SELECT r.* FROM json_populate_record(NULL::chat.{n}, $1::json) r{e} ON CONFLICT ({pk}) DO UPDATE SET {set}",
+        "INSERT INTO {schema}.{n} OVERRIDING SYSTEM VALUE SELECT r.* FROM json_populate_record(NULL::{schema}.{n}, $1::json) r{e} ON CONFLICT ({pk}) DO UPDATE SET {set}",
         n = t.name,
-        e = chat_exists(t),
+        e = chat_exists(schema, t),
         pk = t.pk.join(", "),
         set = set.join(", ")
     )
 }
 
+/// A column an update may set: not the key, and not `seq` (a message keeps its number for
+/// life; in the monolith's table it is an identity column that refuses updates).
+fn settable(t: &TableSpec, c: &str) -> bool {
+    !t.pk.contains(&c) && c != "seq"
+}
+
 /// An update that left some columns out (unchanged TOASTed values): only the columns sent, only
 /// if the row is there (when it is not, it was deleted before the copy read it and its delete
 /// follows in the stream).
-pub fn update_sql(t: &TableSpec, columns: &[&str]) -> String {
-    let set: Vec<String> = columns.iter().filter(|c| !t.pk.contains(c)).map(|c| format!("{c} = r.{c}")).collect();
-    let mut s =
-        format!("UPDATE chat.{n} t SET {} FROM json_populate_record(NULL::chat.{n}, $1::json) r WHERE ", set.join(", "), n = t.name);
+pub fn update_sql(schema: &str, t: &TableSpec, columns: &[&str]) -> String {
+    let set: Vec<String> = columns.iter().filter(|c| settable(t, c)).map(|c| format!("{c} = r.{c}")).collect();
     let keys: Vec<String> = t.pk.iter().map(|k| format!("t.{k} = r.{k}")).collect();
-    let _ = write!(s, "{}", keys.join(" AND "));
-    s
+    format!(
+        "UPDATE {schema}.{n} t SET {} FROM json_populate_record(NULL::{schema}.{n}, $1::json) r WHERE {}",
+        set.join(", "),
+        keys.join(" AND "),
+        n = t.name
+    )
 }
 
 /// A delete by primary key (from a JSON object holding at least the key).
-pub fn delete_sql(t: &TableSpec) -> String {
+pub fn delete_sql(schema: &str, t: &TableSpec) -> String {
     let keys: Vec<String> = t.pk.iter().map(|k| format!("t.{k} = r.{k}")).collect();
-    format!("DELETE FROM chat.{n} t USING json_populate_record(NULL::chat.{n}, $1::json) r WHERE {}", keys.join(" AND "), n = t.name)
+    format!(
+        "DELETE FROM {schema}.{n} t USING json_populate_record(NULL::{schema}.{n}, $1::json) r WHERE {}",
+        keys.join(" AND "),
+        n = t.name
+    )
+}
+
+/// The first value of shard `index`'s message sequence above `max`: the smallest number above
+/// it that is `index` modulo [`bm_shards::MAX_SHARDS`] (docs/chat-sharding.md, "Sequence numbers").
+pub fn first_seq_above(max: i64, index: usize) -> i64 {
+    let step = bm_shards::MAX_SHARDS as i64;
+    let next = max + 1;
+    next + (index as i64 - next).rem_euclid(step)
 }
 
 /// The verify query for a chunk `$1 < range key <= $2` of a table in `schema`, rows of
@@ -314,6 +393,7 @@ pub fn checksum_keys_sql(schema: &str, t: &TableSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt::Write as _;
 
     fn map(version: u64, shards: &[(&str, &str)]) -> ShardMap {
         let mut s = format!("version = {version}\n");
@@ -336,7 +416,7 @@ mod tests {
         assert_eq!(s.buckets, vec![0..=1023]);
         assert_eq!(s.targets["s2"], vec![512..=767]);
         assert_eq!(
-            publication_sql("chat_move_1", s),
+            publication_sql("chat_move_1", s.schema, &s.buckets),
             "CREATE PUBLICATION chat_move_1 FOR TABLE legacy.chats, legacy.chat_members, legacy.messages WITH (publish = 'insert, update, delete, truncate')"
         );
     }
@@ -360,7 +440,7 @@ mod tests {
         assert_eq!(p.sources[1].targets.keys().collect::<Vec<_>>(), ["s4"]);
         assert_eq!(p.sources[1].schema, "chat");
         assert_eq!(bucket_filter("chat_id", &p.sources[1].buckets), format!("({} BETWEEN 461 AND 511)", bucket_sql("chat_id")));
-        assert!(publication_sql("m", &p.sources[1]).contains("chat.messages WHERE (((get_byte(uuid_send(chat_id), 14)"));
+        assert!(publication_sql("m", "chat", &p.sources[1].buckets).contains("chat.messages WHERE (((get_byte(uuid_send(chat_id), 14)"));
     }
 
     #[test]
@@ -383,6 +463,21 @@ mod tests {
     }
 
     #[test]
+    fn new_sequence_numbers_start_above_the_old_ones_in_the_shards_residue() {
+        assert_eq!(first_seq_above(0, 0), 64);
+        assert_eq!(first_seq_above(0, 3), 3);
+        assert_eq!(first_seq_above(100, 3), 131);
+        assert_eq!(first_seq_above(131, 3), 195);
+        assert_eq!(first_seq_above(127, 63), 191);
+        for max in [0i64, 1, 63, 64, 65, 1_000_003] {
+            for i in 0..64 {
+                let v = first_seq_above(max, i);
+                assert!(v > max && v - max <= 64 && v % 64 == i as i64, "{max} {i} {v}");
+            }
+        }
+    }
+
+    #[test]
     fn ranges_group_consecutive_buckets() {
         assert_eq!(ranges([1, 2, 3, 7, 9, 10]), vec![1..=3, 7..=7, 9..=10]);
         assert_eq!(show_ranges(&ranges([1, 2, 3, 7])), "1-3, 7");
@@ -393,14 +488,14 @@ mod tests {
     fn the_statements_name_every_column_and_key() {
         let m = table("chat_members").unwrap();
         assert_eq!(
-            upsert_sql(m),
-            "INSERT INTO chat.chat_members SELECT r.* FROM json_populate_record(NULL::chat.chat_members, $1::json) r WHERE EXISTS (SELECT 1 FROM chat.chats c WHERE c.id = r.chat_id) ON CONFLICT (chat_id, user_id) DO UPDATE SET role = EXCLUDED.role, joined_at = EXCLUDED.joined_at, last_read_seq = EXCLUDED.last_read_seq"
+            upsert_sql("chat", m),
+            "INSERT INTO chat.chat_members OVERRIDING SYSTEM VALUE SELECT r.* FROM json_populate_record(NULL::chat.chat_members, $1::json) r WHERE EXISTS (SELECT 1 FROM chat.chats c WHERE c.id = r.chat_id) ON CONFLICT (chat_id, user_id) DO UPDATE SET role = EXCLUDED.role, joined_at = EXCLUDED.joined_at, last_read_seq = EXCLUDED.last_read_seq"
         );
         assert_eq!(
-            update_sql(table("messages").unwrap(), &["id", "edited_at"]),
+            update_sql("chat", table("messages").unwrap(), &["id", "edited_at"]),
             "UPDATE chat.messages t SET edited_at = r.edited_at FROM json_populate_record(NULL::chat.messages, $1::json) r WHERE t.id = r.id"
         );
-        assert_eq!(delete_sql(m), "DELETE FROM chat.chat_members t USING json_populate_record(NULL::chat.chat_members, $1::json) r WHERE t.chat_id = r.chat_id AND t.user_id = r.user_id");
+        assert_eq!(delete_sql("chat", m), "DELETE FROM chat.chat_members t USING json_populate_record(NULL::chat.chat_members, $1::json) r WHERE t.chat_id = r.chat_id AND t.user_id = r.user_id");
         assert_eq!(
             checksum_keys_sql("chat", m),
             "SELECT concat_ws('/', chat_id, user_id), md5(ROW(chat_id, user_id, role, joined_at, last_read_seq)::text) FROM chat.chat_members WHERE (chat_id, user_id) IN (SELECT split_part(k, '/', 1)::uuid, split_part(k, '/', 2)::uuid FROM unnest($1::text[]) k) ORDER BY chat_id, user_id"

@@ -4,11 +4,17 @@
 //! that keeps sending, editing and deleting while a move runs. Everything is dropped by
 //! [`Fixture::drop_all`], replication slots first (a database with one cannot be dropped).
 
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::plan::{schema_of, LEGACY};
+use crate::routing::{is_fenced, Routing};
 
 pub struct Fixture {
     pub name: String,
@@ -154,51 +160,279 @@ pub struct Written {
     pub deleted: u64,
     pub chats_created: u64,
     pub read_markers: u64,
+    /// writes the fence refused (then routed again)
+    pub fenced: u64,
+    /// times a write waited for the routing (writes paused at a switch)
+    pub paused: u64,
 }
 
-/// Sends, edits, soft- and hard-deletes messages, creates chats and moves read markers on the
-/// monolith's tables until `stop` is set or `max` operations are done (bounded either way).
-pub async fn writer(pool: PgPool, stop: Arc<AtomicBool>, max: u64) -> Written {
-    let mut w = Written::default();
+/// What a message the writer wrote or touched must look like at the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    Live { chat: Uuid, body: String, deleted: bool },
+    Gone { chat: Uuid },
+}
+
+/// The writer's account: what it did, what the data must look like, the longest any one write
+/// took (a write waiting through a switch's pause included).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub written: Written,
+    pub expected: HashMap<Uuid, Expected>,
+    pub longest_write: Duration,
+}
+
+impl Fixture {
+    /// Every database of the fixture by the name the routing uses: `legacy` and the shards'.
+    pub async fn pools(&self) -> HashMap<String, PgPool> {
+        let mut m = HashMap::new();
+        m.insert(LEGACY.to_string(), self.main.clone());
+        for (i, (name, _, _)) in self.shards.iter().enumerate() {
+            m.insert(name.clone(), self.shard(i).await);
+        }
+        m
+    }
+}
+
+/// A client of the chat tables as the chat service is one: every write goes where the routing
+/// says (loaded again whenever the fence refuses a write or writes are paused), and it keeps
+/// sending, editing, soft- and hard-deleting messages, creating chats and moving read markers
+/// until `stop` is set or `max` operations are done (bounded either way), keeping account of what
+/// every message it touched must look like.
+pub async fn writer(pools: HashMap<String, PgPool>, stop: Arc<AtomicBool>, max: u64) -> Outcome {
+    let main = pools[LEGACY].clone();
+    let mut routing = Routing::load(&main).await.expect("the routing");
+    let users: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM legacy.users").fetch_all(&main).await.unwrap();
+    // the chats and some messages, from wherever the routing reads them
+    let mut chats: Vec<(Uuid, Vec<Uuid>)> = Vec::new();
+    let mut touchable: Vec<(Uuid, Uuid)> = Vec::new();
+    for (db, pool) in &pools {
+        let schema = schema_of(db);
+        let rows: Vec<(Uuid, Vec<Uuid>)> =
+            sqlx::query_as(&format!("SELECT chat_id, array_agg(user_id) FROM {schema}.chat_members GROUP BY chat_id"))
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default();
+        chats.extend(rows.into_iter().filter(|(c, _)| routing.read_db(c) == db));
+        let msgs: Vec<(Uuid, Uuid)> =
+            sqlx::query_as(&format!("SELECT id, chat_id FROM {schema}.messages WHERE deleted_at IS NULL ORDER BY id LIMIT 300"))
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default();
+        touchable.extend(msgs.into_iter().filter(|(_, c)| routing.read_db(c) == db));
+    }
+    assert!(!chats.is_empty() && !users.is_empty(), "the writer needs seeded chats");
+    let mut out = Outcome::default();
     let mut n: u64 = 0;
+    let mut rng = Rng(u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into().unwrap()));
     while !stop.load(Ordering::Relaxed) && n < max {
         n += 1;
-        let sql = match n % 10 {
+        let op = n % 10;
+        // the chat this operation writes, and its statements
+        let (chat, stmts): (Uuid, Vec<Stmt>) = match op {
             0..=3 => {
-                w.sent += 1;
-                "INSERT INTO legacy.messages (chat_id, sender_id, body, client_message_id)
-                   SELECT chat_id, user_id, 'written while moving ' || md5(random()::text), 'w-' || gen_random_uuid()
-                     FROM legacy.chat_members OFFSET floor(random() * (SELECT count(*) FROM legacy.chat_members)) LIMIT 1"
+                let (chat, members) = &chats[rng.below(chats.len())];
+                let id = Uuid::new_v4();
+                let body = format!("written while moving {id}");
+                out.expected.insert(id, Expected::Live { chat: *chat, body: body.clone(), deleted: false });
+                touchable.push((id, *chat));
+                out.written.sent += 1;
+                (*chat, vec![Stmt::Send { id, chat: *chat, sender: members[rng.below(members.len())], body }])
             }
-            4 | 5 => {
-                w.edited += 1;
-                "UPDATE legacy.messages SET body = 'edited ' || md5(random()::text), edited_at = now()
-                  WHERE id = (SELECT id FROM legacy.messages OFFSET floor(random() * 500) LIMIT 1)"
-            }
-            6 => {
-                w.deleted += 1;
-                "UPDATE legacy.messages SET deleted_at = now()
-                  WHERE id = (SELECT id FROM legacy.messages WHERE deleted_at IS NULL OFFSET floor(random() * 500) LIMIT 1)"
-            }
-            7 => {
-                w.deleted += 1;
-                "DELETE FROM legacy.messages WHERE id = (SELECT id FROM legacy.messages OFFSET floor(random() * 500) LIMIT 1)"
+            4..=7 if !touchable.is_empty() => {
+                let i = rng.below(touchable.len());
+                let (id, chat) = touchable[i];
+                match op {
+                    4 | 5 => {
+                        let body = format!("edited {}", Uuid::new_v4());
+                        if let Some(Expected::Live { deleted: true, .. }) = out.expected.get(&id) {
+                            continue;
+                        }
+                        out.expected.insert(id, Expected::Live { chat, body: body.clone(), deleted: false });
+                        out.written.edited += 1;
+                        (chat, vec![Stmt::Edit { id, body }])
+                    }
+                    6 => {
+                        let body = match out.expected.get(&id) {
+                            Some(Expected::Live { body, .. }) => Some(body.clone()),
+                            _ => None,
+                        };
+                        out.expected.insert(id, Expected::Live { chat, body: body.unwrap_or_default(), deleted: true });
+                        out.written.deleted += 1;
+                        (chat, vec![Stmt::SoftDelete { id }])
+                    }
+                    _ => {
+                        touchable.swap_remove(i);
+                        out.expected.insert(id, Expected::Gone { chat });
+                        out.written.deleted += 1;
+                        (chat, vec![Stmt::HardDelete { id }])
+                    }
+                }
             }
             8 => {
-                w.read_markers += 1;
-                "UPDATE legacy.chat_members SET last_read_seq = (SELECT coalesce(max(seq), 0) FROM legacy.messages m WHERE m.chat_id = chat_members.chat_id)
-                  WHERE (chat_id, user_id) = (SELECT chat_id, user_id FROM legacy.chat_members OFFSET floor(random() * (SELECT count(*) FROM legacy.chat_members)) LIMIT 1)"
+                let (chat, members) = &chats[rng.below(chats.len())];
+                out.written.read_markers += 1;
+                (*chat, vec![Stmt::Read { chat: *chat, user: members[rng.below(members.len())] }])
             }
             _ => {
-                w.chats_created += 1;
-                "WITH u AS (SELECT id FROM legacy.users OFFSET floor(random() * (SELECT count(*) FROM legacy.users)) LIMIT 2),
-                      c AS (INSERT INTO legacy.chats (is_group, created_by) SELECT false, min(id::text)::uuid FROM u RETURNING id, created_by),
-                      m AS (INSERT INTO legacy.chat_members (chat_id, user_id) SELECT c.id, u.id FROM c, u RETURNING chat_id, user_id)
-                 INSERT INTO legacy.messages (chat_id, sender_id, body) SELECT c.id, c.created_by, 'first in a new chat' FROM c"
+                let chat = Uuid::new_v4();
+                let (a, b) = (users[rng.below(users.len())], users[rng.below(users.len())]);
+                let members: Vec<Uuid> = if a == b { vec![a] } else { vec![a, b] };
+                let id = Uuid::new_v4();
+                let body = format!("first in {chat}");
+                chats.push((chat, members.clone()));
+                touchable.push((id, chat));
+                out.expected.insert(id, Expected::Live { chat, body: body.clone(), deleted: false });
+                out.written.chats_created += 1;
+                (chat, vec![Stmt::Chat { chat, creator: a, members }, Stmt::Send { id, chat, sender: a, body }])
             }
         };
-        sqlx::raw_sql(sql).execute(&pool).await.expect("the writer's statement");
+        let started = Instant::now();
+        loop {
+            let Some(db) = routing.write_db(&chat).map(str::to_string) else {
+                out.written.paused += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                routing = Routing::load(&main).await.expect("the routing");
+                continue;
+            };
+            match run(&pools[&db], schema_of(&db), &stmts).await {
+                Ok(()) => break,
+                Err(e) if is_fenced(&e) => {
+                    out.written.fenced += 1;
+                    routing = Routing::load(&main).await.expect("the routing");
+                }
+                Err(e) => panic!("the writer's statement on {db}: {e}"),
+            }
+        }
+        out.longest_write = out.longest_write.max(started.elapsed());
         tokio::task::yield_now().await;
     }
-    w
+    out
+}
+
+enum Stmt {
+    Send { id: Uuid, chat: Uuid, sender: Uuid, body: String },
+    Edit { id: Uuid, body: String },
+    SoftDelete { id: Uuid },
+    HardDelete { id: Uuid },
+    Read { chat: Uuid, user: Uuid },
+    Chat { chat: Uuid, creator: Uuid, members: Vec<Uuid> },
+}
+
+/// One operation's statements in one transaction (the fence refuses them all or none).
+async fn run(pool: &PgPool, s: &str, stmts: &[Stmt]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for st in stmts {
+        match st {
+            Stmt::Send { id, chat, sender, body } => {
+                // a shard numbers messages from its sequence, the monolith from its identity
+                let q = format!(
+                    "INSERT INTO {s}.messages (id, chat_id, sender_id, body, client_message_id, created_at) VALUES ($1, $2, $3, $4, 'w-' || $1::text, now())"
+                );
+                sqlx::query(&q).bind(id).bind(chat).bind(sender).bind(body).execute(&mut *tx).await?;
+                sqlx::query(&format!("UPDATE {s}.chats SET updated_at = now() WHERE id = $1")).bind(chat).execute(&mut *tx).await?;
+            }
+            Stmt::Edit { id, body } => {
+                let n = sqlx::query(&format!("UPDATE {s}.messages SET body = $2, edited_at = now() WHERE id = $1"))
+                    .bind(id)
+                    .bind(body)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                assert_eq!(n, 1, "message {id} is not where the routing says ({s}): lost?");
+            }
+            Stmt::SoftDelete { id } => {
+                let n = sqlx::query(&format!("UPDATE {s}.messages SET deleted_at = now() WHERE id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                assert_eq!(n, 1, "message {id} is not where the routing says ({s}): lost?");
+            }
+            Stmt::HardDelete { id } => {
+                let n = sqlx::query(&format!("DELETE FROM {s}.messages WHERE id = $1")).bind(id).execute(&mut *tx).await?.rows_affected();
+                assert_eq!(n, 1, "message {id} is not where the routing says ({s}): lost?");
+            }
+            Stmt::Read { chat, user } => {
+                sqlx::query(&format!(
+                    "UPDATE {s}.chat_members SET last_read_seq = (SELECT coalesce(max(seq), 0) FROM {s}.messages WHERE chat_id = $1) WHERE chat_id = $1 AND user_id = $2"
+                ))
+                .bind(chat)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Stmt::Chat { chat, creator, members } => {
+                sqlx::query(&format!(
+                    "INSERT INTO {s}.chats (id, is_group, created_by, created_at, updated_at) VALUES ($1, false, $2, now(), now())"
+                ))
+                .bind(chat)
+                .bind(creator)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(&format!(
+                    "INSERT INTO {s}.chat_members (chat_id, user_id, joined_at) SELECT $1, u, now() FROM unnest($2::uuid[]) u"
+                ))
+                .bind(chat)
+                .bind(members)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await
+}
+
+/// What differs between the writer's account and the data where the routing reads it: every
+/// message it wrote or touched, and no client message id twice.
+pub async fn check(pools: &HashMap<String, PgPool>, routing: &Routing, expected: &HashMap<Uuid, Expected>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (id, e) in expected {
+        let chat = match e {
+            Expected::Live { chat, .. } | Expected::Gone { chat } => chat,
+        };
+        let db = routing.read_db(chat);
+        let row: Option<(Uuid, String, bool)> =
+            sqlx::query_as(&format!("SELECT chat_id, body, deleted_at IS NOT NULL FROM {}.messages WHERE id = $1", schema_of(db)))
+                .bind(id)
+                .fetch_optional(&pools[db])
+                .await
+                .unwrap();
+        match (e, row) {
+            (Expected::Gone { .. }, None) => {}
+            (Expected::Gone { .. }, Some(_)) => problems.push(format!("{id}: deleted, but still on {db}")),
+            (Expected::Live { .. }, None) => problems.push(format!("{id}: missing on {db}")),
+            (Expected::Live { chat, body, deleted }, Some((c, b, d))) => {
+                // a soft delete of a message the writer never edited keeps the seeded body
+                if c != *chat || d != *deleted || (!body.is_empty() && &b != body) {
+                    problems.push(format!("{id}: on {db} as ({c}, {b:?}, deleted {d}), expected ({chat}, {body:?}, deleted {deleted})"));
+                }
+            }
+        }
+    }
+    for (db, pool) in pools {
+        let dup: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {}.messages WHERE client_message_id IS NOT NULL GROUP BY chat_id, sender_id, client_message_id HAVING count(*) > 1) d",
+            schema_of(db)
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if dup > 0 {
+            problems.push(format!("{db}: {dup} client message ids twice"));
+        }
+    }
+    problems
+}
+
+/// xorshift: the writer's choices, without a dependency
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
 }

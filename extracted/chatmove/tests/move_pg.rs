@@ -28,7 +28,7 @@ async fn moves_the_monolith_to_four_shards_under_writes_and_names_what_differs()
     let url_of = fx.url_of();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writing = tokio::spawn(writer(fx.main.clone(), stop.clone(), 20_000));
+    let writing = tokio::spawn(writer(fx.pools().await, stop.clone(), 20_000));
     let mut m = Mover::open(&fx.main_url, spec(&map), &url_of).await.unwrap();
     m.chunk = 300;
     match Mover::open(&fx.main_url, spec(&map), &url_of).await {
@@ -46,9 +46,9 @@ async fn moves_the_monolith_to_four_shards_under_writes_and_names_what_differs()
     assert_eq!(m.stage().await.unwrap(), "following");
 
     stop.store(true, Ordering::Relaxed);
-    let written = writing.await.unwrap();
+    let written = writing.await.unwrap().written;
     assert!(written.sent > 10 && written.edited > 5 && written.deleted > 5 && written.chats_created > 1, "{written:?}");
-    m.catch_up().await.unwrap();
+    m.catch_up(false).await.unwrap();
     let after = m.verify().await.unwrap();
     assert!(after.is_clean(), "verify after the writes: {:?}", after.differences);
     let mut shards = Vec::new();

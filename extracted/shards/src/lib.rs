@@ -12,7 +12,7 @@
 mod map;
 pub mod verify;
 
-pub use map::{MapError, Problem, Shard, ShardMap};
+pub use map::{MapError, Problem, Shard, ShardMap, MAX_SHARDS};
 
 /// How many buckets user ids fall into. Never changes: changing it would move every user.
 pub const BUCKETS: u16 = 1024;
