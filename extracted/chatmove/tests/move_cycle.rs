@@ -131,3 +131,91 @@ async fn switch_then_roll_back_under_writes_loses_nothing() {
     assert_eq!(max, next, "the newest message has the highest seq");
     fx.drop_all().await;
 }
+
+fn spec_of(from: Option<&str>, to: &str) -> MoveSpec {
+    MoveSpec::parse(from.map(str::to_string), to.to_string()).unwrap()
+}
+
+/// Runs a whole move to its end (the client keeps writing throughout).
+async fn move_all_the_way(fx: &Fixture, from: Option<&str>, to: &str) -> (u64, usize) {
+    let url_of = fx.url_of();
+    let mut m = Mover::open(&fx.main_url, spec_of(from, to), &url_of).await.unwrap();
+    m.chunk = 500;
+    m.prepare().await.unwrap();
+    m.copy(|_| {}).await.unwrap();
+    let v = m.verify().await.unwrap();
+    assert!(v.is_clean(), "{:?}", v.differences);
+    m.switch_reads().await.unwrap();
+    let s = m.switch_writes().await.unwrap();
+    m.catch_up(true).await.unwrap();
+    let v = m.verify().await.unwrap();
+    assert!(v.is_clean(), "after the switch: {:?}", v.differences);
+    m.finish().await.unwrap();
+    (s.write_pause_ms, s.drained)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifth_shard_takes_a_share_of_every_shard_under_writes() {
+    let mut fx = Fixture::create(4).await;
+    fx.seed(40, 80, 3000).await;
+    let four = fx.map(1, 4);
+    move_all_the_way(&fx, None, &four).await;
+    fx.add_shards(1).await;
+    let pools = fx.pools().await;
+    let env = |i: usize| fx.shards[i].1.clone();
+    let five = format!(
+        "version = 2\n\
+         [[shards]]\nname = \"s0\"\nurl_env = \"{}\"\nbuckets = [\"0-204\"]\n\
+         [[shards]]\nname = \"s1\"\nurl_env = \"{}\"\nbuckets = [\"256-460\"]\n\
+         [[shards]]\nname = \"s2\"\nurl_env = \"{}\"\nbuckets = [\"512-716\"]\n\
+         [[shards]]\nname = \"s3\"\nurl_env = \"{}\"\nbuckets = [\"768-972\"]\n\
+         [[shards]]\nname = \"s4\"\nurl_env = \"{}\"\nbuckets = [\"205-255\", \"461-511\", \"717-767\", \"973-1023\"]\n",
+        env(0),
+        env(1),
+        env(2),
+        env(3),
+        env(4)
+    );
+    let before: i64 = {
+        let mut n = 0;
+        for i in 0..4 {
+            n += sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chat.messages").fetch_one(&pools[&format!("s{i}")]).await.unwrap();
+        }
+        n
+    };
+    assert!(before >= 3000);
+
+    let client = start(&pools);
+    let_it_write(&pools, 30).await;
+    move_all_the_way(&fx, Some(&four), &five).await;
+    let_it_write(&pools, 30).await;
+    let out = client.stop().await;
+    assert_all_there(&pools, &out.expected, "on five shards").await;
+    let routing = Routing::load(&fx.main).await.unwrap();
+    assert_eq!((routing.reads[250].as_str(), routing.reads[204].as_str()), ("s4", "s0"));
+    // s4 holds exactly its buckets' rows, and the old shards no longer hold them
+    let on_s4: i64 = sqlx::query_scalar("SELECT count(*) FROM chat.messages").fetch_one(&pools["s4"]).await.unwrap();
+    assert!(on_s4 > 0);
+    for i in 0..4 {
+        let left: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM chat.messages WHERE {} BETWEEN {} AND {}",
+            bm_shards::bucket_sql("chat_id"),
+            i * 256 + 205,
+            i * 256 + 255
+        ))
+        .fetch_one(&pools[&format!("s{i}")])
+        .await
+        .unwrap();
+        assert_eq!(left, 0, "s{i} still holds rows of the buckets s4 took");
+    }
+    let mut total = 0;
+    for p in pools.values() {
+        if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM chat.messages").fetch_one(p).await {
+            total += n;
+        }
+    }
+    let written = out.written.sent as i64 + out.written.chats_created as i64;
+    let hard_deleted = out.expected.values().filter(|e| matches!(e, Expected::Gone { .. })).count() as i64;
+    assert_eq!(total, before + written - hard_deleted, "every message once: {before} before, {written} written, {hard_deleted} deleted");
+    fx.drop_all().await;
+}
