@@ -109,8 +109,31 @@ async fn a_move_killed_mid_copy_continues_and_verifies_clean() {
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is open with other maps"), "{}", text(&refused));
 
-    let aborted = run(&fx, &["abort"]);
-    assert!(aborted.status.success(), "{}", text(&aborted));
+    // the switches, asked of a running mover (it holds the lock and follows meanwhile)
+    let mut follower = bm_chat(&fx, &["run"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    for _ in 0..500 {
+        let held: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)")
+            .fetch_one(&fx.main)
+            .await
+            .unwrap();
+        if held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for what in ["reads", "writes"] {
+        let o = run(&fx, &["switch", what]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("done by the running mover"), "{}", text(&o));
+    }
+    let st: serde_json::Value = serde_json::from_slice(&run(&fx, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(st["stage"], "writes-switched");
+    assert!(st["write_pause_ms"].as_i64().is_some(), "{st}");
+    assert!(st["follow"][0]["slot"].as_str().unwrap().contains("_rev_"), "after the switch the shards' slots are followed: {st}");
+    let o = run(&fx, &["rollback"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ended = follower.wait_with_output().unwrap();
+    assert!(ended.status.success(), "the mover ends with its move: {}", text(&ended));
     let none = run(&fx, &["status"]);
     assert!(String::from_utf8_lossy(&none.stdout).contains("no move is open"), "{}", text(&none));
     fx.drop_all().await;

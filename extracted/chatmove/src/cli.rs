@@ -57,9 +57,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Abandon the open move before its switch: drop its slots and publications and the rows it
-    /// copied to the targets.
+    /// Abandon the open move before its writes switched: drop its slots and publications and
+    /// the rows it copied to the targets.
     Abort,
+    /// Send the moving buckets' reads (after a clean verify), then their writes, to the new
+    /// shards. Asks the running mover when one runs, or does it itself.
+    Switch {
+        #[arg(value_enum)]
+        what: SwitchWhat,
+    },
+    /// Back to where the data was, losing nothing written since the switch.
+    Rollback,
+    /// End reverse sync (when the monolith is switched off; at once for a move between shards).
+    Finish,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum SwitchWhat {
+    Reads,
+    Writes,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -126,16 +142,30 @@ async fn run(cli: Cli) -> Result<ExitCode, MoveError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Abort => {
-            let spec = open_spec(&url).await?.ok_or_else(|| MoveError::Refused("no move is open".into()))?;
-            let m = Mover::open(&url, spec, &env).await?;
+            let m = open_mover(&url).await?;
             let id = m.move_id;
-            mover::abort(m).await?;
+            mover::abort(&m).await?;
             println!("move {id} aborted: its slots, publications and copied rows are gone");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Switch { what } => {
+            let name = match what {
+                SwitchWhat::Reads => "switch-reads",
+                SwitchWhat::Writes => "switch-writes",
+            };
+            control_command(&url, name).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback => {
+            control_command(&url, "rollback").await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Finish => {
+            control_command(&url, "finish").await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify { chunk } => {
-            let spec = open_spec(&url).await?.ok_or_else(|| MoveError::Refused("no move is open".into()))?;
-            let mut m = Mover::open(&url, spec, &env).await?;
+            let mut m = open_mover(&url).await?;
             m.chunk = chunk;
             let r = m.verify().await?;
             print!("{}", show_verify(&r));
@@ -178,49 +208,131 @@ async fn run(cli: Cli) -> Result<ExitCode, MoveError> {
                     eprintln!("move {}: buckets {} from {} to {t}", m.move_id, plan::show_ranges(b), s.name);
                 }
             }
-            m.prepare().await?;
-            let bar = indicatif::ProgressBar::new(0).with_style(
-                indicatif::ProgressStyle::with_template("{msg:28} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}")
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-            );
-            let mut last_line = Instant::now();
-            m.copy(|p| {
-                bar.set_length(p.rows_total.max(p.rows_copied) as u64);
-                bar.set_position(p.rows_copied as u64);
-                bar.set_message(format!("copy {}.{}", p.source, p.table));
-                if bar.is_hidden() && last_line.elapsed() >= Duration::from_secs(5) {
-                    last_line = Instant::now();
-                    eprintln!("copy {}.{}: {}/{} rows", p.source, p.table, p.rows_copied, p.rows_total);
-                }
-            })
-            .await?;
-            bar.finish_and_clear();
-            eprintln!("copy done");
+            let stage = m.stage().await?;
+            if stage == "prepare" || stage == "copy" {
+                m.prepare().await?;
+                let bar = indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template("{msg:28} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}")
+                        .expect("a valid template")
+                        .progress_chars("=> "),
+                );
+                let mut last_line = Instant::now();
+                m.copy(|p| {
+                    bar.set_length(p.rows_total.max(p.rows_copied) as u64);
+                    bar.set_position(p.rows_copied as u64);
+                    bar.set_message(format!("copy {}.{}", p.source, p.table));
+                    if bar.is_hidden() && last_line.elapsed() >= Duration::from_secs(5) {
+                        last_line = Instant::now();
+                        eprintln!("copy {}.{}: {}/{} rows", p.source, p.table, p.rows_copied, p.rows_total);
+                    }
+                })
+                .await?;
+                bar.finish_and_clear();
+                eprintln!("copy done");
+            }
             if exit_after == Some(ExitAfter::Copy) {
                 return Ok(ExitCode::SUCCESS);
             }
-            if m.stage().await? == "verify" {
-                let r = m.verify().await?;
-                eprint!("{}", show_verify(&r));
-                if !r.is_clean() {
-                    return Ok(ExitCode::from(1));
+            match m.stage().await?.as_str() {
+                "verify" => {
+                    let r = m.verify().await?;
+                    eprint!("{}", show_verify(&r));
+                    if !r.is_clean() {
+                        return Ok(ExitCode::from(1));
+                    }
                 }
+                // a switch or rollback a kill interrupted: done again (each step is idempotent)
+                "switching-writes" => {
+                    run_command(&mut m, "switch-writes").await?;
+                }
+                "rolling-back" => {
+                    run_command(&mut m, "rollback").await?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                _ => {}
             }
             if exit_after == Some(ExitAfter::Verify) {
                 return Ok(ExitCode::SUCCESS);
             }
-            eprintln!("following: changes on the source are applied to the shards until this stops (Ctrl-C)");
             follow_until_stopped(&mut m).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
+async fn open_mover(url: &str) -> Result<Mover, MoveError> {
+    let spec = open_spec(url).await?.ok_or_else(|| MoveError::Refused("no move is open".into()))?;
+    Mover::open(url, spec, &env).await
+}
+
+/// A switch, rollback or finish: run here when no mover runs, or asked of the running one.
+async fn control_command(url: &str, name: &str) -> Result<(), MoveError> {
+    match open_mover(url).await {
+        Ok(mut m) => {
+            run_command(&mut m, name).await?;
+            Ok(())
+        }
+        Err(MoveError::Locked(holder)) => {
+            eprintln!("{holder}: asking it to {name}");
+            mover::request(url, name, Duration::from_secs(600)).await?;
+            println!("{name}: done by the running mover");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs a command on the mover; false when the move has ended.
+async fn run_command(m: &mut Mover, name: &str) -> Result<bool, MoveError> {
+    match name {
+        "switch-reads" => {
+            m.switch_reads().await?;
+            println!("reads of the moving buckets now go to the new shards; writes stay where they were, followed");
+        }
+        "switch-writes" => {
+            let r = m.switch_writes().await?;
+            println!(
+                "writes of the moving buckets now go to the new shards: they waited {} ms while {} last changes were applied; reverse sync runs from here",
+                r.write_pause_ms, r.drained
+            );
+        }
+        "rollback" => {
+            m.rollback().await?;
+            println!("rolled back: reads and writes are where they were, nothing written since the switch is lost");
+            return Ok(false);
+        }
+        "finish" => {
+            m.finish().await?;
+            println!("finished: the new map is in effect, reverse sync ended");
+            return Ok(false);
+        }
+        other => return Err(MoveError::Refused(format!("unknown command {other}"))),
+    }
+    Ok(true)
+}
+
+/// Follows (forward before the switch of writes, backward after it) until SIGINT/SIGTERM, and
+/// runs what `bm-chat move switch|rollback|finish` asks meanwhile.
 async fn follow_until_stopped(m: &mut Mover) -> Result<(), MoveError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
     let mut last_line = Instant::now();
+    eprintln!("following: changes are applied until this stops (Ctrl-C); switch, rollback and finish can be asked from another terminal");
     loop {
+        if let Some(req) = m.take_request().await? {
+            eprintln!("asked to {req}");
+            match run_command(m, &req).await {
+                Ok(going_on) => {
+                    m.answer_request(None).await?;
+                    if !going_on {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{req}: {e}");
+                    m.answer_request(Some(e.to_string())).await?;
+                }
+            }
+        }
         let applied = m.follow_once(5000).await?;
         if last_line.elapsed() >= Duration::from_secs(10) {
             last_line = Instant::now();
@@ -285,6 +397,9 @@ fn show_status(s: &mover::Status) -> String {
             v.differences
         )),
         None => out.push_str("last verify: none yet\n"),
+    }
+    if let Some(ms) = s.write_pause_ms {
+        out.push_str(&format!("writes switched after a pause of {ms} ms\n"));
     }
     out
 }

@@ -988,7 +988,7 @@ impl Mover {
 
     /// Back to the sources, losing nothing written since the switch (see the module's
     /// documentation). Before the switch of writes it is [`abort`].
-    pub async fn rollback(mut self) -> Result<()> {
+    pub async fn rollback(&mut self) -> Result<()> {
         let stage = self.stage().await?;
         if !matches!(stage.as_str(), "writes-switched" | "rolling-back" | "switching-writes") {
             return abort(self).await;
@@ -1044,7 +1044,7 @@ impl Mover {
     /// Ends reverse sync once nothing needs the sources any more (the monolith switched off, or
     /// a shard source at once): a last drain, the streams dropped, a shard source's moved rows
     /// removed. The new map becomes the routing's map.
-    pub async fn finish(mut self) -> Result<()> {
+    pub async fn finish(&mut self) -> Result<()> {
         let stage = self.stage().await?;
         if stage != "writes-switched" {
             return Err(MoveError::Refused(format!("a move finishes after its writes switched; this one is at `{stage}`")));
@@ -1342,7 +1342,7 @@ fn hostname() -> String {
 /// Ends the open move before its writes switched: drops its slots and publications (a slot left
 /// behind keeps WAL on its database forever) and the rows it copied to the targets, opens the
 /// fences, and marks it aborted.
-pub async fn abort(mover: Mover) -> Result<()> {
+pub async fn abort(mover: &Mover) -> Result<()> {
     let stage = mover.stage().await?;
     if matches!(stage.as_str(), "switching-writes" | "writes-switched" | "rolling-back") {
         return Err(MoveError::Refused(format!(
@@ -1427,6 +1427,8 @@ pub struct Status {
     pub copy: Vec<CopyStatus>,
     pub follow: Vec<FollowStatus>,
     pub last_verify: Option<VerifyStatus>,
+    /// how long writes to the moving buckets waited at the switch, once switched
+    pub write_pause_ms: Option<i64>,
     /// the mover holding the lock, if one runs
     pub mover: Option<String>,
 }
@@ -1540,6 +1542,11 @@ pub async fn status(control_url: &str, url_of: &dyn Fn(&str) -> Option<String>) 
     .await
     .ctx(|| "reading the lock".into())?;
     let mover = if locked { Some(lock_holder(&mut conn).await) } else { None };
+    let write_pause_ms: Option<i64> = sqlx::query_scalar("SELECT write_pause_ms FROM chat_move.moves WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .ctx(|| "reading the move".into())?;
     Ok(Some(Status {
         move_id: id,
         to_version,
@@ -1549,6 +1556,7 @@ pub async fn status(control_url: &str, url_of: &dyn Fn(&str) -> Option<String>) 
         copy,
         follow,
         last_verify: last_verify.map(|(finished, rows_compared, differences)| VerifyStatus { finished, rows_compared, differences }),
+        write_pause_ms,
         mover,
     }))
 }

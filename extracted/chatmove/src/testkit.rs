@@ -36,8 +36,25 @@ impl Fixture {
     /// A fresh monolith database and `shards` shard databases, every migration applied.
     pub async fn create(shards: usize) -> Fixture {
         let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/test sets it)");
-        let name = format!("move_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let name = format!("move_test_{now}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut admin = PgConnection::connect(&base).await.expect("connecting to DATABASE_URL");
+        // a fixture whose test was killed (a timeout) never ran its Drop: its slots would keep
+        // WAL on this server for ever. Those over an hour old are swept.
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE datname ~ '^move_test_[0-9]+_' AND split_part(datname, '_', 3)::bigint < $1",
+        )
+        .bind(now as i64 - 3600)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        for db in stale {
+            let _ = sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1")
+                .bind(&db)
+                .execute(&mut admin)
+                .await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&mut admin).await;
+        }
         sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")).execute(&mut admin).await.unwrap();
         let main_url = database_url(&name);
         let migrate = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/migrate");
