@@ -217,6 +217,14 @@ impl Fixture {
 /// until `stop` is set or `max` operations are done (bounded either way), keeping account of what
 /// every message it touched must look like.
 pub async fn writer(pools: HashMap<String, PgPool>, stop: Arc<AtomicBool>, max: u64) -> Outcome {
+    paced_writer(pools, stop, max, Duration::ZERO, (0, 1)).await
+}
+
+/// [`writer`], one operation per `pace` at most (zero: as fast as it goes); one of `share.1`
+/// writers at once, the `share.0`th: it edits and deletes only its share of the existing
+/// messages (two writers deleting and editing the same message would each see the other's
+/// change as a loss).
+pub async fn paced_writer(pools: HashMap<String, PgPool>, stop: Arc<AtomicBool>, max: u64, pace: Duration, share: (u32, u32)) -> Outcome {
     let main = pools[LEGACY].clone();
     let mut routing = Routing::load(&main).await.expect("the routing");
     let users: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM legacy.users").fetch_all(&main).await.unwrap();
@@ -236,7 +244,7 @@ pub async fn writer(pools: HashMap<String, PgPool>, stop: Arc<AtomicBool>, max: 
                 .fetch_all(pool)
                 .await
                 .unwrap_or_default();
-        touchable.extend(msgs.into_iter().filter(|(_, c)| routing.read_db(c) == db));
+        touchable.extend(msgs.into_iter().filter(|(id, c)| routing.read_db(c) == db && u32::from(id.as_bytes()[0]) % share.1 == share.0));
     }
     assert!(!chats.is_empty() && !users.is_empty(), "the writer needs seeded chats");
     let mut out = Outcome::default();
@@ -322,7 +330,11 @@ pub async fn writer(pools: HashMap<String, PgPool>, stop: Arc<AtomicBool>, max: 
             }
         }
         out.longest_write = out.longest_write.max(started.elapsed());
-        tokio::task::yield_now().await;
+        if pace.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(pace.saturating_sub(started.elapsed())).await;
+        }
     }
     out
 }
