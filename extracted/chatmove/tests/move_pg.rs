@@ -121,3 +121,58 @@ async fn moves_the_monolith_to_four_shards_under_writes_and_names_what_differs()
     }
     fx.drop_all().await;
 }
+
+/// An update that leaves a large (TOASTed) body alone does not send it: the follow stage must
+/// keep the body it has, not blank it or fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_leaves_a_toasted_body_alone_keeps_it() {
+    let fx = Fixture::create(4).await;
+    fx.seed(4, 4, 40).await;
+    let big = "SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 400)"; // 12.8 kB, incompressible
+    let (chat, sender): (Uuid, Uuid) =
+        sqlx::query_as("SELECT chat_id, user_id FROM legacy.chat_members LIMIT 1").fetch_one(&fx.main).await.unwrap();
+    let before_copy: Uuid =
+        sqlx::query_scalar(&format!("INSERT INTO legacy.messages (chat_id, sender_id, body) VALUES ($1, $2, ({big})) RETURNING id"))
+            .bind(chat)
+            .bind(sender)
+            .fetch_one(&fx.main)
+            .await
+            .unwrap();
+    let map = fx.map(1, 4);
+    let url_of = fx.url_of();
+    let mut m = Mover::open(&fx.main_url, spec(&map), &url_of).await.unwrap();
+    m.prepare().await.unwrap();
+    // written after the slot, before the copy: the stream has its insert (whole) and an update
+    // without the body
+    let during: Uuid =
+        sqlx::query_scalar(&format!("INSERT INTO legacy.messages (chat_id, sender_id, body) VALUES ($1, $2, ({big})) RETURNING id"))
+            .bind(chat)
+            .bind(sender)
+            .fetch_one(&fx.main)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE legacy.messages SET edited_at = now() WHERE id = ANY($1)")
+        .bind(vec![before_copy, during])
+        .execute(&fx.main)
+        .await
+        .unwrap();
+    m.copy(|_| {}).await.unwrap();
+    sqlx::query("UPDATE legacy.messages SET deleted_at = now() WHERE id = ANY($1)")
+        .bind(vec![before_copy, during])
+        .execute(&fx.main)
+        .await
+        .unwrap();
+    let r = m.verify().await.unwrap();
+    assert!(r.is_clean(), "{:?}", r.differences);
+    let shard =
+        fx.shard(fx.shards.iter().position(|(n, _, _)| *n == ShardMap::parse("m", &map).unwrap().shard_of(&chat).name).unwrap()).await;
+    let lens: Vec<(i32, bool)> = sqlx::query_as("SELECT length(body), deleted_at IS NOT NULL FROM chat.messages WHERE id = ANY($1)")
+        .bind(vec![before_copy, during])
+        .fetch_all(&shard)
+        .await
+        .unwrap();
+    assert_eq!(lens, vec![(12800, true), (12800, true)]);
+    abort(&m).await.unwrap();
+    shard.close().await;
+    fx.drop_all().await;
+}

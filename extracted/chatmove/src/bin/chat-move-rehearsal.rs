@@ -64,7 +64,8 @@ async fn main() -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let pace = Duration::from_secs_f64(args.writers as f64 / args.rate.max(1) as f64);
-    let writers: Vec<_> = (0..args.writers).map(|i| tokio::spawn(paced_writer(pools.clone(), stop.clone(), u64::MAX, pace, (i, args.writers)))).collect();
+    let writers: Vec<_> =
+        (0..args.writers).map(|i| tokio::spawn(paced_writer(pools.clone(), stop.clone(), u64::MAX, pace, (i, args.writers)))).collect();
 
     let url_of = |k: &str| std::env::var(k).ok();
     let mut m = Mover::open(&control_url, MoveSpec::parse(None, to_text)?, &url_of).await?;
@@ -96,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // following: probes written on the monolith's table, timed until they are on their shard
-    let (probe_chat, probe_sender): (Uuid, Uuid) = sqlx::query_as("SELECT chat_id, user_id FROM legacy.chat_members LIMIT 1").fetch_one(&main).await?;
+    let (probe_chat, probe_sender): (Uuid, Uuid) =
+        sqlx::query_as("SELECT chat_id, user_id FROM legacy.chat_members LIMIT 1").fetch_one(&main).await?;
     let target = pools[&spec.to.shard_of(&probe_chat).name].clone();
     let mut pending: HashMap<Uuid, Instant> = HashMap::new();
     let mut latencies = Vec::new();
@@ -127,7 +129,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (p50, p99, pmax) = (pct(&mut latencies, 0.5), pct(&mut latencies, 0.99), pct(&mut latencies, 1.0));
-    eprintln!("following: {} probes, apply latency p50 {p50:.0} ms, p99 {p99:.0} ms, max {pmax:.0} ms; lag at most {max_lag} bytes", latencies.len());
+    eprintln!(
+        "following: {} probes, apply latency p50 {p50:.0} ms, p99 {p99:.0} ms, max {pmax:.0} ms; lag at most {max_lag} bytes",
+        latencies.len()
+    );
 
     m.switch_reads().await?;
     let t = Instant::now();
@@ -169,7 +174,10 @@ async fn main() -> anyhow::Result<()> {
     println!("| copy | {copy_secs:.1} s, {:.0} rows/s |", rows as f64 / copy_secs);
     println!("| changes made during the copy, applied after it | {caught} in {catch_up_secs:.1} s (WAL behind at the end of the copy: {lag_after_copy} bytes) |");
     println!("| verify (every column of every row) | {} rows in {:.1} s |", v.rows_compared, v.seconds);
-    println!("| follow: a monolith write on its shard after (p50 / p99 / max) | {p50:.0} / {p99:.0} / {pmax:.0} ms ({} probes) |", latencies.len());
+    println!(
+        "| follow: a monolith write on its shard after (p50 / p99 / max) | {p50:.0} / {p99:.0} / {pmax:.0} ms ({} probes) |",
+        latencies.len()
+    );
     println!("| writes paused at the switch (mover) | {} ms ({} changes drained) |", switch.write_pause_ms, switch.drained);
     println!("| longest client write (through the switch) | {} ms |", outcome.longest_write.as_millis());
     println!(
