@@ -110,7 +110,7 @@ async fn a_move_killed_mid_copy_continues_and_verifies_clean() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is open with other maps"), "{}", text(&refused));
 
     // the switches, asked of a running mover (it holds the lock and follows meanwhile)
-    let mut follower = bm_chat(&fx, &["run"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let follower = bm_chat(&fx, &["run"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     for _ in 0..500 {
         let held: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)")
             .fetch_one(&fx.main)

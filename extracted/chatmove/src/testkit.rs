@@ -24,13 +24,7 @@ pub struct Fixture {
     pub shards: Vec<(String, String, String)>,
 }
 
-/// The URL of database `name` on `DATABASE_URL`'s server.
-pub fn database_url(name: &str) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/test sets it)");
-    let (head, tail) = base.split_at(base.rfind('/').expect("a database URL ends with /name"));
-    let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
-    format!("{head}/{name}{query}")
-}
+pub use bm_common::testdb::database_url;
 
 impl Fixture {
     /// A fresh monolith database and `shards` shard databases, every migration applied.
@@ -57,16 +51,7 @@ impl Fixture {
         }
         sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")).execute(&mut admin).await.unwrap();
         let main_url = database_url(&name);
-        let migrate = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/migrate");
-        let out = Command::new(migrate)
-            .arg(&main_url)
-            .env("CHAT_SHARDS", shards.to_string())
-            .env_remove("CHAT_SHARD_URLS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("running scripts/migrate");
-        assert!(out.status.success(), "scripts/migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+        bm_common::testdb::migrate(&main_url, shards);
         let main = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&main_url).await.unwrap();
         let shards = (0..shards)
             .map(|i| (format!("s{i}"), format!("{}_S{i}_URL", name.to_uppercase()), database_url(&format!("{name}_chat_s{i}"))))
@@ -77,15 +62,7 @@ impl Fixture {
     /// Adds shard databases beyond the first ones (a fifth shard), migrated.
     pub async fn add_shards(&mut self, n: usize) {
         let total = self.shards.len() + n;
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/migrate"))
-            .arg(&self.main_url)
-            .env("CHAT_SHARDS", total.to_string())
-            .env_remove("CHAT_SHARD_URLS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("running scripts/migrate");
-        assert!(out.status.success(), "scripts/migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+        bm_common::testdb::migrate(&self.main_url, total);
         for i in self.shards.len()..total {
             self.shards.push((
                 format!("s{i}"),

@@ -22,6 +22,8 @@ pub mod jwt;
 pub mod nest;
 pub mod serve;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testdb;
 pub mod validate;
 
 /// The internal headers, defined once for the proxy and the services (`strangler-protocol`).

@@ -91,28 +91,13 @@ pub async fn fresh_database() -> (PgPool, String) {
         .await
         .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
     let url = database_url(&name);
-    let migrate = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/migrate");
     // (no chat shards: these databases hold the monolith's tables only)
-    let out = Command::new(migrate)
-        .arg(&url)
-        .env("CHAT_SHARDS", "0")
-        .env_remove("CHAT_SHARD_URLS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("running scripts/migrate");
-    assert!(out.status.success(), "scripts/migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    bm_common::testdb::migrate(&url, 0);
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(&url).await.unwrap();
     (pool, name)
 }
 
-/// The URL of database `name` on `DATABASE_URL`'s server.
-pub fn database_url(name: &str) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let (head, tail) = base.split_at(base.rfind('/').expect("a database URL ends with /name"));
-    let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
-    format!("{head}/{name}{query}")
-}
+pub use bm_common::testdb::database_url;
 
 pub async fn drop_database(pool: PgPool, name: &str) {
     pool.close().await;
