@@ -221,6 +221,9 @@ ENV
 chat_env() {
   service_env "$@"
   echo "REDIS_URL=$REDIS_URL"
+  # the chat shards of shards.toml: the four databases scripts/migrate keeps beside the main one
+  local base=${DATABASE_URL%%\?*} i
+  for i in 0 1 2 3; do echo "CHAT_SHARD_S${i}_URL=${base}_chat_s$i"; done
   if [ -n "${KAFKA_BROKERS:-}" ]; then echo "KAFKA_BROKERS=$KAFKA_BROKERS"; fi
 }
 

@@ -311,6 +311,8 @@ export async function startChatService(env: Record<string, string>) {
     ...(env.NODE_ENV ? { NODE_ENV: env.NODE_ENV } : {}),
     // its outbox relay: CHAT_KAFKA_BROKERS gives the service a broker the monolith lacks
     ...(env.CHAT_KAFKA_BROKERS || env.KAFKA_BROKERS ? { KAFKA_BROKERS: env.CHAT_KAFKA_BROKERS || env.KAFKA_BROKERS } : {}),
+    // the chat shards' URLs, as the shard map names them (docs/chat-sharding.md)
+    ...Object.fromEntries(Object.entries(env).filter(([k]) => k.startsWith('CHAT_SHARD_'))),
   });
 }
 

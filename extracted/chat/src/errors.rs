@@ -100,7 +100,13 @@ impl From<ChatError> for async_graphql::Error {
 
 impl From<sqlx::Error> for ChatError {
     fn from(e: sqlx::Error) -> Self {
-        tracing::error!(error = %e, "database error");
+        if bm_chatmove::routing::is_fenced(&e) {
+            // a chat data move switched this chat's writes to its shard: this service writes the
+            // monolith's tables only (docs/chat-sharding.md) — refused, nothing written
+            tracing::error!(error = %e, "a write refused by the chat data move's fence: this chat's writes are on its shard");
+        } else {
+            tracing::error!(error = %e, "database error");
+        }
         ChatError::Internal
     }
 }

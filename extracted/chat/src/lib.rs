@@ -23,6 +23,7 @@ pub mod config;
 pub mod errors;
 pub mod graphqljs;
 pub mod http;
+pub mod placement;
 pub mod push;
 pub mod schema;
 pub mod shape;
@@ -52,6 +53,8 @@ pub struct Inner {
     /// FCM
     pub http: reqwest::Client,
     pub verifier: Verifier,
+    /// where each chat's rows are read (the chat data move's routing)
+    pub placement: Arc<placement::Placement>,
 }
 
 impl std::ops::Deref for AppState {
@@ -62,9 +65,15 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(cfg: Config, pool: PgPool, bus: bus::Bus, verifier: Verifier) -> anyhow::Result<AppState> {
+    pub fn new(
+        cfg: Config,
+        pool: PgPool,
+        bus: bus::Bus,
+        verifier: Verifier,
+        placement: Arc<placement::Placement>,
+    ) -> anyhow::Result<AppState> {
         let http = cfg.tls.client_builder().timeout(cfg.http_timeout).build()?;
-        Ok(AppState(Arc::new(Inner { cfg, pool, bus, http, verifier })))
+        Ok(AppState(Arc::new(Inner { cfg, pool, bus, http, verifier, placement })))
     }
 
     /// A new message, once committed: to every live subscriber of its chat (both sides), and to

@@ -45,11 +45,21 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = cfg.addr;
     let ready_redis = redis.clone();
     let ready_bus = bus.clone();
+    // where each chat is read: the chat data move's routing (docs/chat-sharding.md)
+    let placement = bm_chat::placement::Placement::start(pool.clone(), |k| std::env::var(k).ok(), stop.subscribe()).await?;
+    tracing::info!(routing = %placement.describe(), "chat routing");
     let readiness = Readiness::default()
         .postgres(pool.clone())
         .check("redis", move || {
             let mut r = ready_redis.clone();
             async move { redis::cmd("PING").query_async::<String>(&mut r).await.map(|_| ()).map_err(|e| e.to_string()) }
+        })
+        .check("chat routing", {
+            let placement = placement.clone();
+            move || {
+                let problem = placement.problems();
+                async move { problem.map_or(Ok(()), Err) }
+            }
         })
         .check("bus", move || {
             let connected = ready_bus.connected();
@@ -67,7 +77,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let relay = bm_events::relay::Relay { pool: pool.clone(), kafka, cfg: Default::default() };
         tokio::spawn(relay.run(stop.subscribe()))
     });
-    let state = AppState::new(cfg, pool, bus, verifier)?;
+    let state = AppState::new(cfg, pool, bus, verifier, placement.clone())?;
     let inner = Router::new()
         .merge(router(state))
         .merge(readiness.router())

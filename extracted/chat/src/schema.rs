@@ -166,6 +166,26 @@ macro_rules! read {
     }};
 }
 
+/// The shard to read `chat` from (the chat data move's routing), or None for the monolith's
+/// tables — always when a mutation of this request has written: its writes are there, and a
+/// shard has them only after the move's follow lag.
+async fn read_shard(ctx: &Context<'_>, chat: Uuid) -> Result<Option<sqlx::PgPool>> {
+    if let Some(tx) = ctx.data_opt::<bm_common::dryrun::RequestTx>() {
+        if tx.conn_if_begun().await.is_some() {
+            return Ok(None);
+        }
+    }
+    state(ctx).placement.read_shard(&chat)
+}
+
+/// 404/403 as [`store::require_member`], wherever the routing reads the chat.
+async fn require_member_routed(ctx: &Context<'_>, chat: Uuid, me: Uuid) -> Result<ChatRow> {
+    match read_shard(ctx, chat).await? {
+        Some(shard) => store::on_shard::require_member(&shard, chat, me).await,
+        None => store::require_member(&state(ctx).pool, chat, me).await,
+    }
+}
+
 #[Object]
 impl Chat {
     async fn created_at(&self) -> DateTimeUtc {
@@ -181,11 +201,19 @@ impl Chat {
     }
 
     async fn last_message(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Message>> {
-        Ok(read!(ctx, store::last_message, self.row.id)?.map(Message::from))
+        let row = match read_shard(ctx, self.row.id).await? {
+            Some(shard) => store::on_shard::last_message(&shard, &state(ctx).pool, self.row.id).await?,
+            None => read!(ctx, store::last_message, self.row.id)?,
+        };
+        Ok(row.map(Message::from))
     }
 
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ChatMember>> {
-        Ok(read!(ctx, store::members, self.row.id)?.into_iter().map(ChatMember::from).collect())
+        let rows = match read_shard(ctx, self.row.id).await? {
+            Some(shard) => store::on_shard::members(&shard, &state(ctx).pool, self.row.id).await?,
+            None => read!(ctx, store::members, self.row.id)?,
+        };
+        Ok(rows.into_iter().map(ChatMember::from).collect())
     }
 
     /// null for direct chats
@@ -196,7 +224,10 @@ impl Chat {
     /// Messages from others after the caller's read marker, not deleted.
     async fn unread_count(&self, ctx: &Context<'_>) -> async_graphql::Result<i32> {
         let me = caller(ctx)?;
-        Ok(read!(ctx, store::unread_count, self.row.id, me)?)
+        Ok(match read_shard(ctx, self.row.id).await? {
+            Some(shard) => store::on_shard::unread_count(&shard, self.row.id, me).await?,
+            None => read!(ctx, store::unread_count, self.row.id, me)?,
+        })
     }
 
     /// Last activity: creation or newest message.
@@ -226,10 +257,11 @@ impl Query {
     async fn chat(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Chat> {
         let me = caller(ctx)?;
         let id = store::parse_uuid(&id, "id")?;
-        Ok(store::require_member(&state(ctx).pool, id, me).await?.into())
+        Ok(require_member_routed(ctx, id, me).await?.into())
     }
 
-    /// The caller's chats, newest activity first.
+    /// The caller's chats, newest activity first. (From the monolith's tables while a move is
+    /// open: on the shards this list is the caller's inbox, not built yet.)
     async fn chats(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Chat>> {
         let me = caller(ctx)?;
         Ok(store::chats(&state(ctx).pool, me).await?.into_iter().map(Chat::from).collect())
@@ -268,8 +300,16 @@ impl Query {
         let before = after.as_deref().filter(|a| !a.is_empty()).map(store::decode_cursor).transpose()?;
         let chat = store::parse_uuid(&chat_id, "chatId")?;
         let pool = &state(ctx).pool;
-        store::require_member(pool, chat, me).await?;
-        let mut rows = store::messages(pool, chat, before, i64::from(first)).await?;
+        let mut rows = match read_shard(ctx, chat).await? {
+            Some(shard) => {
+                store::on_shard::require_member(&shard, chat, me).await?;
+                store::on_shard::messages(&shard, pool, chat, before, i64::from(first)).await?
+            }
+            None => {
+                store::require_member(pool, chat, me).await?;
+                store::messages(pool, chat, before, i64::from(first)).await?
+            }
+        };
         let has_next_page = rows.len() > first as usize;
         rows.truncate(first as usize);
         let edges: Vec<MessageEdge> =
@@ -427,7 +467,7 @@ impl SubscriptionRoot {
     async fn message_added(&self, ctx: &Context<'_>, chat_id: ID) -> async_graphql::Result<impl Stream<Item = Message>> {
         let me = caller(ctx)?;
         let chat = store::parse_uuid(&chat_id, "chatId")?;
-        store::require_member(&state(ctx).pool, chat, me).await?;
+        require_member_routed(ctx, chat, me).await?;
         Ok(state(ctx).bus.subscribe(chat).await?)
     }
 }

@@ -91,17 +91,22 @@ pub fn assert_body(body: &str) -> Result<()> {
 
 /// 404 when the chat does not exist, 403 when `user` is not a member.
 pub async fn require_member<'e>(db: impl PgExecutor<'e>, chat: Uuid, user: Uuid) -> Result<ChatRow> {
+    require_member_in(db, "legacy", chat, user).await
+}
+
+/// [`require_member`] on the chat tables of `schema` (`legacy`, or `chat` on a shard).
+async fn require_member_in<'e>(db: impl PgExecutor<'e>, schema: &str, chat: Uuid, user: Uuid) -> Result<ChatRow> {
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
         chat: ChatRow,
         is_member: bool,
     }
-    let row: Option<Row> = sqlx::query_as(
+    let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at,
-                EXISTS (SELECT 1 FROM legacy.chat_members cm WHERE cm.chat_id = c.id AND cm.user_id = $2) AS is_member
-         FROM legacy.chats c WHERE c.id = $1",
-    )
+                EXISTS (SELECT 1 FROM {schema}.chat_members cm WHERE cm.chat_id = c.id AND cm.user_id = $2) AS is_member
+         FROM {schema}.chats c WHERE c.id = $1"
+    ))
     .bind(chat)
     .bind(user)
     .fetch_optional(db)
@@ -140,11 +145,15 @@ pub async fn last_message<'e>(db: impl PgExecutor<'e>, chat: Uuid) -> Result<Opt
 }
 
 pub async fn unread_count<'e>(db: impl PgExecutor<'e>, chat: Uuid, user: Uuid) -> Result<i32> {
-    let n: i32 = sqlx::query_scalar(
-        "SELECT count(*)::int FROM legacy.messages m
-         JOIN legacy.chat_members cm ON cm.chat_id = m.chat_id AND cm.user_id = $2
-         WHERE m.chat_id = $1 AND m.seq > cm.last_read_seq AND m.sender_id <> $2 AND m.deleted_at IS NULL",
-    )
+    unread_count_in(db, "legacy", chat, user).await
+}
+
+async fn unread_count_in<'e>(db: impl PgExecutor<'e>, schema: &str, chat: Uuid, user: Uuid) -> Result<i32> {
+    let n: i32 = sqlx::query_scalar(&format!(
+        "SELECT count(*)::int FROM {schema}.messages m
+         JOIN {schema}.chat_members cm ON cm.chat_id = m.chat_id AND cm.user_id = $2
+         WHERE m.chat_id = $1 AND m.seq > cm.last_read_seq AND m.sender_id <> $2 AND m.deleted_at IS NULL"
+    ))
     .bind(chat)
     .bind(user)
     .fetch_one(db)
@@ -376,6 +385,111 @@ pub async fn mark_read(c: &mut PgConnection, chat: Uuid, user: Uuid, seq: i64) -
         .execute(&mut *c)
         .await?;
     Ok(())
+}
+
+/// The reads of a chat on its shard (`chat.*`, `migrations/chat/`), when the routing reads it
+/// there: the same rows and order as the monolith's queries above. A shard has no users: the
+/// public profiles come from the monolith's database (`main`), one query per read.
+pub mod on_shard {
+    use std::collections::HashMap;
+
+    use chrono::{DateTime, Utc};
+    use sqlx::PgPool;
+    use uuid::Uuid;
+
+    use super::{ChatRow, MemberRow, MessageRow};
+    use crate::errors::Result;
+
+    /// id → (display name, avatar)
+    async fn profiles(main: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, (String, Option<String>)>> {
+        let rows: Vec<(Uuid, String, Option<String>)> =
+            sqlx::query_as("SELECT id, display_name, avatar_url FROM legacy.users WHERE id = ANY($1::uuid[])")
+                .bind(ids)
+                .fetch_all(main)
+                .await?;
+        Ok(rows.into_iter().map(|(id, name, avatar)| (id, (name, avatar))).collect())
+    }
+
+    /// 404 when the chat does not exist, 403 when `user` is not a member.
+    pub async fn require_member(shard: &PgPool, chat: Uuid, user: Uuid) -> Result<ChatRow> {
+        super::require_member_in(shard, "chat", chat, user).await
+    }
+
+    pub async fn members(shard: &PgPool, main: &PgPool, chat: Uuid) -> Result<Vec<MemberRow>> {
+        let rows: Vec<(String, DateTime<Utc>, Uuid)> =
+            sqlx::query_as("SELECT role, joined_at, user_id FROM chat.chat_members WHERE chat_id = $1 ORDER BY joined_at, user_id")
+                .bind(chat)
+                .fetch_all(shard)
+                .await?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.2).collect();
+        let names = profiles(main, &ids).await?;
+        // (a member whose user is gone: the monolith's join would drop the row too)
+        Ok(rows
+            .into_iter()
+            .filter_map(|(role, joined_at, id)| {
+                names.get(&id).map(|(display_name, avatar_url)| MemberRow {
+                    role,
+                    joined_at,
+                    id,
+                    display_name: display_name.clone(),
+                    avatar_url: avatar_url.clone(),
+                })
+            })
+            .collect())
+    }
+
+    type Row = (Uuid, i64, Uuid, Uuid, String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    const COLUMNS: &str = "id, seq, chat_id, sender_id, body, client_message_id, created_at, edited_at, deleted_at";
+
+    async fn with_senders(main: &PgPool, rows: Vec<Row>) -> Result<Vec<MessageRow>> {
+        let mut ids: Vec<Uuid> = rows.iter().map(|r| r.3).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let names = profiles(main, &ids).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, seq, chat_id, sender_id, body, client_message_id, created_at, edited_at, deleted_at)| {
+                names.get(&sender_id).map(|(name, avatar)| MessageRow {
+                    id,
+                    seq,
+                    chat_id,
+                    sender_id,
+                    body,
+                    client_message_id,
+                    created_at,
+                    edited_at,
+                    deleted_at,
+                    sender_display_name: name.clone(),
+                    sender_avatar_url: avatar.clone(),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn last_message(shard: &PgPool, main: &PgPool, chat: Uuid) -> Result<Option<MessageRow>> {
+        let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM chat.messages WHERE chat_id = $1 ORDER BY seq DESC LIMIT 1"))
+            .bind(chat)
+            .fetch_all(shard)
+            .await?;
+        Ok(with_senders(main, rows).await?.pop())
+    }
+
+    pub async fn unread_count(shard: &PgPool, chat: Uuid, user: Uuid) -> Result<i32> {
+        super::unread_count_in(shard, "chat", chat, user).await
+    }
+
+    /// Messages of a chat, newest first, `first` of them plus one to tell whether more exist.
+    pub async fn messages(shard: &PgPool, main: &PgPool, chat: Uuid, before: Option<i64>, first: i64) -> Result<Vec<MessageRow>> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM chat.messages WHERE chat_id = $1 AND ($2::bigint IS NULL OR seq < $2::bigint) ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(chat)
+        .bind(before)
+        .bind(first + 1)
+        .fetch_all(shard)
+        .await?;
+        with_senders(main, rows).await
+    }
 }
 
 #[cfg(test)]

@@ -110,7 +110,9 @@ async fn a_move_killed_mid_copy_continues_and_verifies_clean() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is open with other maps"), "{}", text(&refused));
 
     // the switches, asked of a running mover (it holds the lock and follows meanwhile)
-    let follower = bm_chat(&fx, &["run"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let follower = bm_chat(&fx, &["run", "--metrics-addr", &metrics_addr]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     for _ in 0..500 {
         let held: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)")
             .fetch_one(&fx.main)
@@ -121,6 +123,17 @@ async fn a_move_killed_mid_copy_continues_and_verifies_clean() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // the running mover's metrics: its stage, and the follow lag once it has read it
+    let metrics = loop {
+        if let Ok(r) = reqwest::get(format!("http://{metrics_addr}/metrics")).await {
+            let text = r.text().await.unwrap();
+            if text.contains("chat_move_follow_lag_bytes") {
+                break text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(metrics.contains("chat_move_stage{stage=\"following\"} 1"), "{metrics}");
     for what in ["reads", "writes"] {
         let o = run(&fx, &["switch", what]);
         assert!(o.status.success(), "{}", text(&o));

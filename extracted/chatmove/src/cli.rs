@@ -315,7 +315,7 @@ async fn run_command(m: &mut Mover, name: &str) -> Result<bool, MoveError> {
 /// runs what `bm-chat move switch|rollback|finish` asks meanwhile.
 async fn follow_until_stopped(m: &mut Mover) -> Result<(), MoveError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
-    let mut last_line = Instant::now();
+    let mut last_line = Instant::now() - Duration::from_secs(3600);
     eprintln!("following: changes are applied until this stops (Ctrl-C); switch, rollback and finish can be asked from another terminal");
     loop {
         if let Some(req) = m.take_request().await? {

@@ -444,6 +444,10 @@ impl Mover {
             pause: Duration::ZERO,
         };
         mover.check_schemas().await?;
+        let stage = mover.stage().await?;
+        for s in STAGES {
+            metrics::gauge!("chat_move_stage", "stage" => s).set(if s == stage { 1.0 } else { 0.0 });
+        }
         Ok(mover)
     }
 

@@ -131,26 +131,24 @@ async fn an_update_that_leaves_a_toasted_body_alone_keeps_it() {
     let big = "SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 400)"; // 12.8 kB, incompressible
     let (chat, sender): (Uuid, Uuid) =
         sqlx::query_as("SELECT chat_id, user_id FROM legacy.chat_members LIMIT 1").fetch_one(&fx.main).await.unwrap();
-    let before_copy: Uuid =
-        sqlx::query_scalar(&format!("INSERT INTO legacy.messages (chat_id, sender_id, body) VALUES ($1, $2, ({big})) RETURNING id"))
-            .bind(chat)
-            .bind(sender)
-            .fetch_one(&fx.main)
-            .await
-            .unwrap();
+    let insert_big = || async {
+        sqlx::query_scalar::<_, Uuid>(&format!(
+            "INSERT INTO legacy.messages (chat_id, sender_id, body) VALUES ($1, $2, ({big})) RETURNING id"
+        ))
+        .bind(chat)
+        .bind(sender)
+        .fetch_one(&fx.main)
+        .await
+        .unwrap()
+    };
+    let before_copy = insert_big().await;
     let map = fx.map(1, 4);
     let url_of = fx.url_of();
     let mut m = Mover::open(&fx.main_url, spec(&map), &url_of).await.unwrap();
     m.prepare().await.unwrap();
     // written after the slot, before the copy: the stream has its insert (whole) and an update
     // without the body
-    let during: Uuid =
-        sqlx::query_scalar(&format!("INSERT INTO legacy.messages (chat_id, sender_id, body) VALUES ($1, $2, ({big})) RETURNING id"))
-            .bind(chat)
-            .bind(sender)
-            .fetch_one(&fx.main)
-            .await
-            .unwrap();
+    let during = insert_big().await;
     sqlx::query("UPDATE legacy.messages SET edited_at = now() WHERE id = ANY($1)")
         .bind(vec![before_copy, during])
         .execute(&fx.main)

@@ -282,6 +282,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_repositorys_map_is_valid() {
+        let text = include_str!("../../../shards.toml");
+        let map = ShardMap::parse("shards.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(map.shards.len(), 4);
+        assert_eq!(map.shard_for_bucket(1023).url_env, "CHAT_SHARD_S3_URL");
+    }
+
     const FOUR: &str = r#"version = 1
 [[shards]]
 name = "s0"
