@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::mover::{self, MoveError, MoveSpec, Mover, VerifyReport};
 use crate::plan::{self, Origin};
+use crate::status;
 
 #[derive(Parser)]
 #[command(name = "bm-chat move", about = "Move chat data onto the shards, or between them, while traffic flows (docs/chat-sharding.md)")]
@@ -132,7 +133,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MoveError> {
     let url = cli.database_url;
     match cli.command {
         Command::Status { json } => {
-            let st = mover::status(&url, &env).await?;
+            let st = status::status(&url, &env).await?;
             match (st, json) {
                 (None, true) => println!("null"),
                 (None, false) => println!("no move is open"),
@@ -311,6 +312,11 @@ async fn run_command(m: &mut Mover, name: &str) -> Result<bool, MoveError> {
     Ok(true)
 }
 
+/// Changes applied per decoding pass at most.
+const FOLLOW_BATCH: i32 = 5000;
+/// The wait between decoding passes that were not full: up to this much follow lag is added.
+const FOLLOW_PAUSE: Duration = Duration::from_millis(50);
+
 /// Follows (forward before the switch of writes, backward after it) until SIGINT/SIGTERM, and
 /// runs what `bm-chat move switch|rollback|finish` asks meanwhile.
 async fn follow_until_stopped(m: &mut Mover) -> Result<(), MoveError> {
@@ -333,15 +339,19 @@ async fn follow_until_stopped(m: &mut Mover) -> Result<(), MoveError> {
                 }
             }
         }
-        let applied = m.follow_once(5000).await?;
+        let applied = m.follow_once(FOLLOW_BATCH).await?;
         if last_line.elapsed() >= Duration::from_secs(10) {
             last_line = Instant::now();
             let lag = m.lag().await?;
             eprintln!("following: lag {}", lag.iter().map(|(s, l)| format!("{s} {l} bytes")).collect::<Vec<_>>().join(", "));
         }
-        if applied == 0 {
+        // a full batch: more is waiting, straight on; else a short wait gathers the next changes
+        // into one decoding pass (each pass sets up a decoding context on the source: under a
+        // steady trickle of writes, passes of a few changes each cost the source more CPU than
+        // the changes themselves)
+        if applied < FOLLOW_BATCH as usize {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(FOLLOW_PAUSE) => {}
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = term.recv() => return Ok(()),
             }
@@ -365,7 +375,7 @@ fn show_verify(r: &VerifyReport) -> String {
     s
 }
 
-fn show_status(s: &mover::Status) -> String {
+fn show_status(s: &crate::status::Status) -> String {
     let mut out =
         format!("move {} from {} to shard map version {}: stage {}, started {}\n", s.move_id, s.from, s.to_version, s.stage, s.started);
     out.push_str(&format!("mover: {}\n", s.mover.as_deref().unwrap_or("none running")));

@@ -35,6 +35,11 @@ struct Args {
     follow_seconds: u64,
     #[arg(long, default_value_t = 5000)]
     chunk: i64,
+    /// No move of its own: for this many seconds, time probe messages written on the monolith's
+    /// table until they are on their shard — the follow lag of a mover that is following now
+    /// (`bm-chat move run`), under whatever load the stack has.
+    #[arg(long)]
+    probe_only: Option<u64>,
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -43,6 +48,54 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Writes a probe message on the monolith's table every 100 ms for `secs` seconds and times each
+/// until it is on its shard; follows with `mover` meanwhile when given (else another process
+/// follows), recording its largest lag.
+async fn probe(
+    main: &PgPool,
+    pools: &HashMap<String, PgPool>,
+    spec: &MoveSpec,
+    secs: u64,
+    mut mover: Option<(&mut Mover, &mut i64)>,
+) -> anyhow::Result<Vec<f64>> {
+    let (probe_chat, probe_sender): (Uuid, Uuid) =
+        sqlx::query_as("SELECT chat_id, user_id FROM legacy.chat_members LIMIT 1").fetch_one(main).await?;
+    let target = pools[&spec.to.shard_of(&probe_chat).name].clone();
+    let mut pending: HashMap<Uuid, Instant> = HashMap::new();
+    let mut latencies = Vec::new();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut next_probe = Instant::now();
+    while Instant::now() < until || !pending.is_empty() {
+        if Instant::now() >= next_probe && Instant::now() < until {
+            next_probe += Duration::from_millis(100);
+            let id = Uuid::new_v4();
+            sqlx::query("INSERT INTO legacy.messages (id, chat_id, sender_id, body) VALUES ($1, $2, $3, 'probe')")
+                .bind(id)
+                .bind(probe_chat)
+                .bind(probe_sender)
+                .execute(main)
+                .await?;
+            pending.insert(id, Instant::now());
+        }
+        if let Some((m, max_lag)) = mover.as_mut() {
+            m.follow_once(5000).await?;
+            **max_lag = (**max_lag).max(m.lag().await?.iter().map(|(_, l)| *l).sum());
+        }
+        let ids: Vec<Uuid> = pending.keys().copied().collect();
+        let seen: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM chat.messages WHERE id = ANY($1)").bind(&ids).fetch_all(&target).await?;
+        for id in seen {
+            if let Some(sent) = pending.remove(&id) {
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        if Instant::now() > until + Duration::from_secs(30) {
+            anyhow::bail!("{} probes never reached their shard: is a mover following?", pending.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(latencies)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -58,6 +111,15 @@ async fn main() -> anyhow::Result<()> {
         pools.insert(s.name.clone(), sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await?);
     }
     let main = pools["legacy"].clone();
+    if let Some(secs) = args.probe_only {
+        let mut latencies = probe(&main, &pools, &spec, secs, None).await?;
+        let (p50, p99, pmax) = (pct(&mut latencies, 0.5), pct(&mut latencies, 0.99), pct(&mut latencies, 1.0));
+        println!(
+            "| follow: a monolith write on its shard after (p50 / p99 / max) | {p50:.0} / {p99:.0} / {pmax:.0} ms ({} probes) |",
+            latencies.len()
+        );
+        return Ok(());
+    }
     let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM legacy.messages").fetch_one(&main).await?;
     let chats: i64 = sqlx::query_scalar("SELECT count(*) FROM legacy.chats").fetch_one(&main).await?;
     eprintln!("rehearsing the move of {messages} messages in {chats} chats, {} writers at {} ops/s", args.writers, args.rate);
@@ -97,37 +159,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // following: probes written on the monolith's table, timed until they are on their shard
-    let (probe_chat, probe_sender): (Uuid, Uuid) =
-        sqlx::query_as("SELECT chat_id, user_id FROM legacy.chat_members LIMIT 1").fetch_one(&main).await?;
-    let target = pools[&spec.to.shard_of(&probe_chat).name].clone();
-    let mut pending: HashMap<Uuid, Instant> = HashMap::new();
-    let mut latencies = Vec::new();
     let mut max_lag = 0i64;
-    let until = Instant::now() + Duration::from_secs(args.follow_seconds);
-    let mut next_probe = Instant::now();
-    while Instant::now() < until || !pending.is_empty() {
-        if Instant::now() >= next_probe && Instant::now() < until {
-            next_probe += Duration::from_millis(100);
-            let id = Uuid::new_v4();
-            sqlx::query("INSERT INTO legacy.messages (id, chat_id, sender_id, body) VALUES ($1, $2, $3, 'probe')")
-                .bind(id)
-                .bind(probe_chat)
-                .bind(probe_sender)
-                .execute(&main)
-                .await?;
-            pending.insert(id, Instant::now());
-        }
-        m.follow_once(5000).await?;
-        let ids: Vec<Uuid> = pending.keys().copied().collect();
-        let seen: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM chat.messages WHERE id = ANY($1)").bind(&ids).fetch_all(&target).await?;
-        for id in seen {
-            if let Some(sent) = pending.remove(&id) {
-                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-            }
-        }
-        max_lag = max_lag.max(m.lag().await?.iter().map(|(_, l)| *l).sum());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut latencies = probe(&main, &pools, &spec, args.follow_seconds, Some((&mut m, &mut max_lag))).await?;
     let (p50, p99, pmax) = (pct(&mut latencies, 0.5), pct(&mut latencies, 0.99), pct(&mut latencies, 1.0));
     eprintln!(
         "following: {} probes, apply latency p50 {p50:.0} ms, p99 {p99:.0} ms, max {pmax:.0} ms; lag at most {max_lag} bytes",
