@@ -107,7 +107,7 @@ describe('reads from the shards', () => {
     const moved = move('run', '--to', map, '--exit-after', 'verify');
     follower = spawn(BM_CHAT, ['move', 'run'], { env: moveEnv(), stdio: 'ignore' });
     await waitFor(
-      async () => (await admin((c) => c.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"))).rowCount,
+      async () => (await admin((c) => c.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = $1)", [name]))).rowCount,
       'the follower holding the move lock',
     );
     assert.match(move('switch', 'reads'), /done by the running mover/);

@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use bm_chatmove::testkit::{writer, Fixture};
 
+/// Whether a mover holds the lock on the fixture's database (advisory locks are per database:
+/// other tests' movers hold theirs on theirs).
+const MOVE_LOCK_HELD: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))";
+
 fn bm_chat(fx: &Fixture, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bm-chat"));
     c.arg("move").args(args).env("DATABASE_URL", &fx.main_url).env("RUST_LOG", "warn");
@@ -65,10 +70,7 @@ async fn a_move_killed_mid_copy_continues_and_verifies_clean() {
 
     // the killed mover's database session ends when its server notices the closed socket
     for _ in 0..500 {
-        let held: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)")
-            .fetch_one(&fx.main)
-            .await
-            .unwrap();
+        let held: bool = sqlx::query_scalar(MOVE_LOCK_HELD).fetch_one(&fx.main).await.unwrap();
         if !held {
             break;
         }
@@ -114,10 +116,7 @@ async fn a_move_killed_mid_copy_continues_and_verifies_clean() {
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let follower = bm_chat(&fx, &["run", "--metrics-addr", &metrics_addr]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     for _ in 0..500 {
-        let held: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)")
-            .fetch_one(&fx.main)
-            .await
-            .unwrap();
+        let held: bool = sqlx::query_scalar(MOVE_LOCK_HELD).fetch_one(&fx.main).await.unwrap();
         if held {
             break;
         }

@@ -45,6 +45,9 @@ use crate::plan::{self, Origin, Plan, TableSpec, LEGACY, TABLES};
 
 /// The advisory lock key every mover takes on the control database ("chatmo" in ASCII).
 pub const LOCK_KEY: i64 = 0x6368_6174_6d6f;
+/// `pg_locks l` rows of the move lock held on this database (advisory locks are per database;
+/// other databases on the server have movers of their own). `$1`: [`LOCK_KEY`].
+pub(crate) const MOVE_LOCK: &str = "l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND (l.classid::bigint << 32 | l.objid::bigint) = $1";
 /// How often verify reads differing rows again (after the follow stage caught up) before it
 /// reports them.
 pub const VERIFY_ATTEMPTS: usize = 5;
@@ -276,13 +279,11 @@ impl MoveSpec {
 
 /// Whether the move lock is free, without taking it.
 pub async fn lock_is_free(control: &PgPool) -> Result<bool> {
-    let held: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND (classid::bigint << 32 | objid::bigint) = $1)",
-    )
-    .bind(LOCK_KEY)
-    .fetch_one(control)
-    .await
-    .ctx(|| "reading the move lock".into())?;
+    let held: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {MOVE_LOCK})"))
+        .bind(LOCK_KEY)
+        .fetch_one(control)
+        .await
+        .ctx(|| "reading the move lock".into())?;
     Ok(!held)
 }
 
@@ -1323,11 +1324,11 @@ pub(crate) async fn slot_lag(pool: &PgPool, slot: &str) -> Result<Option<i64>> {
 }
 
 pub(crate) async fn lock_holder(conn: &mut PgConnection) -> String {
-    let holder: Option<(String, i32, String)> = sqlx::query_as(
+    let holder: Option<(String, i32, String)> = sqlx::query_as(&format!(
         "SELECT a.application_name, a.pid, to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-          WHERE l.locktype = 'advisory' AND l.granted AND (l.classid::bigint << 32 | l.objid::bigint) = $1",
-    )
+          WHERE {MOVE_LOCK}"
+    ))
     .bind(LOCK_KEY)
     .fetch_optional(conn)
     .await
@@ -1372,14 +1373,15 @@ pub async fn abort(mover: &Mover) -> Result<()> {
     Ok(())
 }
 
+/// Whether the control database has the mover's tables (no move was ever started if not).
+pub(crate) async fn has_moves(control: &PgPool) -> Result<bool> {
+    sqlx::query_scalar("SELECT to_regclass('chat_move.moves') IS NOT NULL").fetch_one(control).await.ctx(|| "reading the chat moves".into())
+}
+
 /// The open move's maps (old map text or None for the monolith's tables, new map text).
 pub async fn stored_maps(control_url: &str) -> Result<Option<(Option<String>, String)>> {
     let control = connect("the control database (DATABASE_URL)", control_url, 1).await?;
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('chat_move.moves') IS NOT NULL")
-        .fetch_one(&control)
-        .await
-        .ctx(|| "reading the move".into())?;
-    if !exists {
+    if !has_moves(&control).await? {
         return Ok(None);
     }
     sqlx::query_as("SELECT from_map, to_map FROM chat_move.moves WHERE ended_at IS NULL")
@@ -1411,10 +1413,16 @@ pub async fn request(control_url: &str, command: &str, wait: Duration) -> Result
             Some((None, None)) => return Ok(()),
             Some((None, Some(e))) => return Err(MoveError::Refused(e)),
             _ if Instant::now() > deadline => {
+                // withdrawn, so it does not run later when nobody is watching
+                sqlx::query("UPDATE chat_move.moves SET request = NULL WHERE ended_at IS NULL AND request = $1")
+                    .bind(command)
+                    .execute(&control)
+                    .await
+                    .ctx(|| "withdrawing the request".into())?;
                 return Err(MoveError::Refused(format!(
-                    "the running mover did not answer `{command}` within {} s; it is still asked",
+                    "the running mover did not take `{command}` within {} s (it takes requests while it follows: still copying or verifying?); withdrawn, ask again",
                     wait.as_secs()
-                )))
+                )));
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }

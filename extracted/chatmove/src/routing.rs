@@ -45,11 +45,7 @@ impl Routing {
 
     /// Reads the routing from the control database (any pool on it).
     pub async fn load(control: &PgPool) -> Result<Routing> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('chat_move.moves') IS NOT NULL")
-            .fetch_one(control)
-            .await
-            .ctx(|| "reading the chat routing".into())?;
-        if !exists {
+        if !crate::mover::has_moves(control).await? {
             return Ok(Routing::legacy());
         }
         let done: Option<String> = sqlx::query_scalar("SELECT to_map FROM chat_move.moves WHERE stage = 'done' ORDER BY id DESC LIMIT 1")

@@ -55,11 +55,7 @@ type OpenMoveRow = (i64, Option<String>, String, i64, String, String, String);
 /// The open move's status (None: no move is open), read without the lock.
 pub async fn status(control_url: &str, url_of: &dyn Fn(&str) -> Option<String>) -> Result<Option<Status>> {
     let control = connect("the control database (DATABASE_URL)", control_url, 1).await?;
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('chat_move.moves') IS NOT NULL")
-        .fetch_one(&control)
-        .await
-        .ctx(|| "reading the move".into())?;
-    if !exists {
+    if !crate::mover::has_moves(&control).await? {
         return Ok(None);
     }
     let open: Option<OpenMoveRow> = sqlx::query_as(
@@ -125,13 +121,11 @@ pub async fn status(control_url: &str, url_of: &dyn Fn(&str) -> Option<String>) 
     .await
     .ctx(|| "reading verify runs".into())?;
     let mut conn = control.acquire().await.ctx(|| "the control database".into())?;
-    let locked: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND (classid::bigint << 32 | objid::bigint) = $1)",
-    )
-    .bind(LOCK_KEY)
-    .fetch_one(&mut *conn)
-    .await
-    .ctx(|| "reading the lock".into())?;
+    let locked: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {})", crate::mover::MOVE_LOCK))
+        .bind(LOCK_KEY)
+        .fetch_one(&mut *conn)
+        .await
+        .ctx(|| "reading the lock".into())?;
     let mover = if locked { Some(lock_holder(&mut conn).await) } else { None };
     let write_pause_ms: Option<i64> = sqlx::query_scalar("SELECT write_pause_ms FROM chat_move.moves WHERE id = $1")
         .bind(id)
