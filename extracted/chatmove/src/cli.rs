@@ -44,6 +44,11 @@ enum Command {
         /// Stop after this stage instead of following until Ctrl-C / SIGTERM.
         #[arg(long, value_enum)]
         exit_after: Option<ExitAfter>,
+        /// While following: the wait after a decoding pass that was not full. Each pass decodes
+        /// the source's WAL from the slot's restart point (on PostgreSQL 15 up to ~15 s of it):
+        /// longer waits cost the source less CPU and add follow lag (docs/benchmarks.md).
+        #[arg(long, default_value_t = 50)]
+        follow_pause_ms: u64,
         /// Serve Prometheus metrics (chat_move_*) on this address.
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
@@ -172,7 +177,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MoveError> {
             print!("{}", show_verify(&r));
             Ok(if r.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Run { to, from, chunk, pause_ms, exit_after, metrics_addr } => {
+        Command::Run { to, from, chunk, pause_ms, exit_after, follow_pause_ms, metrics_addr } => {
             if chunk < 1 {
                 return Err(MoveError::Refused("--chunk must be at least 1".into()));
             }
@@ -255,7 +260,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MoveError> {
             if exit_after == Some(ExitAfter::Verify) {
                 return Ok(ExitCode::SUCCESS);
             }
-            follow_until_stopped(&mut m).await?;
+            follow_until_stopped(&mut m, Duration::from_millis(follow_pause_ms)).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -314,12 +319,10 @@ async fn run_command(m: &mut Mover, name: &str) -> Result<bool, MoveError> {
 
 /// Changes applied per decoding pass at most.
 const FOLLOW_BATCH: i32 = 5000;
-/// The wait between decoding passes that were not full: up to this much follow lag is added.
-const FOLLOW_PAUSE: Duration = Duration::from_millis(50);
 
 /// Follows (forward before the switch of writes, backward after it) until SIGINT/SIGTERM, and
 /// runs what `bm-chat move switch|rollback|finish` asks meanwhile.
-async fn follow_until_stopped(m: &mut Mover) -> Result<(), MoveError> {
+async fn follow_until_stopped(m: &mut Mover, pause: Duration) -> Result<(), MoveError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
     let mut last_line = Instant::now() - Duration::from_secs(3600);
     eprintln!("following: changes are applied until this stops (Ctrl-C); switch, rollback and finish can be asked from another terminal");
@@ -351,7 +354,7 @@ async fn follow_until_stopped(m: &mut Mover) -> Result<(), MoveError> {
         // the changes themselves)
         if applied < FOLLOW_BATCH as usize {
             tokio::select! {
-                _ = tokio::time::sleep(FOLLOW_PAUSE) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = term.recv() => return Ok(()),
             }
