@@ -100,6 +100,11 @@ describe('reads from the shards', () => {
     for (let n = 1; n <= 7; n++) {
       ids.push((await ok(n % 2 ? a : b, SEND, { i: { chatId, body: `message ${n}`, clientMessageId: randomUUID() } })).sendMessage.id);
     }
+    // minted where the shards want them: the chat in its creator's bucket, each message in its
+    // chat's (docs/chat-sharding.md: the bucket is a uuid's last 10 bits)
+    const bucket = (id: string) => parseInt(id.replace(/-/g, '').slice(28), 16) % 1024;
+    assert.equal(bucket(chatId), bucket(a.id), 'a new chat is homed with its creator');
+    for (const id of ids) assert.equal(bucket(id), bucket(chatId), 'a message is homed with its chat');
     const before = { a: await view(a, chatId), b: await view(b, chatId) };
     assert.equal(before.a.pages.length, 3);
 

@@ -203,12 +203,15 @@ pub async fn lock_and_find_direct(c: &mut PgConnection, a: Uuid, b: Uuid) -> Res
 
 pub async fn insert_chat(c: &mut PgConnection, creator: Uuid, title: Option<&str>, is_group: bool, others: &[Uuid]) -> Result<ChatRow> {
     let chat: ChatRow = sqlx::query_as(
-        "INSERT INTO legacy.chats (title, is_group, created_by) VALUES ($1, $2, $3)
+        "INSERT INTO legacy.chats (id, title, is_group, created_by) VALUES ($4, $1, $2, $3)
          RETURNING id, title, is_group, created_at, updated_at",
     )
     .bind(title)
     .bind(is_group)
     .bind(creator)
+    // in the creator's bucket: once chat data lives on shards by user id, a new chat is homed on
+    // its creator's shard (docs/chat-sharding.md, "Where a chat lives")
+    .bind(bm_shards::mint_chat_id(&creator))
     .fetch_one(&mut *c)
     .await?;
     let mut all = vec![creator];
@@ -260,7 +263,7 @@ pub async fn send_message(
     // (the monolith takes the same lock)
     sqlx::query("SELECT 1 FROM legacy.chats WHERE id = $1 FOR NO KEY UPDATE").bind(chat.id).execute(&mut *c).await?;
     let inserted: Option<(Uuid, i64)> = sqlx::query_as(
-        "INSERT INTO legacy.messages (chat_id, sender_id, body, client_message_id) VALUES ($1, $2, $3, $4)
+        "INSERT INTO legacy.messages (id, chat_id, sender_id, body, client_message_id) VALUES ($5, $1, $2, $3, $4)
          ON CONFLICT (chat_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
          RETURNING id, seq",
     )
@@ -268,6 +271,9 @@ pub async fn send_message(
     .bind(sender)
     .bind(body)
     .bind(client_message_id)
+    // in its chat's bucket: its id alone names the chat's shard (an edit or a delete names only
+    // the message)
+    .bind(bm_shards::mint_chat_id(&chat.id))
     .fetch_optional(&mut *c)
     .await?;
     let Some((id, seq)) = inserted else {

@@ -33,7 +33,8 @@ pub fn bucket(id: &uuid::Uuid) -> u16 {
 }
 
 /// A fresh v4 uuid whose bucket is `home`'s bucket: a new chat minted for its creator lives on the
-/// creator's shard. The other 112 random bits of a v4 stay random.
+/// creator's shard, a new message minted for its chat on the chat's (so a message's id alone
+/// names its shard). The other 112 random bits of a v4 stay random.
 pub fn mint_chat_id(home: &uuid::Uuid) -> uuid::Uuid {
     let target = bucket(home);
     let mut bytes = *uuid::Uuid::new_v4().as_bytes();
