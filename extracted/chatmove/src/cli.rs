@@ -44,10 +44,9 @@ enum Command {
         /// Stop after this stage instead of following until Ctrl-C / SIGTERM.
         #[arg(long, value_enum)]
         exit_after: Option<ExitAfter>,
-        /// While following: the wait after a decoding pass that was not full. Each pass decodes
-        /// the source's WAL from the slot's restart point (on PostgreSQL 15 up to ~15 s of it):
-        /// longer waits cost the source less CPU and add follow lag (docs/benchmarks.md).
-        #[arg(long, default_value_t = 50)]
+        /// While following: a wait after a pass that applied nothing (the stream itself waits
+        /// for changes; this only spaces out the loop's bookkeeping when idle).
+        #[arg(long, default_value_t = 0)]
         follow_pause_ms: u64,
         /// Serve Prometheus metrics (chat_move_*) on this address.
         #[arg(long)]
@@ -148,9 +147,9 @@ async fn run(cli: Cli) -> Result<ExitCode, MoveError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Abort => {
-            let m = open_mover(&url).await?;
+            let mut m = open_mover(&url).await?;
             let id = m.move_id;
-            mover::abort(&m).await?;
+            mover::abort(&mut m).await?;
             println!("move {id} aborted: its slots, publications and copied rows are gone");
             Ok(ExitCode::SUCCESS)
         }
@@ -342,17 +341,19 @@ async fn follow_until_stopped(m: &mut Mover, pause: Duration) -> Result<(), Move
                 }
             }
         }
-        let applied = m.follow_once(FOLLOW_BATCH).await?;
+        // a signal while a pass runs drops it: nothing it applied is confirmed to the server
+        // before the shards committed, so a restart replays it (whole-row states: the same end)
+        let applied = tokio::select! {
+            r = m.follow_once(FOLLOW_BATCH) => r?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+        };
         if last_line.elapsed() >= Duration::from_secs(10) {
             last_line = Instant::now();
             let lag = m.lag().await?;
             eprintln!("following: lag {}", lag.iter().map(|(s, l)| format!("{s} {l} bytes")).collect::<Vec<_>>().join(", "));
         }
-        // a full batch: more is waiting, straight on; else a short wait gathers the next changes
-        // into one decoding pass (each pass sets up a decoding context on the source: under a
-        // steady trickle of writes, passes of a few changes each cost the source more CPU than
-        // the changes themselves)
-        if applied < FOLLOW_BATCH as usize {
+        if applied == 0 && !pause.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = tokio::signal::ctrl_c() => return Ok(()),

@@ -9,8 +9,9 @@
 //! * **copy**: chunks by the table's key, rows of the moving buckets inserted on their new shard
 //!   (already there: left alone; their chat not there: skipped — the follow stage brings both),
 //!   progress recorded after each chunk.
-//! * **follow**: the slot's changes since before the copy, applied in order (whole rows upserted,
-//!   deletes by key), then the slot advanced: re-applying after a crash replays the same
+//! * **follow**: the slot's changes since before the copy, streamed over a replication
+//!   connection and applied in order (whole rows upserted, deletes by key), the applied position
+//!   reported back after the targets commit: re-applying after a crash replays the same
 //!   sequence, so it ends in the same state.
 //! * **verify**: chunk by chunk, source against targets, a checksum of every column of every row;
 //!   rows that differ are read again after the follow stage has passed the source's position,
@@ -42,6 +43,7 @@ use uuid::Uuid;
 
 use crate::pgoutput::{self, Message, Relation, Value};
 use crate::plan::{self, Origin, Plan, TableSpec, LEGACY, TABLES};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 
 /// The advisory lock key every mover takes on the control database ("chatmo" in ASCII).
 pub const LOCK_KEY: i64 = 0x6368_6174_6d6f;
@@ -177,7 +179,24 @@ struct Follow {
     /// forward (source → targets) or reverse (a target → the sources)
     reverse: bool,
     relations: HashMap<u32, Relation>,
+    /// the replication connection reading the slot, once opened
+    stream: Option<Stream>,
 }
+
+/// One decoding session on a slot (`START_REPLICATION … LOGICAL`), kept open while the move
+/// follows: the server decodes each change once, as it is written. (The SQL interface,
+/// `pg_logical_slot_peek_binary_changes`, sets a decoding session up per call and decodes from
+/// the slot's restart point again — on PostgreSQL 15 up to 15 s of the database's WAL per call.)
+struct Stream {
+    client: pgwire_replication::ReplicationClient,
+    /// the changes of the transaction being received, applied once its commit arrives
+    open: Vec<(String, String, String)>,
+    /// markers (`pg_logical_emit_message`) seen since the last catch-up asked for one
+    markers: Vec<String>,
+}
+
+/// The prefix of the mover's catch-up markers in the WAL.
+const MARKER_PREFIX: &str = "bm-chat-move";
 
 pub struct Mover {
     pub plan: Plan,
@@ -186,6 +205,8 @@ pub struct Mover {
     control: PgPool,
     /// every database of the move by name: `legacy` and shard names
     pools: BTreeMap<String, PgPool>,
+    /// and their URLs (the follow stage opens replication connections with them)
+    urls: BTreeMap<String, String>,
     /// each bucket's database before and after the move
     before: Vec<String>,
     after: Vec<String>,
@@ -400,6 +421,7 @@ impl Mover {
                 buckets: s.buckets.clone(),
                 reverse: false,
                 relations: HashMap::new(),
+                stream: None,
             })
             .collect();
         let mut received: BTreeMap<String, Vec<u16>> = BTreeMap::new();
@@ -420,6 +442,7 @@ impl Mover {
                     buckets: plan::ranges(b),
                     reverse: true,
                     relations: HashMap::new(),
+                    stream: None,
                 }
             })
             .collect();
@@ -435,6 +458,7 @@ impl Mover {
             tag,
             control,
             pools,
+            urls,
             before,
             after,
             forward,
@@ -694,60 +718,89 @@ impl Mover {
         let n = if reverse { self.reverse.len() } else { self.forward.len() };
         let mut applied = 0;
         for i in 0..n {
-            applied += self.follow_stream(reverse, i, max).await?;
+            applied += self.follow_stream(reverse, i, max, Duration::from_millis(20)).await?;
         }
         Ok(applied)
     }
 
-    async fn follow_stream(&mut self, reverse: bool, i: usize, max: i32) -> Result<usize> {
+    /// Receives what the slot's stream has (waiting up to `wait` for the first event, then while
+    /// events keep coming, up to `max` changes), applies the complete transactions, and reports
+    /// them applied to the server. Returns how many changes were applied.
+    async fn follow_stream(&mut self, reverse: bool, i: usize, max: i32, wait: Duration) -> Result<usize> {
+        let url = {
+            let f = if reverse { &self.reverse[i] } else { &self.forward[i] };
+            self.urls[&f.db].clone()
+        };
         let f = if reverse { &mut self.reverse[i] } else { &mut self.forward[i] };
-        let pool = &self.pools[&f.db];
         let name = f.db.clone();
-        let before: String =
-            sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(pool).await.ctx(|| format!("database `{name}`"))?;
-        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-            "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, 'proto_version', '1', 'publication_names', $3)",
-        )
-        .bind(&f.slot)
-        .bind(max)
-        .bind(&f.publication)
-        .fetch_all(pool)
-        .await
-        .ctx(|| format!("database `{name}`: reading the replication slot {}", f.slot))?;
-        if rows.is_empty() {
-            // everything committed before `before` was decoded and none of it is ours
-            advance(pool, &f.slot, &before).await?;
-            return Ok(0);
+        if f.stream.is_none() {
+            f.stream = Some(open_stream(&url, &name, &f.slot, &f.publication).await?);
         }
         let route = if f.reverse { &self.before } else { &self.after };
-        // target → statements in stream order (a chat's rows all go to one database)
+        let stream = f.stream.as_mut().expect("opened above");
+        // complete transactions: target → statements in commit order (a chat's rows all go to one database)
         let mut ops: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        let mut changes = 0;
+        let mut changes = 0usize;
         let mut last_commit = None;
-        for (lsn, data) in &rows {
-            let msg = pgoutput::decode(data).map_err(|error| MoveError::Decode { source_name: name.clone(), error })?;
-            match msg {
-                Message::Relation(r) => {
-                    f.relations.insert(r.oid, r);
+        let mut timeout = wait;
+        loop {
+            let ev = match tokio::time::timeout(timeout, stream.client.recv()).await {
+                Err(_) => break, // quiet: apply what came
+                Ok(Ok(Some(ev))) => ev,
+                Ok(Ok(None)) => {
+                    f.stream = None;
+                    return Err(MoveError::Refused(format!("database `{name}`: the replication stream of slot {} ended", f.slot)));
                 }
-                Message::Insert { rel, new: row } | Message::Update { rel, new: row, .. } | Message::Delete { rel, old: row } => {
-                    let kind = match data.first() {
-                        Some(b'I') => Kind::Insert,
-                        Some(b'U') => Kind::Update,
+                Ok(Err(e)) => {
+                    f.stream = None;
+                    return Err(MoveError::Refused(format!("database `{name}`: the replication stream of slot {}: {e}", f.slot)));
+                }
+            };
+            // after the first event, only what follows close behind it
+            timeout = Duration::from_millis(5);
+            match ev {
+                ReplicationEvent::XLogData { data, .. } => {
+                    let msg = pgoutput::decode(&data).map_err(|error| MoveError::Decode { source_name: name.clone(), error })?;
+                    let kind = match &msg {
+                        Message::Insert { .. } => Kind::Insert,
+                        Message::Update { .. } => Kind::Update,
                         _ => Kind::Delete,
                     };
-                    if let Some((target, sql, json)) = change(&name, f.schema, &f.buckets, route, &f.relations, rel, &row, kind)? {
+                    match msg {
+                        Message::Relation(r) => {
+                            f.relations.insert(r.oid, r);
+                        }
+                        Message::Insert { rel, new: row } | Message::Update { rel, new: row, .. } | Message::Delete { rel, old: row } => {
+                            if let Some(op) = change(&name, f.schema, &f.buckets, route, &f.relations, rel, &row, kind)? {
+                                stream.open.push(op);
+                            }
+                        }
+                        Message::Truncate { .. } => {
+                            return Err(MoveError::Refused(format!(
+                                "database `{name}`: a TRUNCATE of a chat table was replicated; a move cannot follow it — `bm-chat move abort`, then start again"
+                            )))
+                        }
+                        Message::Begin { .. } | Message::Commit { .. } | Message::Other(_) => {}
+                    }
+                }
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    for (target, sql, json) in stream.open.drain(..) {
                         ops.entry(target).or_default().push((sql, json));
                         changes += 1;
                     }
+                    last_commit = Some(end_lsn);
+                    if changes >= max as usize {
+                        break;
+                    }
                 }
-                Message::Truncate { .. } => {
-                    return Err(MoveError::Refused(format!(
-                        "database `{name}`: a TRUNCATE of a chat table was replicated; a move cannot follow it — `bm-chat move abort`, then start again"
-                    )))
+                ReplicationEvent::Message { prefix, content, transactional: false, .. } if prefix == MARKER_PREFIX => {
+                    stream.markers.push(String::from_utf8_lossy(&content).into_owned());
+                    break;
                 }
-                Message::Commit { .. } => last_commit = Some(lsn.clone()),
-                Message::Begin { .. } | Message::Other(_) => {}
+                ReplicationEvent::Begin { .. }
+                | ReplicationEvent::KeepAlive { .. }
+                | ReplicationEvent::Message { .. }
+                | ReplicationEvent::StoppedAt { .. } => {}
             }
         }
         for (target, stmts) in &ops {
@@ -758,15 +811,29 @@ impl Mover {
             tx.commit().await.ctx(|| format!("database `{target}`: applying changes"))?;
         }
         if let Some(lsn) = last_commit {
-            advance(pool, &f.slot, &lsn).await?;
+            // the server may now release what came before: a crash replays from here
+            stream.client.update_applied_lsn(lsn);
         }
         let direction = if f.reverse { "reverse" } else { "forward" };
         metrics::counter!("chat_move_changes_applied_total", "database" => name, "direction" => direction).increment(changes as u64);
         Ok(changes)
     }
 
-    /// Follows until every slot of one direction has passed the position its database's WAL had
-    /// when called; returns the changes applied.
+    /// Closes a direction's replication connections (before its slots are dropped: a slot in
+    /// use cannot be).
+    async fn close_streams(&mut self, reverse: bool) {
+        let follows = if reverse { &mut self.reverse } else { &mut self.forward };
+        for f in follows {
+            if let Some(mut s) = f.stream.take() {
+                let _ = s.client.shutdown().await;
+            }
+        }
+    }
+
+    /// Follows until every change committed on the direction's databases before this call is
+    /// applied: a marker written into each database's WAL (a non-transactional logical
+    /// decoding message) comes through its stream after every transaction committed before it.
+    /// Returns the changes applied.
     pub async fn catch_up(&mut self, reverse: bool) -> Result<usize> {
         let n = if reverse { self.reverse.len() } else { self.forward.len() };
         let mut applied = 0;
@@ -775,21 +842,23 @@ impl Mover {
                 let f = if reverse { &self.reverse[i] } else { &self.forward[i] };
                 (f.db.clone(), f.slot.clone())
             };
-            let pool = self.pools[&db].clone();
-            let goal: String =
-                sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&pool).await.ctx(|| "reading the WAL position".into())?;
+            if !slot_exists(&self.pools[&db], &slot).await? {
+                return Err(MoveError::Refused(format!("database `{db}`: the move's replication slot {slot} is gone")));
+            }
+            let token = Uuid::new_v4().to_string();
+            sqlx::query("SELECT pg_logical_emit_message(false, $1, $2)")
+                .bind(MARKER_PREFIX)
+                .bind(&token)
+                .execute(&self.pools[&db])
+                .await
+                .ctx(|| format!("database `{db}`: writing a catch-up marker"))?;
             loop {
-                let behind: Option<bool> =
-                    sqlx::query_scalar("SELECT confirmed_flush_lsn < $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1")
-                        .bind(&slot)
-                        .bind(&goal)
-                        .fetch_optional(&pool)
-                        .await
-                        .ctx(|| format!("reading slot {slot}"))?;
-                match behind {
-                    None => return Err(MoveError::Refused(format!("database `{db}`: the move's replication slot {slot} is gone"))),
-                    Some(false) => break,
-                    Some(true) => applied += self.follow_stream(reverse, i, 5000).await?,
+                applied += self.follow_stream(reverse, i, 5000, Duration::from_secs(1)).await?;
+                let f = if reverse { &mut self.reverse[i] } else { &mut self.forward[i] };
+                let markers = &mut f.stream.as_mut().expect("follow_stream opened it").markers;
+                if markers.iter().any(|m| *m == token) {
+                    markers.clear();
+                    break;
                 }
             }
         }
@@ -985,6 +1054,7 @@ impl Mover {
             .await
             .ctx(|| "recording the pause".into())?;
         self.set_stage("writes-switched").await?;
+        self.close_streams(false).await;
         for f in &self.forward {
             drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
         }
@@ -1036,6 +1106,8 @@ impl Mover {
             open_fence(pool, &s.name, s.schema, &s.buckets).await?;
         }
         self.set_stage("rolled-back").await?;
+        self.close_streams(true).await;
+        self.close_streams(false).await;
         for f in self.reverse.iter().chain(&self.forward) {
             drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
         }
@@ -1056,6 +1128,8 @@ impl Mover {
         }
         self.catch_up(true).await?;
         self.set_stage("done").await?;
+        self.close_streams(true).await;
+        self.close_streams(false).await;
         for f in self.reverse.iter().chain(&self.forward) {
             drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
         }
@@ -1147,6 +1221,46 @@ fn change(
     Ok(Some((target, sql, serde_json::Value::Object(obj).to_string())))
 }
 
+/// A replication connection streaming `slot` from where it was confirmed, values printed in UTC.
+/// A slot still held by a killed mover's session (until its server notices the closed socket)
+/// is tried again for a while.
+async fn open_stream(url: &str, db: &str, slot: &str, publication: &str) -> Result<Stream> {
+    let u = url::Url::parse(url).map_err(|e| MoveError::Refused(format!("database `{db}`: the URL does not parse: {e}")))?;
+    let mut cfg = ReplicationConfig::new(
+        u.host_str().unwrap_or("127.0.0.1"),
+        if u.username().is_empty() { "postgres" } else { u.username() },
+        u.password().unwrap_or(""),
+        u.path().trim_start_matches('/'),
+        slot,
+        publication,
+    );
+    cfg.port = u.port().unwrap_or(5432);
+    cfg.tls = TlsConfig::disabled();
+    cfg.start_lsn = Lsn::ZERO;
+    // applied positions reach the server (and the slot, and `status`) within a second
+    cfg.status_interval = Duration::from_secs(1);
+    cfg.idle_wakeup_interval = Duration::from_secs(1);
+    cfg.options = Some("-c TimeZone=UTC -c DateStyle=ISO".into());
+    cfg.application_name = Some("bm-chat move".into());
+    let mut last = String::new();
+    for _ in 0..50 {
+        match ReplicationClient::connect(cfg.clone()).await {
+            Ok(client) => return Ok(Stream { client, open: Vec::new(), markers: Vec::new() }),
+            Err(e) => {
+                last = e.to_string();
+                if !last.contains("is active") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Err(MoveError::Refused(format!(
+        "database `{db}`: opening a replication connection for slot {slot} ({}): {last} (the role needs REPLICATION, pg_hba a `replication` line, and max_wal_senders a free sender)",
+        redact(url)
+    )))
+}
+
 async fn replica_identity(pool: &PgPool, name: &str, schema: &str) -> Result<()> {
     // a kill during CREATE INDEX CONCURRENTLY leaves an invalid index: drop it, build again
     let valid: Option<bool> = sqlx::query_scalar(
@@ -1209,11 +1323,34 @@ async fn create_slot(pool: &PgPool, db: &str, slot: &str) -> Result<()> {
 }
 
 async fn drop_stream(pool: &PgPool, db: &str, slot: &str, publication: &str) -> Result<()> {
-    sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
-        .bind(slot)
-        .execute(pool)
-        .await
-        .ctx(|| format!("database `{db}`: dropping slot {slot}"))?;
+    // a replication connection just closed (ours) or cut (a killed mover's) keeps the slot
+    // active until its server process notices: wait for it, then end that process
+    let started = Instant::now();
+    loop {
+        let dropped = sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(slot)
+            .execute(pool)
+            .await;
+        match dropped {
+            Ok(_) => break,
+            Err(e)
+                if e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "55006")
+                    && started.elapsed() < Duration::from_secs(20) =>
+            {
+                if started.elapsed() > Duration::from_secs(5) {
+                    sqlx::query(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    )
+                    .bind(slot)
+                    .execute(pool)
+                    .await
+                    .ctx(|| format!("database `{db}`: ending the session that holds slot {slot}"))?;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).ctx(|| format!("database `{db}`: dropping slot {slot}")),
+        }
+    }
     sqlx::raw_sql(&format!("DROP PUBLICATION IF EXISTS {publication}"))
         .execute(pool)
         .await
@@ -1303,16 +1440,6 @@ async fn keyed_checksums(pool: &PgPool, sql: &str, keys: &[String]) -> Result<Ve
     Ok(rows.into_iter().map(|(key, sum)| RowSum { key, sum }).collect())
 }
 
-async fn advance(pool: &PgPool, slot: &str, lsn: &str) -> Result<()> {
-    sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
-        .bind(slot)
-        .bind(lsn)
-        .execute(pool)
-        .await
-        .ctx(|| format!("advancing slot {slot}"))?;
-    Ok(())
-}
-
 pub(crate) async fn slot_lag(pool: &PgPool, slot: &str) -> Result<Option<i64>> {
     sqlx::query_scalar(
         "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
@@ -1347,13 +1474,15 @@ fn hostname() -> String {
 /// Ends the open move before its writes switched: drops its slots and publications (a slot left
 /// behind keeps WAL on its database forever) and the rows it copied to the targets, opens the
 /// fences, and marks it aborted.
-pub async fn abort(mover: &Mover) -> Result<()> {
+pub async fn abort(mover: &mut Mover) -> Result<()> {
     let stage = mover.stage().await?;
     if matches!(stage.as_str(), "switching-writes" | "writes-switched" | "rolling-back") {
         return Err(MoveError::Refused(format!(
             "the move is at `{stage}`: writes may be on the targets — `bm-chat move rollback` brings them back"
         )));
     }
+    mover.close_streams(false).await;
+    mover.close_streams(true).await;
     for f in mover.forward.iter().chain(&mover.reverse) {
         drop_stream(mover.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
     }

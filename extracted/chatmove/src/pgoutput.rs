@@ -1,7 +1,7 @@
 //! PostgreSQL's logical replication protocol as `pgoutput` writes it (protocol version 1), as
-//! pure logic: the messages the follow stage reads from its slot
-//! (`pg_logical_slot_peek_binary_changes(…, 'proto_version', '1', 'publication_names', …)`),
-//! decoded. The format is PostgreSQL's "Logical Replication Message Formats" chapter; values
+//! pure logic: the messages the follow stage reads from its slot (the payload of each `XLogData`
+//! of a `START_REPLICATION … LOGICAL … (proto_version '1', publication_names …)` stream, or a
+//! row of `pg_logical_slot_peek_binary_changes` with the same options), decoded. The format is PostgreSQL's "Logical Replication Message Formats" chapter; values
 //! come as text, in the reading session's `DateStyle` and `TimeZone` (the mover sets UTC).
 
 use thiserror::Error;
@@ -128,7 +128,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes one message (one row of `pg_logical_slot_peek_binary_changes`).
+/// Decodes one message.
 pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
     let mut r = Reader { buf, at: 0 };
     let tag = r.u8().map_err(|_| DecodeError::Empty)?;

@@ -111,7 +111,7 @@ async fn moves_the_monolith_to_four_shards_under_writes_and_names_what_differs()
     assert_eq!(found, want);
 
     let db = fx.name.clone();
-    abort(&m).await.unwrap();
+    abort(&mut m).await.unwrap();
     let slots: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE database = $1").bind(&db).fetch_one(&fx.main).await.unwrap();
     assert_eq!(slots, 0, "abort drops the move's slot");
@@ -170,7 +170,7 @@ async fn an_update_that_leaves_a_toasted_body_alone_keeps_it() {
         .await
         .unwrap();
     assert_eq!(lens, vec![(12800, true), (12800, true)]);
-    abort(&m).await.unwrap();
+    abort(&mut m).await.unwrap();
     shard.close().await;
     fx.drop_all().await;
 }
