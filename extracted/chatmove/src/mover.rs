@@ -743,6 +743,7 @@ impl Mover {
         let mut changes = 0usize;
         let mut last_commit = None;
         let mut timeout = wait;
+        let mut first_event: Option<Instant> = None;
         loop {
             let ev = match tokio::time::timeout(timeout, stream.client.recv()).await {
                 Err(_) => break, // quiet: apply what came
@@ -756,8 +757,13 @@ impl Mover {
                     return Err(MoveError::Refused(format!("database `{name}`: the replication stream of slot {}: {e}", f.slot)));
                 }
             };
-            // after the first event, only what follows close behind it
+            // after the first event, only what follows close behind it, and not for long: under
+            // a steady stream there is never a quiet moment, and a catch-up waits for this pass
+            let since = *first_event.get_or_insert_with(Instant::now);
             timeout = Duration::from_millis(5);
+            if since.elapsed() > Duration::from_millis(50) {
+                timeout = Duration::ZERO;
+            }
             match ev {
                 ReplicationEvent::XLogData { data, .. } => {
                     let msg = pgoutput::decode(&data).map_err(|error| MoveError::Decode { source_name: name.clone(), error })?;
@@ -793,7 +799,8 @@ impl Mover {
                         break;
                     }
                 }
-                ReplicationEvent::Message { prefix, content, transactional: false, .. } if prefix == MARKER_PREFIX => {
+                ReplicationEvent::Message { prefix, content, .. } if prefix == MARKER_PREFIX => {
+                    // a catch-up waits for it: everything committed before it is in `ops`
                     stream.markers.push(String::from_utf8_lossy(&content).into_owned());
                     break;
                 }
@@ -831,12 +838,13 @@ impl Mover {
     }
 
     /// Follows until every change committed on the direction's databases before this call is
-    /// applied: a marker written into each database's WAL (a non-transactional logical
-    /// decoding message) comes through its stream after every transaction committed before it.
-    /// Returns the changes applied.
+    /// applied: a marker written into each database's WAL (a logical decoding message in a
+    /// transaction of its own, so its commit flushes the WAL at once) comes through its stream
+    /// after every transaction committed before it. Returns the changes applied.
     pub async fn catch_up(&mut self, reverse: bool) -> Result<usize> {
         let n = if reverse { self.reverse.len() } else { self.forward.len() };
-        let mut applied = 0;
+        // every database's marker first: the round trips overlap
+        let mut tokens = Vec::with_capacity(n);
         for i in 0..n {
             let (db, slot) = {
                 let f = if reverse { &self.reverse[i] } else { &self.forward[i] };
@@ -846,17 +854,21 @@ impl Mover {
                 return Err(MoveError::Refused(format!("database `{db}`: the move's replication slot {slot} is gone")));
             }
             let token = Uuid::new_v4().to_string();
-            sqlx::query("SELECT pg_logical_emit_message(false, $1, $2)")
+            sqlx::query("SELECT pg_logical_emit_message(true, $1, $2)")
                 .bind(MARKER_PREFIX)
                 .bind(&token)
                 .execute(&self.pools[&db])
                 .await
                 .ctx(|| format!("database `{db}`: writing a catch-up marker"))?;
+            tokens.push(token);
+        }
+        let mut applied = 0;
+        for (i, token) in tokens.into_iter().enumerate() {
             loop {
                 applied += self.follow_stream(reverse, i, 5000, Duration::from_secs(1)).await?;
                 let f = if reverse { &mut self.reverse[i] } else { &mut self.forward[i] };
                 let markers = &mut f.stream.as_mut().expect("follow_stream opened it").markers;
-                if markers.iter().any(|m| *m == token) {
+                if markers.contains(&token) {
                     markers.clear();
                     break;
                 }
