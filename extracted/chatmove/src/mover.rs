@@ -299,7 +299,7 @@ impl MoveSpec {
 }
 
 /// Whether the move lock is free, without taking it.
-pub async fn lock_is_free(control: &PgPool) -> Result<bool> {
+pub async fn lock_is_free(control: &mut PgConnection) -> Result<bool> {
     let held: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {MOVE_LOCK})"))
         .bind(LOCK_KEY)
         .fetch_one(control)
@@ -826,6 +826,17 @@ impl Mover {
         Ok(changes)
     }
 
+    /// Ends the move's streams in both directions: connections closed, then slots and
+    /// publications dropped (a slot left behind keeps WAL on its database for ever).
+    async fn end_streams(&mut self) -> Result<()> {
+        self.close_streams(false).await;
+        self.close_streams(true).await;
+        for f in self.forward.iter().chain(&self.reverse) {
+            drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
+        }
+        Ok(())
+    }
+
     /// Closes a direction's replication connections (before its slots are dropped: a slot in
     /// use cannot be).
     async fn close_streams(&mut self, reverse: bool) {
@@ -1118,11 +1129,7 @@ impl Mover {
             open_fence(pool, &s.name, s.schema, &s.buckets).await?;
         }
         self.set_stage("rolled-back").await?;
-        self.close_streams(true).await;
-        self.close_streams(false).await;
-        for f in self.reverse.iter().chain(&self.forward) {
-            drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
-        }
+        self.end_streams().await?;
         for f in &self.reverse {
             remove_copies(self.pool(&f.db), &f.db, &f.buckets).await?;
             open_fence(self.pool(&f.db), &f.db, "chat", &f.buckets).await?;
@@ -1140,11 +1147,7 @@ impl Mover {
         }
         self.catch_up(true).await?;
         self.set_stage("done").await?;
-        self.close_streams(true).await;
-        self.close_streams(false).await;
-        for f in self.reverse.iter().chain(&self.forward) {
-            drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
-        }
+        self.end_streams().await?;
         for s in &self.plan.sources {
             if s.name != LEGACY {
                 // the fence stays closed on them: a stale writer is refused, not lost
@@ -1493,25 +1496,11 @@ pub async fn abort(mover: &mut Mover) -> Result<()> {
             "the move is at `{stage}`: writes may be on the targets — `bm-chat move rollback` brings them back"
         )));
     }
-    mover.close_streams(false).await;
-    mover.close_streams(true).await;
-    for f in mover.forward.iter().chain(&mover.reverse) {
-        drop_stream(mover.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
-    }
+    mover.end_streams().await?;
     for f in &mover.reverse {
         remove_copies(mover.pool(&f.db), &f.db, &f.buckets).await?;
     }
-    sqlx::query("UPDATE chat_move.moves SET stage = 'aborted', ended_at = now(), updated_at = now() WHERE id = $1")
-        .bind(mover.move_id)
-        .execute(&mover.control)
-        .await
-        .ctx(|| "recording the abort".into())?;
-    sqlx::query("SELECT pg_notify($1, 'aborted')")
-        .bind(ROUTING_CHANNEL)
-        .execute(&mover.control)
-        .await
-        .ctx(|| "notifying the routing".into())?;
-    Ok(())
+    mover.set_stage("aborted").await
 }
 
 /// Whether the control database has the mover's tables (no move was ever started if not).

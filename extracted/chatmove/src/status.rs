@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::mover::{connect, lock_holder, slot_lag, slot_name, Ctx, MoveError, Mover, Result, LOCK_KEY};
+use crate::mover::{connect, lock_holder, slot_lag, slot_name, Ctx, MoveError, Mover, Result};
 use crate::plan::{self, Origin, LEGACY};
 use bm_shards::ShardMap;
 
@@ -121,11 +121,7 @@ pub async fn status(control_url: &str, url_of: &dyn Fn(&str) -> Option<String>) 
     .await
     .ctx(|| "reading verify runs".into())?;
     let mut conn = control.acquire().await.ctx(|| "the control database".into())?;
-    let locked: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {})", crate::mover::MOVE_LOCK))
-        .bind(LOCK_KEY)
-        .fetch_one(&mut *conn)
-        .await
-        .ctx(|| "reading the lock".into())?;
+    let locked = !crate::mover::lock_is_free(&mut conn).await?;
     let mover = if locked { Some(lock_holder(&mut conn).await) } else { None };
     let write_pause_ms: Option<i64> = sqlx::query_scalar("SELECT write_pause_ms FROM chat_move.moves WHERE id = $1")
         .bind(id)
