@@ -74,7 +74,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     // the outbox relay: publishes message.sent (whoever wrote it) while this process holds the
     // relay lock; stopped after the last request is answered
     let relay = cfg.kafka.clone().map(|kafka| {
-        let relay = bm_events::relay::Relay { pool: pool.clone(), kafka, cfg: Default::default() };
+        let relay = bm_events::relay::Relay { pool: pool.clone(), kafka, cfg: Default::default(), table: bm_events::outbox::LEGACY, source: "legacy".into() };
         tokio::spawn(relay.run(stop.subscribe()))
     });
     let state = AppState::new(cfg, pool, bus, verifier, placement.clone())?;

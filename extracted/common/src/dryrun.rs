@@ -69,9 +69,14 @@ impl<S: Send + Sync> FromRequestParts<S> for DryRun {
 
 type Deferred = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+type Slot = Arc<Mutex<Option<Transaction<'static, Postgres>>>>;
+
 struct Inner {
     pool: PgPool,
     tx: Mutex<Option<Transaction<'static, Postgres>>>,
+    /// transactions on other databases (a chat's shard), by name, in the order they were begun:
+    /// committed before the main one, rolled back with it
+    others: std::sync::Mutex<Vec<(String, Slot)>>,
     /// work that may only happen once the request's writes are committed (mail, messages)
     after_commit: std::sync::Mutex<Vec<Deferred>>,
 }
@@ -96,9 +101,63 @@ impl std::ops::DerefMut for TxConn<'_> {
     }
 }
 
+/// The connection of a request's transaction on another database ([`RequestTx::conn_on`]).
+pub struct OtherConn(tokio::sync::OwnedMutexGuard<Option<Transaction<'static, Postgres>>>);
+
+impl std::ops::Deref for OtherConn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        self.0.as_ref().expect("transaction begun")
+    }
+}
+impl std::ops::DerefMut for OtherConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.0.as_mut().expect("transaction begun")
+    }
+}
+
 impl RequestTx {
     pub fn new(pool: PgPool) -> Self {
-        RequestTx(Arc::new(Inner { pool, tx: Mutex::new(None), after_commit: Default::default() }))
+        RequestTx(Arc::new(Inner { pool, tx: Mutex::new(None), others: Default::default(), after_commit: Default::default() }))
+    }
+
+    fn slot(&self, name: &str) -> Option<Slot> {
+        let others = self.0.others.lock().unwrap_or_else(|e| e.into_inner());
+        others.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone())
+    }
+
+    /// The connection of this request's transaction on another database, `name` (a shard),
+    /// beginning it on `pool` on first use. It ends with the request's: committed first (so a
+    /// lock the main transaction holds, an advisory lock, is released only after these writes
+    /// are visible), rolled back on a dry run or a 5xx. There is no two-phase commit: a request
+    /// that writes on two databases must keep its main transaction free of writes that need the
+    /// other one's (the chat service writes a message's effects on its shard, in one place).
+    pub async fn conn_on(&self, name: &str, pool: &PgPool) -> Result<OtherConn, sqlx::Error> {
+        let slot = match self.slot(name) {
+            Some(s) => s,
+            None => {
+                let mut others = self.0.others.lock().unwrap_or_else(|e| e.into_inner());
+                match others.iter().find(|(n, _)| n == name) {
+                    Some((_, s)) => s.clone(),
+                    None => {
+                        let s: Slot = Arc::default();
+                        others.push((name.to_string(), s.clone()));
+                        s
+                    }
+                }
+            }
+        };
+        let mut guard = slot.lock_owned().await;
+        if guard.is_none() {
+            *guard = Some(pool.begin().await?);
+        }
+        Ok(OtherConn(guard))
+    }
+
+    /// The transaction on `name` if this request has begun it.
+    pub async fn conn_on_if_begun(&self, name: &str) -> Option<OtherConn> {
+        let guard = self.slot(name)?.lock_owned().await;
+        guard.is_some().then_some(OtherConn(guard))
     }
 
     /// Runs `work` in the background once this request's transaction has committed; never when
@@ -128,10 +187,31 @@ impl RequestTx {
     /// or rolls back. [`transaction_per_request`] calls it for HTTP requests; call it yourself for
     /// work outside one (an operation over a WebSocket).
     pub async fn complete(&self, commit: bool) -> Result<(), sqlx::Error> {
+        let others = std::mem::take(&mut *self.0.others.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut commit_main = commit;
+        let mut failed = None;
+        for (name, slot) in others {
+            let finished = match slot.lock().await.take() {
+                Some(tx) if commit_main => tx.commit().await,
+                Some(tx) => tx.rollback().await,
+                None => Ok(()),
+            };
+            if let Err(e) = finished {
+                tracing::error!(database = %name, error = %e, "ending a request's transaction on another database");
+                // the rest, and the main one, are rolled back: nothing of the request is kept
+                // that the failed commit's writes belonged with (what committed before stays)
+                commit_main = false;
+                failed.get_or_insert(e);
+            }
+        }
         let finished = match self.0.tx.lock().await.take() {
-            Some(tx) if commit => tx.commit().await,
+            Some(tx) if commit_main => tx.commit().await,
             Some(tx) => tx.rollback().await,
             None => Ok(()),
+        };
+        let finished = match failed {
+            Some(e) => Err(e),
+            None => finished,
         };
         let deferred = std::mem::take(&mut *self.0.after_commit.lock().unwrap_or_else(|e| e.into_inner()));
         if commit && finished.is_ok() {

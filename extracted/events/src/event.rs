@@ -15,6 +15,9 @@ pub const PUSH_DEAD_LETTER_TOPIC: &str = "notification.push.dead-letter";
 /// brokers here do not auto-create topics, and production ones should not).
 pub const TOPICS: &[(&str, i32)] = &[(MESSAGE_SENT_TOPIC, 4), (PUSH_DEAD_LETTER_TOPIC, 1)];
 
+/// The namespace of [`MessageSent::notification_id`] (a v4 drawn once for this purpose).
+const NOTIFICATION_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_3c2e_9a4d_4e8b_b7c1_52d0_e3f4_a9c6);
+
 /// Kafka record headers every event carries, so a consumer can route and deduplicate without
 /// parsing the payload.
 pub const HEADER_EVENT_ID: &str = "event-id";
@@ -55,6 +58,21 @@ pub struct MessageSent {
     /// `monolith` in its transaction): the push job then only compares, it does not push.
     /// A field of the migration: gone in v2 once the monolith is off.
     pub pushed_in_process: bool,
+    /// Whether the recipients' `message.new` notifications were written in the message's
+    /// transaction (always, on the monolith's tables). `false` for a message written on a chat
+    /// shard: its transaction cannot reach `legacy.notifications`, so the push job writes them
+    /// from this event ([`MessageSent::notification_id`]). Absent in the JSON when true, so the
+    /// events of the monolith's tables read as before.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub notifications_written: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 impl MessageSent {
@@ -90,7 +108,30 @@ impl MessageSent {
             body: body.to_string(),
             recipients,
             pushed_in_process,
+            notifications_written: true,
         }
+    }
+
+    /// The id of `recipient`'s `message.new` notification written from this event: the same
+    /// for every delivery of the event (delivery is at least once), different per recipient.
+    pub fn notification_id(&self, recipient: Uuid) -> Uuid {
+        let mut name = [0u8; 32];
+        name[..16].copy_from_slice(self.id.as_bytes());
+        name[16..].copy_from_slice(recipient.as_bytes());
+        Uuid::new_v5(&NOTIFICATION_NAMESPACE, &name)
+    }
+
+    /// The payload of the `message.new` notification (as the message's transaction writes it:
+    /// legacy/src/chat/chat.service.ts, extracted/chat's store).
+    pub fn notification_payload(&self) -> serde_json::Value {
+        serde_json::json!({
+            "chatId": self.chat_id,
+            "messageId": self.message_id,
+            "senderId": self.sender_id,
+            "senderName": self.sender_name,
+            "chatTitle": self.chat_title,
+            "preview": crate::push::preview(&self.body),
+        })
     }
 
     /// The outbox row for this event.
@@ -144,6 +185,21 @@ mod tests {
     }
 
     #[test]
+    fn notifications_written_is_true_unless_said_and_its_notifications_have_stable_ids() {
+        let e = sample();
+        assert!(!e.to_outbox().payload.contains("notificationsWritten"), "absent when true: the monolith's events as before");
+        let mut s = sample();
+        s.notifications_written = false;
+        let back = MessageSent::parse(s.to_outbox().payload.as_bytes()).unwrap();
+        assert!(!back.notifications_written);
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(s.notification_id(a), back.notification_id(a), "every delivery writes the same row");
+        assert_ne!(s.notification_id(a), s.notification_id(b));
+        assert_ne!(s.notification_id(a), sample().notification_id(a), "another event, another row");
+        assert_eq!(s.notification_payload()["preview"], "hi");
+    }
+
+    #[test]
     fn another_version_or_type_is_refused() {
         let mut v: serde_json::Value = serde_json::to_value(sample()).unwrap();
         v["version"] = 2.into();
@@ -171,7 +227,13 @@ mod tests {
         for k in &required {
             assert!(written.contains_key(*k), "{k} is required by the schema but not written");
         }
-        assert_eq!(required.len(), written.len(), "every field is required (null where it has no value)");
+        assert_eq!(required.len(), written.len(), "every field is required (null where it has no value), but notificationsWritten");
+        // the one optional field: written only when false (a message on a chat shard)
+        let mut on_shard = sample();
+        on_shard.notifications_written = false;
+        let written = serde_json::to_value(&on_shard).unwrap();
+        assert_eq!(written["notificationsWritten"], false);
+        assert!(props.contains_key("notificationsWritten") && !required.contains(&"notificationsWritten"));
         assert_eq!(schema["properties"]["type"]["const"], MessageSent::TYPE);
         assert_eq!(schema["properties"]["version"]["const"], MessageSent::VERSION);
     }

@@ -26,7 +26,6 @@ use uuid::Uuid;
 
 use crate::event::{HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION};
 use crate::kafka::KafkaConfig;
-use crate::outbox::NOTIFY_CHANNEL;
 
 /// `pg_try_advisory_lock` key of the relay (the bytes of "outbox"); the monolith's relay
 /// (legacy/src/infra/outbox.ts) names the same number.
@@ -53,6 +52,11 @@ pub struct Relay {
     pub pool: PgPool,
     pub kafka: KafkaConfig,
     pub cfg: RelayConfig,
+    /// which outbox: the monolith's ([`crate::outbox::LEGACY`]) or a chat shard's (one relay per
+    /// shard database; the lock is per database)
+    pub table: crate::outbox::Table,
+    /// the `outbox` label of its metrics: `legacy`, or the shard's name
+    pub source: String,
 }
 
 /// The leader's producer. When it stops leading (an error, the lock lost, the task dropped), what
@@ -86,8 +90,8 @@ impl Relay {
             match self.lead(&mut stop).await {
                 Ok(()) => break,
                 Err(e) => {
-                    metrics::gauge!("outbox_relay_leader").set(0.0);
-                    metrics::counter!("outbox_relay_errors_total").increment(1);
+                    metrics::gauge!("outbox_relay_leader", "outbox" => self.source.clone()).set(0.0);
+                    metrics::counter!("outbox_relay_errors_total", "outbox" => self.source.clone()).increment(1);
                     tracing::warn!(error = %format!("{e:#}"), "outbox relay: retrying in 1 s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -96,7 +100,7 @@ impl Relay {
                 }
             }
         }
-        metrics::gauge!("outbox_relay_leader").set(0.0);
+        metrics::gauge!("outbox_relay_leader", "outbox" => self.source.clone()).set(0.0);
     }
 
     /// Waits for the lead, then publishes until stopped (`Ok`) or something fails (`Err`).
@@ -108,17 +112,17 @@ impl Relay {
             if got {
                 break;
             }
-            metrics::gauge!("outbox_relay_leader").set(0.0);
+            metrics::gauge!("outbox_relay_leader", "outbox" => self.source.clone()).set(0.0);
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.poll * 2) => {}
                 _ = stop.changed() => return Ok(()),
             }
         }
         tracing::info!("outbox relay: leading");
-        metrics::gauge!("outbox_relay_leader").set(1.0);
+        metrics::gauge!("outbox_relay_leader", "outbox" => self.source.clone()).set(1.0);
         let producer = Purging(self.kafka.producer()?);
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(NOTIFY_CHANNEL).await?;
+        listener.listen(self.table.channel).await?;
         let mut pruned = Instant::now();
         self.prune().await?;
         loop {
@@ -146,10 +150,11 @@ impl Relay {
     /// Publishes the oldest unpublished rows and marks the acknowledged prefix; how many rows
     /// were read. An error leaves the unacknowledged rows for the next leader.
     async fn publish_batch(&self, producer: &FutureProducer) -> anyhow::Result<usize> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, topic, key, type, version, payload, created_at FROM legacy.outbox
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT id, topic, key, type, version, payload, created_at FROM {}
              WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-        )
+            self.table.name
+        ))
         .bind(self.cfg.batch)
         .fetch_all(&self.pool)
         .await?;
@@ -198,17 +203,17 @@ impl Relay {
         }
         if !acked.is_empty() {
             let ids: Vec<Uuid> = acked.iter().map(|r| r.id).collect();
-            sqlx::query("UPDATE legacy.outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(&self.pool).await?;
+            sqlx::query(&format!("UPDATE {} SET published_at = now() WHERE id = ANY($1)", self.table.name)).bind(&ids).execute(&self.pool).await?;
             let now = Utc::now();
-            metrics::counter!("outbox_events_published_total").increment(acked.len() as u64);
+            metrics::counter!("outbox_events_published_total", "outbox" => self.source.clone()).increment(acked.len() as u64);
             for r in &acked {
                 let age = (now - r.created_at).to_std().unwrap_or_default();
-                metrics::histogram!("outbox_publish_delay_seconds").record(age.as_secs_f64());
+                metrics::histogram!("outbox_publish_delay_seconds", "outbox" => self.source.clone()).record(age.as_secs_f64());
             }
         }
         match failure {
             Some(e) => {
-                metrics::counter!("outbox_publish_failures_total").increment((rows.len() - acked.len()) as u64);
+                metrics::counter!("outbox_publish_failures_total", "outbox" => self.source.clone()).increment((rows.len() - acked.len()) as u64);
                 Err(e.context(format!("publishing: {} of {} acknowledged", acked.len(), rows.len())))
             }
             None => Ok(rows.len()),
@@ -216,7 +221,7 @@ impl Relay {
     }
 
     async fn prune(&self) -> anyhow::Result<()> {
-        let gone = sqlx::query("DELETE FROM legacy.outbox WHERE published_at < now() - make_interval(secs => $1)")
+        let gone = sqlx::query(&format!("DELETE FROM {} WHERE published_at < now() - make_interval(secs => $1)", self.table.name))
             .bind(self.cfg.retention.as_secs_f64())
             .execute(&self.pool)
             .await?
@@ -229,9 +234,9 @@ impl Relay {
 
     async fn count_pending(&self) {
         if let Ok(n) =
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM legacy.outbox WHERE published_at IS NULL").fetch_one(&self.pool).await
+            sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {} WHERE published_at IS NULL", self.table.name)).fetch_one(&self.pool).await
         {
-            metrics::gauge!("outbox_pending_events").set(n as f64);
+            metrics::gauge!("outbox_pending_events", "outbox" => self.source.clone()).set(n as f64);
         }
     }
 }

@@ -219,6 +219,9 @@ impl Job {
                 return;
             }
         };
+        if !event.notifications_written {
+            self.write_notifications(&event).await;
+        }
         if event.pushed_in_process {
             // compared off the lane: the wait for the producer's log must not hold back the
             // events behind it (under load the in-process pushes lag seconds). Bounded: a full
@@ -244,6 +247,35 @@ impl Job {
         }))
         .await;
         metrics::counter!("notification_events_total", "result" => "pushed").increment(1);
+    }
+
+    /// The recipients' `message.new` notifications of a message written on a chat shard (whose
+    /// transaction cannot reach `legacy.notifications`): one row each, with an id derived from
+    /// the event, so a second delivery writes nothing; a recipient whose account is gone is
+    /// skipped (the message's transaction would have written nothing for them either). Waits
+    /// for the database like everything here: the event is not done before its rows are.
+    pub async fn write_notifications(&self, e: &MessageSent) {
+        let ids: Vec<Uuid> = e.recipients.iter().map(|r| e.notification_id(*r)).collect();
+        let at = chrono::DateTime::parse_from_rfc3339(&e.occurred_at).map(|t| t.with_timezone(&chrono::Utc)).ok();
+        let payload = e.notification_payload();
+        let written: u64 = retry_db("writing a message's notifications", || async {
+            sqlx::query(
+                "INSERT INTO legacy.notifications (id, user_id, kind, payload, created_at)
+                 SELECT n.id, n.user_id, 'message.new', $3::jsonb, COALESCE($4, now())
+                 FROM unnest($1::uuid[], $2::uuid[]) AS n (id, user_id)
+                 WHERE EXISTS (SELECT 1 FROM legacy.users u WHERE u.id = n.user_id)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&ids)
+            .bind(&e.recipients)
+            .bind(&payload)
+            .bind(at)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .await;
+        metrics::counter!("notification_rows_written_total").increment(written);
     }
 
     /// The recipients' devices now (as the monolith read them at push time).
