@@ -24,6 +24,10 @@ pub enum ChatError {
     NotFound(String),
     /// A bug or an outage: the client sees `Internal server error`; the cause is logged.
     Internal,
+    /// The chat data move's write fence refused a write (SQLSTATE `BMMOV`): the chat's writes
+    /// moved since the routing was read. The mutation reads the routing again and runs once more
+    /// where it says; a client sees this only as `Internal server error` if that keeps failing.
+    Moved,
 }
 
 impl ChatError {
@@ -43,7 +47,7 @@ impl ChatError {
             ChatError::BadRequest(m) | ChatError::Forbidden(m) | ChatError::NotFound(m) => m.clone(),
             ChatError::Validation(ms) => ms.join("; "),
             ChatError::Unauthorized => "Unauthorized".into(),
-            ChatError::Internal => "Internal server error".into(),
+            ChatError::Internal | ChatError::Moved => "Internal server error".into(),
         }
     }
 
@@ -53,7 +57,7 @@ impl ChatError {
             ChatError::Unauthorized => "UNAUTHENTICATED",
             ChatError::Forbidden(_) => "FORBIDDEN",
             ChatError::NotFound(_) => "NOT_FOUND",
-            ChatError::Internal => "INTERNAL_SERVER_ERROR",
+            ChatError::Internal | ChatError::Moved => "INTERNAL_SERVER_ERROR",
         }
     }
 
@@ -67,7 +71,7 @@ impl ChatError {
             ChatError::Unauthorized => (text("Unauthorized"), None, 401),
             ChatError::Forbidden(m) => (text(m), Some("Forbidden"), 403),
             ChatError::NotFound(m) => (text(m), Some("Not Found"), 404),
-            ChatError::Internal => return None,
+            ChatError::Internal | ChatError::Moved => return None,
         };
         let mut body = IndexMap::new();
         body.insert(Name::new("message"), message);
@@ -101,12 +105,12 @@ impl From<ChatError> for async_graphql::Error {
 impl From<sqlx::Error> for ChatError {
     fn from(e: sqlx::Error) -> Self {
         if bm_chatmove::routing::is_fenced(&e) {
-            // a chat data move switched this chat's writes to its shard: this service writes the
-            // monolith's tables only (docs/chat-sharding.md) — refused, nothing written
-            tracing::error!(error = %e, "a write refused by the chat data move's fence: this chat's writes are on its shard");
-        } else {
-            tracing::error!(error = %e, "database error");
+            // a chat data move switched this chat's writes elsewhere since the routing was read:
+            // refused, nothing written; the mutation runs again where the routing now says
+            tracing::info!(error = %e, "a write met the chat data move's fence: reading the routing again");
+            return ChatError::Moved;
         }
+        tracing::error!(error = %e, "database error");
         ChatError::Internal
     }
 }

@@ -46,7 +46,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let ready_redis = redis.clone();
     let ready_bus = bus.clone();
     // where each chat is read: the chat data move's routing (docs/chat-sharding.md)
-    let placement = bm_chat::placement::Placement::start(pool.clone(), |k| std::env::var(k).ok(), stop.subscribe()).await?;
+    let placement =
+        bm_chat::placement::Placement::start(pool.clone(), |k| std::env::var(k).ok(), cfg.kafka.clone(), stop.subscribe()).await?;
     tracing::info!(routing = %placement.describe(), "chat routing");
     let readiness = Readiness::default()
         .postgres(pool.clone())
@@ -74,7 +75,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     // the outbox relay: publishes message.sent (whoever wrote it) while this process holds the
     // relay lock; stopped after the last request is answered
     let relay = cfg.kafka.clone().map(|kafka| {
-        let relay = bm_events::relay::Relay { pool: pool.clone(), kafka, cfg: Default::default(), table: bm_events::outbox::LEGACY, source: "legacy".into() };
+        let relay = bm_events::relay::Relay {
+            pool: pool.clone(),
+            kafka,
+            cfg: Default::default(),
+            table: bm_events::outbox::LEGACY,
+            source: "legacy".into(),
+        };
         tokio::spawn(relay.run(stop.subscribe()))
     });
     let state = AppState::new(cfg, pool, bus, verifier, placement.clone())?;
@@ -89,5 +96,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(r) = relay {
         let _ = r.await;
     }
+    placement.stopped().await;
     served
 }

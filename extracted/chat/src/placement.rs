@@ -1,10 +1,13 @@
-//! Where a chat's rows are read: the chat data move's routing (`bm_chatmove::routing`, in the
-//! control database beside the monolith's tables), followed by every instance. Reads of a chat
-//! whose bucket the routing sends to a shard come from that shard; everything else from the
-//! monolith's tables. Writes still go to the monolith's tables only: after a move has switched a
-//! bucket's writes, the move's write fence refuses them (an error the client sees, never a lost
-//! write) — so a move must not switch writes until this service writes to the shards
-//! (docs/chat-sharding.md).
+//! Where a chat's rows are read and written: the chat data move's routing
+//! (`bm_chatmove::routing`, in the control database beside the monolith's tables), followed by
+//! every instance. A chat whose bucket the routing sends to a shard is read (and, once the move
+//! has switched writes, written) there; everything else on the monolith's tables. While a move
+//! pauses a bucket's writes (its switch), a write waits ([`Placement::write_target`]); a write
+//! that meets the move's fence (the routing changed since it was read) reads the routing again
+//! and runs where it now says (docs/chat-sharding.md).
+//!
+//! Each shard the routing names gets a pool and, with a broker configured, an outbox relay
+//! (`chat.outbox`: the events of messages written there).
 //!
 //! The routing is loaded at start, again whenever the mover notifies `chat_routing`, and every
 //! few seconds besides (a notification sent while the listener reconnected is not lost for long).
@@ -21,6 +24,20 @@ use uuid::Uuid;
 
 /// How often the routing is read even without a notification.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
+/// The longest a write waits for a move's switch to end (the pause measured in the rehearsal is
+/// tens of milliseconds; past this the write fails, nothing written).
+const PAUSE_WAIT: Duration = Duration::from_secs(10);
+/// How often a waiting write reads the routing.
+const PAUSE_POLL: Duration = Duration::from_millis(20);
+
+/// Where a chat's writes go.
+#[derive(Clone)]
+pub enum Target {
+    /// the monolith's tables, in the request's transaction
+    Legacy,
+    /// a shard: in the request's transaction on it ([`bm_common::dryrun::RequestTx::conn_on`])
+    Shard { name: String, pool: PgPool },
+}
 
 struct Current {
     routing: Routing,
@@ -34,6 +51,9 @@ pub struct Placement {
     main: PgPool,
     current: ArcSwap<Current>,
     url_of: UrlOf,
+    /// with a broker: each shard's outbox relay, started with its pool
+    relays: Option<(bm_events::KafkaConfig, tokio::sync::watch::Receiver<bool>)>,
+    relay_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Reads a shard's database URL from its `url_env` variable.
@@ -46,6 +66,8 @@ impl Placement {
             main,
             current: ArcSwap::from_pointee(Current { routing: Routing::legacy(), pools: HashMap::new(), missing: vec![] }),
             url_of: Box::new(|_| None),
+            relays: None,
+            relay_tasks: Default::default(),
         })
     }
 
@@ -53,12 +75,15 @@ impl Placement {
     pub async fn start(
         main: PgPool,
         url_of: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+        kafka: Option<bm_events::KafkaConfig>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Placement>> {
         let p = Arc::new(Placement {
             main: main.clone(),
             current: ArcSwap::from_pointee(Current { routing: Routing::legacy(), pools: HashMap::new(), missing: vec![] }),
             url_of: Box::new(url_of),
+            relays: kafka.map(|k| (k, stop.clone())),
+            relay_tasks: Default::default(),
         });
         p.reload().await.map_err(|e| anyhow::anyhow!("reading the chat routing: {e}"))?;
         let me = p.clone();
@@ -115,6 +140,17 @@ impl Placement {
             }
             match (self.url_of)(url_env).and_then(|u| PgPoolOptions::new().max_connections(10).connect_lazy(&u).ok()) {
                 Some(p) => {
+                    if let Some((kafka, stop)) = &self.relays {
+                        let relay = bm_events::relay::Relay {
+                            pool: p.clone(),
+                            kafka: kafka.clone(),
+                            cfg: Default::default(),
+                            table: bm_events::outbox::CHAT_SHARD,
+                            source: name.clone(),
+                        };
+                        let task = tokio::spawn(relay.run(stop.clone()));
+                        self.relay_tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+                    }
                     pools.insert(name.clone(), p);
                 }
                 None => missing.push(format!("{url_env} (shard `{name}`)")),
@@ -138,6 +174,69 @@ impl Placement {
                 tracing::error!(shard = name, "chat routing: no database URL for this shard");
                 crate::errors::ChatError::Internal
             }),
+        }
+    }
+
+    /// Whether every chat is written on the monolith's tables (no move has switched writes, none
+    /// is switching them): mutations skip looking up where a message lives.
+    pub fn writes_all_legacy(&self) -> bool {
+        self.current.load().routing.writes.iter().all(|w| w.as_deref() == Some(bm_chatmove::plan::LEGACY))
+    }
+
+    /// Where `chat`'s writes go now. While a move pauses them (its switch), waits for the routing
+    /// to change, up to [`PAUSE_WAIT`].
+    pub async fn write_target(&self, chat: &Uuid) -> Result<Target, crate::errors::ChatError> {
+        let deadline = tokio::time::Instant::now() + PAUSE_WAIT;
+        let mut waited = false;
+        loop {
+            let cur = self.current.load();
+            match cur.routing.write_db(chat) {
+                Some(bm_chatmove::plan::LEGACY) => return Ok(Target::Legacy),
+                Some(name) => {
+                    return match cur.pools.get(name) {
+                        Some(pool) => Ok(Target::Shard { name: name.to_string(), pool: pool.clone() }),
+                        None => {
+                            tracing::error!(shard = name, "chat routing: no database URL for this shard");
+                            Err(crate::errors::ChatError::Internal)
+                        }
+                    }
+                }
+                None if tokio::time::Instant::now() >= deadline => {
+                    tracing::error!(chat = %chat, "a chat's writes stayed paused by a data move longer than {PAUSE_WAIT:?}");
+                    return Err(crate::errors::ChatError::Internal);
+                }
+                None => {
+                    if !waited {
+                        metrics::counter!("chat_writes_paused_total").increment(1);
+                        waited = true;
+                    }
+                    tokio::time::sleep(PAUSE_POLL).await;
+                    if let Err(e) = self.reload().await {
+                        tracing::warn!(error = %e, "reading the chat routing");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The name of the shard `chat`'s writes go to, if a shard (no waiting: for reads that
+    /// must see this request's own writes).
+    pub fn write_shard_name(&self, chat: &Uuid) -> Option<String> {
+        let cur = self.current.load();
+        cur.routing.write_db(chat).filter(|n| *n != bm_chatmove::plan::LEGACY).map(str::to_string)
+    }
+
+    /// The pool of the shard `id`'s reads go to (for looking up a message by its id), if a shard.
+    pub fn read_pool_of_bucket(&self, id: &Uuid) -> Option<PgPool> {
+        let cur = self.current.load();
+        cur.pools.get(cur.routing.read_db(id)).cloned()
+    }
+
+    /// Waits for the shards' outbox relays to stop (after `stop`).
+    pub async fn stopped(&self) {
+        let tasks = std::mem::take(&mut *self.relay_tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
         }
     }
 

@@ -14,6 +14,7 @@ use futures_util::Stream;
 use uuid::Uuid;
 
 use crate::errors::{ChatError, Result};
+use crate::placement::Target;
 use crate::store::{self, ChatRow, MemberRow, MessageRow};
 use crate::AppState;
 
@@ -166,23 +167,47 @@ macro_rules! read {
     }};
 }
 
-/// The shard to read `chat` from (the chat data move's routing), or None for the monolith's
-/// tables — always when a mutation of this request has written: its writes are there, and a
-/// shard has them only after the move's follow lag.
-async fn read_shard(ctx: &Context<'_>, chat: Uuid) -> Result<Option<sqlx::PgPool>> {
+/// Where a read of `chat` goes.
+enum ReadAt {
+    /// the monolith's tables: the request's transaction if it has begun, else the pool ([`read!`])
+    Legacy,
+    /// the chat's shard, as the routing reads it
+    Shard(sqlx::PgPool),
+    /// the request's own transaction on the chat's shard: this request wrote there, and its reads
+    /// must see that
+    Mine(bm_common::dryrun::OtherConn),
+}
+
+/// Where to read `chat` (the chat data move's routing): where this request wrote it, if it did
+/// (its transaction on the chat's shard, or on the monolith's tables while the chat's writes are
+/// there), else where the routing reads it.
+async fn read_at(ctx: &Context<'_>, chat: Uuid) -> Result<ReadAt> {
     if let Some(tx) = ctx.data_opt::<bm_common::dryrun::RequestTx>() {
-        if tx.conn_if_begun().await.is_some() {
-            return Ok(None);
+        match state(ctx).placement.write_shard_name(&chat) {
+            Some(name) => {
+                if let Some(c) = tx.conn_on_if_begun(&name).await {
+                    return Ok(ReadAt::Mine(c));
+                }
+            }
+            None => {
+                if tx.conn_if_begun().await.is_some() {
+                    return Ok(ReadAt::Legacy);
+                }
+            }
         }
     }
-    state(ctx).placement.read_shard(&chat)
+    Ok(match state(ctx).placement.read_shard(&chat)? {
+        Some(pool) => ReadAt::Shard(pool),
+        None => ReadAt::Legacy,
+    })
 }
 
 /// 404/403 as [`store::require_member`], wherever the routing reads the chat.
 async fn require_member_routed(ctx: &Context<'_>, chat: Uuid, me: Uuid) -> Result<ChatRow> {
-    match read_shard(ctx, chat).await? {
-        Some(shard) => store::on_shard::require_member(&shard, chat, me).await,
-        None => store::require_member(&state(ctx).pool, chat, me).await,
+    match read_at(ctx, chat).await? {
+        ReadAt::Shard(shard) => store::on_shard::require_member(&shard, chat, me).await,
+        ReadAt::Mine(mut c) => store::on_shard::require_member(&mut *c, chat, me).await,
+        ReadAt::Legacy => read!(ctx, store::require_member, chat, me),
     }
 }
 
@@ -201,17 +226,21 @@ impl Chat {
     }
 
     async fn last_message(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Message>> {
-        let row = match read_shard(ctx, self.row.id).await? {
-            Some(shard) => store::on_shard::last_message(&shard, &state(ctx).pool, self.row.id).await?,
-            None => read!(ctx, store::last_message, self.row.id)?,
+        let main = &state(ctx).pool;
+        let row = match read_at(ctx, self.row.id).await? {
+            ReadAt::Shard(shard) => store::on_shard::last_message(&shard, main, self.row.id).await?,
+            ReadAt::Mine(mut c) => store::on_shard::last_message(&mut *c, main, self.row.id).await?,
+            ReadAt::Legacy => read!(ctx, store::last_message, self.row.id)?,
         };
         Ok(row.map(Message::from))
     }
 
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ChatMember>> {
-        let rows = match read_shard(ctx, self.row.id).await? {
-            Some(shard) => store::on_shard::members(&shard, &state(ctx).pool, self.row.id).await?,
-            None => read!(ctx, store::members, self.row.id)?,
+        let main = &state(ctx).pool;
+        let rows = match read_at(ctx, self.row.id).await? {
+            ReadAt::Shard(shard) => store::on_shard::members(&shard, main, self.row.id).await?,
+            ReadAt::Mine(mut c) => store::on_shard::members(&mut *c, main, self.row.id).await?,
+            ReadAt::Legacy => read!(ctx, store::members, self.row.id)?,
         };
         Ok(rows.into_iter().map(ChatMember::from).collect())
     }
@@ -224,9 +253,10 @@ impl Chat {
     /// Messages from others after the caller's read marker, not deleted.
     async fn unread_count(&self, ctx: &Context<'_>) -> async_graphql::Result<i32> {
         let me = caller(ctx)?;
-        Ok(match read_shard(ctx, self.row.id).await? {
-            Some(shard) => store::on_shard::unread_count(&shard, self.row.id, me).await?,
-            None => read!(ctx, store::unread_count, self.row.id, me)?,
+        Ok(match read_at(ctx, self.row.id).await? {
+            ReadAt::Shard(shard) => store::on_shard::unread_count(&shard, self.row.id, me).await?,
+            ReadAt::Mine(mut c) => store::on_shard::unread_count(&mut *c, self.row.id, me).await?,
+            ReadAt::Legacy => read!(ctx, store::unread_count, self.row.id, me)?,
         })
     }
 
@@ -300,14 +330,18 @@ impl Query {
         let before = after.as_deref().filter(|a| !a.is_empty()).map(store::decode_cursor).transpose()?;
         let chat = store::parse_uuid(&chat_id, "chatId")?;
         let pool = &state(ctx).pool;
-        let mut rows = match read_shard(ctx, chat).await? {
-            Some(shard) => {
+        let mut rows = match read_at(ctx, chat).await? {
+            ReadAt::Shard(shard) => {
                 store::on_shard::require_member(&shard, chat, me).await?;
                 store::on_shard::messages(&shard, pool, chat, before, i64::from(first)).await?
             }
-            None => {
-                store::require_member(pool, chat, me).await?;
-                store::messages(pool, chat, before, i64::from(first)).await?
+            ReadAt::Mine(mut c) => {
+                store::on_shard::require_member(&mut *c, chat, me).await?;
+                store::on_shard::messages(&mut *c, pool, chat, before, i64::from(first)).await?
+            }
+            ReadAt::Legacy => {
+                read!(ctx, store::require_member, chat, me)?;
+                read!(ctx, store::messages, chat, before, i64::from(first))?
             }
         };
         let has_next_page = rows.len() > first as usize;
@@ -340,6 +374,80 @@ async fn savepoint(c: &mut sqlx::PgConnection) -> Result<sqlx::Transaction<'_, s
     Ok(sqlx::Connection::begin(c).await?)
 }
 
+/// Runs a mutation's body, and again (up to three times) when the chat data move's write fence
+/// refused its write: the chat's writes moved since the routing was read, so it reads the routing
+/// again and writes where it now says. The failed attempt's writes are rolled back with its
+/// savepoint.
+macro_rules! where_routed {
+    ($ctx:expr, $body:block) => {{
+        let mut attempts = 0;
+        loop {
+            let r: Result<_> = async $body.await;
+            match r {
+                Err(ChatError::Moved) if attempts < 3 => {
+                    attempts += 1;
+                    metrics::counter!("chat_writes_rerouted_total").increment(1);
+                    if let Err(e) = state($ctx).placement.reload().await {
+                        tracing::warn!(error = %e, "reading the chat routing");
+                    }
+                }
+                Err(ChatError::Moved) => {
+                    tracing::error!("a write kept meeting the chat data move's fence after reading the routing again");
+                    break Err(ChatError::Internal);
+                }
+                r => break r,
+            }
+        }
+    }};
+}
+
+/// Where the message `id` is written: its chat's write target. Without a move that has switched
+/// writes, the monolith's tables. Otherwise its chat is looked up — in the monolith's tables
+/// (whole while a move's reverse sync runs), else on the shard its id's bucket names (a message
+/// minted after the chat service began minting ids in their chat's bucket, written there and not
+/// yet synced back). Unknown: the monolith's tables (which answer 404).
+async fn message_target(ctx: &Context<'_>, id: Uuid) -> Result<Target> {
+    let placement = &state(ctx).placement;
+    if placement.writes_all_legacy() {
+        return Ok(Target::Legacy);
+    }
+    let mut chat: Option<Uuid> =
+        sqlx::query_scalar("SELECT chat_id FROM legacy.messages WHERE id = $1").bind(id).fetch_optional(&state(ctx).pool).await?;
+    if chat.is_none() {
+        if let Some(shard) = placement.read_pool_of_bucket(&id) {
+            chat = store::on_shard::chat_of_message(&shard, id).await?;
+        }
+    }
+    match chat {
+        Some(chat) => placement.write_target(&chat).await,
+        None => Ok(Target::Legacy),
+    }
+}
+
+/// The oldest direct chat of the pair wherever it may be written: the monolith's tables (every
+/// chat, while a move's reverse sync runs) and the shards where either user's new chats are
+/// written (a chat created there may not be synced back yet). The caller holds the pair's lock
+/// on the monolith's database, released after the shards' commits.
+async fn find_direct_routed(ctx: &Context<'_>, main: &mut sqlx::PgConnection, a: Uuid, b: Uuid) -> Result<Option<ChatRow>> {
+    let tx = tx(ctx)?;
+    let mut found: Vec<ChatRow> = store::find_direct(main, a, b).await?.into_iter().collect();
+    let mut seen: Vec<String> = Vec::new();
+    for user in [a, b] {
+        if let Target::Shard { name, pool } = state(ctx).placement.write_target(&bm_shards::mint_chat_id(&user)).await? {
+            if seen.contains(&name) {
+                continue;
+            }
+            let on = match tx.conn_on_if_begun(&name).await {
+                Some(mut c) => store::on_shard::find_direct(&mut *c, a, b).await?,
+                None => store::on_shard::find_direct(&pool, a, b).await?,
+            };
+            found.extend(on);
+            seen.push(name);
+        }
+    }
+    Ok(found.into_iter().min_by_key(|c| (c.created_at, c.id)))
+}
+
 #[Object]
 impl Mutation {
     async fn create_chat(&self, ctx: &Context<'_>, input: CreateChatInput) -> async_graphql::Result<Chat> {
@@ -363,16 +471,53 @@ impl Mutation {
         }
         let direct = others.len() == 1 && title.is_none();
         let tx = tx(ctx)?;
-        let mut c = tx.conn().await.map_err(ChatError::from)?;
-        let mut sp = savepoint(&mut c).await?;
-        let chat = match direct {
-            true => match store::lock_and_find_direct(&mut sp, me, others[0]).await? {
-                Some(existing) => existing,
-                None => store::insert_chat(&mut sp, me, None, false, &others).await?,
-            },
-            false => store::insert_chat(&mut sp, me, title.as_deref(), true, &others).await?,
-        };
-        sp.commit().await.map_err(ChatError::from)?;
+        // in the creator's bucket: homed on the creator's shard once chats live on shards
+        let id = bm_shards::mint_chat_id(&me);
+        let chat = where_routed!(ctx, {
+            let target = state(ctx).placement.write_target(&id).await?;
+            if state(ctx).placement.writes_all_legacy() {
+                let mut c = tx.conn().await?;
+                let mut sp = savepoint(&mut c).await?;
+                let chat = match direct {
+                    true => match store::lock_and_find_direct(&mut sp, me, others[0]).await? {
+                        Some(existing) => existing,
+                        None => store::insert_chat(&mut sp, id, me, None, false, &others).await?,
+                    },
+                    false => store::insert_chat(&mut sp, id, me, title.as_deref(), true, &others).await?,
+                };
+                sp.commit().await?;
+                return Ok(chat);
+            }
+            // a move has switched some chats' writes: a direct chat may be on a shard
+            let existing = match direct {
+                true => {
+                    let mut c = tx.conn().await?;
+                    store::lock_direct(&mut c, me, others[0]).await?;
+                    find_direct_routed(ctx, &mut c, me, others[0]).await?
+                }
+                false => None,
+            };
+            if let Some(existing) = existing {
+                return Ok(existing);
+            }
+            let group_title = if direct { None } else { title.as_deref() };
+            match target {
+                Target::Legacy => {
+                    let mut c = tx.conn().await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let chat = store::insert_chat(&mut sp, id, me, group_title, !direct, &others).await?;
+                    sp.commit().await?;
+                    Ok(chat)
+                }
+                Target::Shard { name, pool } => {
+                    let mut c = tx.conn_on(&name, &pool).await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let chat = store::on_shard::insert_chat(&mut sp, id, me, group_title, !direct, &others).await?;
+                    sp.commit().await?;
+                    Ok(chat)
+                }
+            }
+        })?;
         Ok(chat.into())
     }
 
@@ -380,17 +525,40 @@ impl Mutation {
         let me = caller(ctx)?;
         let id = store::parse_uuid(&id, "id")?;
         let tx = tx(ctx)?;
-        let mut c = tx.conn().await.map_err(ChatError::from)?;
-        let mut sp = savepoint(&mut c).await?;
-        let row = visible_message(&mut sp, id, me).await?;
-        if row.sender_id != me {
-            return Err(ChatError::Forbidden("Only the sender can delete a message".into()).into());
-        }
-        if row.deleted_at.is_some() {
-            return Ok(row.into());
-        }
-        let row = store::delete_message(&mut sp, row.id).await?;
-        sp.commit().await.map_err(ChatError::from)?;
+        let main = &state(ctx).pool;
+        let row = where_routed!(ctx, {
+            match message_target(ctx, id).await? {
+                Target::Legacy => {
+                    let mut c = tx.conn().await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let row = visible_message(&mut sp, id, me).await?;
+                    if row.sender_id != me {
+                        return Err(ChatError::Forbidden("Only the sender can delete a message".into()));
+                    }
+                    if row.deleted_at.is_some() {
+                        return Ok(row);
+                    }
+                    let row = store::delete_message(&mut sp, row.id).await?;
+                    sp.commit().await?;
+                    Ok(row)
+                }
+                Target::Shard { name, pool } => {
+                    let mut c = tx.conn_on(&name, &pool).await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let row = store::on_shard::message(&mut *sp, main, id).await?.ok_or_else(ChatError::not_found_message)?;
+                    store::on_shard::require_member(&mut *sp, row.chat_id, me).await?;
+                    if row.sender_id != me {
+                        return Err(ChatError::Forbidden("Only the sender can delete a message".into()));
+                    }
+                    if row.deleted_at.is_some() {
+                        return Ok(row);
+                    }
+                    let row = store::on_shard::delete_message(&mut sp, main, row.id).await?;
+                    sp.commit().await?;
+                    Ok(row)
+                }
+            }
+        })?;
         Ok(row.into())
     }
 
@@ -399,18 +567,42 @@ impl Mutation {
         store::assert_body(&body)?;
         let id = store::parse_uuid(&id, "id")?;
         let tx = tx(ctx)?;
-        let mut c = tx.conn().await.map_err(ChatError::from)?;
-        let mut sp = savepoint(&mut c).await?;
-        let row = visible_message(&mut sp, id, me).await?;
-        if row.sender_id != me {
-            return Err(ChatError::Forbidden("Only the sender can edit a message".into()).into());
-        }
-        if row.deleted_at.is_some() {
-            return Err(ChatError::not_found_message().into());
-        }
-        // deleted meanwhile: not found
-        let row = store::edit_message(&mut sp, row.id, &body).await?.ok_or_else(ChatError::not_found_message)?;
-        sp.commit().await.map_err(ChatError::from)?;
+        let main = &state(ctx).pool;
+        let row = where_routed!(ctx, {
+            match message_target(ctx, id).await? {
+                Target::Legacy => {
+                    let mut c = tx.conn().await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let row = visible_message(&mut sp, id, me).await?;
+                    if row.sender_id != me {
+                        return Err(ChatError::Forbidden("Only the sender can edit a message".into()));
+                    }
+                    if row.deleted_at.is_some() {
+                        return Err(ChatError::not_found_message());
+                    }
+                    // deleted meanwhile: not found
+                    let row = store::edit_message(&mut sp, row.id, &body).await?.ok_or_else(ChatError::not_found_message)?;
+                    sp.commit().await?;
+                    Ok(row)
+                }
+                Target::Shard { name, pool } => {
+                    let mut c = tx.conn_on(&name, &pool).await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let row = store::on_shard::message(&mut *sp, main, id).await?.ok_or_else(ChatError::not_found_message)?;
+                    store::on_shard::require_member(&mut *sp, row.chat_id, me).await?;
+                    if row.sender_id != me {
+                        return Err(ChatError::Forbidden("Only the sender can edit a message".into()));
+                    }
+                    if row.deleted_at.is_some() {
+                        return Err(ChatError::not_found_message());
+                    }
+                    let row =
+                        store::on_shard::edit_message(&mut sp, main, row.id, &body).await?.ok_or_else(ChatError::not_found_message)?;
+                    sp.commit().await?;
+                    Ok(row)
+                }
+            }
+        })?;
         Ok(row.into())
     }
 
@@ -419,12 +611,28 @@ impl Mutation {
         let message = store::parse_uuid(&message_id, "messageId")?;
         let chat_uuid = store::parse_uuid(&chat_id, "chatId")?;
         let tx = tx(ctx)?;
-        let mut c = tx.conn().await.map_err(ChatError::from)?;
-        let mut sp = savepoint(&mut c).await?;
-        let chat = store::require_member(&mut *sp, chat_uuid, me).await?;
-        let seq = store::message_seq(&mut *sp, message, chat_uuid).await?.ok_or_else(ChatError::not_found_message)?;
-        store::mark_read(&mut sp, chat_uuid, me, seq).await?;
-        sp.commit().await.map_err(ChatError::from)?;
+        let chat = where_routed!(ctx, {
+            match state(ctx).placement.write_target(&chat_uuid).await? {
+                Target::Legacy => {
+                    let mut c = tx.conn().await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let chat = store::require_member(&mut *sp, chat_uuid, me).await?;
+                    let seq = store::message_seq(&mut *sp, message, chat_uuid).await?.ok_or_else(ChatError::not_found_message)?;
+                    store::mark_read(&mut sp, chat_uuid, me, seq).await?;
+                    sp.commit().await?;
+                    Ok(chat)
+                }
+                Target::Shard { name, pool } => {
+                    let mut c = tx.conn_on(&name, &pool).await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let chat = store::on_shard::require_member(&mut *sp, chat_uuid, me).await?;
+                    let seq = store::on_shard::message_seq(&mut *sp, message, chat_uuid).await?.ok_or_else(ChatError::not_found_message)?;
+                    store::on_shard::mark_read(&mut sp, chat_uuid, me, seq).await?;
+                    sp.commit().await?;
+                    Ok(chat)
+                }
+            }
+        })?;
         Ok(chat.into())
     }
 
@@ -433,14 +641,27 @@ impl Mutation {
         crate::validate::send_message(&input.chat_id, &input.body, &input.client_message_id)?;
         let chat_id = store::parse_uuid(&input.chat_id, "chatId")?;
         let tx = tx(ctx)?;
-        let (message, new) = {
-            let mut c = tx.conn().await.map_err(ChatError::from)?;
-            let mut sp = savepoint(&mut c).await?;
-            let chat = store::require_member(&mut *sp, chat_id, me).await?;
-            let sent = store::send_message(&mut sp, me, &chat, &input.body, &input.client_message_id).await?;
-            sp.commit().await.map_err(ChatError::from)?;
-            sent
-        };
+        let main = &state(ctx).pool;
+        let (message, new) = where_routed!(ctx, {
+            match state(ctx).placement.write_target(&chat_id).await? {
+                Target::Legacy => {
+                    let mut c = tx.conn().await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let chat = store::require_member(&mut *sp, chat_id, me).await?;
+                    let sent = store::send_message(&mut sp, me, &chat, &input.body, &input.client_message_id).await?;
+                    sp.commit().await?;
+                    Ok(sent)
+                }
+                Target::Shard { name, pool } => {
+                    let mut c = tx.conn_on(&name, &pool).await?;
+                    let mut sp = savepoint(&mut c).await?;
+                    let chat = store::on_shard::require_member(&mut *sp, chat_id, me).await?;
+                    let sent = store::on_shard::send_message(&mut sp, main, me, &chat, &input.body, &input.client_message_id).await?;
+                    sp.commit().await?;
+                    Ok(sent)
+                }
+            }
+        })?;
         if let Some(new) = new {
             // after the commit, off the request path: publish on messageAdded (both sides' bus)
             // and push to the recipients' devices; never for a repeat, a dry run or a rollback

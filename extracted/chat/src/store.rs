@@ -185,9 +185,20 @@ pub async fn known_users<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> Result<Ve
 /// A direct chat between the two users if one exists, after taking the same advisory lock as
 /// the monolith (`direct-chat:<sorted pair>`), so concurrent creations on either side make one.
 pub async fn lock_and_find_direct(c: &mut PgConnection, a: Uuid, b: Uuid) -> Result<Option<ChatRow>> {
+    lock_direct(&mut *c, a, b).await?;
+    find_direct(&mut *c, a, b).await
+}
+
+/// The monolith's advisory lock on a pair's direct chat, until the transaction ends.
+pub async fn lock_direct(c: &mut PgConnection, a: Uuid, b: Uuid) -> Result<()> {
     let mut pair = [a.to_string(), b.to_string()];
     pair.sort();
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(format!("direct-chat:{}", pair.join(":"))).execute(&mut *c).await?;
+    Ok(())
+}
+
+/// The oldest direct chat of the two users on the monolith's tables.
+pub async fn find_direct(c: &mut PgConnection, a: Uuid, b: Uuid) -> Result<Option<ChatRow>> {
     Ok(sqlx::query_as(
         "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at FROM legacy.chats c
          WHERE NOT c.is_group
@@ -201,7 +212,17 @@ pub async fn lock_and_find_direct(c: &mut PgConnection, a: Uuid, b: Uuid) -> Res
     .await?)
 }
 
-pub async fn insert_chat(c: &mut PgConnection, creator: Uuid, title: Option<&str>, is_group: bool, others: &[Uuid]) -> Result<ChatRow> {
+/// `id`: minted in the creator's bucket ([`bm_shards::mint_chat_id`]): once chat data lives on
+/// shards by user id, a new chat is homed on its creator's shard (docs/chat-sharding.md, "Where a
+/// chat lives").
+pub async fn insert_chat(
+    c: &mut PgConnection,
+    id: Uuid,
+    creator: Uuid,
+    title: Option<&str>,
+    is_group: bool,
+    others: &[Uuid],
+) -> Result<ChatRow> {
     let chat: ChatRow = sqlx::query_as(
         "INSERT INTO legacy.chats (id, title, is_group, created_by) VALUES ($4, $1, $2, $3)
          RETURNING id, title, is_group, created_at, updated_at",
@@ -209,9 +230,7 @@ pub async fn insert_chat(c: &mut PgConnection, creator: Uuid, title: Option<&str
     .bind(title)
     .bind(is_group)
     .bind(creator)
-    // in the creator's bucket: once chat data lives on shards by user id, a new chat is homed on
-    // its creator's shard (docs/chat-sharding.md, "Where a chat lives")
-    .bind(bm_shards::mint_chat_id(&creator))
+    .bind(id)
     .fetch_one(&mut *c)
     .await?;
     let mut all = vec![creator];
@@ -400,11 +419,11 @@ pub mod on_shard {
     use std::collections::HashMap;
 
     use chrono::{DateTime, Utc};
-    use sqlx::PgPool;
+    use sqlx::{PgConnection, PgExecutor, PgPool};
     use uuid::Uuid;
 
-    use super::{ChatRow, MemberRow, MessageRow};
-    use crate::errors::Result;
+    use super::{ChatRow, Device, MemberRow, MessageRow, NewMessage};
+    use crate::errors::{ChatError, Result};
 
     /// id → (display name, avatar)
     async fn profiles(main: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, (String, Option<String>)>> {
@@ -417,11 +436,11 @@ pub mod on_shard {
     }
 
     /// 404 when the chat does not exist, 403 when `user` is not a member.
-    pub async fn require_member(shard: &PgPool, chat: Uuid, user: Uuid) -> Result<ChatRow> {
+    pub async fn require_member<'e>(shard: impl PgExecutor<'e>, chat: Uuid, user: Uuid) -> Result<ChatRow> {
         super::require_member_in(shard, "chat", chat, user).await
     }
 
-    pub async fn members(shard: &PgPool, main: &PgPool, chat: Uuid) -> Result<Vec<MemberRow>> {
+    pub async fn members<'e>(shard: impl PgExecutor<'e>, main: &PgPool, chat: Uuid) -> Result<Vec<MemberRow>> {
         let rows: Vec<(String, DateTime<Utc>, Uuid)> =
             sqlx::query_as("SELECT role, joined_at, user_id FROM chat.chat_members WHERE chat_id = $1 ORDER BY joined_at, user_id")
                 .bind(chat)
@@ -472,7 +491,7 @@ pub mod on_shard {
             .collect())
     }
 
-    pub async fn last_message(shard: &PgPool, main: &PgPool, chat: Uuid) -> Result<Option<MessageRow>> {
+    pub async fn last_message<'e>(shard: impl PgExecutor<'e>, main: &PgPool, chat: Uuid) -> Result<Option<MessageRow>> {
         let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM chat.messages WHERE chat_id = $1 ORDER BY seq DESC LIMIT 1"))
             .bind(chat)
             .fetch_all(shard)
@@ -480,12 +499,18 @@ pub mod on_shard {
         Ok(with_senders(main, rows).await?.pop())
     }
 
-    pub async fn unread_count(shard: &PgPool, chat: Uuid, user: Uuid) -> Result<i32> {
+    pub async fn unread_count<'e>(shard: impl PgExecutor<'e>, chat: Uuid, user: Uuid) -> Result<i32> {
         super::unread_count_in(shard, "chat", chat, user).await
     }
 
     /// Messages of a chat, newest first, `first` of them plus one to tell whether more exist.
-    pub async fn messages(shard: &PgPool, main: &PgPool, chat: Uuid, before: Option<i64>, first: i64) -> Result<Vec<MessageRow>> {
+    pub async fn messages<'e>(
+        shard: impl PgExecutor<'e>,
+        main: &PgPool,
+        chat: Uuid,
+        before: Option<i64>,
+        first: i64,
+    ) -> Result<Vec<MessageRow>> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM chat.messages WHERE chat_id = $1 AND ($2::bigint IS NULL OR seq < $2::bigint) ORDER BY seq DESC LIMIT $3"
         ))
@@ -495,6 +520,198 @@ pub mod on_shard {
         .fetch_all(shard)
         .await?;
         with_senders(main, rows).await
+    }
+
+    // ---- writes, once a move has switched the chat's writes to its shard (in the request's
+    // transaction on the shard: `RequestTx::conn_on`). What the monolith's transaction also wrote
+    // in its own database is not reachable from here: the `message.new` notifications are
+    // written from the event (`notificationsWritten: false`), the event goes to the shard's
+    // outbox.
+
+    /// A message by id, with its sender's public fields.
+    pub async fn message<'e>(shard: impl PgExecutor<'e>, main: &PgPool, id: Uuid) -> Result<Option<MessageRow>> {
+        let rows: Vec<Row> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM chat.messages WHERE id = $1")).bind(id).fetch_all(shard).await?;
+        Ok(with_senders(main, rows).await?.pop())
+    }
+
+    /// The chat of a message held on this shard.
+    pub async fn chat_of_message<'e>(shard: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Uuid>> {
+        Ok(sqlx::query_scalar("SELECT chat_id FROM chat.messages WHERE id = $1").bind(id).fetch_optional(shard).await?)
+    }
+
+    async fn one_with_sender(main: &PgPool, row: Row) -> Result<MessageRow> {
+        // a sender whose account is gone: the monolith's join would find no row either
+        with_senders(main, vec![row]).await?.pop().ok_or_else(ChatError::not_found_message)
+    }
+
+    /// `sendMessage` on the chat's shard, as [`super::send_message`] on the monolith's tables:
+    /// the same lock, idempotency, `updated_at`, read marker and event — the event in the
+    /// shard's outbox, saying that its notifications are still to be written.
+    pub async fn send_message(
+        c: &mut PgConnection,
+        main: &PgPool,
+        sender: Uuid,
+        chat: &ChatRow,
+        body: &str,
+        client_message_id: &str,
+    ) -> Result<(MessageRow, Option<NewMessage>)> {
+        sqlx::query("SELECT 1 FROM chat.chats WHERE id = $1 FOR NO KEY UPDATE").bind(chat.id).execute(&mut *c).await?;
+        let inserted: Option<Row> = sqlx::query_as(&format!(
+            "INSERT INTO chat.messages (id, chat_id, sender_id, body, client_message_id, created_at) VALUES ($5, $1, $2, $3, $4, now())
+             ON CONFLICT (chat_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
+             RETURNING {COLUMNS}"
+        ))
+        .bind(chat.id)
+        .bind(sender)
+        .bind(body)
+        .bind(client_message_id)
+        .bind(bm_shards::mint_chat_id(&chat.id))
+        .fetch_optional(&mut *c)
+        .await?;
+        let Some(row) = inserted else {
+            let prev: Row = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM chat.messages WHERE chat_id = $1 AND sender_id = $2 AND client_message_id = $3"
+            ))
+            .bind(chat.id)
+            .bind(sender)
+            .bind(client_message_id)
+            .fetch_one(&mut *c)
+            .await?;
+            return Ok((one_with_sender(main, prev).await?, None));
+        };
+        let message = one_with_sender(main, row).await?;
+        sqlx::query("UPDATE chat.chats SET updated_at = now() WHERE id = $1").bind(chat.id).execute(&mut *c).await?;
+        sqlx::query("UPDATE chat.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2")
+            .bind(chat.id)
+            .bind(sender)
+            .bind(message.seq)
+            .execute(&mut *c)
+            .await?;
+        let recipients: Vec<Uuid> =
+            sqlx::query_scalar("SELECT user_id FROM chat.chat_members WHERE chat_id = $1 AND user_id <> $2 ORDER BY user_id")
+                .bind(chat.id)
+                .bind(sender)
+                .fetch_all(&mut *c)
+                .await?;
+        let chat_title = if chat.is_group { chat.title.clone() } else { None };
+        let owner: String = sqlx::query_scalar("SELECT owner FROM legacy.push_owner").fetch_one(main).await?;
+        let push_in_process = owner == "monolith";
+        let devices: Vec<Device> = if recipients.is_empty() || !push_in_process {
+            Vec::new()
+        } else {
+            sqlx::query_as("SELECT token, user_id FROM legacy.devices WHERE user_id = ANY($1::uuid[])")
+                .bind(&recipients)
+                .fetch_all(main)
+                .await?
+        };
+        let mut event = bm_events::MessageSent::new(
+            "chat",
+            chat.id,
+            message.id,
+            message.seq,
+            sender,
+            &message.sender_display_name,
+            chat_title.as_deref(),
+            &message.body,
+            recipients.clone(),
+            push_in_process,
+            message.created_at,
+        );
+        event.notifications_written = false;
+        bm_events::outbox::enqueue_into(&mut *c, bm_events::outbox::CHAT_SHARD, &event.to_outbox()).await?;
+        let new = NewMessage { message: message.clone(), chat_title, recipients, devices };
+        Ok((message, Some(new)))
+    }
+
+    pub async fn edit_message(c: &mut PgConnection, main: &PgPool, id: Uuid, body: &str) -> Result<Option<MessageRow>> {
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "UPDATE chat.messages SET body = $2, edited_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(body)
+        .fetch_optional(&mut *c)
+        .await?;
+        match row {
+            Some(r) => Ok(Some(one_with_sender(main, r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn delete_message(c: &mut PgConnection, main: &PgPool, id: Uuid) -> Result<MessageRow> {
+        let row: Row =
+            sqlx::query_as(&format!("UPDATE chat.messages SET deleted_at = COALESCE(deleted_at, now()) WHERE id = $1 RETURNING {COLUMNS}"))
+                .bind(id)
+                .fetch_one(&mut *c)
+                .await?;
+        one_with_sender(main, row).await
+    }
+
+    /// The seq of `message` if it belongs to `chat`.
+    pub async fn message_seq<'e>(shard: impl PgExecutor<'e>, message: Uuid, chat: Uuid) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT seq FROM chat.messages WHERE id = $1 AND chat_id = $2")
+            .bind(message)
+            .bind(chat)
+            .fetch_optional(shard)
+            .await?)
+    }
+
+    pub async fn mark_read(c: &mut PgConnection, chat: Uuid, user: Uuid, seq: i64) -> Result<()> {
+        sqlx::query("UPDATE chat.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2")
+            .bind(chat)
+            .bind(user)
+            .bind(seq)
+            .execute(&mut *c)
+            .await?;
+        Ok(())
+    }
+
+    /// The oldest direct chat of the two users on this shard.
+    pub async fn find_direct<'e>(shard: impl PgExecutor<'e>, a: Uuid, b: Uuid) -> Result<Option<ChatRow>> {
+        Ok(sqlx::query_as(
+            "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at FROM chat.chats c
+             WHERE NOT c.is_group
+               AND EXISTS (SELECT 1 FROM chat.chat_members WHERE chat_id = c.id AND user_id = $1)
+               AND EXISTS (SELECT 1 FROM chat.chat_members WHERE chat_id = c.id AND user_id = $2)
+             ORDER BY c.created_at LIMIT 1",
+        )
+        .bind(a)
+        .bind(b)
+        .fetch_optional(shard)
+        .await?)
+    }
+
+    /// `createChat`'s rows on the new chat's shard (`id` minted in the creator's bucket).
+    pub async fn insert_chat(
+        c: &mut PgConnection,
+        id: Uuid,
+        creator: Uuid,
+        title: Option<&str>,
+        is_group: bool,
+        others: &[Uuid],
+    ) -> Result<ChatRow> {
+        let chat: ChatRow = sqlx::query_as(
+            "INSERT INTO chat.chats (id, title, is_group, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, now(), now())
+             RETURNING id, title, is_group, created_at, updated_at",
+        )
+        .bind(id)
+        .bind(title)
+        .bind(is_group)
+        .bind(creator)
+        .fetch_one(&mut *c)
+        .await?;
+        let mut all = vec![creator];
+        all.extend_from_slice(others);
+        sqlx::query(
+            "INSERT INTO chat.chat_members (chat_id, user_id, role, joined_at)
+             SELECT $1, u, CASE WHEN u = $2 THEN 'owner' ELSE 'member' END, now() FROM unnest($3::uuid[]) AS u",
+        )
+        .bind(chat.id)
+        .bind(creator)
+        .bind(&all)
+        .execute(&mut *c)
+        .await?;
+        Ok(chat)
     }
 }
 

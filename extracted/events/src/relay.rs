@@ -203,7 +203,10 @@ impl Relay {
         }
         if !acked.is_empty() {
             let ids: Vec<Uuid> = acked.iter().map(|r| r.id).collect();
-            sqlx::query(&format!("UPDATE {} SET published_at = now() WHERE id = ANY($1)", self.table.name)).bind(&ids).execute(&self.pool).await?;
+            sqlx::query(&format!("UPDATE {} SET published_at = now() WHERE id = ANY($1)", self.table.name))
+                .bind(&ids)
+                .execute(&self.pool)
+                .await?;
             let now = Utc::now();
             metrics::counter!("outbox_events_published_total", "outbox" => self.source.clone()).increment(acked.len() as u64);
             for r in &acked {
@@ -213,7 +216,8 @@ impl Relay {
         }
         match failure {
             Some(e) => {
-                metrics::counter!("outbox_publish_failures_total", "outbox" => self.source.clone()).increment((rows.len() - acked.len()) as u64);
+                metrics::counter!("outbox_publish_failures_total", "outbox" => self.source.clone())
+                    .increment((rows.len() - acked.len()) as u64);
                 Err(e.context(format!("publishing: {} of {} acknowledged", acked.len(), rows.len())))
             }
             None => Ok(rows.len()),
@@ -233,8 +237,9 @@ impl Relay {
     }
 
     async fn count_pending(&self) {
-        if let Ok(n) =
-            sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {} WHERE published_at IS NULL", self.table.name)).fetch_one(&self.pool).await
+        if let Ok(n) = sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {} WHERE published_at IS NULL", self.table.name))
+            .fetch_one(&self.pool)
+            .await
         {
             metrics::gauge!("outbox_pending_events", "outbox" => self.source.clone()).set(n as f64);
         }

@@ -99,8 +99,13 @@ fn kafka(brokers: &str) -> KafkaConfig {
 
 fn relay(pool: &PgPool, brokers: &str) -> tokio::sync::watch::Sender<bool> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let r =
-        Relay { pool: pool.clone(), kafka: kafka(brokers), cfg: RelayConfig { poll: Duration::from_millis(100), ..Default::default() }, table: bm_events::outbox::LEGACY, source: "legacy".into() };
+    let r = Relay {
+        pool: pool.clone(),
+        kafka: kafka(brokers),
+        cfg: RelayConfig { poll: Duration::from_millis(100), ..Default::default() },
+        table: bm_events::outbox::LEGACY,
+        source: "legacy".into(),
+    };
     tokio::spawn(r.run(stopped));
     stop
 }
