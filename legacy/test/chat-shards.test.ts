@@ -14,7 +14,9 @@ import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createClient } from 'graphql-ws';
 import { Client } from 'pg';
+import WebSocket from 'ws';
 import { api, gql, newUser, REPO_DIR, signedDryRun, Stack, startBroker, startNotificationService, startStack, TestUser, waitFor } from './harness';
 
 // a database of its own (a move changes the tables it moves from: fence triggers, replica
@@ -204,6 +206,28 @@ describe('reads from the shards', () => {
     const group = (await ok(b, CREATE, { i: { memberIds: [a.id, c.id], title: 'trio' } })).createChat.id;
     const send = async (u: TestUser, chatId: string, body: string) =>
       (await ok(u, SEND, { i: { chatId, body, clientMessageId: randomUUID() } })).sendMessage.id as string;
+    // Ana subscribes to the direct chat through the proxy before anything moves: she must receive
+    // every message of it, once, in order, across the switch and the rollback
+    const ws = createClient({
+      url: env.stack.url.replace(/^http/, 'ws') + '/graphql',
+      webSocketImpl: WebSocket,
+      connectionParams: { authorization: `Bearer ${a.accessToken}` },
+      retryAttempts: 0,
+      lazy: false,
+      onNonLazyError: () => undefined,
+    });
+    const live: string[] = [];
+    let liveError: unknown;
+    ws.subscribe(
+      { query: `subscription($c: ID!) { messageAdded(chatId: $c) { id } }`, variables: { c: direct } },
+      { next: (v: any) => live.push(v.data.messageAdded.id), error: (e) => (liveError = e), complete: () => undefined },
+    );
+    // graphql-ws does not acknowledge a subscription: probe until one comes through
+    const firstProbe = await waitFor(async () => {
+      await send(b, direct, 'probe');
+      await new Promise((r) => setTimeout(r, 100));
+      return live.length > 0 && live[0];
+    }, 'the subscription to be live');
     // written before the move (on the monolith's tables), to edit and delete after the switch
     const oldB = await send(b, direct, 'old from Ben');
     const oldA = await send(a, group, 'old from Ana');
@@ -248,12 +272,13 @@ describe('reads from the shards', () => {
 
     // every member sees every message, in order
     const expect = { [direct]: ['old from Ben, edited on its shard', 'new from Ana'], [group]: ['', 'old from Cyd', 'new from Cyd'] };
+    const notProbe = (x: string) => x !== 'probe';
     for (const [chatId, bodies] of Object.entries(expect)) {
       const members = chatId === direct ? [a, b] : [a, b, c];
       for (const u of members) {
         const v = await view(u, chatId);
         const seen = v.pages.flatMap((p: any) => p.edges.map((e: any) => e.node.body)).reverse();
-        assert.deepEqual(seen, bodies, `${u.displayName ?? u.id} in ${chatId}`);
+        assert.deepEqual(seen.filter(notProbe), bodies, `${u.displayName} in ${chatId}`);
       }
     }
 
@@ -290,10 +315,17 @@ describe('reads from the shards', () => {
     }, 'a write after the rollback');
     const seqs = await env.db.query('SELECT id, seq FROM legacy.messages WHERE chat_id = $1 ORDER BY seq', [direct]);
     assert.equal(seqs.rows.at(-1).id, back, 'the monolith numbers after the shards');
+    // the subscription: every message from the first one it saw, once each, in order — before the
+    // move, written on the shard, and after the rollback; not the dry run
+    const since = seqs.rows.slice(seqs.rows.findIndex((r: any) => r.id === firstProbe)).map((r: any) => r.id);
+    await waitFor(async () => live.length >= since.length, 'every message over the WebSocket');
+    assert.equal(liveError, undefined);
+    assert.deepEqual(live, since, 'no gap, no repeat, in order');
+    await ws.dispose();
     for (const u of [a, b]) {
       const v = await view(u, direct);
       const seen = v.pages.flatMap((p: any) => p.edges.map((e: any) => e.node.body)).reverse();
-      assert.deepEqual(seen, ['old from Ben, edited on its shard', 'new from Ana', 'after the rollback']);
+      assert.deepEqual(seen.filter((x: string) => x !== 'probe'), ['old from Ben, edited on its shard', 'new from Ana', 'after the rollback']);
     }
     assert.deepEqual((await view(c, newGroup.id)).pages[0].edges.map((e: any) => e.node.body), ['first in the new group']);
   });
