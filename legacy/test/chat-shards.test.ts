@@ -330,3 +330,213 @@ describe('reads from the shards', () => {
     assert.deepEqual((await view(c, newGroup.id)).pages[0].edges.map((e: any) => e.node.body), ['first in the new group']);
   });
 });
+
+describe('a move under traffic through the proxy', () => {
+  const PAGE100 = `query($c: ID!, $after: String) { messages(chatId: $c, first: 100, after: $after) {
+    edges { cursor node { id body deletedAt } } pageInfo { hasNextPage endCursor } } }`;
+  type Msg = { body: string; deleted: boolean; sender: string };
+  const movers: ChildProcess[] = [];
+  const cleanups: (() => Promise<unknown>)[] = [];
+  after(async () => {
+    for (const c of cleanups) await c();
+    movers.forEach((m) => m.kill('SIGKILL'));
+  });
+
+  const status = () => {
+    const r = spawnSync(BM_CHAT, ['move', 'status', '--json'], { env: moveEnv(), encoding: 'utf8' });
+    return r.status === 0 && r.stdout.trim() ? JSON.parse(r.stdout) : undefined;
+  };
+  const exited = (p: ChildProcess) => new Promise<void>((resolve) => (p.exitCode !== null || p.signalCode !== null ? resolve() : p.once('exit', () => resolve())));
+
+  test('kill -9 mid-copy, switch reads, switch writes, rollback: every message once, as written, seen by every member, no gap in any subscription', async () => {
+    const users = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => newUser(env.stack.url, `Writer ${i}`)));
+    const CREATE = `mutation($i: CreateChatInput!) { createChat(input: $i) { id } }`;
+    // four direct chats and two groups of four
+    const chats: { id: string; members: TestUser[] }[] = [];
+    for (const [x, y] of [[0, 1], [2, 3], [4, 5], [6, 7]]) {
+      chats.push({ id: (await ok(users[x], CREATE, { i: { memberIds: [users[y].id] } })).createChat.id, members: [users[x], users[y]] });
+    }
+    for (const g of [[0, 2, 4, 6], [1, 3, 5, 7]]) {
+      const [owner, ...rest] = g.map((i) => users[i]);
+      chats.push({ id: (await ok(owner, CREATE, { i: { memberIds: rest.map((u) => u.id), title: `group ${g}` } })).createChat.id, members: [owner, ...rest] });
+    }
+    // history the copy has to move: 500 messages per chat, written straight into the monolith's tables
+    await env.db.query(
+      `INSERT INTO legacy.messages (chat_id, sender_id, body)
+       SELECT c.chat_id, c.user_id, 'seeded ' || g FROM (SELECT DISTINCT ON (chat_id) chat_id, user_id FROM legacy.chat_members WHERE chat_id = ANY($1::uuid[])) c, generate_series(1, 500) g`,
+      [chats.map((c) => c.id)],
+    );
+    const model = new Map<string, Map<string, Msg>>(chats.map((c) => [c.id, new Map()]));
+    for (const r of (await env.db.query('SELECT id, chat_id, body, sender_id FROM legacy.messages WHERE chat_id = ANY($1::uuid[])', [chats.map((c) => c.id)])).rows) {
+      model.get(r.chat_id)!.set(r.id, { body: r.body, deleted: false, sender: r.sender_id });
+    }
+
+    // a subscriber per chat, through the proxy, live before anything moves
+    const live = new Map<string, string[]>();
+    const sent = new Map<string, Set<string>>(chats.map((c) => [c.id, new Set()]));
+    const sockets = chats.map((chat) => {
+      const ws = createClient({
+        url: env.stack.url.replace(/^http/, 'ws') + '/graphql',
+        webSocketImpl: WebSocket,
+        connectionParams: { authorization: `Bearer ${chat.members[1].accessToken}` },
+        retryAttempts: 0,
+        lazy: false,
+        onNonLazyError: () => undefined,
+      });
+      live.set(chat.id, []);
+      ws.subscribe(
+        { query: `subscription($c: ID!) { messageAdded(chatId: $c) { id } }`, variables: { c: chat.id } },
+        { next: (v: any) => live.get(chat.id)!.push(v.data.messageAdded.id), error: (e) => errors.push(`subscription ${chat.id}: ${e}`), complete: () => undefined },
+      );
+      return ws;
+    });
+    const errors: string[] = [];
+    const sendAs = async (u: TestUser, chatId: string, body: string) => {
+      const r = await gql(env.stack.url, SEND, { i: { chatId, body, clientMessageId: randomUUID() } }, u.accessToken);
+      if (r.status !== 200 || r.body.errors) {
+        errors.push(`send: ${r.status} ${r.text}`);
+        return undefined;
+      }
+      const id = r.body.data.sendMessage.id as string;
+      model.get(chatId)!.set(id, { body, deleted: false, sender: u.id });
+      sent.get(chatId)!.add(id);
+      return id;
+    };
+    for (const chat of chats) {
+      await waitFor(async () => {
+        await sendAs(chat.members[0], chat.id, 'probe');
+        await new Promise((r) => setTimeout(r, 50));
+        return live.get(chat.id)!.length > 0;
+      }, 'a subscription to be live');
+    }
+    // what a subscriber is owed: every message sent from the first one it received
+    const firstLive = new Map(chats.map((c) => [c.id, live.get(c.id)![0]]));
+
+    // the writers: each owns two users (only a sender edits or deletes, so one writer per message)
+    let writing = false;
+    let ops = 0;
+    const writer = async (mine: TestUser[]) => {
+      let n = 0;
+      while (writing) {
+        const u = mine[n % mine.length];
+        const its = chats.filter((c) => c.members.some((m) => m.id === u.id));
+        const chat = its[n % its.length];
+        const own = [...model.get(chat.id)!].filter(([, m]) => m.sender === u.id && !m.deleted);
+        const roll = n % 10;
+        n++;
+        if (roll < 7 || own.length === 0) {
+          await sendAs(u, chat.id, `from ${u.displayName} #${n}`);
+        } else if (roll < 9) {
+          const [id, m] = own[n % own.length];
+          const body = `${m.body} (edited)`;
+          const r = await gql(env.stack.url, `mutation($id: ID!, $b: String!) { editMessage(id: $id, body: $b) { id body } }`, { id, b: body }, u.accessToken);
+          if (r.body?.errors || r.body?.data?.editMessage?.body !== body) errors.push(`edit: ${r.status} ${r.text}`);
+          else m.body = body;
+        } else {
+          const [id, m] = own[n % own.length];
+          const r = await gql(env.stack.url, `mutation($id: ID!) { deleteMessage(id: $id) { id deletedAt } }`, { id }, u.accessToken);
+          if (r.body?.errors || !r.body?.data?.deleteMessage?.deletedAt) errors.push(`delete: ${r.status} ${r.text}`);
+          else m.deleted = true;
+        }
+        ops++;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    let writers: Promise<void>[] = [];
+    cleanups.push(async () => {
+      writing = false;
+      await Promise.allSettled(writers);
+      await Promise.all(sockets.map((s) => s.dispose()));
+    });
+    const startWriting = () => {
+      writing = true;
+      writers = [0, 1, 2, 3].map((w) => writer([users[w], users[w + 4]]));
+    };
+    const stopWriting = async () => {
+      writing = false;
+      await Promise.all(writers);
+    };
+    /** Until `n` more operations have gone through. */
+    const traffic = async (n: number) => {
+      const until = ops + n;
+      await waitFor(async () => ops >= until, `${n} more writes`, 60_000);
+    };
+
+    /** Every member's view of every chat against the model; every subscription against what was sent. */
+    const check = async (when: string) => {
+      assert.deepEqual(errors, [], `no client saw an error (${when})`);
+      for (const chat of chats) {
+        const expected = model.get(chat.id)!;
+        let reference: string[] | undefined;
+        for (const u of chat.members) {
+          const seen: { id: string; seq: number; body: string; deleted: boolean }[] = [];
+          let after: string | undefined;
+          do {
+            const p = (await ok(u, PAGE100, { c: chat.id, after })).messages;
+            for (const e of p.edges) seen.push({ id: e.node.id, seq: Number(Buffer.from(e.cursor, 'base64').toString()), body: e.node.body, deleted: e.node.deletedAt !== null });
+            after = p.pageInfo.hasNextPage ? p.pageInfo.endCursor : undefined;
+          } while (after);
+          const ids = seen.map((m) => m.id);
+          assert.equal(new Set(ids).size, ids.length, `${when}: no message twice in ${chat.id}`);
+          for (let i = 1; i < seen.length; i++) assert.ok(seen[i - 1].seq > seen[i].seq, `${when}: newest first, by seq`);
+          const missing = [...expected.keys()].filter((id) => !ids.includes(id));
+          const extra = ids.filter((id) => !expected.has(id));
+          const changed = seen.filter((m) => expected.has(m.id) && (expected.get(m.id)!.deleted ? !m.deleted || m.body !== '' : m.deleted || m.body !== expected.get(m.id)!.body));
+          assert.deepEqual({ missing, extra, changed: changed.map((m) => m.id) }, { missing: [], extra: [], changed: [] }, `${when}: ${u.displayName} in ${chat.id}`);
+          if (reference) assert.deepEqual(ids, reference, `${when}: every member sees the same`);
+          reference = ids;
+        }
+        // the subscription: every message sent since its first, once, in seq order
+        const owed = reference!.slice().reverse();
+        const from = owed.indexOf(firstLive.get(chat.id)!);
+        const want = owed.slice(from).filter((id) => sent.get(chat.id)!.has(id));
+        await waitFor(async () => live.get(chat.id)!.length >= want.length, `${when}: the subscription of ${chat.id} catching up`);
+        assert.deepEqual(live.get(chat.id), want, `${when}: the subscription of ${chat.id}: no gap, no repeat, in order`);
+      }
+    };
+
+    startWriting();
+    // the copy, slowed down so that it can be killed halfway, under traffic
+    const first = spawn(BM_CHAT, ['move', 'run', '--to', map, '--chunk', '100', '--pause-ms', '40'], { env: moveEnv(), stdio: 'ignore' });
+    movers.push(first);
+    await waitFor(async () => {
+      const s = status();
+      return s?.stage === 'copy' && s.copy.some((c: any) => c.table === 'messages' && c.rows_copied > 0 && !c.done);
+    }, 'the copy of messages under way', 30_000);
+    first.kill('SIGKILL');
+    await exited(first);
+    const copiedWhenKilled = status().copy.find((c: any) => c.table === 'messages');
+    assert.ok(!copiedWhenKilled.done, 'killed mid-copy');
+    // run again: it continues, follows, verifies, and keeps following
+    const second = spawn(BM_CHAT, ['move', 'run', '--chunk', '500'], { env: moveEnv(), stdio: 'ignore' });
+    movers.push(second);
+    await waitFor(async () => status()?.stage === 'following', 'the move copied, followed and verified clean', 60_000);
+    assert.equal(status().last_verify.rows_compared > 3000, true);
+    await traffic(40);
+    move('switch', 'reads');
+    await traffic(40);
+    move('switch', 'writes');
+    await traffic(60);
+    await stopWriting();
+    await check('writes on the shards');
+    // each chat's rows are on its shard
+    for (const chat of chats) {
+      const n = await onShard(shardOf(chat.id), 'SELECT count(*)::int AS n FROM chat.messages WHERE chat_id = $1', [chat.id]);
+      assert.equal(n[0].n, model.get(chat.id)!.size, `chat ${chat.id} whole on shard s${shardOf(chat.id)}`);
+    }
+
+    startWriting();
+    await traffic(40);
+    move('rollback');
+    await exited(second);
+    assert.equal(second.exitCode, 0, 'the mover ends with its move');
+    await traffic(60);
+    await stopWriting();
+    await check('rolled back to the monolith');
+    for (const chat of chats) {
+      const n = await env.db.query('SELECT count(*)::int AS n FROM legacy.messages WHERE chat_id = $1', [chat.id]);
+      assert.equal(n.rows[0].n, model.get(chat.id)!.size, `chat ${chat.id} whole on the monolith's tables`);
+      assert.equal((await onShard(shardOf(chat.id), 'SELECT count(*)::int AS n FROM chat.messages WHERE chat_id = $1', [chat.id]))[0].n, 0, 'the copies removed');
+    }
+  });
+});
