@@ -86,6 +86,12 @@ const move = (...args: string[]) => {
   return r.stdout + r.stderr;
 };
 
+/** `bm-chat move status --json` (the `mover` field: who holds the move lock, if anyone). */
+const moveStatus = () => {
+  const r = spawnSync(BM_CHAT, ['move', 'status', '--json'], { env: moveEnv(), encoding: 'utf8' });
+  return r.status === 0 && r.stdout.trim() ? JSON.parse(r.stdout) : undefined;
+};
+
 const CHAT = `query($id: ID!) { chat(id: $id) { id title isGroup createdAt updatedAt unreadCount
   members { role joinedAt user { id displayName avatarUrl } } lastMessage { id body senderId sender { displayName } createdAt } } }`;
 const PAGE = `query($c: ID!, $after: String) { messages(chatId: $c, first: 3, after: $after) {
@@ -106,6 +112,27 @@ async function onShard<T = any>(i: number, sql: string, params: unknown[] = []):
   } finally {
     await c.end();
   }
+}
+
+/**
+ * `chats` as `u` sees it, once it agrees with every chat's own `updatedAt` (read from the chat,
+ * where the routing reads it): the list is the caller's inbox once writes are on the shards,
+ * kept by the service and, for other members' messages, by its projection of the events.
+ */
+async function chatList(u: TestUser, want: string[]): Promise<{ id: string; title: string | null; updatedAt: string }[]> {
+  let last: unknown;
+  return waitFor(
+    async () => {
+      const list = (await ok(u, '{ chats { id title updatedAt } }')).chats;
+      const truth = await Promise.all(list.map(async (c: any) => (await ok(u, 'query($id: ID!) { chat(id: $id) { updatedAt } }', { id: c.id })).chat.updatedAt));
+      const sorted = [...list].sort((x: any, y: any) => (y.updatedAt === x.updatedAt ? (y.id > x.id ? 1 : -1) : y.updatedAt > x.updatedAt ? 1 : -1));
+      last = { list, truth };
+      const same = list.every((c: any, i: number) => c.updatedAt === truth[i]) && JSON.stringify(sorted) === JSON.stringify(list);
+      return same && JSON.stringify(list.map((c: any) => c.id).sort()) === JSON.stringify([...want].sort()) && list;
+    },
+    `${u.displayName}'s chat list to list ${want.length} chats in order of their activity (last: ${JSON.stringify(last)})`,
+    15_000,
+  );
 }
 
 async function ok(u: TestUser, query: string, variables: Record<string, unknown> = {}) {
@@ -149,7 +176,7 @@ describe('reads from the shards', () => {
     const moved = move('run', '--to', map, '--exit-after', 'verify');
     follower = spawn(BM_CHAT, ['move', 'run'], { env: moveEnv(), stdio: 'ignore' });
     await waitFor(
-      async () => (await admin((c) => c.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = $1)", [name]))).rowCount,
+      async () => moveStatus()?.mover,
       'the follower holding the move lock',
     );
     assert.match(move('switch', 'reads'), /done by the running mover/);
@@ -182,11 +209,13 @@ describe('reads from the shards', () => {
 
     // writes still go to the monolith's tables; the follower brings them to the shard's readers
     const late = (await ok(b, SEND, { i: { chatId, body: 'sent after the switch of reads', clientMessageId: randomUUID() } })).sendMessage.id;
-    const seen = await waitFor(async () => {
+    // (a chat's fields are read side by side: one response can hold an unread count from just
+    // before the message arrived and the message itself; wait for both)
+    await waitFor(async () => {
       const c = (await ok(a, CHAT, { id: chatId })).chat;
-      return c.lastMessage?.id === late && c;
-    }, 'the new message on the shard');
-    assert.equal(seen.unreadCount, 1, "Ada read up to her own last message; Bo's new one is unread");
+      // Ada read up to her own last message; Bo's new one is unread
+      return c.lastMessage?.id === late && c.unreadCount === 1;
+    }, 'the new message on the shard, unread by Ada');
 
     // rollback: reads come from the monolith's tables again (the shard's change is not there)
     move('rollback');
@@ -236,7 +265,7 @@ describe('reads from the shards', () => {
     move('run', '--to', map, '--exit-after', 'verify');
     follower = spawn(BM_CHAT, ['move', 'run'], { env: moveEnv(), stdio: 'ignore' });
     await waitFor(
-      async () => (await admin((q) => q.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = $1)", [name]))).rowCount,
+      async () => moveStatus()?.mover,
       'the follower holding the move lock',
     );
     move('switch', 'reads');
@@ -281,6 +310,18 @@ describe('reads from the shards', () => {
         assert.deepEqual(seen.filter(notProbe), bodies, `${u.displayName} in ${chatId}`);
       }
     }
+
+    // `chats`: each user's inbox on their own shard, every chat they are in, newest activity
+    // first — Ana's and Cyd's new group reached the member whose inbox is elsewhere from the
+    // event (chat.created), every message's activity from message.sent
+    await chatList(a, [direct, group, newGroup.id]);
+    await chatList(b, [direct, group]);
+    await chatList(c, [group, newGroup.id]);
+    await onShard(shardOf(a.id), "UPDATE chat.inbox SET title = 'as the inbox says' WHERE user_id = $1 AND chat_id = $2", [a.id, group]);
+    assert.equal((await ok(a, '{ chats { id title } }')).chats.find((x: any) => x.id === group).title, 'as the inbox says', '`chats` reads the inbox');
+    const latest = await send(b, group, 'bumps the group');
+    const aList = await chatList(a, [direct, group, newGroup.id]);
+    assert.equal(aList[0].id, group, `Ben's message ${latest} puts the group first in Ana's list`);
 
     // message.sent from the shard's outbox, through the broker; the push job writes the
     // recipients' notifications from it (one each, however often the event comes)
@@ -342,10 +383,7 @@ describe('a move under traffic through the proxy', () => {
     movers.forEach((m) => m.kill('SIGKILL'));
   });
 
-  const status = () => {
-    const r = spawnSync(BM_CHAT, ['move', 'status', '--json'], { env: moveEnv(), encoding: 'utf8' });
-    return r.status === 0 && r.stdout.trim() ? JSON.parse(r.stdout) : undefined;
-  };
+  const status = moveStatus;
   const exited = (p: ChildProcess) => new Promise<void>((resolve) => (p.exitCode !== null || p.signalCode !== null ? resolve() : p.once('exit', () => resolve())));
 
   test('kill -9 mid-copy, switch reads, switch writes, rollback: every message once, as written, seen by every member, no gap in any subscription', async () => {
@@ -493,6 +531,8 @@ describe('a move under traffic through the proxy', () => {
         await waitFor(async () => live.get(chat.id)!.length >= want.length, `${when}: the subscription of ${chat.id} catching up`);
         assert.deepEqual(live.get(chat.id), want, `${when}: the subscription of ${chat.id}: no gap, no repeat, in order`);
       }
+      // every user's chat list: all their chats, in order of activity
+      for (const u of users) await chatList(u, chats.filter((c) => c.members.includes(u)).map((c) => c.id));
     };
 
     startWriting();

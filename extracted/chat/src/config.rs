@@ -26,6 +26,9 @@ pub struct Config {
     /// The brokers the outbox relay publishes to (`KAFKA_BROKERS`, `KAFKA_CONFIG`); unset: the
     /// service writes events to the outbox and leaves publishing to another relay (the monolith's).
     pub kafka: Option<bm_events::KafkaConfig>,
+    /// The consumer group of the inbox projection (`CHAT_INBOX_GROUP`, default `chat-inbox`):
+    /// every instance of the service joins it (docs/chat-sharding.md).
+    pub inbox_group: String,
 }
 
 impl Config {
@@ -47,6 +50,7 @@ impl Config {
             tls: bm_common::http::OutboundTls::from_env(e),
             introspection: e.optional("NODE_ENV").as_deref() != Some("production"),
             kafka: bm_events::KafkaConfig::from_env(e, "bm-chat"),
+            inbox_group: e.optional("CHAT_INBOX_GROUP").unwrap_or_else(|| "chat-inbox".into()),
         };
         env.finish().map(|()| cfg)
     }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod errors;
 pub mod graphqljs;
 pub mod http;
+pub mod inbox;
 pub mod placement;
 pub mod push;
 pub mod schema;
@@ -74,13 +75,6 @@ impl AppState {
     ) -> anyhow::Result<AppState> {
         let http = cfg.tls.client_builder().timeout(cfg.http_timeout).build()?;
         Ok(AppState(Arc::new(Inner { cfg, pool, bus, http, verifier, placement })))
-    }
-
-    /// A new message, once committed: to every live subscriber of its chat (both sides), and to
-    /// the recipients' devices.
-    pub async fn announce(&self, new: store::NewMessage) {
-        self.bus.publish(&new.message).await;
-        push::new_message(self, &new).await;
     }
 }
 

@@ -84,6 +84,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         };
         tokio::spawn(relay.run(stop.subscribe()))
     });
+    // other members' chat lists (docs/chat-sharding.md): their inbox rows from the chat events
+    let projection = cfg
+        .kafka
+        .clone()
+        .map(|kafka| tokio::spawn(bm_chat::inbox::run(placement.clone(), kafka, cfg.inbox_group.clone(), stop.subscribe())));
     let state = AppState::new(cfg, pool, bus, verifier, placement.clone())?;
     let inner = Router::new()
         .merge(router(state))
@@ -97,5 +102,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = r.await;
     }
     placement.stopped().await;
+    if let Some(p) = projection {
+        let _ = p.await;
+    }
     served
 }

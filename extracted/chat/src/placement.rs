@@ -232,6 +232,34 @@ impl Placement {
         cur.pools.get(cur.routing.read_db(id)).cloned()
     }
 
+    /// The shard holding `user`'s inbox (`chat.inbox`: what `chats` lists), or None while the
+    /// user's chats are written on the monolith's tables (then `chats` reads those). The inbox is
+    /// where the user's bucket is written; while a move pauses that, where it is read.
+    pub fn inbox_shard(&self, user: &Uuid) -> Option<(String, PgPool)> {
+        let cur = self.current.load();
+        let db = match cur.routing.write_db(user) {
+            Some(db) => db,
+            None => cur.routing.read_db(user),
+        };
+        if db == bm_chatmove::plan::LEGACY {
+            return None;
+        }
+        cur.pools.get(db).map(|p| (db.to_string(), p.clone()))
+    }
+
+    /// Whether any bucket's writes go to a shard (inbox upkeep has work to do).
+    pub fn any_shard_writes(&self) -> bool {
+        !self.writes_all_legacy()
+    }
+
+    /// The pool to read `chat`'s truth from: its shard's or the monolith's (`main`).
+    pub fn read_pool(&self, chat: &Uuid) -> Result<(bool, PgPool), crate::errors::ChatError> {
+        Ok(match self.read_shard(chat)? {
+            Some(p) => (true, p),
+            None => (false, self.main.clone()),
+        })
+    }
+
     /// Waits for the shards' outbox relays to stop (after `stop`).
     pub async fn stopped(&self) {
         let tasks = std::mem::take(&mut *self.relay_tasks.lock().unwrap_or_else(|e| e.into_inner()));

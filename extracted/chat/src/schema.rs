@@ -290,11 +290,25 @@ impl Query {
         Ok(require_member_routed(ctx, id, me).await?.into())
     }
 
-    /// The caller's chats, newest activity first. (From the monolith's tables while a move is
-    /// open: on the shards this list is the caller's inbox, not built yet.)
+    /// The caller's chats, newest activity first.
     async fn chats(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Chat>> {
         let me = caller(ctx)?;
-        Ok(store::chats(&state(ctx).pool, me).await?.into_iter().map(Chat::from).collect())
+        let rows = match state(ctx).placement.inbox_shard(&me) {
+            // the caller's inbox, on their shard (docs/chat-sharding.md); through this request's
+            // transaction there if it wrote there
+            Some((name, pool)) => {
+                let mine = match ctx.data_opt::<bm_common::dryrun::RequestTx>() {
+                    Some(tx) => tx.conn_on_if_begun(&name).await,
+                    None => None,
+                };
+                match mine {
+                    Some(mut c) => store::on_shard::chats_from_inbox(&mut *c, me).await?,
+                    None => store::on_shard::chats_from_inbox(&pool, me).await?,
+                }
+            }
+            None => store::chats(&state(ctx).pool, me).await?,
+        };
+        Ok(rows.into_iter().map(Chat::from).collect())
     }
 
     /// Newest first; `after` is the endCursor of the previous page.
@@ -424,6 +438,18 @@ async fn message_target(ctx: &Context<'_>, id: Uuid) -> Result<Target> {
     }
 }
 
+/// The actor's own inbox row for `chat` (they read their own writes): upserted in this request's
+/// transaction on the actor's shard, unless that is `done_on` (already written there).
+async fn own_inbox(ctx: &Context<'_>, me: Uuid, done_on: &str, chat: &ChatRow) -> Result<()> {
+    if let Some((name, pool)) = state(ctx).placement.inbox_shard(&me) {
+        if name != done_on {
+            let mut c = tx(ctx)?.conn_on(&name, &pool).await?;
+            store::on_shard::upsert_inbox(&mut *c, &[me], chat).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The oldest direct chat of the pair wherever it may be written: the monolith's tables (every
 /// chat, while a move's reverse sync runs) and the shards where either user's new chats are
 /// written (a chat created there may not be synced back yet). The caller holds the pair's lock
@@ -510,10 +536,21 @@ impl Mutation {
                     Ok(chat)
                 }
                 Target::Shard { name, pool } => {
+                    let placement = &state(ctx).placement;
                     let mut c = tx.conn_on(&name, &pool).await?;
                     let mut sp = savepoint(&mut c).await?;
                     let chat = store::on_shard::insert_chat(&mut sp, id, me, group_title, !direct, &others).await?;
+                    // the inboxes on this shard in the chat's transaction; the others' from the event
+                    let mut members = vec![me];
+                    members.extend_from_slice(&others);
+                    let here: Vec<Uuid> =
+                        members.iter().copied().filter(|u| placement.inbox_shard(u).is_some_and(|(s, _)| s == name)).collect();
+                    store::on_shard::upsert_inbox(&mut *sp, &here, &chat).await?;
+                    let event = bm_events::event::ChatCreated::new(chat.id, members, chat.created_at);
+                    bm_events::outbox::enqueue_into(&mut sp, bm_events::outbox::CHAT_SHARD, &event.to_outbox()).await?;
                     sp.commit().await?;
+                    drop(c);
+                    own_inbox(ctx, me, &name, &chat).await?;
                     Ok(chat)
                 }
             }
@@ -657,16 +694,36 @@ impl Mutation {
                     let mut sp = savepoint(&mut c).await?;
                     let chat = store::on_shard::require_member(&mut *sp, chat_id, me).await?;
                     let sent = store::on_shard::send_message(&mut sp, main, me, &chat, &input.body, &input.client_message_id).await?;
+                    let active = match &sent.1 {
+                        Some(new) => {
+                            // the chat's activity on the inboxes here; the sender's own row
+                            // wherever it is; the other members' from the event
+                            let mut row = chat.clone();
+                            row.updated_at = new.message.created_at;
+                            store::on_shard::touch_inboxes(&mut sp, chat.id, row.updated_at).await?;
+                            Some(row)
+                        }
+                        None => None,
+                    };
                     sp.commit().await?;
+                    drop(c);
+                    if let Some(row) = active {
+                        own_inbox(ctx, me, "", &row).await?;
+                    }
                     Ok(sent)
                 }
             }
         })?;
         if let Some(new) = new {
-            // after the commit, off the request path: publish on messageAdded (both sides' bus)
-            // and push to the recipients' devices; never for a repeat, a dry run or a rollback
+            // on messageAdded (both sides' bus) as the request commits, while it still holds its
+            // chat's lock: the chat's messages reach subscribers in the order they commit (after
+            // the commit, two senders' publications raced: seen out of order under load). Pushes
+            // after the commit, off the request path. Never for a repeat, a dry run or a rollback.
             let s = state(ctx).clone();
-            tx.after_commit(async move { s.announce(new).await });
+            let message = new.message.clone();
+            tx.before_commit(async move { s.bus.publish(&message).await });
+            let s = state(ctx).clone();
+            tx.after_commit(async move { crate::push::new_message(&s, &new).await });
         }
         Ok(message.into())
     }

@@ -713,6 +713,67 @@ pub mod on_shard {
         .await?;
         Ok(chat)
     }
+
+    // ---- inboxes (`chat.inbox`, migrations/chat/0003_inbox.sql): what `chats` lists, one row
+    // per chat a user is in, on the user's shard
+
+    /// `chats` from the caller's inbox: the same rows and order as [`super::chats`].
+    pub async fn chats_from_inbox<'e>(shard: impl PgExecutor<'e>, user: Uuid) -> Result<Vec<ChatRow>> {
+        Ok(sqlx::query_as(
+            "SELECT chat_id AS id, title, is_group, created_at, updated_at FROM chat.inbox
+             WHERE user_id = $1 ORDER BY updated_at DESC, chat_id DESC",
+        )
+        .bind(user)
+        .fetch_all(shard)
+        .await?)
+    }
+
+    /// The inbox rows of `users` for `chat` (upserted: `updated_at` only moves forward).
+    pub async fn upsert_inbox<'e>(shard: impl PgExecutor<'e>, users: &[Uuid], chat: &ChatRow) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let n = users.len();
+        sqlx::query(bm_shards::INBOX_UPSERT_SQL)
+            .bind(users)
+            .bind(vec![chat.id; n])
+            .bind(vec![chat.title.clone(); n])
+            .bind(vec![chat.is_group; n])
+            .bind(vec![chat.created_at; n])
+            .bind(vec![chat.updated_at; n])
+            .execute(shard)
+            .await?;
+        Ok(())
+    }
+
+    /// A new message's activity on the inbox rows of its chat held on this shard (its members
+    /// whose inboxes are here).
+    pub async fn touch_inboxes(c: &mut PgConnection, chat: Uuid, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE chat.inbox SET updated_at = GREATEST(updated_at, $2) WHERE chat_id = $1")
+            .bind(chat)
+            .bind(at)
+            .execute(&mut *c)
+            .await?;
+        Ok(())
+    }
+
+    /// A chat's row and members, for projecting it into inboxes.
+    pub async fn chat_and_members<'e, 'f>(
+        db: impl PgExecutor<'e>,
+        db2: impl PgExecutor<'f>,
+        schema: &str,
+        chat: Uuid,
+    ) -> Result<Option<(ChatRow, Vec<Uuid>)>> {
+        let row: Option<ChatRow> =
+            sqlx::query_as(&format!("SELECT id, title, is_group, created_at, updated_at FROM {schema}.chats WHERE id = $1"))
+                .bind(chat)
+                .fetch_optional(db)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let members: Vec<Uuid> =
+            sqlx::query_scalar(&format!("SELECT user_id FROM {schema}.chat_members WHERE chat_id = $1")).bind(chat).fetch_all(db2).await?;
+        Ok(Some((row, members)))
+    }
 }
 
 #[cfg(test)]

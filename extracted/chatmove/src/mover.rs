@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use bm_shards::verify::{diff, RowSum};
 use bm_shards::{ShardMap, BUCKETS};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -132,6 +133,9 @@ CREATE TABLE IF NOT EXISTS chat_move.moves (
     ended_at      timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS moves_one_open ON chat_move.moves ((true)) WHERE ended_at IS NULL;
+-- when the moving users' inboxes were last derived (the next derivation reads what changed since)
+ALTER TABLE chat_move.moves ADD COLUMN IF NOT EXISTS inbox_since timestamptz;
+
 CREATE TABLE IF NOT EXISTS chat_move.copy_progress (
     move_id      bigint NOT NULL REFERENCES chat_move.moves (id),
     source       text NOT NULL,
@@ -605,9 +609,88 @@ impl Mover {
             }
         }
         if self.stage().await? == "copy" {
+            if self.inbox_since().await?.is_none() {
+                self.derive_inboxes(None).await?;
+            }
             self.set_stage("verify").await?;
         }
         Ok(())
+    }
+
+    async fn inbox_since(&self) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar("SELECT inbox_since FROM chat_move.moves WHERE id = $1")
+            .bind(self.move_id)
+            .fetch_one(&self.control)
+            .await
+            .ctx(|| "reading the move".into())
+    }
+
+    /// The moving users' inboxes on their new shards (`chat.inbox`: one row per chat a user is
+    /// in, what `chats` reads), derived from the chats' truth — the monolith's tables, or every
+    /// shard of the old map (a user's chats are homed anywhere) — for the chats changed since the
+    /// last derivation (all of them the first time). Upserts that only move `updated_at` forward:
+    /// a repeat after a crash, or the service writing the same rows meanwhile, changes nothing.
+    /// Run after the copy, and around the switch of writes (before the pause, and after it for
+    /// what the sources took until the fence closed). Returns the rows written.
+    pub async fn derive_inboxes(&self, since: Option<DateTime<Utc>>) -> Result<u64> {
+        // (a margin for writes in flight and clocks: a row derived twice is the same row)
+        let started: DateTime<Utc> =
+            sqlx::query_scalar("SELECT now()").fetch_one(&self.control).await.ctx(|| "the control database".into())?;
+        let moving: Vec<RangeInclusive<u16>> =
+            plan::ranges((0..bm_shards::BUCKETS).filter(|b| self.before[*b as usize] != self.after[*b as usize]));
+        let truths: Vec<(String, &'static str)> = match &self.from_map {
+            None => vec![(LEGACY.to_string(), "legacy")],
+            Some(m) => m.shards.iter().map(|s| (s.name.clone(), "chat")).collect(),
+        };
+        let since = since.map(|t| t - chrono::Duration::seconds(5));
+        let mut written = 0u64;
+        for (db, schema) in truths {
+            let sql = format!(
+                "SELECT cm.user_id, c.id, c.title, c.is_group, c.created_at, c.updated_at
+                 FROM {schema}.chat_members cm JOIN {schema}.chats c ON c.id = cm.chat_id
+                 WHERE {} AND ($1::timestamptz IS NULL OR c.updated_at >= $1 OR cm.joined_at >= $1)",
+                plan::bucket_filter("cm.user_id", &moving)
+            );
+            type InboxRow = (Uuid, Uuid, Option<String>, bool, DateTime<Utc>, DateTime<Utc>);
+            let mut rows = sqlx::query_as::<_, InboxRow>(&sql).bind(since).fetch(self.pool(&db));
+            let mut batches: BTreeMap<String, Vec<InboxRow>> = BTreeMap::new();
+            loop {
+                let next = futures_util::TryStreamExt::try_next(&mut rows).await.ctx(|| format!("database `{db}`: reading memberships"))?;
+                let done = next.is_none();
+                if let Some(r) = next {
+                    let to = self.after[bm_shards::bucket(&r.0) as usize].clone();
+                    batches.entry(to).or_default().push(r);
+                }
+                for (to, batch) in batches.iter_mut() {
+                    if batch.len() >= 1000 || (done && !batch.is_empty()) {
+                        let b = std::mem::take(batch);
+                        written += b.len() as u64;
+                        sqlx::query(bm_shards::INBOX_UPSERT_SQL)
+                            .bind(b.iter().map(|r| r.0).collect::<Vec<_>>())
+                            .bind(b.iter().map(|r| r.1).collect::<Vec<_>>())
+                            .bind(b.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+                            .bind(b.iter().map(|r| r.3).collect::<Vec<_>>())
+                            .bind(b.iter().map(|r| r.4).collect::<Vec<_>>())
+                            .bind(b.iter().map(|r| r.5).collect::<Vec<_>>())
+                            .execute(self.pool(to))
+                            .await
+                            .ctx(|| format!("shard `{to}`: writing inboxes"))?;
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        sqlx::query("UPDATE chat_move.moves SET inbox_since = $2 WHERE id = $1")
+            .bind(self.move_id)
+            .bind(started)
+            .execute(&self.control)
+            .await
+            .ctx(|| "recording the inbox derivation".into())?;
+        metrics::counter!("chat_move_inbox_rows_total").increment(written);
+        tracing::info!(rows = written, since = ?since, "derived the moving users' inboxes");
+        Ok(written)
     }
 
     async fn copy_table(
@@ -1038,8 +1121,9 @@ impl Mover {
         if stage != "reads-switched" && stage != "switching-writes" {
             return Err(MoveError::Refused(format!("writes switch after reads (stage `reads-switched`); this move is at `{stage}`")));
         }
-        // most of the lag first, while writes still flow
+        // most of the lag first, while writes still flow; the inboxes of what changed meanwhile
         self.catch_up(false).await?;
+        self.derive_inboxes(self.inbox_since().await?).await?;
         let paused = Instant::now();
         self.set_stage("switching-writes").await?;
         for s in &self.plan.sources {
@@ -1077,6 +1161,9 @@ impl Mover {
             .await
             .ctx(|| "recording the pause".into())?;
         self.set_stage("writes-switched").await?;
+        // what the sources took between that derivation and the fence (the service keeps the
+        // inboxes from here on)
+        self.derive_inboxes(self.inbox_since().await?).await?;
         self.close_streams(false).await;
         for f in &self.forward {
             drop_stream(self.pool(&f.db), &f.db, &f.slot, &f.publication).await?;
@@ -1425,10 +1512,17 @@ async fn set_shard_sequence(pool: &PgPool, db: &str, index: usize, floor: i64) -
     Ok(())
 }
 
-/// Removes a database's rows of `buckets` (a chat and, by cascade, its members and messages).
+/// Removes a database's rows of `buckets` (a chat and, by cascade, its members and messages;
+/// on a shard, the inboxes of its users in them).
 async fn remove_copies(pool: &PgPool, db: &str, buckets: &[RangeInclusive<u16>]) -> Result<()> {
     // the mover's session is a replica's: cascades are triggers, so the children go first
     let schema = plan::schema_of(db);
+    if schema == "chat" {
+        sqlx::raw_sql(&format!("DELETE FROM chat.inbox WHERE {}", plan::bucket_filter("user_id", buckets)))
+            .execute(pool)
+            .await
+            .ctx(|| format!("database `{db}`: removing moved inboxes"))?;
+    }
     for t in TABLES.iter().rev() {
         sqlx::raw_sql(&format!("DELETE FROM {schema}.{} WHERE {}", t.name, plan::bucket_filter(t.bucket_col, buckets)))
             .execute(pool)

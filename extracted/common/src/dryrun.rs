@@ -79,6 +79,9 @@ struct Inner {
     others: std::sync::Mutex<Vec<(String, Slot)>>,
     /// work that may only happen once the request's writes are committed (mail, messages)
     after_commit: std::sync::Mutex<Vec<Deferred>>,
+    /// work run (awaited, in order) right before the commit, while the transaction's locks are
+    /// still held: what must happen in commit order (a chat's live messages)
+    before_commit: std::sync::Mutex<Vec<Deferred>>,
 }
 
 /// The request's transaction (begun lazily: requests that never touch the database cost nothing).
@@ -118,12 +121,27 @@ impl std::ops::DerefMut for OtherConn {
 
 impl RequestTx {
     pub fn new(pool: PgPool) -> Self {
-        RequestTx(Arc::new(Inner { pool, tx: Mutex::new(None), others: Default::default(), after_commit: Default::default() }))
+        RequestTx(Arc::new(Inner {
+            pool,
+            tx: Mutex::new(None),
+            others: Default::default(),
+            after_commit: Default::default(),
+            before_commit: Default::default(),
+        }))
     }
 
     fn slot(&self, name: &str) -> Option<Slot> {
         let others = self.0.others.lock().unwrap_or_else(|e| e.into_inner());
         others.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone())
+    }
+
+    /// Runs `work` when this request's transaction is about to commit — after its last statement,
+    /// before COMMIT, so while its row locks are held: two requests that lock the same row run
+    /// theirs in the order they commit. Never for a rollback (a dry run, a 5xx). If the commit
+    /// then fails, the work has happened for writes that did not (logged): use it only where
+    /// order matters more than that (a chat's live messages; docs/api/chat.md).
+    pub fn before_commit(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.before_commit.lock().unwrap_or_else(|e| e.into_inner()).push(Box::pin(work));
     }
 
     /// The connection of this request's transaction on another database, `name` (a shard),
@@ -187,6 +205,12 @@ impl RequestTx {
     /// or rolls back. [`transaction_per_request`] calls it for HTTP requests; call it yourself for
     /// work outside one (an operation over a WebSocket).
     pub async fn complete(&self, commit: bool) -> Result<(), sqlx::Error> {
+        let before = std::mem::take(&mut *self.0.before_commit.lock().unwrap_or_else(|e| e.into_inner()));
+        if commit {
+            for work in before {
+                work.await;
+            }
+        }
         let others = std::mem::take(&mut *self.0.others.lock().unwrap_or_else(|e| e.into_inner()));
         let mut commit_main = commit;
         let mut failed = None;
@@ -213,6 +237,11 @@ impl RequestTx {
             Some(e) => Err(e),
             None => finished,
         };
+        if commit && finished.is_err() {
+            tracing::error!(
+                "a request's commit failed after its before-commit work ran (a live message may have announced a write that is not there)"
+            );
+        }
         let deferred = std::mem::take(&mut *self.0.after_commit.lock().unwrap_or_else(|e| e.into_inner()));
         if commit && finished.is_ok() {
             for work in deferred {

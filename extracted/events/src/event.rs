@@ -13,7 +13,64 @@ pub const PUSH_DEAD_LETTER_TOPIC: &str = "notification.push.dead-letter";
 
 /// Every topic the stack needs, with its partition count (created by `bm-events ensure-topics`;
 /// brokers here do not auto-create topics, and production ones should not).
-pub const TOPICS: &[(&str, i32)] = &[(MESSAGE_SENT_TOPIC, 4), (PUSH_DEAD_LETTER_TOPIC, 1)];
+pub const TOPICS: &[(&str, i32)] = &[(MESSAGE_SENT_TOPIC, 4), (PUSH_DEAD_LETTER_TOPIC, 1), (CHAT_CREATED_TOPIC, 4)];
+
+/// Topic of [`ChatCreated`].
+pub const CHAT_CREATED_TOPIC: &str = "chat.created";
+
+/// `chat.created` v1: a chat was created on a chat shard (docs/events/chat.created.v1.json). The
+/// inbox projection gives the members whose inboxes are on other shards their row. Key: `chatId`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatCreated {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub occurred_at: String,
+    pub producer: String,
+    pub chat_id: Uuid,
+    /// every member, the creator first
+    pub member_ids: Vec<Uuid>,
+}
+
+impl ChatCreated {
+    pub const TYPE: &'static str = "chat.created";
+    pub const VERSION: u32 = 1;
+
+    pub fn new(chat_id: Uuid, member_ids: Vec<Uuid>, at: DateTime<Utc>) -> Self {
+        ChatCreated {
+            id: Uuid::new_v4(),
+            kind: Self::TYPE.into(),
+            version: Self::VERSION,
+            occurred_at: at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            producer: "chat".into(),
+            chat_id,
+            member_ids,
+        }
+    }
+
+    pub fn to_outbox(&self) -> crate::outbox::NewEvent {
+        crate::outbox::NewEvent {
+            id: self.id,
+            topic: CHAT_CREATED_TOPIC,
+            key: self.chat_id.to_string(),
+            kind: Self::TYPE,
+            version: Self::VERSION as i32,
+            payload: serde_json::to_string(self).expect("an event serialises"),
+        }
+    }
+}
+
+/// The chat an event of either chat topic is about (`chatId`), for consumers that only need that.
+pub fn chat_of(payload: &[u8]) -> Option<Uuid> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Any {
+        chat_id: Uuid,
+    }
+    serde_json::from_slice::<Any>(payload).ok().map(|a| a.chat_id)
+}
 
 /// The namespace of [`MessageSent::notification_id`] (a v4 drawn once for this purpose).
 const NOTIFICATION_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_3c2e_9a4d_4e8b_b7c1_52d0_e3f4_a9c6);
@@ -208,6 +265,26 @@ mod tests {
         v["type"] = "message.edited".into();
         assert!(matches!(MessageSent::parse(v.to_string().as_bytes()), Err(EventError::Unsupported { .. })));
         assert!(matches!(MessageSent::parse(b"{}"), Err(EventError::Malformed(_))));
+    }
+
+    #[test]
+    fn chat_created_matches_its_schema_and_names_its_chat() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/events/chat.created.v1.json")).expect("the schema is JSON");
+        let e = ChatCreated::new(Uuid::from_u128(7), vec![Uuid::from_u128(1), Uuid::from_u128(2)], Utc::now());
+        let row = e.to_outbox();
+        assert_eq!((row.topic, row.key.as_str()), (CHAT_CREATED_TOPIC, Uuid::from_u128(7).to_string().as_str()));
+        let written: serde_json::Value = serde_json::from_str(&row.payload).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        for k in written.as_object().unwrap().keys() {
+            assert!(props.contains_key(k) && required.contains(&k.as_str()), "{k}");
+        }
+        assert_eq!(required.len(), written.as_object().unwrap().len());
+        assert_eq!(schema["properties"]["type"]["const"], ChatCreated::TYPE);
+        assert_eq!(chat_of(row.payload.as_bytes()), Some(Uuid::from_u128(7)));
+        assert_eq!(chat_of(sample().to_outbox().payload.as_bytes()), Some(Uuid::nil()));
+        assert_eq!(chat_of(b"{}"), None);
     }
 
     /// The JSON Schema in docs/events/ and this struct say the same: every property the schema

@@ -1,0 +1,119 @@
+//! The inbox projection (docs/chat-sharding.md, "Why an inbox"): every member of a chat has a row
+//! for it in their inbox, on their own shard (`chat.inbox`), so `chats` reads one shard. A
+//! message's transaction writes the rows it can reach — those on the chat's home shard, and the
+//! sender's; everyone else's come from here: a consumer group (`chat-inbox`, every instance of the
+//! service) on `message.sent` and `chat.created` that reads the chat and its members where the
+//! routing reads them and upserts each member's row on the member's shard.
+//!
+//! Rows are derived from the truth each time, and an upsert only moves `updated_at` forward, so
+//! an event seen twice, late, or out of order with the mover's derivation changes nothing; a
+//! member's list lags another member's message by this consumer's lag (`chat_inbox_lag…`).
+//! Nothing to do while every chat is written on the monolith's tables (then `chats` reads them):
+//! events are consumed and their offsets committed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bm_events::event::{chat_of, CHAT_CREATED_TOPIC, MESSAGE_SENT_TOPIC};
+use bm_events::KafkaConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::placement::Placement;
+use crate::store;
+
+/// Projects one chat into its members' inboxes, from where the routing reads the chat now. A chat
+/// that is gone is nothing to project. Returns the rows written.
+pub async fn project(placement: &Placement, chat: Uuid) -> crate::errors::Result<usize> {
+    let (on_shard, pool) = placement.read_pool(&chat)?;
+    let schema = if on_shard { "chat" } else { "legacy" };
+    let Some((row, members)) = store::on_shard::chat_and_members(&pool, &pool, schema, chat).await? else { return Ok(0) };
+    let mut by_shard: BTreeMap<String, (PgPool, Vec<Uuid>)> = BTreeMap::new();
+    for m in members {
+        if let Some((name, p)) = placement.inbox_shard(&m) {
+            by_shard.entry(name).or_insert_with(|| (p, Vec::new())).1.push(m);
+        }
+    }
+    let mut written = 0;
+    for (_, (p, users)) in by_shard {
+        store::on_shard::upsert_inbox(&p, &users, &row).await?;
+        written += users.len();
+    }
+    Ok(written)
+}
+
+/// Consumes until `stop`; a database error is retried (the event waits, nothing is skipped).
+pub async fn run(placement: Arc<Placement>, kafka: KafkaConfig, group: String, mut stop: watch::Receiver<bool>) {
+    let consumer: StreamConsumer = match kafka.consumer_config(&group).create() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "inbox projection: no consumer; other members' chat lists will not follow");
+            return;
+        }
+    };
+    if let Err(e) = consumer.subscribe(&[MESSAGE_SENT_TOPIC, CHAT_CREATED_TOPIC]) {
+        tracing::error!(error = %e, "inbox projection: subscribing");
+        return;
+    }
+    tracing::info!(group = %group, "inbox projection consuming {MESSAGE_SENT_TOPIC}, {CHAT_CREATED_TOPIC}");
+    loop {
+        let m = tokio::select! {
+            m = consumer.recv() => m,
+            _ = stop.changed() => break,
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                metrics::counter!("chat_inbox_consumer_errors_total").increment(1);
+                tracing::warn!(error = %e, "inbox projection: consuming");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        match chat_of(m.payload().unwrap_or_default()) {
+            None => {
+                metrics::counter!("chat_inbox_events_total", "result" => "unreadable").increment(1);
+                tracing::warn!(
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "inbox projection: an event without a chatId"
+                );
+            }
+            Some(_) if !placement.any_shard_writes() => {
+                metrics::counter!("chat_inbox_events_total", "result" => "skipped").increment(1);
+            }
+            Some(chat) => {
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    match project(&placement, chat).await {
+                        Ok(n) => {
+                            metrics::counter!("chat_inbox_events_total", "result" => "projected").increment(1);
+                            metrics::counter!("chat_inbox_rows_written_total").increment(n as u64);
+                            break;
+                        }
+                        Err(e) => {
+                            metrics::counter!("chat_inbox_errors_total").increment(1);
+                            tracing::warn!(chat = %chat, error = ?e, "inbox projection: retrying in {pause:?}");
+                            tokio::select! {
+                                _ = tokio::time::sleep(pause) => {}
+                                _ = stop.changed() => return,
+                            }
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = consumer.store_offset_from_message(&m) {
+            tracing::warn!(error = %e, "inbox projection: storing an offset");
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        tracing::debug!(error = %e, "inbox projection: committing offsets before leaving");
+    }
+}
