@@ -27,6 +27,11 @@ async fn moves_the_monolith_to_four_shards_under_writes_and_names_what_differs()
     let map = fx.map(1, 4);
     let url_of = fx.url_of();
 
+    let members: Vec<(uuid::Uuid, uuid::Uuid, Option<String>)> =
+        sqlx::query_as("SELECT cm.user_id, cm.chat_id, c.title FROM legacy.chat_members cm JOIN legacy.chats c ON c.id = cm.chat_id")
+            .fetch_all(&fx.main)
+            .await
+            .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writing = tokio::spawn(writer(fx.pools().await, stop.clone(), 20_000));
     let mut m = Mover::open(&fx.main_url, spec(&map), &url_of).await.unwrap();
@@ -41,6 +46,21 @@ async fn moves_the_monolith_to_four_shards_under_writes_and_names_what_differs()
     m.copy(|_| reports += 1).await.unwrap();
     assert!(reports >= 3 + 3000 / 300, "progress after every chunk: {reports}");
     assert_eq!(m.stage().await.unwrap(), "verify");
+    // each user's inbox on their shard: a row for every chat they were in, and only their users
+    let mut inbox_rows = 0;
+    for i in 0..4usize {
+        let s = fx.shard(i).await;
+        let rows: Vec<(uuid::Uuid, uuid::Uuid, Option<String>)> =
+            sqlx::query_as("SELECT user_id, chat_id, title FROM chat.inbox").fetch_all(&s).await.unwrap();
+        for (user, _, _) in &rows {
+            assert_eq!(bm_shards::bucket(user) as usize / 256, i, "an inbox row of user {user} on shard {i}");
+        }
+        for (user, chat, title) in members.iter().filter(|(u, _, _)| bm_shards::bucket(u) as usize / 256 == i) {
+            assert!(rows.iter().any(|(u, c, t)| u == user && c == chat && t == title), "user {user}'s inbox lacks chat {chat}");
+        }
+        inbox_rows += rows.len();
+    }
+    assert!(inbox_rows >= members.len(), "{inbox_rows} inbox rows for {} memberships", members.len());
     let under_writes = m.verify().await.unwrap();
     assert!(under_writes.is_clean(), "verify under writes: {:?}", under_writes.differences);
     assert_eq!(m.stage().await.unwrap(), "following");

@@ -44,6 +44,15 @@ pub fn mint_chat_id(home: &uuid::Uuid) -> uuid::Uuid {
     uuid::Uuid::from_bytes(bytes)
 }
 
+/// Upserts inbox rows (`chat.inbox`, migrations/chat/0003_inbox.sql) given as six arrays: user
+/// ids, chat ids, titles, is_group, created_at, updated_at. `updated_at` only moves forward, so
+/// the mover's derivation, the service's writes and the projection of events can land in any
+/// order, any number of times, and end in the same rows.
+pub const INBOX_UPSERT_SQL: &str = "INSERT INTO chat.inbox (user_id, chat_id, title, is_group, created_at, updated_at)
+     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::timestamptz[], $6::timestamptz[])
+     ON CONFLICT (user_id, chat_id) DO UPDATE SET title = EXCLUDED.title, is_group = EXCLUDED.is_group,
+         updated_at = GREATEST(chat.inbox.updated_at, EXCLUDED.updated_at)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,12 +95,3 @@ mod tests {
         assert!(*min > 40 && *max < 160, "min {min}, max {max}");
     }
 }
-
-/// Upserts inbox rows (`chat.inbox`, migrations/chat/0003_inbox.sql) given as six arrays: user
-/// ids, chat ids, titles, is_group, created_at, updated_at. `updated_at` only moves forward, so
-/// the mover's derivation, the service's writes and the projection of events can land in any
-/// order, any number of times, and end in the same rows.
-pub const INBOX_UPSERT_SQL: &str = "INSERT INTO chat.inbox (user_id, chat_id, title, is_group, created_at, updated_at)
-     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::timestamptz[], $6::timestamptz[])
-     ON CONFLICT (user_id, chat_id) DO UPDATE SET title = EXCLUDED.title, is_group = EXCLUDED.is_group,
-         updated_at = GREATEST(chat.inbox.updated_at, EXCLUDED.updated_at)";
