@@ -20,11 +20,12 @@ import WebSocket from 'ws';
 import { api, gql, newUser, REPO_DIR, signedDryRun, Stack, startBroker, startNotificationService, startStack, TestUser, waitFor } from './harness';
 
 // a database of its own (a move changes the tables it moves from: fence triggers, replica
-// identity), with four shards beside it — created before the stack starts, dropped after it
+// identity), with four shards beside it and a fifth to add — created before the stack starts,
+// dropped after it
 const base = process.env.DATABASE_URL!;
 const name = `chat_shards_test_${randomBytes(5).toString('hex')}`;
 const urlOf = (db: string) => base.replace(/\/[^/?]+(\?|$)/, `/${db}$1`);
-const shardEnv = Object.fromEntries([0, 1, 2, 3].map((i) => [`CHAT_SHARD_S${i}_URL`, urlOf(`${name}_chat_s${i}`)]));
+const shardEnv = Object.fromEntries([0, 1, 2, 3, 4].map((i) => [`CHAT_SHARD_S${i}_URL`, urlOf(`${name}_chat_s${i}`)]));
 const mainUrl = urlOf(name);
 
 async function admin<T>(f: (c: Client) => Promise<T>): Promise<T> {
@@ -39,7 +40,7 @@ async function admin<T>(f: (c: Client) => Promise<T>): Promise<T> {
 
 // (made when the file loads: the stack's own before-hook starts the monolith and the service on it)
 execFileSync('psql', [base, '-qc', `CREATE DATABASE ${name} TEMPLATE template0`], { stdio: 'ignore' });
-execFileSync(join(REPO_DIR, 'scripts', 'migrate'), [mainUrl], { env: { ...process.env, CHAT_SHARDS: '4', CHAT_SHARD_URLS: '' }, stdio: 'ignore' });
+execFileSync(join(REPO_DIR, 'scripts', 'migrate'), [mainUrl], { env: { ...process.env, CHAT_SHARDS: '5', CHAT_SHARD_URLS: '' }, stdio: 'ignore' });
 // a private broker: the service's relays (the monolith's outbox, each shard's) publish to it,
 // the notification service's push job reads it
 const broker = { brokers: '', stop: async () => {} };
@@ -64,7 +65,7 @@ after(async () => {
   await env.stack?.stop();
   await broker.stop();
   process.env.DATABASE_URL = base;
-  for (const db of [name, ...[0, 1, 2, 3].map((i) => `${name}_chat_s${i}`)]) {
+  for (const db of [name, ...[0, 1, 2, 3, 4].map((i) => `${name}_chat_s${i}`)]) {
     await admin(async (c) => {
       await c.query('SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1', [db]);
       await c.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
@@ -386,7 +387,8 @@ describe('a move under traffic through the proxy', () => {
   const status = moveStatus;
   const exited = (p: ChildProcess) => new Promise<void>((resolve) => (p.exitCode !== null || p.signalCode !== null ? resolve() : p.once('exit', () => resolve())));
 
-  test('kill -9 mid-copy, switch reads, switch writes, rollback: every message once, as written, seen by every member, no gap in any subscription', async () => {
+  /** Eight users in four direct chats and two groups, 500 old messages per chat, a subscriber per chat and four writers; `check` compares everything clients see with what was written. */
+  async function traffic_() {
     const users = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => newUser(env.stack.url, `Writer ${i}`)));
     const CREATE = `mutation($i: CreateChatInput!) { createChat(input: $i) { id } }`;
     // four direct chats and two groups of four
@@ -495,7 +497,7 @@ describe('a move under traffic through the proxy', () => {
       await Promise.all(writers);
     };
     /** Until `n` more operations have gone through. */
-    const traffic = async (n: number) => {
+    const more = async (n: number) => {
       const until = ops + n;
       await waitFor(async () => ops >= until, `${n} more writes`, 60_000);
     };
@@ -534,7 +536,11 @@ describe('a move under traffic through the proxy', () => {
       // every user's chat list: all their chats, in order of activity
       for (const u of users) await chatList(u, chats.filter((c) => c.members.includes(u)).map((c) => c.id));
     };
+    return { users, chats, model, startWriting, stopWriting, more, check };
+  }
 
+  test('kill -9 mid-copy, switch reads, switch writes, rollback: every message once, as written, seen by every member, no gap in any subscription', async () => {
+    const { chats, model, startWriting, stopWriting, more: traffic, check } = await traffic_();
     startWriting();
     // the copy, slowed down so that it can be killed halfway, under traffic
     const first = spawn(BM_CHAT, ['move', 'run', '--to', map, '--chunk', '100', '--pause-ms', '40'], { env: moveEnv(), stdio: 'ignore' });
@@ -577,6 +583,62 @@ describe('a move under traffic through the proxy', () => {
       const n = await env.db.query('SELECT count(*)::int AS n FROM legacy.messages WHERE chat_id = $1', [chat.id]);
       assert.equal(n.rows[0].n, model.get(chat.id)!.size, `chat ${chat.id} whole on the monolith's tables`);
       assert.equal((await onShard(shardOf(chat.id), 'SELECT count(*)::int AS n FROM chat.messages WHERE chat_id = $1', [chat.id]))[0].n, 0, 'the copies removed');
+    }
+  });
+
+  test('the move to its end, then a fifth shard taking a share of every shard under traffic: nothing lost, every list whole', async () => {
+    const { chats, model, startWriting, stopWriting, more, check } = await traffic_();
+    startWriting();
+    move('run', '--to', map, '--exit-after', 'verify');
+    const first = spawn(BM_CHAT, ['move', 'run'], { env: moveEnv(), stdio: 'ignore' });
+    movers.push(first);
+    await waitFor(async () => moveStatus()?.mover, 'the mover following');
+    move('switch', 'reads');
+    move('switch', 'writes');
+    await more(40);
+    // the monolith switched off (for the chat data): reverse sync ends, the shards are the truth
+    move('finish');
+    await exited(first);
+    assert.equal((await env.db.query('SELECT stage FROM chat_move.moves ORDER BY id DESC LIMIT 1')).rows[0].stage, 'done');
+    await more(40);
+
+    // a fifth shard takes a quarter of every shard's buckets
+    const map5 = join(tmpdir(), `${name}-shards-5.toml`);
+    const five = [
+      ['s0', ['64-255']],
+      ['s1', ['320-511']],
+      ['s2', ['576-767']],
+      ['s3', ['832-1023']],
+      ['s4', ['0-63', '256-319', '512-575', '768-831']],
+    ] as const;
+    writeFileSync(
+      map5,
+      'version = 2\n' + five.map(([n, b]) => `[[shards]]\nname = "${n}"\nurl_env = "CHAT_SHARD_${n.toUpperCase()}_URL"\nbuckets = ${JSON.stringify(b)}\n`).join(''),
+    );
+    const shardIn5 = (id: string) => {
+      const b = bucket(id);
+      return b % 256 < 64 ? 4 : Math.floor(b / 256);
+    };
+    move('run', '--from', map, '--to', map5, '--exit-after', 'verify');
+    const second = spawn(BM_CHAT, ['move', 'run'], { env: moveEnv(), stdio: 'ignore' });
+    movers.push(second);
+    await waitFor(async () => moveStatus()?.mover, 'the second mover following');
+    await more(40);
+    move('switch', 'reads');
+    await more(40);
+    move('switch', 'writes');
+    await more(40);
+    move('finish');
+    await exited(second);
+    await more(40);
+    await stopWriting();
+    await check('on five shards');
+    // every chat whole on the shard the new map gives it, and nowhere else
+    for (const chat of chats) {
+      for (const i of [0, 1, 2, 3, 4]) {
+        const n = (await onShard(i, 'SELECT count(*)::int AS n FROM chat.messages WHERE chat_id = $1', [chat.id]))[0].n;
+        assert.equal(n, i === shardIn5(chat.id) ? model.get(chat.id)!.size : 0, `chat ${chat.id} on s${i}`);
+      }
     }
   });
 });

@@ -47,7 +47,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let ready_bus = bus.clone();
     // where each chat is read: the chat data move's routing (docs/chat-sharding.md)
     let placement =
-        bm_chat::placement::Placement::start(pool.clone(), |k| std::env::var(k).ok(), cfg.kafka.clone(), stop.subscribe()).await?;
+        bm_chat::placement::Placement::start(pool.clone(), &cfg.database, |k| std::env::var(k).ok(), cfg.kafka.clone(), stop.subscribe())
+            .await?;
     tracing::info!(routing = %placement.describe(), "chat routing");
     let readiness = Readiness::default()
         .postgres(pool.clone())

@@ -53,6 +53,9 @@ pub struct Placement {
     url_of: UrlOf,
     /// with a broker: each shard's outbox relay, started with its pool
     relays: Option<(bm_events::KafkaConfig, tokio::sync::watch::Receiver<bool>)>,
+    /// each shard's pool: as many connections as the main one (`DB_POOL_MAX`), the same wait
+    pool_max: u32,
+    acquire_timeout: Duration,
     relay_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -68,12 +71,15 @@ impl Placement {
             url_of: Box::new(|_| None),
             relays: None,
             relay_tasks: Default::default(),
+            pool_max: 10,
+            acquire_timeout: Duration::from_secs(30),
         })
     }
 
     /// Loads the routing and keeps it current until `stop`.
     pub async fn start(
         main: PgPool,
+        db: &bm_common::config::Database,
         url_of: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
         kafka: Option<bm_events::KafkaConfig>,
         mut stop: tokio::sync::watch::Receiver<bool>,
@@ -84,6 +90,8 @@ impl Placement {
             url_of: Box::new(url_of),
             relays: kafka.map(|k| (k, stop.clone())),
             relay_tasks: Default::default(),
+            pool_max: db.pool_max,
+            acquire_timeout: db.acquire_timeout,
         });
         p.reload().await.map_err(|e| anyhow::anyhow!("reading the chat routing: {e}"))?;
         let me = p.clone();
@@ -138,7 +146,9 @@ impl Placement {
                 pools.insert(name.clone(), p.clone());
                 continue;
             }
-            match (self.url_of)(url_env).and_then(|u| PgPoolOptions::new().max_connections(10).connect_lazy(&u).ok()) {
+            match (self.url_of)(url_env).and_then(|u| {
+                PgPoolOptions::new().max_connections(self.pool_max).acquire_timeout(self.acquire_timeout).connect_lazy(&u).ok()
+            }) {
                 Some(p) => {
                     if let Some((kafka, stop)) = &self.relays {
                         let relay = bm_events::relay::Relay {

@@ -438,14 +438,19 @@ async fn message_target(ctx: &Context<'_>, id: Uuid) -> Result<Target> {
     }
 }
 
-/// The actor's own inbox row for `chat` (they read their own writes): upserted in this request's
-/// transaction on the actor's shard, unless that is `done_on` (already written there).
-async fn own_inbox(ctx: &Context<'_>, me: Uuid, done_on: &str, chat: &ChatRow) -> Result<()> {
+/// The actor's own inbox row for `chat` (they read their own writes), wherever their inbox is:
+/// written once the request has committed, before it answers, on that shard's pool — never
+/// while this request holds its transaction on the chat's shard (requests holding one shard and
+/// waiting for another's connections starved both pools under load). A failure is logged: the
+/// inbox projection writes the same row from the event.
+fn own_inbox(ctx: &Context<'_>, me: Uuid, chat: &ChatRow) -> Result<()> {
     if let Some((name, pool)) = state(ctx).placement.inbox_shard(&me) {
-        if name != done_on {
-            let mut c = tx(ctx)?.conn_on(&name, &pool).await?;
-            store::on_shard::upsert_inbox(&mut *c, &[me], chat).await?;
-        }
+        let chat = chat.clone();
+        tx(ctx)?.on_commit(async move {
+            if let Err(e) = store::on_shard::upsert_inbox(&pool, &[me], &chat).await {
+                tracing::warn!(shard = %name, user = %me, error = ?e, "writing the actor's inbox row (the projection will)");
+            }
+        });
     }
     Ok(())
 }
@@ -514,7 +519,13 @@ impl Mutation {
                 sp.commit().await?;
                 return Ok(chat);
             }
-            // a move has switched some chats' writes: a direct chat may be on a shard
+            // a move has switched some chats' writes: a direct chat may be on a shard. The new
+            // chat's shard transaction first, then the monolith's lock: a request holding the
+            // main pool's connection never waits for a shard's (sendMessage holds a shard's and
+            // reads the main database)
+            if let Target::Shard { name, pool } = &target {
+                drop(tx.conn_on(name, pool).await?);
+            }
             let existing = match direct {
                 true => {
                     let mut c = tx.conn().await?;
@@ -549,8 +560,7 @@ impl Mutation {
                     let event = bm_events::event::ChatCreated::new(chat.id, members, chat.created_at);
                     bm_events::outbox::enqueue_into(&mut sp, bm_events::outbox::CHAT_SHARD, &event.to_outbox()).await?;
                     sp.commit().await?;
-                    drop(c);
-                    own_inbox(ctx, me, &name, &chat).await?;
+                    own_inbox(ctx, me, &chat)?;
                     Ok(chat)
                 }
             }
@@ -690,10 +700,13 @@ impl Mutation {
                     Ok(sent)
                 }
                 Target::Shard { name, pool } => {
+                    // what the monolith's database has to say, before the shard's transaction
+                    // holds a connection (nothing waits for the main pool while holding a shard's)
+                    let from = store::on_shard::SenderFacts::read(main, me).await?;
                     let mut c = tx.conn_on(&name, &pool).await?;
                     let mut sp = savepoint(&mut c).await?;
                     let chat = store::on_shard::require_member(&mut *sp, chat_id, me).await?;
-                    let sent = store::on_shard::send_message(&mut sp, main, me, &chat, &input.body, &input.client_message_id).await?;
+                    let sent = store::on_shard::send_message(&mut sp, &from, me, &chat, &input.body, &input.client_message_id).await?;
                     let active = match &sent.1 {
                         Some(new) => {
                             // the chat's activity on the inboxes here; the sender's own row
@@ -706,9 +719,8 @@ impl Mutation {
                         None => None,
                     };
                     sp.commit().await?;
-                    drop(c);
                     if let Some(row) = active {
-                        own_inbox(ctx, me, "", &row).await?;
+                        own_inbox(ctx, me, &row)?;
                     }
                     Ok(sent)
                 }
@@ -723,7 +735,16 @@ impl Mutation {
             let message = new.message.clone();
             tx.before_commit(async move { s.bus.publish(&message).await });
             let s = state(ctx).clone();
-            tx.after_commit(async move { crate::push::new_message(&s, &new).await });
+            tx.after_commit(async move {
+                let mut new = new;
+                if new.devices_later {
+                    match store::on_shard::devices(&s.pool, &new.recipients).await {
+                        Ok(d) => new.devices = d,
+                        Err(e) => tracing::error!(error = ?e, "reading the recipients' devices: no push for this message"),
+                    }
+                }
+                crate::push::new_message(&s, &new).await
+            });
         }
         Ok(message.into())
     }

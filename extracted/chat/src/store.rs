@@ -259,6 +259,9 @@ pub struct NewMessage {
     /// commit needs no connection of its own. Empty when the notification push job pushes
     /// (`legacy.push_owner`): then nothing is pushed in-process.
     pub devices: Vec<Device>,
+    /// The devices are to be read after the commit (a message on a shard, pushed in-process:
+    /// its transaction does not reach the monolith's database).
+    pub devices_later: bool,
 }
 
 /// A device to push to.
@@ -362,7 +365,7 @@ pub async fn send_message(
         message.created_at,
     );
     bm_events::outbox::enqueue(&mut *c, &event.to_outbox()).await?;
-    let new = NewMessage { message: message.clone(), chat_title, recipients, devices };
+    let new = NewMessage { message: message.clone(), chat_title, recipients, devices, devices_later: false };
     Ok((message, Some(new)))
 }
 
@@ -545,12 +548,60 @@ pub mod on_shard {
         with_senders(main, vec![row]).await?.pop().ok_or_else(ChatError::not_found_message)
     }
 
+    /// What `sendMessage` on a shard needs from the monolith's database, read before the shard's
+    /// transaction begins: the sender's public fields, and who pushes (`legacy.push_owner`).
+    pub struct SenderFacts {
+        pub display_name: String,
+        pub avatar_url: Option<String>,
+        pub push_in_process: bool,
+    }
+
+    impl SenderFacts {
+        pub async fn read(main: &PgPool, sender: Uuid) -> Result<SenderFacts> {
+            let (display_name, avatar_url, owner): (String, Option<String>, String) = sqlx::query_as(
+                "SELECT u.display_name, u.avatar_url, (SELECT owner FROM legacy.push_owner) FROM legacy.users u WHERE u.id = $1",
+            )
+            .bind(sender)
+            .fetch_optional(main)
+            .await?
+            .ok_or(ChatError::Unauthorized)?;
+            Ok(SenderFacts { display_name, avatar_url, push_in_process: owner == "monolith" })
+        }
+
+        fn message(&self, r: Row) -> MessageRow {
+            let (id, seq, chat_id, sender_id, body, client_message_id, created_at, edited_at, deleted_at) = r;
+            MessageRow {
+                id,
+                seq,
+                chat_id,
+                sender_id,
+                body,
+                client_message_id,
+                created_at,
+                edited_at,
+                deleted_at,
+                sender_display_name: self.display_name.clone(),
+                sender_avatar_url: self.avatar_url.clone(),
+            }
+        }
+    }
+
+    /// The recipients' devices, for a push in-process after the commit.
+    pub async fn devices(main: &PgPool, recipients: &[Uuid]) -> Result<Vec<Device>> {
+        Ok(sqlx::query_as("SELECT token, user_id FROM legacy.devices WHERE user_id = ANY($1::uuid[])")
+            .bind(recipients)
+            .fetch_all(main)
+            .await?)
+    }
+
     /// `sendMessage` on the chat's shard, as [`super::send_message`] on the monolith's tables:
     /// the same lock, idempotency, `updated_at`, read marker and event — the event in the
-    /// shard's outbox, saying that its notifications are still to be written.
+    /// shard's outbox, saying that its notifications are still to be written. Touches only the
+    /// shard (`from`: read before); the recipients' devices, for an in-process push, are read
+    /// after the commit (`NewMessage::devices` is empty).
     pub async fn send_message(
         c: &mut PgConnection,
-        main: &PgPool,
+        from: &SenderFacts,
         sender: Uuid,
         chat: &ChatRow,
         body: &str,
@@ -578,9 +629,9 @@ pub mod on_shard {
             .bind(client_message_id)
             .fetch_one(&mut *c)
             .await?;
-            return Ok((one_with_sender(main, prev).await?, None));
+            return Ok((from.message(prev), None));
         };
-        let message = one_with_sender(main, row).await?;
+        let message = from.message(row);
         sqlx::query("UPDATE chat.chats SET updated_at = now() WHERE id = $1").bind(chat.id).execute(&mut *c).await?;
         sqlx::query("UPDATE chat.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2")
             .bind(chat.id)
@@ -595,16 +646,7 @@ pub mod on_shard {
                 .fetch_all(&mut *c)
                 .await?;
         let chat_title = if chat.is_group { chat.title.clone() } else { None };
-        let owner: String = sqlx::query_scalar("SELECT owner FROM legacy.push_owner").fetch_one(main).await?;
-        let push_in_process = owner == "monolith";
-        let devices: Vec<Device> = if recipients.is_empty() || !push_in_process {
-            Vec::new()
-        } else {
-            sqlx::query_as("SELECT token, user_id FROM legacy.devices WHERE user_id = ANY($1::uuid[])")
-                .bind(&recipients)
-                .fetch_all(main)
-                .await?
-        };
+        let push_in_process = from.push_in_process;
         let mut event = bm_events::MessageSent::new(
             "chat",
             chat.id,
@@ -620,7 +662,8 @@ pub mod on_shard {
         );
         event.notifications_written = false;
         bm_events::outbox::enqueue_into(&mut *c, bm_events::outbox::CHAT_SHARD, &event.to_outbox()).await?;
-        let new = NewMessage { message: message.clone(), chat_title, recipients, devices };
+        let devices_later = push_in_process && !recipients.is_empty();
+        let new = NewMessage { message: message.clone(), chat_title, recipients, devices: Vec::new(), devices_later };
         Ok((message, Some(new)))
     }
 

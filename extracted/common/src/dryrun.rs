@@ -82,6 +82,10 @@ struct Inner {
     /// work run (awaited, in order) right before the commit, while the transaction's locks are
     /// still held: what must happen in commit order (a chat's live messages)
     before_commit: std::sync::Mutex<Vec<Deferred>>,
+    /// work run (awaited, in order) right after a successful commit, before the answer goes out:
+    /// what the client must find on its next request, written without holding the request's
+    /// connections (a second database's row)
+    on_commit: std::sync::Mutex<Vec<Deferred>>,
 }
 
 /// The request's transaction (begun lazily: requests that never touch the database cost nothing).
@@ -127,6 +131,7 @@ impl RequestTx {
             others: Default::default(),
             after_commit: Default::default(),
             before_commit: Default::default(),
+            on_commit: Default::default(),
         }))
     }
 
@@ -142,6 +147,15 @@ impl RequestTx {
     /// order matters more than that (a chat's live messages; docs/api/chat.md).
     pub fn before_commit(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
         self.0.before_commit.lock().unwrap_or_else(|e| e.into_inner()).push(Box::pin(work));
+    }
+
+    /// Runs `work` right after this request's transaction commits, awaited before the answer is
+    /// sent (so the client's next request sees what it wrote), with the request's connections
+    /// already returned: for a write on another database that must not wait for a connection
+    /// while this request holds one (two requests doing that the other way round would wait for
+    /// each other's pools). Never for a rollback; its failure is logged, the commit stands.
+    pub fn on_commit(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.on_commit.lock().unwrap_or_else(|e| e.into_inner()).push(Box::pin(work));
     }
 
     /// The connection of this request's transaction on another database, `name` (a shard),
@@ -241,6 +255,12 @@ impl RequestTx {
             tracing::error!(
                 "a request's commit failed after its before-commit work ran (a live message may have announced a write that is not there)"
             );
+        }
+        let inline = std::mem::take(&mut *self.0.on_commit.lock().unwrap_or_else(|e| e.into_inner()));
+        if commit && finished.is_ok() {
+            for work in inline {
+                work.await;
+            }
         }
         let deferred = std::mem::take(&mut *self.0.after_commit.lock().unwrap_or_else(|e| e.into_inner()));
         if commit && finished.is_ok() {
