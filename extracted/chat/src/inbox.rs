@@ -26,15 +26,26 @@ use uuid::Uuid;
 use crate::placement::Placement;
 use crate::store;
 
+/// The longest a fetch waits at the broker for new events (`fetch.wait.max.ms`).
+const FETCH_WAIT_MS: &str = "250";
+
 /// Projects one chat into its members' inboxes, from where the routing reads the chat now. A chat
 /// that is gone is nothing to project. Returns the rows written.
+///
+/// The rows on the chat's home shard are left alone: the transaction that wrote the event wrote
+/// them (createChat's members there, a message's activity on them), so a direct chat of two
+/// users on one shard costs this one read.
 pub async fn project(placement: &Placement, chat: Uuid) -> crate::errors::Result<usize> {
     let (on_shard, pool) = placement.read_pool(&chat)?;
     let schema = if on_shard { "chat" } else { "legacy" };
-    let Some((row, members)) = store::on_shard::chat_and_members(&pool, &pool, schema, chat).await? else { return Ok(0) };
+    let Some((row, members)) = store::on_shard::chat_and_members(&pool, schema, chat).await? else { return Ok(0) };
+    let home = placement.write_shard_name(&chat);
     let mut by_shard: BTreeMap<String, (PgPool, Vec<Uuid>)> = BTreeMap::new();
     for m in members {
         if let Some((name, p)) = placement.inbox_shard(&m) {
+            if home.as_deref() == Some(name.as_str()) {
+                continue;
+            }
             by_shard.entry(name).or_insert_with(|| (p, Vec::new())).1.push(m);
         }
     }
@@ -48,7 +59,12 @@ pub async fn project(placement: &Placement, chat: Uuid) -> crate::errors::Result
 
 /// Consumes until `stop`; a database error is retried (the event waits, nothing is skipped).
 pub async fn run(placement: Arc<Placement>, kafka: KafkaConfig, group: String, mut stop: watch::Receiver<bool>) {
-    let consumer: StreamConsumer = match kafka.consumer_config(&group).create() {
+    let mut config = kafka.consumer_config(&group);
+    // a list may trail a message by a few hundred milliseconds; the shared settings' 10 ms wait
+    // made an idle broker answer a fetch every 10 ms for this group alone (the dev broker spent
+    // 0.45 of a core on it, idle: docs/benchmarks.md)
+    config.set("fetch.wait.max.ms", FETCH_WAIT_MS);
+    let consumer: StreamConsumer = match config.create() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "inbox projection: no consumer; other members' chat lists will not follow");

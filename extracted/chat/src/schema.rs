@@ -346,13 +346,10 @@ impl Query {
         let pool = &state(ctx).pool;
         let mut rows = match read_at(ctx, chat).await? {
             ReadAt::Shard(shard) => {
-                store::on_shard::require_member(&shard, chat, me).await?;
-                store::on_shard::messages(&shard, pool, chat, before, i64::from(first)).await?
+                let mut c = shard.acquire().await.map_err(ChatError::from)?;
+                store::on_shard::messages_of_member(&mut c, pool, chat, me, before, i64::from(first)).await?
             }
-            ReadAt::Mine(mut c) => {
-                store::on_shard::require_member(&mut *c, chat, me).await?;
-                store::on_shard::messages(&mut *c, pool, chat, before, i64::from(first)).await?
-            }
+            ReadAt::Mine(mut c) => store::on_shard::messages_of_member(&mut c, pool, chat, me, before, i64::from(first)).await?,
             ReadAt::Legacy => {
                 read!(ctx, store::require_member, chat, me)?;
                 read!(ctx, store::messages, chat, before, i64::from(first))?
@@ -705,19 +702,11 @@ impl Mutation {
                     let from = store::on_shard::SenderFacts::read(main, me).await?;
                     let mut c = tx.conn_on(&name, &pool).await?;
                     let mut sp = savepoint(&mut c).await?;
-                    let chat = store::on_shard::require_member(&mut *sp, chat_id, me).await?;
+                    let chat = store::on_shard::lock_member(&mut sp, chat_id, me).await?;
+                    // (the chat's activity on the inboxes here is in the message's transaction;
+                    // the sender's own row wherever it is, below; the other members' from the event)
                     let sent = store::on_shard::send_message(&mut sp, &from, me, &chat, &input.body, &input.client_message_id).await?;
-                    let active = match &sent.1 {
-                        Some(new) => {
-                            // the chat's activity on the inboxes here; the sender's own row
-                            // wherever it is; the other members' from the event
-                            let mut row = chat.clone();
-                            row.updated_at = new.message.created_at;
-                            store::on_shard::touch_inboxes(&mut sp, chat.id, row.updated_at).await?;
-                            Some(row)
-                        }
-                        None => None,
-                    };
+                    let active = sent.1.as_ref().map(|new| ChatRow { updated_at: new.message.created_at, ..chat.clone() });
                     sp.commit().await?;
                     if let Some(row) = active {
                         own_inbox(ctx, me, &row)?;

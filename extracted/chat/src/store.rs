@@ -531,6 +531,61 @@ pub mod on_shard {
     // written from the event (`notificationsWritten: false`), the event goes to the shard's
     // outbox.
 
+    /// `sendMessage`'s first step on a shard: the chat locked for this sender until the commit
+    /// (`FOR NO KEY UPDATE`: a chat's messages commit in seq order, as on the monolith's tables)
+    /// and the membership checked, in one round trip — 404 unknown, 403 not a member.
+    pub async fn lock_member(c: &mut PgConnection, chat: Uuid, user: Uuid) -> Result<ChatRow> {
+        #[derive(sqlx::FromRow)]
+        struct Locked {
+            #[sqlx(flatten)]
+            chat: ChatRow,
+            is_member: bool,
+        }
+        let row: Option<Locked> = sqlx::query_as(
+            "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at,
+                    EXISTS (SELECT 1 FROM chat.chat_members cm WHERE cm.chat_id = c.id AND cm.user_id = $2) AS is_member
+             FROM chat.chats c WHERE c.id = $1 FOR NO KEY UPDATE OF c",
+        )
+        .bind(chat)
+        .bind(user)
+        .fetch_optional(&mut *c)
+        .await?;
+        let row = row.ok_or_else(ChatError::not_found_chat)?;
+        if !row.is_member {
+            return Err(ChatError::not_a_member());
+        }
+        Ok(row.chat)
+    }
+
+    /// A page of a chat's messages if `user` is a member — the membership in the same query.
+    /// No rows: [`require_member`] tells an empty page from a 404 or a 403 (one more query only
+    /// then).
+    pub async fn messages_of_member(
+        c: &mut PgConnection,
+        main: &PgPool,
+        chat: Uuid,
+        user: Uuid,
+        before: Option<i64>,
+        first: i64,
+    ) -> Result<Vec<MessageRow>> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM chat.messages WHERE chat_id = $1 AND ($2::bigint IS NULL OR seq < $2::bigint)
+               AND EXISTS (SELECT 1 FROM chat.chat_members cm WHERE cm.chat_id = $1 AND cm.user_id = $4)
+             ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(chat)
+        .bind(before)
+        .bind(first + 1)
+        .bind(user)
+        .fetch_all(&mut *c)
+        .await?;
+        if rows.is_empty() {
+            require_member(&mut *c, chat, user).await?;
+            return Ok(Vec::new());
+        }
+        with_senders(main, rows).await
+    }
+
     /// A message by id, with its sender's public fields.
     pub async fn message<'e>(shard: impl PgExecutor<'e>, main: &PgPool, id: Uuid) -> Result<Option<MessageRow>> {
         let rows: Vec<Row> =
@@ -607,20 +662,26 @@ pub mod on_shard {
         body: &str,
         client_message_id: &str,
     ) -> Result<(MessageRow, Option<NewMessage>)> {
-        sqlx::query("SELECT 1 FROM chat.chats WHERE id = $1 FOR NO KEY UPDATE").bind(chat.id).execute(&mut *c).await?;
-        let inserted: Option<Row> = sqlx::query_as(&format!(
-            "INSERT INTO chat.messages (id, chat_id, sender_id, body, client_message_id, created_at) VALUES ($5, $1, $2, $3, $4, now())
-             ON CONFLICT (chat_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
-             RETURNING {COLUMNS}"
-        ))
-        .bind(chat.id)
-        .bind(sender)
-        .bind(body)
-        .bind(client_message_id)
-        .bind(bm_shards::mint_chat_id(&chat.id))
-        .fetch_optional(&mut *c)
-        .await?;
-        let Some(row) = inserted else {
+        // (the chat is locked by `lock_member`: one sender at a time per chat, to the commit)
+        // the message and who it notifies, in one round trip
+        type Inserted =
+            (Uuid, i64, Uuid, Uuid, String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Vec<Uuid>);
+        let inserted: Option<Inserted> =
+            sqlx::query_as(&format!(
+                "WITH ins AS (
+                    INSERT INTO chat.messages (id, chat_id, sender_id, body, client_message_id, created_at) VALUES ($5, $1, $2, $3, $4, now())
+                    ON CONFLICT (chat_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
+                    RETURNING {COLUMNS})
+                 SELECT ins.*, ARRAY(SELECT user_id FROM chat.chat_members WHERE chat_id = $1 AND user_id <> $2 ORDER BY user_id) FROM ins"
+            ))
+            .bind(chat.id)
+            .bind(sender)
+            .bind(body)
+            .bind(client_message_id)
+            .bind(bm_shards::mint_chat_id(&chat.id))
+            .fetch_optional(&mut *c)
+            .await?;
+        let Some((id, seq, chat_id, sender_id, text, cmid, created_at, edited_at, deleted_at, recipients)) = inserted else {
             let prev: Row = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM chat.messages WHERE chat_id = $1 AND sender_id = $2 AND client_message_id = $3"
             ))
@@ -631,20 +692,7 @@ pub mod on_shard {
             .await?;
             return Ok((from.message(prev), None));
         };
-        let message = from.message(row);
-        sqlx::query("UPDATE chat.chats SET updated_at = now() WHERE id = $1").bind(chat.id).execute(&mut *c).await?;
-        sqlx::query("UPDATE chat.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2")
-            .bind(chat.id)
-            .bind(sender)
-            .bind(message.seq)
-            .execute(&mut *c)
-            .await?;
-        let recipients: Vec<Uuid> =
-            sqlx::query_scalar("SELECT user_id FROM chat.chat_members WHERE chat_id = $1 AND user_id <> $2 ORDER BY user_id")
-                .bind(chat.id)
-                .bind(sender)
-                .fetch_all(&mut *c)
-                .await?;
+        let message = from.message((id, seq, chat_id, sender_id, text, cmid, created_at, edited_at, deleted_at));
         let chat_title = if chat.is_group { chat.title.clone() } else { None };
         let push_in_process = from.push_in_process;
         let mut event = bm_events::MessageSent::new(
@@ -661,7 +709,28 @@ pub mod on_shard {
             message.created_at,
         );
         event.notifications_written = false;
-        bm_events::outbox::enqueue_into(&mut *c, bm_events::outbox::CHAT_SHARD, &event.to_outbox()).await?;
+        // the chat's activity, the sender's read marker, the activity on the inboxes of this
+        // shard and the event, in one round trip (the outbox's relay is woken at the commit)
+        let e = event.to_outbox();
+        sqlx::query(
+            "WITH c AS (UPDATE chat.chats SET updated_at = now() WHERE id = $1),
+                  r AS (UPDATE chat.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2),
+                  i AS (UPDATE chat.inbox SET updated_at = GREATEST(updated_at, now()) WHERE chat_id = $1),
+                  o AS (INSERT INTO chat.outbox (id, topic, key, type, version, payload) VALUES ($4, $5, $6, $7, $8, $9))
+             SELECT pg_notify($10, '')",
+        )
+        .bind(chat.id)
+        .bind(sender)
+        .bind(message.seq)
+        .bind(e.id)
+        .bind(e.topic)
+        .bind(&e.key)
+        .bind(e.kind)
+        .bind(e.version)
+        .bind(&e.payload)
+        .bind(bm_events::outbox::CHAT_SHARD.channel)
+        .execute(&mut *c)
+        .await?;
         let devices_later = push_in_process && !recipients.is_empty();
         let new = NewMessage { message: message.clone(), chat_title, recipients, devices: Vec::new(), devices_later };
         Ok((message, Some(new)))
@@ -789,33 +858,23 @@ pub mod on_shard {
         Ok(())
     }
 
-    /// A new message's activity on the inbox rows of its chat held on this shard (its members
-    /// whose inboxes are here).
-    pub async fn touch_inboxes(c: &mut PgConnection, chat: Uuid, at: DateTime<Utc>) -> Result<()> {
-        sqlx::query("UPDATE chat.inbox SET updated_at = GREATEST(updated_at, $2) WHERE chat_id = $1")
-            .bind(chat)
-            .bind(at)
-            .execute(&mut *c)
-            .await?;
-        Ok(())
-    }
-
-    /// A chat's row and members, for projecting it into inboxes.
-    pub async fn chat_and_members<'e, 'f>(
-        db: impl PgExecutor<'e>,
-        db2: impl PgExecutor<'f>,
-        schema: &str,
-        chat: Uuid,
-    ) -> Result<Option<(ChatRow, Vec<Uuid>)>> {
-        let row: Option<ChatRow> =
-            sqlx::query_as(&format!("SELECT id, title, is_group, created_at, updated_at FROM {schema}.chats WHERE id = $1"))
-                .bind(chat)
-                .fetch_optional(db)
-                .await?;
-        let Some(row) = row else { return Ok(None) };
-        let members: Vec<Uuid> =
-            sqlx::query_scalar(&format!("SELECT user_id FROM {schema}.chat_members WHERE chat_id = $1")).bind(chat).fetch_all(db2).await?;
-        Ok(Some((row, members)))
+    /// A chat's row and members, for projecting it into inboxes (one query).
+    pub async fn chat_and_members<'e>(db: impl PgExecutor<'e>, schema: &str, chat: Uuid) -> Result<Option<(ChatRow, Vec<Uuid>)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            chat: ChatRow,
+            members: Vec<Uuid>,
+        }
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at,
+                    ARRAY(SELECT cm.user_id FROM {schema}.chat_members cm WHERE cm.chat_id = c.id) AS members
+             FROM {schema}.chats c WHERE c.id = $1"
+        ))
+        .bind(chat)
+        .fetch_optional(db)
+        .await?;
+        Ok(row.map(|r| (r.chat, r.members)))
     }
 }
 
