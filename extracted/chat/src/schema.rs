@@ -575,10 +575,7 @@ impl Mutation {
                 Target::Legacy => {
                     let mut c = tx.conn().await?;
                     let mut sp = savepoint(&mut c).await?;
-                    let row = visible_message(&mut sp, id, me).await?;
-                    if row.sender_id != me {
-                        return Err(ChatError::Forbidden("Only the sender can delete a message".into()));
-                    }
+                    let row = sent_by(visible_message(&mut sp, id, me).await?, me, "delete")?;
                     if row.deleted_at.is_some() {
                         return Ok(row);
                     }
@@ -589,11 +586,7 @@ impl Mutation {
                 Target::Shard { name, pool } => {
                     let mut c = tx.conn_on(&name, &pool).await?;
                     let mut sp = savepoint(&mut c).await?;
-                    let row = store::on_shard::message(&mut *sp, main, id).await?.ok_or_else(ChatError::not_found_message)?;
-                    store::on_shard::require_member(&mut *sp, row.chat_id, me).await?;
-                    if row.sender_id != me {
-                        return Err(ChatError::Forbidden("Only the sender can delete a message".into()));
-                    }
+                    let row = sent_by(visible_message_on_shard(&mut sp, main, id, me).await?, me, "delete")?;
                     if row.deleted_at.is_some() {
                         return Ok(row);
                     }
@@ -617,10 +610,7 @@ impl Mutation {
                 Target::Legacy => {
                     let mut c = tx.conn().await?;
                     let mut sp = savepoint(&mut c).await?;
-                    let row = visible_message(&mut sp, id, me).await?;
-                    if row.sender_id != me {
-                        return Err(ChatError::Forbidden("Only the sender can edit a message".into()));
-                    }
+                    let row = sent_by(visible_message(&mut sp, id, me).await?, me, "edit")?;
                     if row.deleted_at.is_some() {
                         return Err(ChatError::not_found_message());
                     }
@@ -632,11 +622,7 @@ impl Mutation {
                 Target::Shard { name, pool } => {
                     let mut c = tx.conn_on(&name, &pool).await?;
                     let mut sp = savepoint(&mut c).await?;
-                    let row = store::on_shard::message(&mut *sp, main, id).await?.ok_or_else(ChatError::not_found_message)?;
-                    store::on_shard::require_member(&mut *sp, row.chat_id, me).await?;
-                    if row.sender_id != me {
-                        return Err(ChatError::Forbidden("Only the sender can edit a message".into()));
-                    }
+                    let row = sent_by(visible_message_on_shard(&mut sp, main, id, me).await?, me, "edit")?;
                     if row.deleted_at.is_some() {
                         return Err(ChatError::not_found_message());
                     }
@@ -737,6 +723,21 @@ impl Mutation {
         }
         Ok(message.into())
     }
+}
+
+/// `row`, if `me` sent it (only the sender edits or deletes a message): 403 otherwise.
+fn sent_by(row: MessageRow, me: Uuid, verb: &str) -> Result<MessageRow> {
+    if row.sender_id != me {
+        return Err(ChatError::Forbidden(format!("Only the sender can {verb} a message")));
+    }
+    Ok(row)
+}
+
+/// [`visible_message`] on the chat's shard.
+async fn visible_message_on_shard(c: &mut sqlx::PgConnection, main: &sqlx::PgPool, id: Uuid, me: Uuid) -> Result<MessageRow> {
+    let row = store::on_shard::message(&mut *c, main, id).await?.ok_or_else(ChatError::not_found_message)?;
+    store::on_shard::require_member(&mut *c, row.chat_id, me).await?;
+    Ok(row)
 }
 
 /// The message, if the caller may see it: 404 unknown, 403 not a member of its chat.

@@ -199,16 +199,21 @@ pub async fn lock_direct(c: &mut PgConnection, a: Uuid, b: Uuid) -> Result<()> {
 
 /// The oldest direct chat of the two users on the monolith's tables.
 pub async fn find_direct(c: &mut PgConnection, a: Uuid, b: Uuid) -> Result<Option<ChatRow>> {
-    Ok(sqlx::query_as(
-        "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at FROM legacy.chats c
+    find_direct_in(c, "legacy", a, b).await
+}
+
+/// [`find_direct`] on the chat tables of `schema`.
+async fn find_direct_in<'e>(db: impl PgExecutor<'e>, schema: &str, a: Uuid, b: Uuid) -> Result<Option<ChatRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at FROM {schema}.chats c
          WHERE NOT c.is_group
-           AND EXISTS (SELECT 1 FROM legacy.chat_members WHERE chat_id = c.id AND user_id = $1)
-           AND EXISTS (SELECT 1 FROM legacy.chat_members WHERE chat_id = c.id AND user_id = $2)
-         ORDER BY c.created_at LIMIT 1",
-    )
+           AND EXISTS (SELECT 1 FROM {schema}.chat_members WHERE chat_id = c.id AND user_id = $1)
+           AND EXISTS (SELECT 1 FROM {schema}.chat_members WHERE chat_id = c.id AND user_id = $2)
+         ORDER BY c.created_at LIMIT 1"
+    ))
     .bind(a)
     .bind(b)
-    .fetch_optional(&mut *c)
+    .fetch_optional(db)
     .await?)
 }
 
@@ -398,7 +403,12 @@ pub async fn delete_message(c: &mut PgConnection, id: Uuid) -> Result<MessageRow
 
 /// The seq of `message` if it belongs to `chat`.
 pub async fn message_seq<'e>(db: impl PgExecutor<'e>, message: Uuid, chat: Uuid) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar("SELECT seq FROM legacy.messages WHERE id = $1 AND chat_id = $2")
+    message_seq_in(db, "legacy", message, chat).await
+}
+
+/// [`message_seq`] on the chat tables of `schema` (`legacy`, or `chat` on a shard).
+async fn message_seq_in<'e>(db: impl PgExecutor<'e>, schema: &str, message: Uuid, chat: Uuid) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(&format!("SELECT seq FROM {schema}.messages WHERE id = $1 AND chat_id = $2"))
         .bind(message)
         .bind(chat)
         .fetch_optional(db)
@@ -406,12 +416,18 @@ pub async fn message_seq<'e>(db: impl PgExecutor<'e>, message: Uuid, chat: Uuid)
 }
 
 pub async fn mark_read(c: &mut PgConnection, chat: Uuid, user: Uuid, seq: i64) -> Result<()> {
-    sqlx::query("UPDATE legacy.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2")
-        .bind(chat)
-        .bind(user)
-        .bind(seq)
-        .execute(&mut *c)
-        .await?;
+    mark_read_in(c, "legacy", chat, user, seq).await
+}
+
+async fn mark_read_in(c: &mut PgConnection, schema: &str, chat: Uuid, user: Uuid, seq: i64) -> Result<()> {
+    sqlx::query(&format!(
+        "UPDATE {schema}.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2"
+    ))
+    .bind(chat)
+    .bind(user)
+    .bind(seq)
+    .execute(&mut *c)
+    .await?;
     Ok(())
 }
 
@@ -761,36 +777,16 @@ pub mod on_shard {
 
     /// The seq of `message` if it belongs to `chat`.
     pub async fn message_seq<'e>(shard: impl PgExecutor<'e>, message: Uuid, chat: Uuid) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT seq FROM chat.messages WHERE id = $1 AND chat_id = $2")
-            .bind(message)
-            .bind(chat)
-            .fetch_optional(shard)
-            .await?)
+        super::message_seq_in(shard, "chat", message, chat).await
     }
 
     pub async fn mark_read(c: &mut PgConnection, chat: Uuid, user: Uuid, seq: i64) -> Result<()> {
-        sqlx::query("UPDATE chat.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2")
-            .bind(chat)
-            .bind(user)
-            .bind(seq)
-            .execute(&mut *c)
-            .await?;
-        Ok(())
+        super::mark_read_in(c, "chat", chat, user, seq).await
     }
 
     /// The oldest direct chat of the two users on this shard.
     pub async fn find_direct<'e>(shard: impl PgExecutor<'e>, a: Uuid, b: Uuid) -> Result<Option<ChatRow>> {
-        Ok(sqlx::query_as(
-            "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at FROM chat.chats c
-             WHERE NOT c.is_group
-               AND EXISTS (SELECT 1 FROM chat.chat_members WHERE chat_id = c.id AND user_id = $1)
-               AND EXISTS (SELECT 1 FROM chat.chat_members WHERE chat_id = c.id AND user_id = $2)
-             ORDER BY c.created_at LIMIT 1",
-        )
-        .bind(a)
-        .bind(b)
-        .fetch_optional(shard)
-        .await?)
+        super::find_direct_in(shard, "chat", a, b).await
     }
 
     /// `createChat`'s rows on the new chat's shard (`id` minted in the creator's bucket).
