@@ -356,25 +356,30 @@ pub async fn send_message(
     };
     // `message.sent` in the same transaction (docs/events.md): the relay publishes it after the
     // commit, and a rollback (a failed request, a dry run) leaves none
-    let event = bm_events::MessageSent::new(
-        "chat",
-        chat.id,
-        message.id,
-        message.seq,
-        sender,
-        &message.sender_display_name,
-        chat_title.as_deref(),
-        &message.body,
-        recipients.clone(),
-        push_in_process,
-        message.created_at,
-    );
+    let event = message_sent(&message, chat_title.as_deref(), recipients.clone(), push_in_process);
     bm_events::outbox::enqueue(&mut *c, &event.to_outbox()).await?;
     let new = NewMessage { message: message.clone(), chat_title, recipients, devices, devices_later: false };
     Ok((message, Some(new)))
 }
 
 pub use bm_events::push::preview;
+
+/// `message.sent` for a new message (docs/events.md), as this service writes it.
+fn message_sent(message: &MessageRow, chat_title: Option<&str>, recipients: Vec<Uuid>, push_in_process: bool) -> bm_events::MessageSent {
+    bm_events::MessageSent::new(
+        "chat",
+        message.chat_id,
+        message.id,
+        message.seq,
+        message.sender_id,
+        &message.sender_display_name,
+        chat_title,
+        &message.body,
+        recipients,
+        push_in_process,
+        message.created_at,
+    )
+}
 
 pub async fn edit_message(c: &mut PgConnection, id: Uuid, body: &str) -> Result<Option<MessageRow>> {
     Ok(sqlx::query_as(
@@ -711,19 +716,7 @@ pub mod on_shard {
         let message = from.message((id, seq, chat_id, sender_id, text, cmid, created_at, edited_at, deleted_at));
         let chat_title = if chat.is_group { chat.title.clone() } else { None };
         let push_in_process = from.push_in_process;
-        let mut event = bm_events::MessageSent::new(
-            "chat",
-            chat.id,
-            message.id,
-            message.seq,
-            sender,
-            &message.sender_display_name,
-            chat_title.as_deref(),
-            &message.body,
-            recipients.clone(),
-            push_in_process,
-            message.created_at,
-        );
+        let mut event = super::message_sent(&message, chat_title.as_deref(), recipients.clone(), push_in_process);
         event.notifications_written = false;
         // the chat's activity, the sender's read marker, the activity on the inboxes of this
         // shard and the event, in one round trip (the outbox's relay is woken at the commit)
