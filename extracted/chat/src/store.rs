@@ -228,22 +228,35 @@ pub async fn insert_chat(
     is_group: bool,
     others: &[Uuid],
 ) -> Result<ChatRow> {
-    let chat: ChatRow = sqlx::query_as(
-        "INSERT INTO legacy.chats (id, title, is_group, created_by) VALUES ($4, $1, $2, $3)
-         RETURNING id, title, is_group, created_at, updated_at",
-    )
+    insert_chat_in(c, "legacy", id, creator, title, is_group, others).await
+}
+
+/// [`insert_chat`] on the chat tables of `schema` (times given: a shard's tables have no defaults).
+async fn insert_chat_in(
+    c: &mut PgConnection,
+    schema: &str,
+    id: Uuid,
+    creator: Uuid,
+    title: Option<&str>,
+    is_group: bool,
+    others: &[Uuid],
+) -> Result<ChatRow> {
+    let chat: ChatRow = sqlx::query_as(&format!(
+        "INSERT INTO {schema}.chats (id, title, is_group, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, now(), now())
+         RETURNING id, title, is_group, created_at, updated_at"
+    ))
+    .bind(id)
     .bind(title)
     .bind(is_group)
     .bind(creator)
-    .bind(id)
     .fetch_one(&mut *c)
     .await?;
     let mut all = vec![creator];
     all.extend_from_slice(others);
-    sqlx::query(
-        "INSERT INTO legacy.chat_members (chat_id, user_id, role)
-         SELECT $1, u, CASE WHEN u = $2 THEN 'owner' ELSE 'member' END FROM unnest($3::uuid[]) AS u",
-    )
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.chat_members (chat_id, user_id, role, joined_at)
+         SELECT $1, u, CASE WHEN u = $2 THEN 'owner' ELSE 'member' END, now() FROM unnest($3::uuid[]) AS u"
+    ))
     .bind(chat.id)
     .bind(creator)
     .bind(&all)
@@ -791,28 +804,7 @@ pub mod on_shard {
         is_group: bool,
         others: &[Uuid],
     ) -> Result<ChatRow> {
-        let chat: ChatRow = sqlx::query_as(
-            "INSERT INTO chat.chats (id, title, is_group, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, now(), now())
-             RETURNING id, title, is_group, created_at, updated_at",
-        )
-        .bind(id)
-        .bind(title)
-        .bind(is_group)
-        .bind(creator)
-        .fetch_one(&mut *c)
-        .await?;
-        let mut all = vec![creator];
-        all.extend_from_slice(others);
-        sqlx::query(
-            "INSERT INTO chat.chat_members (chat_id, user_id, role, joined_at)
-             SELECT $1, u, CASE WHEN u = $2 THEN 'owner' ELSE 'member' END, now() FROM unnest($3::uuid[]) AS u",
-        )
-        .bind(chat.id)
-        .bind(creator)
-        .bind(&all)
-        .execute(&mut *c)
-        .await?;
-        Ok(chat)
+        super::insert_chat_in(c, "chat", id, creator, title, is_group, others).await
     }
 
     // ---- inboxes (`chat.inbox`, migrations/chat/0003_inbox.sql): what `chats` lists, one row
