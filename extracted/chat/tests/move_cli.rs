@@ -13,7 +13,7 @@ use bm_chatmove::testkit::{writer, Fixture};
 /// Whether a mover holds the lock on the fixture's database (advisory locks are per database:
 /// other tests' movers hold theirs on theirs).
 const MOVE_LOCK_HELD: &str =
-    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))";
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND (classid::bigint << 32 | objid::bigint) = 109299962768751)";
 
 fn bm_chat(fx: &Fixture, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bm-chat"));

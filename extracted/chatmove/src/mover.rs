@@ -1221,7 +1221,23 @@ impl Mover {
             remove_copies(self.pool(&f.db), &f.db, &f.buckets).await?;
             open_fence(self.pool(&f.db), &f.db, "chat", &f.buckets).await?;
         }
+        self.retire_open_fences().await;
         Ok(())
+    }
+
+    /// Drops the fence's triggers wherever the fence is open (no bucket fenced): between moves a
+    /// write there pays nothing for it (a trigger call per row: ~17% of the sharded service's
+    /// p99 under load, docs/benchmarks.md). A database whose fence stays closed (a source whose
+    /// chats moved away) keeps them: a stale writer is refused there, not lost. The next move's
+    /// prepare installs them again before anything is fenced. Best effort: a database busy past
+    /// the lock timeout keeps its triggers (they cost time, never correctness).
+    pub async fn retire_open_fences(&self) {
+        for (name, pool) in &self.pools {
+            let schema = plan::schema_of(name);
+            if let Err(e) = retire_fence(pool, schema).await {
+                tracing::warn!(database = %name, error = %e, "the write fence's triggers stay (they only cost time)");
+            }
+        }
     }
 
     /// Ends reverse sync once nothing needs the sources any more (the monolith switched off, or
@@ -1241,6 +1257,7 @@ impl Mover {
                 remove_copies(self.pool(&s.name), &s.name, &s.buckets).await?;
             }
         }
+        self.retire_open_fences().await;
         Ok(())
     }
 
@@ -1460,12 +1477,13 @@ async fn drop_stream(pool: &PgPool, db: &str, slot: &str, publication: &str) -> 
     Ok(())
 }
 
-/// Closes the write fence for `buckets`: waits for the writes in flight (they hold the lock row
-/// for share), then no write to those chats passes.
+/// Closes the write fence for `buckets`: waits for the writes in flight (they hold the fence's
+/// advisory lock shared), then no write to those chats passes.
 async fn close_fence(pool: &PgPool, db: &str, schema: &str, buckets: &[RangeInclusive<u16>], tag: &str) -> Result<()> {
     let mut tx = pool.begin().await.ctx(|| format!("database `{db}`"))?;
     sqlx::query("SET LOCAL lock_timeout = '30s'").execute(&mut *tx).await.ctx(|| format!("database `{db}`"))?;
-    sqlx::raw_sql(&format!("SELECT 1 FROM {schema}.chat_move_fence_lock FOR UPDATE"))
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(crate::plan::FENCE_LOCK_KEY)
         .execute(&mut *tx)
         .await
         .ctx(|| format!("database `{db}`: waiting for the writes in flight to close the fence"))?;
@@ -1594,7 +1612,32 @@ pub async fn abort(mover: &mut Mover) -> Result<()> {
     for f in &mover.reverse {
         remove_copies(mover.pool(&f.db), &f.db, &f.buckets).await?;
     }
-    mover.set_stage("aborted").await
+    mover.set_stage("aborted").await?;
+    mover.retire_open_fences().await;
+    Ok(())
+}
+
+/// [`Mover::retire_open_fences`] on one database, if nothing is fenced there (only a mover
+/// closes a fence, and this one holds the move lock). A transaction per table, like prepare's
+/// install: a table's lock is never held while waiting for the next one's, which would deadlock
+/// with a writer touching them in the other order.
+async fn retire_fence(pool: &PgPool, schema: &str) -> std::result::Result<(), sqlx::Error> {
+    let installed: bool =
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(format!("{schema}.chat_move_fence")).fetch_one(pool).await?;
+    if !installed {
+        return Ok(());
+    }
+    let fenced: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {schema}.chat_move_fence)")).fetch_one(pool).await?;
+    if fenced {
+        return Ok(());
+    }
+    for t in &plan::TABLES {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '5s'").execute(&mut *tx).await?;
+        sqlx::raw_sql(&format!("DROP TRIGGER IF EXISTS chat_move_fence ON {schema}.{}", t.name)).execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 /// Whether the control database has the mover's tables (no move was ever started if not).

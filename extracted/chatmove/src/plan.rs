@@ -214,9 +214,12 @@ pub fn schema_of(db: &str) -> &'static str {
 }
 
 /// The write fence of a database's chat tables, installed by prepare: a row trigger that
-/// refuses (SQLSTATE `BMMOV`) every write to a chat whose bucket is fenced, after taking a share
-/// lock on one row — so closing the fence (that row locked for update, the buckets added) waits
-/// for every write in flight and no write lands after it. Every writer meets it, the monolith
+/// refuses (SQLSTATE `BMMOV`) every write to a chat whose bucket is fenced, after taking a
+/// transaction-scoped **shared advisory lock** ([`FENCE_LOCK_KEY`]) — so closing the fence (that
+/// lock taken exclusively, the buckets added) waits for every write in flight and no write lands
+/// after it. An advisory lock lives in the lock manager's memory: the first version share-locked
+/// one row instead, which writes the row (a multixact per new locker) and serialised every writer
+/// of the database on one tuple (docs/benchmarks.md). Every writer meets it, the monolith
 /// included. The mover's own sessions run with `session_replication_role = replica`: ordinary
 /// triggers do not fire for them.
 /// One statement each (run on their own: a trigger's lock on one table is never held while
@@ -225,8 +228,6 @@ pub fn fence_install_sql(schema: &str) -> Vec<String> {
     let bucket = bucket_sql("k");
     let mut s = vec![
         format!("CREATE TABLE IF NOT EXISTS {schema}.chat_move_fence (lo int NOT NULL, hi int NOT NULL, move_tag text NOT NULL, PRIMARY KEY (lo, hi))"),
-        format!("CREATE TABLE IF NOT EXISTS {schema}.chat_move_fence_lock (singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton))"),
-        format!("INSERT INTO {schema}.chat_move_fence_lock VALUES (true) ON CONFLICT DO NOTHING"),
     ];
     s.push(format!(
         "CREATE OR REPLACE FUNCTION {schema}.chat_move_fence() RETURNS trigger LANGUAGE plpgsql AS $fence$
@@ -239,7 +240,7 @@ BEGIN
     ELSE
         IF TG_OP = 'DELETE' THEN k := OLD.chat_id; ELSE k := NEW.chat_id; END IF;
     END IF;
-    PERFORM 1 FROM {schema}.chat_move_fence_lock FOR SHARE;
+    PERFORM pg_advisory_xact_lock_shared({FENCE_LOCK_KEY});
     b := {bucket};
     IF EXISTS (SELECT 1 FROM {schema}.chat_move_fence WHERE b BETWEEN lo AND hi) THEN
         RAISE EXCEPTION 'chat % (bucket %) is being moved or has moved to another database: write it where the chat routing says', k, b
@@ -256,8 +257,14 @@ $fence$"
             n = t.name
         ));
     }
+    // the lock row of the first version, unused once the function above replaced its own
+    s.push(format!("DROP TABLE IF EXISTS {schema}.chat_move_fence_lock"));
     s
 }
+
+/// The advisory lock every write takes shared and closing the fence takes exclusively: the bytes
+/// of "fence" (the move lock is "chatmo", the relay's "outbox").
+pub const FENCE_LOCK_KEY: i64 = 0x66_656e_6365;
 
 /// The SQLSTATE the fence raises.
 pub const FENCE_SQLSTATE: &str = "BMMOV";

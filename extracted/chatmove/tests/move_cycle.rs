@@ -59,6 +59,18 @@ async fn let_it_write(pools: &HashMap<String, sqlx::PgPool>, rows: i64) {
     }
 }
 
+/// The write fence's triggers on a database's chat tables (three while installed).
+async fn fence_triggers(pool: &sqlx::PgPool, db: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE t.tgname = 'chat_move_fence' AND n.nspname = $1",
+    )
+    .bind(bm_chatmove::plan::schema_of(db))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switch_then_roll_back_under_writes_loses_nothing() {
     let fx = Fixture::create(4).await;
@@ -121,6 +133,10 @@ async fn switch_then_roll_back_under_writes_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(slots, 0, "no slot left behind");
+    // every fence is open again: its triggers are gone (writes between moves pay nothing for them)
+    for (db, p) in &pools {
+        assert_eq!(fence_triggers(p, db).await, 0, "{db}: the fence's triggers outlived the move");
+    }
     // the monolith numbers new messages above everything the shards numbered
     let (max, next): (i64, i64) = sqlx::query_as(
         "SELECT max(seq), (SELECT seq FROM legacy.messages ORDER BY created_at DESC, seq DESC LIMIT 1) FROM legacy.messages",
@@ -162,6 +178,12 @@ async fn a_fifth_shard_takes_a_share_of_every_shard_under_writes() {
     move_all_the_way(&fx, None, &four).await;
     fx.add_shards(1).await;
     let pools = fx.pools().await;
+    // the monolith's fence stays closed (a stale writer is refused there), the shards' are open
+    // and without triggers
+    for (db, p) in &pools {
+        let want = if db == "legacy" { 3 } else { 0 };
+        assert_eq!(fence_triggers(p, db).await, want, "{db} after the first move");
+    }
     let env = |i: usize| fx.shards[i].1.clone();
     let five = format!(
         "version = 2\n\
@@ -193,6 +215,10 @@ async fn a_fifth_shard_takes_a_share_of_every_shard_under_writes() {
     assert_all_there(&pools, &out.expected, "on five shards").await;
     let routing = Routing::load(&fx.main).await.unwrap();
     assert_eq!((routing.reads[250].as_str(), routing.reads[204].as_str()), ("s4", "s0"));
+    for (db, p) in &pools {
+        let want = if db == "s4" { 0 } else { 3 };
+        assert_eq!(fence_triggers(p, db).await, want, "{db} after the fifth shard's move: sources keep a closed fence");
+    }
     // s4 holds exactly its buckets' rows, and the old shards no longer hold them
     let on_s4: i64 = sqlx::query_scalar("SELECT count(*) FROM chat.messages").fetch_one(&pools["s4"]).await.unwrap();
     assert!(on_s4 > 0);
