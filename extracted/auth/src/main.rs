@@ -39,9 +39,7 @@ fn main() -> ExitCode {
 
 async fn run(cfg: Config, keys: Keys) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(cfg.db_pool_max)
-        .acquire_timeout(Duration::from_secs(5))
+    let pool = bm_common::config::pool_options(cfg.db_pool_max, Duration::from_secs(5))
         .connect(&cfg.database_url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;

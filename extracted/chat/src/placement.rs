@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bm_chatmove::routing::Routing;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -146,9 +146,9 @@ impl Placement {
                 pools.insert(name.clone(), p.clone());
                 continue;
             }
-            match (self.url_of)(url_env).and_then(|u| {
-                PgPoolOptions::new().max_connections(self.pool_max).acquire_timeout(self.acquire_timeout).connect_lazy(&u).ok()
-            }) {
+            match (self.url_of)(url_env)
+                .and_then(|u| bm_common::config::pool_options(self.pool_max, self.acquire_timeout).connect_lazy(&u).ok())
+            {
                 Some(p) => {
                     if let Some((kafka, stop)) = &self.relays {
                         let relay = bm_events::relay::Relay {
@@ -185,6 +185,11 @@ impl Placement {
                 crate::errors::ChatError::Internal
             }),
         }
+    }
+
+    /// The name of the database `chat` is read from now (a shard's, or the monolith's).
+    pub fn read_name(&self, chat: &Uuid) -> String {
+        self.current.load().routing.read_db(chat).to_string()
     }
 
     /// Whether every chat is written on the monolith's tables (no move has switched writes, none

@@ -130,13 +130,30 @@ impl Database {
     /// The pool, connected now (a wrong URL fails at start, naming `DATABASE_URL`).
     pub async fn connect(&self) -> anyhow::Result<sqlx::PgPool> {
         use anyhow::Context;
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(self.pool_max)
-            .acquire_timeout(self.acquire_timeout)
-            .connect(&self.url)
-            .await
-            .context("connecting to Postgres (DATABASE_URL)")
+        pool_options(self.pool_max, self.acquire_timeout).connect(&self.url).await.context("connecting to Postgres (DATABASE_URL)")
     }
+}
+
+/// A connection idle this long is pinged before a request gets it.
+pub const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every service's pool settings: at most `max` connections, a request waits `acquire_timeout`
+/// for one. sqlx pings every connection when it is returned (that check stays) and, by default,
+/// again when it is handed out — a second round trip (and on a busy host two wake-ups) per
+/// checkout. Here only a connection idle for [`PING_IDLE_AFTER`] is pinged before use (one a
+/// server restart or an idle timeout may have closed since its return); docs/benchmarks.md.
+pub fn pool_options(max: u32, acquire_timeout: std::time::Duration) -> sqlx::postgres::PgPoolOptions {
+    use sqlx::Connection;
+    sqlx::postgres::PgPoolOptions::new().max_connections(max).acquire_timeout(acquire_timeout).test_before_acquire(false).before_acquire(
+        |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        },
+    )
 }
 
 /// FCM HTTP v1, as the monolith calls it (pushes for new messages): [`Env::fcm`].
