@@ -25,34 +25,60 @@ use uuid::Uuid;
 
 use crate::placement::Placement;
 use crate::store;
+use crate::store::ChatRow;
 
 /// The longest a fetch waits at the broker for new events (`fetch.wait.max.ms`).
 const FETCH_WAIT_MS: &str = "250";
 
-/// Projects one chat into its members' inboxes, from where the routing reads the chat now. A chat
-/// that is gone is nothing to project. Returns the rows written.
+/// The most events projected together, and how long a batch gathers events after its first:
+/// under load a batch of a few dozen messages costs one read per database and one upsert per
+/// shard instead of a read and up to three upserts each (a member's list trails another
+/// member's message by this much more at most).
+const BATCH: usize = 512;
+const GATHER: Duration = Duration::from_millis(50);
+
+/// Projects chats into their members' inboxes, from where the routing reads each chat now: one
+/// read per database the chats are read from, one upsert per shard their members' inboxes are
+/// on. A chat that is gone is nothing to project. Returns the rows written.
 ///
-/// The rows on the chat's home shard are left alone: the transaction that wrote the event wrote
+/// The rows on a chat's home shard are left alone: the transaction that wrote the event wrote
 /// them (createChat's members there, a message's activity on them), so a direct chat of two
-/// users on one shard costs this one read.
-pub async fn project(placement: &Placement, chat: Uuid) -> crate::errors::Result<usize> {
-    let (on_shard, pool) = placement.read_pool(&chat)?;
-    let schema = if on_shard { "chat" } else { "legacy" };
-    let Some((row, members)) = store::on_shard::chat_and_members(&pool, schema, chat).await? else { return Ok(0) };
-    let home = placement.write_shard_name(&chat);
-    let mut by_shard: BTreeMap<String, (PgPool, Vec<Uuid>)> = BTreeMap::new();
-    for m in members {
-        if let Some((name, p)) = placement.inbox_shard(&m) {
-            if home.as_deref() == Some(name.as_str()) {
-                continue;
+/// users on one shard costs only the read.
+pub async fn project(placement: &Placement, chats: &[Uuid]) -> crate::errors::Result<usize> {
+    let mut by_source: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    for chat in chats {
+        by_source.entry(placement.read_name(chat)).or_default().push(*chat);
+    }
+    let mut found: Vec<ChatRow> = Vec::new();
+    let mut members_of: Vec<Vec<Uuid>> = Vec::new();
+    for ids in by_source.into_values() {
+        let (on_shard, pool) = placement.read_pool(&ids[0])?;
+        let schema = if on_shard { "chat" } else { "legacy" };
+        for (row, members) in store::on_shard::chats_and_members(&pool, schema, &ids).await? {
+            found.push(row);
+            members_of.push(members);
+        }
+    }
+    // the rows to write, by the shard of each member's inbox
+    type Rows<'a> = (PgPool, Vec<(Uuid, &'a ChatRow)>);
+    let mut by_shard: BTreeMap<String, Rows> = BTreeMap::new();
+    for (row, members) in found.iter().zip(members_of) {
+        let home = placement.write_shard_name(&row.id);
+        for m in members {
+            if let Some((name, p)) = placement.inbox_shard(&m) {
+                if home.as_deref() == Some(name.as_str()) {
+                    continue;
+                }
+                by_shard.entry(name).or_insert_with(|| (p, Vec::new())).1.push((m, row));
             }
-            by_shard.entry(name).or_insert_with(|| (p, Vec::new())).1.push(m);
         }
     }
     let mut written = 0;
-    for (_, (p, users)) in by_shard {
-        store::on_shard::upsert_inbox(&p, &users, &row).await?;
-        written += users.len();
+    for (_, (p, mut rows)) in by_shard {
+        // one order for every batch: two batches never wait for each other's rows crosswise
+        rows.sort_by_key(|(u, c)| (*u, c.id));
+        store::on_shard::upsert_inbox_rows(&p, &rows).await?;
+        written += rows.len();
     }
     Ok(written)
 }
@@ -77,12 +103,14 @@ pub async fn run(placement: Arc<Placement>, kafka: KafkaConfig, group: String, m
     }
     tracing::info!(group = %group, "inbox projection consuming {MESSAGE_SENT_TOPIC}, {CHAT_CREATED_TOPIC}");
     loop {
-        let m = tokio::select! {
+        // the events already fetched, up to BATCH: a busy chat's hundred messages are one
+        // projection (every one derives the same rows from the truth), not a hundred
+        let first = tokio::select! {
             m = consumer.recv() => m,
             _ = stop.changed() => break,
         };
-        let m = match m {
-            Ok(m) => m,
+        let mut batch = match first {
+            Ok(m) => vec![m],
             Err(e) => {
                 metrics::counter!("chat_inbox_consumer_errors_total").increment(1);
                 tracing::warn!(error = %e, "inbox projection: consuming");
@@ -90,43 +118,67 @@ pub async fn run(placement: Arc<Placement>, kafka: KafkaConfig, group: String, m
                 continue;
             }
         };
-        match chat_of(m.payload().unwrap_or_default()) {
-            None => {
-                metrics::counter!("chat_inbox_events_total", "result" => "unreadable").increment(1);
-                tracing::warn!(
-                    topic = m.topic(),
-                    partition = m.partition(),
-                    offset = m.offset(),
-                    "inbox projection: an event without a chatId"
-                );
+        let until = tokio::time::Instant::now() + GATHER;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(until, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m),
+                Ok(Err(e)) => {
+                    metrics::counter!("chat_inbox_consumer_errors_total").increment(1);
+                    tracing::warn!(error = %e, "inbox projection: consuming");
+                    break;
+                }
+                Err(_) => break,
             }
-            Some(_) if !placement.any_shard_writes() => {
-                metrics::counter!("chat_inbox_events_total", "result" => "skipped").increment(1);
-            }
-            Some(chat) => {
-                let mut pause = Duration::from_millis(100);
-                loop {
-                    match project(&placement, chat).await {
-                        Ok(n) => {
-                            metrics::counter!("chat_inbox_events_total", "result" => "projected").increment(1);
-                            metrics::counter!("chat_inbox_rows_written_total").increment(n as u64);
-                            break;
-                        }
-                        Err(e) => {
-                            metrics::counter!("chat_inbox_errors_total").increment(1);
-                            tracing::warn!(chat = %chat, error = ?e, "inbox projection: retrying in {pause:?}");
-                            tokio::select! {
-                                _ = tokio::time::sleep(pause) => {}
-                                _ = stop.changed() => return,
-                            }
-                            pause = (pause * 2).min(Duration::from_secs(5));
-                        }
+        }
+        let mut chats: Vec<Uuid> = Vec::with_capacity(batch.len());
+        for m in &batch {
+            match chat_of(m.payload().unwrap_or_default()) {
+                None => {
+                    metrics::counter!("chat_inbox_events_total", "result" => "unreadable").increment(1);
+                    tracing::warn!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "inbox projection: an event without a chatId"
+                    );
+                }
+                Some(_) if !placement.any_shard_writes() => {
+                    metrics::counter!("chat_inbox_events_total", "result" => "skipped").increment(1);
+                }
+                Some(chat) => {
+                    metrics::counter!("chat_inbox_events_total", "result" => "projected").increment(1);
+                    if !chats.contains(&chat) {
+                        chats.push(chat);
                     }
                 }
             }
         }
-        if let Err(e) = consumer.store_offset_from_message(&m) {
-            tracing::warn!(error = %e, "inbox projection: storing an offset");
+        if !chats.is_empty() {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                match project(&placement, &chats).await {
+                    Ok(n) => {
+                        metrics::counter!("chat_inbox_projections_total").increment(1);
+                        metrics::counter!("chat_inbox_rows_written_total").increment(n as u64);
+                        break;
+                    }
+                    Err(e) => {
+                        metrics::counter!("chat_inbox_errors_total").increment(1);
+                        tracing::warn!(chats = chats.len(), error = ?e, "inbox projection: retrying in {pause:?}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = stop.changed() => return,
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        // only now: a crash before this point projects the batch again (idempotent)
+        for m in &batch {
+            if let Err(e) = consumer.store_offset_from_message(m) {
+                tracing::warn!(error = %e, "inbox projection: storing an offset");
+            }
         }
     }
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {

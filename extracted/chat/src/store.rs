@@ -823,39 +823,46 @@ pub mod on_shard {
 
     /// The inbox rows of `users` for `chat` (upserted: `updated_at` only moves forward).
     pub async fn upsert_inbox<'e>(shard: impl PgExecutor<'e>, users: &[Uuid], chat: &ChatRow) -> Result<()> {
-        if users.is_empty() {
+        let rows: Vec<(Uuid, &ChatRow)> = users.iter().map(|u| (*u, chat)).collect();
+        upsert_inbox_rows(shard, &rows).await
+    }
+
+    /// Users' inbox rows for chats, in one statement (each (user, chat) once).
+    pub async fn upsert_inbox_rows<'e>(shard: impl PgExecutor<'e>, rows: &[(Uuid, &ChatRow)]) -> Result<()> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let n = users.len();
+        let (users, chats): (Vec<Uuid>, Vec<&ChatRow>) = rows.iter().copied().unzip();
         sqlx::query(bm_shards::INBOX_UPSERT_SQL)
             .bind(users)
-            .bind(vec![chat.id; n])
-            .bind(vec![chat.title.clone(); n])
-            .bind(vec![chat.is_group; n])
-            .bind(vec![chat.created_at; n])
-            .bind(vec![chat.updated_at; n])
+            .bind(chats.iter().map(|c| c.id).collect::<Vec<_>>())
+            .bind(chats.iter().map(|c| c.title.clone()).collect::<Vec<_>>())
+            .bind(chats.iter().map(|c| c.is_group).collect::<Vec<_>>())
+            .bind(chats.iter().map(|c| c.created_at).collect::<Vec<_>>())
+            .bind(chats.iter().map(|c| c.updated_at).collect::<Vec<_>>())
             .execute(shard)
             .await?;
         Ok(())
     }
 
-    /// A chat's row and members, for projecting it into inboxes (one query).
-    pub async fn chat_and_members<'e>(db: impl PgExecutor<'e>, schema: &str, chat: Uuid) -> Result<Option<(ChatRow, Vec<Uuid>)>> {
+    /// Chats' rows and members, for projecting them into inboxes (one query; chats that are
+    /// gone are left out).
+    pub async fn chats_and_members<'e>(db: impl PgExecutor<'e>, schema: &str, chats: &[Uuid]) -> Result<Vec<(ChatRow, Vec<Uuid>)>> {
         #[derive(sqlx::FromRow)]
         struct Row {
             #[sqlx(flatten)]
             chat: ChatRow,
             members: Vec<Uuid>,
         }
-        let row: Option<Row> = sqlx::query_as(&format!(
+        let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at,
                     ARRAY(SELECT cm.user_id FROM {schema}.chat_members cm WHERE cm.chat_id = c.id) AS members
-             FROM {schema}.chats c WHERE c.id = $1"
+             FROM {schema}.chats c WHERE c.id = ANY($1)"
         ))
-        .bind(chat)
-        .fetch_optional(db)
+        .bind(chats)
+        .fetch_all(db)
         .await?;
-        Ok(row.map(|r| (r.chat, r.members)))
+        Ok(rows.into_iter().map(|r| (r.chat, r.members)).collect())
     }
 }
 

@@ -124,6 +124,7 @@ impl Relay {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(self.table.channel).await?;
         let mut pruned = Instant::now();
+        let mut counted: Option<Instant> = None;
         self.prune().await?;
         loop {
             if *stop.borrow() {
@@ -137,7 +138,12 @@ impl Relay {
                 pruned = Instant::now();
             }
             if n < self.cfg.batch as usize {
-                self.count_pending().await;
+                // the gauge at most once a poll: under load a relay wakes at every commit, and a
+                // count per wake was a third of its queries
+                if counted.is_none_or(|t| t.elapsed() >= self.cfg.poll) {
+                    self.count_pending().await;
+                    counted = Some(Instant::now());
+                }
                 tokio::select! {
                     r = listener.recv() => { r?; }
                     _ = tokio::time::sleep(self.cfg.poll) => {}
