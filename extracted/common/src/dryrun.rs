@@ -109,17 +109,39 @@ impl std::ops::DerefMut for TxConn<'_> {
 }
 
 /// The connection of a request's transaction on another database ([`RequestTx::conn_on`]).
-pub struct OtherConn(tokio::sync::OwnedMutexGuard<Option<Transaction<'static, Postgres>>>);
+pub struct OtherConn {
+    guard: tokio::sync::OwnedMutexGuard<Option<Transaction<'static, Postgres>>>,
+    fresh: bool,
+}
+
+impl OtherConn {
+    /// Whether this transaction was begun by this call: nothing of the request is in it yet, so a
+    /// failed mutation can [`discard`](Self::discard) it whole instead of working in a savepoint
+    /// (two round trips fewer: no SAVEPOINT, no RELEASE).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Rolls this database's transaction back and forgets it (the request's next use of the
+    /// database begins a new one). For a mutation that failed in a [fresh](Self::is_fresh) one.
+    pub async fn discard(mut self) {
+        if let Some(tx) = self.guard.take() {
+            if let Err(e) = tx.rollback().await {
+                tracing::warn!(error = %e, "rolling back a request's transaction on another database");
+            }
+        }
+    }
+}
 
 impl std::ops::Deref for OtherConn {
     type Target = PgConnection;
     fn deref(&self) -> &PgConnection {
-        self.0.as_ref().expect("transaction begun")
+        self.guard.as_ref().expect("transaction begun")
     }
 }
 impl std::ops::DerefMut for OtherConn {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        self.0.as_mut().expect("transaction begun")
+        self.guard.as_mut().expect("transaction begun")
     }
 }
 
@@ -180,16 +202,17 @@ impl RequestTx {
             }
         };
         let mut guard = slot.lock_owned().await;
-        if guard.is_none() {
+        let fresh = guard.is_none();
+        if fresh {
             *guard = Some(pool.begin().await?);
         }
-        Ok(OtherConn(guard))
+        Ok(OtherConn { guard, fresh })
     }
 
     /// The transaction on `name` if this request has begun it.
     pub async fn conn_on_if_begun(&self, name: &str) -> Option<OtherConn> {
         let guard = self.slot(name)?.lock_owned().await;
-        guard.is_some().then_some(OtherConn(guard))
+        guard.is_some().then_some(OtherConn { guard, fresh: false })
     }
 
     /// Runs `work` in the background once this request's transaction has committed; never when

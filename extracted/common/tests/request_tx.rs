@@ -93,3 +93,25 @@ async fn a_failed_commit_on_the_other_database_rolls_the_main_one_back() {
     assert!(tx.complete(true).await.is_err(), "the request fails");
     assert_eq!((count(&main, &t1).await, count(&main, &t2).await), (0, 0), "and keeps nothing");
 }
+
+#[tokio::test]
+async fn a_transaction_begun_by_a_mutation_is_discarded_whole_and_the_next_use_begins_anew() {
+    let main = pool().await;
+    let other = pool().await;
+    let t = table(&main).await;
+    let tx = RequestTx::new(main.clone());
+    // the first use begins it: fresh; a second use of the same database is not
+    let mut c = tx.conn_on("shard", &other).await.unwrap();
+    assert!(c.is_fresh());
+    sqlx::query(&format!("INSERT INTO {t} (name) VALUES ('failed mutation')")).execute(&mut *c).await.unwrap();
+    c.discard().await;
+    assert!(tx.conn_on_if_begun("shard").await.is_none(), "a discarded transaction is forgotten");
+    let mut c = tx.conn_on("shard", &other).await.unwrap();
+    assert!(c.is_fresh(), "the next use begins a new one");
+    sqlx::query(&format!("INSERT INTO {t} (name) VALUES ('kept')")).execute(&mut *c).await.unwrap();
+    drop(c);
+    assert!(!tx.conn_on("shard", &other).await.unwrap().is_fresh());
+    tx.complete(true).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM {t}")).fetch_all(&main).await.unwrap();
+    assert_eq!(names, vec!["kept".to_string()]);
+}
