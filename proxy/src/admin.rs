@@ -176,6 +176,7 @@ impl ServeHttp for Admin {
                 reply_json(StatusCode::OK, v)
             }
             (&Method::GET, "/metrics") => {
+                crate::accesslog::publish_drops();
                 self.prometheus.run_upkeep();
                 reply(StatusCode::OK, "text/plain; version=0.0.4", self.prometheus.render().into_bytes())
             }

@@ -19,6 +19,7 @@
 //! - [`cli`]: what only the command line does (reports, corpora, replay), off the serving path.
 //! - [`clock`]: wall-clock stamps, a leaf shared by the modules that record events.
 
+pub mod accesslog;
 pub mod admin;
 pub mod breaker;
 pub mod cli;

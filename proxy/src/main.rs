@@ -140,19 +140,36 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr, filtered by `STRANGLER_LOG` (default `info`), through the buffered
+/// [`strangler::accesslog`] (lines dropped and counted under pressure, access lines first, never
+/// waited for). Colours only on a terminal. Keep the guard until the process ends: it flushes.
+fn init_logging(format: LogFormat) -> strangler::accesslog::Guard {
+    use std::io::IsTerminal;
+    use strangler::accesslog::is_access;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_env("STRANGLER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (log, guard) = strangler::accesslog::start(std::io::stderr());
+    let (access, other) = (log.access(), log.other());
+    let ansi = std::io::stderr().is_terminal();
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(other).with_filter(filter_fn(|m| !is_access(m))))
+            .with(fmt::layer().with_ansi(ansi).with_writer(access).with_filter(filter_fn(is_access)))
+            .init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_writer(other).with_filter(filter_fn(|m| !is_access(m))))
+            .with(fmt::layer().json().flatten_event(true).with_writer(access).with_filter(filter_fn(is_access)))
+            .init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log = init_logging(cli.log_format);
     match cli.command {
         Command::Serve { config, poll_interval_secs, bound_addrs_file } => {
             let opts =

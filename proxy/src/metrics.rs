@@ -48,6 +48,9 @@ pub const RESPONSES_ABORTED_TOTAL: &str = "strangler_responses_aborted_total";
 /// `unclaimed`, `mixed`: the default upstream; `rejected`; `unread`: not parsed, with `reason`;
 /// `websocket`).
 pub const GRAPHQL_OPERATIONS_TOTAL: &str = "strangler_graphql_operations_total";
+/// Log lines dropped because the log's writer fell behind (never waited for), by `kind`
+/// (`access`: a request's line; `other`).
+pub const LOG_LINES_DROPPED_TOTAL: &str = "strangler_log_lines_dropped_total";
 /// Health-check result per `upstream`: 1 up, 0 down.
 pub const UPSTREAM_UP: &str = "strangler_upstream_up";
 
@@ -67,6 +70,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(REQUESTS_TOTAL, "Requests answered, by route, target, mode and status class");
+    describe_counter!(LOG_LINES_DROPPED_TOTAL, "Log lines dropped because the log writer fell behind, by kind");
     describe_histogram!(UPSTREAM_DURATION_SECONDS, Unit::Seconds, "Upstream time to response header");
     describe_histogram!(REQUEST_DURATION_SECONDS, Unit::Seconds, "Whole request duration");
     describe_counter!(FALLBACKS_TOTAL, "Extracted-route requests served by the monolith instead");

@@ -103,9 +103,8 @@ async fn an_upstream_dying_mid_body_aborts_the_clients_response() {
     let metrics = proxy.admin_get("/metrics").await.unwrap().1;
     assert!(metrics.contains("strangler_responses_aborted_total{route=\"default\",reason=\"upstream\"} 2"), "{metrics}");
     assert!(metrics.contains("strangler_responses_aborted_total{route=\"chunky\",reason=\"upstream\"} 1"), "{metrics}");
-    let logs = proxy.logs();
     // (the fields may be coloured: look for the parts)
-    assert!(logs.lines().any(|l| l.contains("/cl") && l.contains("aborted") && l.contains("\"upstream\"")), "{logs}");
+    proxy.wait_for_log_line(|l| l.contains("/cl") && l.contains("aborted") && l.contains("\"upstream\"")).await;
 }
 
 /// See: issue 10, "Pipelined requests hang".

@@ -330,3 +330,32 @@ async fn h2c_with_prior_knowledge_when_enabled() {
         assert_eq!(text, expected, "{flag}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// A log reader that stalls (a full pipe, a stuck collector) never stalls the proxy: access lines
+/// beyond the log's buffer are dropped and counted, and every request is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_costs_access_lines_never_answers() {
+    let legacy = TestUpstream::start("legacy").await;
+    let opts = Opts { stalled_stderr: true, ..Opts::default() };
+    let proxy = Proxy::start_opts(&Routes::new().upstream("legacy", &legacy.url()).build(), opts).await;
+    let c = reqwest::Client::new();
+    // more lines (≥ 200 bytes each) than the buffer and the pipe hold
+    let n = strangler::accesslog::CAPACITY / 150;
+    let url = proxy.url("/x");
+    let answered = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            async move { c.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+        })
+        .buffer_unordered(32)
+        .filter(|s| std::future::ready(*s == 200))
+        .count()
+        .await;
+    assert_eq!(answered, n, "every request is answered while nobody reads the log");
+    let metrics = proxy.admin_get("/metrics").await.unwrap().1;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("strangler_log_lines_dropped_total{kind=\"access\"} ")?.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "the lines that did not fit are counted: {metrics}");
+}

@@ -144,8 +144,7 @@ async fn extracted_upstream_killed_requests_it_never_saw_go_to_the_monolith_brea
     .await;
     assert_eq!(proxy.routes_json().await["breakers"]["e"], "closed");
     assert!(svc.hits() >= 1);
-    let logs = proxy.logs();
-    assert!(logs.contains("circuit breaker opened"), "{logs}");
+    proxy.wait_for_log_line(|l| l.contains("circuit breaker opened")).await;
 }
 
 /// With `fallback = false` nothing goes to the monolith: a POST to a dead service gets a 502 in

@@ -122,7 +122,7 @@ async fn a_broken_file_keeps_the_old_table_and_says_why() {
     let metrics = proxy.admin_get("/metrics").await.unwrap().1;
     assert!(metrics.contains("result=\"error\""), "{metrics}");
     assert!(metrics.contains("strangler_config_in_sync 0"), "{metrics}");
-    assert!(proxy.logs().contains("continuing with previous configuration"));
+    proxy.wait_for_log_line(|l| l.contains("continuing with previous configuration")).await;
 
     // Fixed: applied, error cleared.
     proxy.write_body(&body(&legacy, &svc, "legacy", "fixed"));

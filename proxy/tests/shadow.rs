@@ -324,7 +324,7 @@ async fn a_failing_canary_is_demoted_to_shadow_and_a_reload_promotes_it() {
     compared(&proxy, "c", 1).await;
     let metrics = proxy.admin_get("/metrics").await.unwrap().1;
     assert!(metrics.contains("strangler_route_demoted{route=\"c\"} 1"), "{metrics}");
-    assert!(proxy.logs().contains("canary demoted to shadow"));
+    proxy.wait_for_log_line(|l| l.contains("canary demoted to shadow")).await;
     // An operator re-promotes by reloading.
     assert_eq!(proxy.admin_post("/reload").await.0, 200);
     let r = c.get(proxy.url("/status/200")).send().await.unwrap();

@@ -375,7 +375,7 @@ async fn a_dead_database_changes_nothing_for_the_client() {
         (counter(&text, "strangler_shadow_store_errors_total{op=\"connect\"}") >= 1).then_some(())
     })
     .await;
-    assert!(proxy.logs().contains("shadow store: database unavailable"), "{}", proxy.logs());
+    proxy.wait_for_log_line(|l| l.contains("shadow store: database unavailable")).await;
     assert!(proxy.terminate().success(), "{}", proxy.logs());
 }
 

@@ -326,6 +326,8 @@ pub struct Opts<'a> {
     pub server: &'a str,
     pub admin: &'a str,
     pub env: &'a [(&'a str, &'a str)],
+    /// stderr is a pipe nobody reads (a log reader that stalled): `logs()` stays empty
+    pub stalled_stderr: bool,
 }
 
 /// The [server], [[listeners]] and [admin] sections the fixture owns.
@@ -361,7 +363,7 @@ impl Proxy {
             .envs(opts.env.iter().copied())
             .env("STRANGLER_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(if opts.stalled_stderr { Stdio::piped() } else { std::fs::File::create(&log).unwrap().into() })
             .spawn()
             .unwrap();
         let mut p = Proxy { addr: any, admin: any, listeners: Vec::new(), header, dir, config, child, log };
@@ -411,6 +413,20 @@ impl Proxy {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// The logs once a line satisfies `pred` (access lines are written by the access log's own
+    /// thread, a moment after the answer); panics with the logs after 10 s.
+    pub async fn wait_for_log_line(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.lines().any(&pred) {
+                return logs;
+            }
+            assert!(std::time::Instant::now() < deadline, "the expected log line never came:\n{logs}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Replaces routes.toml the way editors do: write a temp file, rename it into place.
