@@ -1,0 +1,81 @@
+//! The per-request decision path without the network (issue 14): route lookup, the canary's
+//! sticky bucket, the breaker's admission and its record, and the metrics a request records —
+//! each alone and all together, on a 50-route table with a Prometheus recorder installed as in
+//! `serve`. A regression in what every request pays shows here without the whole stack.
+//! `cargo bench -p strangler --bench decision`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use strangler::breaker::Breakers;
+use strangler::config::{RouteTable, Source};
+use strangler::metrics as m;
+use strangler::routing::RequestFacts;
+use strangler::routing::{bucket, in_canary, sticky_key};
+
+fn table() -> RouteTable {
+    let mut text = String::from("[upstreams.legacy]\nurl = \"http://127.0.0.1:3000\"\n[upstreams.svc]\nurl = \"http://127.0.0.1:4000\"\n");
+    for i in 0..50 {
+        text.push_str(&format!(
+            "[[routes]]\nname = \"r{i}\"\nmatch = {{ path_prefix = \"/svc{i}/v1\", methods = [\"GET\", \"POST\"] }}\ntarget = \"svc\"\nmode = \"canary\"\npercent = 30\nsticky = \"jwt_sub\"\nbreaker = {{ failures = 5, cooldown_secs = 10 }}\n"
+        ));
+    }
+    RouteTable::compile(Source::new("bench.toml", &text)).unwrap().table
+}
+
+/// What `Edge::logging` records per request.
+fn record_metrics(route: &str, target: &str, elapsed: f64) {
+    metrics::counter!(m::REQUESTS_TOTAL, "route" => route.to_string(), "target" => target.to_string(), "mode" => "canary", "status" => "2xx")
+        .increment(1);
+    metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route.to_string()).record(elapsed);
+}
+
+fn bench(c: &mut Criterion) {
+    let _prometheus = m::install().unwrap();
+    let t = table();
+    let breakers = Breakers::default();
+    let mut headers = HeaderMap::new();
+    // a JWT whose payload is {"sub":"user-42"} (the sticky key; not verified here)
+    headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1c2VyLTQyIn0.x"));
+    let client = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let req = RequestFacts { method: &Method::GET, path: "/svc37/v1/items/42", host: None, headers: &headers };
+    let route = t.find(&req).expect("the bench route");
+
+    let mut g = c.benchmark_group("decision");
+    g.bench_function("match", |b| b.iter(|| black_box(t.find(black_box(&req)).map(|r| r.line))));
+    g.bench_function("canary", |b| {
+        b.iter(|| {
+            let key = sticky_key(&route.sticky, black_box(&headers), client).unwrap_or_default();
+            black_box(in_canary(bucket(key.as_bytes()), route.percent))
+        })
+    });
+    g.bench_function("breaker", |b| {
+        b.iter(|| {
+            let now = Instant::now();
+            let admit = breakers.with(&route.name, route.breaker, |br| br.admit(now)).0;
+            let before = breakers.with(&route.name, route.breaker, |br| br.state()).0;
+            let after = breakers.with(&route.name, route.breaker, |br| br.record(true, now)).1;
+            black_box((admit, before, after))
+        })
+    });
+    g.bench_function("metrics", |b| b.iter(|| record_metrics(black_box(route.name.as_str()), "svc", 0.001)));
+    g.bench_function("all", |b| {
+        b.iter(|| {
+            let r = t.find(black_box(&req)).unwrap();
+            let key = sticky_key(&r.sticky, &headers, client).unwrap_or_default();
+            let extracted = in_canary(bucket(key.as_bytes()), r.percent);
+            let now = Instant::now();
+            let admit = breakers.with(&r.name, r.breaker, |br| br.admit(now)).0;
+            breakers.with(&r.name, r.breaker, |br| br.state());
+            breakers.with(&r.name, r.breaker, |br| br.record(true, now));
+            record_metrics(r.name.as_str(), if extracted { "svc" } else { "legacy" }, 0.001);
+            black_box(admit)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
