@@ -103,8 +103,8 @@ pub async fn run(placement: Arc<Placement>, kafka: KafkaConfig, group: String, m
     }
     tracing::info!(group = %group, "inbox projection consuming {MESSAGE_SENT_TOPIC}, {CHAT_CREATED_TOPIC}");
     loop {
-        // the events already fetched, up to BATCH: a busy chat's hundred messages are one
-        // projection (every one derives the same rows from the truth), not a hundred
+        // the events that arrive within GATHER of the first, up to BATCH: a busy chat's hundred
+        // messages are one projection (every one derives the same rows from the truth)
         let first = tokio::select! {
             m = consumer.recv() => m,
             _ = stop.changed() => break,
