@@ -45,14 +45,15 @@ const GATHER: Duration = Duration::from_millis(50);
 /// them (createChat's members there, a message's activity on them), so a direct chat of two
 /// users on one shard costs only the read.
 pub async fn project(placement: &Placement, chats: &[Uuid]) -> crate::errors::Result<usize> {
-    let mut by_source: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    // each chat's source from one reading of the routing (a move may switch reads meanwhile)
+    let mut by_source: BTreeMap<String, (bool, PgPool, Vec<Uuid>)> = BTreeMap::new();
     for chat in chats {
-        by_source.entry(placement.read_name(chat)).or_default().push(*chat);
+        let (name, on_shard, pool) = placement.read_source(chat)?;
+        by_source.entry(name).or_insert_with(|| (on_shard, pool, Vec::new())).2.push(*chat);
     }
     let mut found: Vec<ChatRow> = Vec::new();
     let mut members_of: Vec<Vec<Uuid>> = Vec::new();
-    for ids in by_source.into_values() {
-        let (on_shard, pool) = placement.read_pool(&ids[0])?;
+    for (on_shard, pool, ids) in by_source.into_values() {
         let schema = if on_shard { "chat" } else { "legacy" };
         for (row, members) in store::on_shard::chats_and_members(&pool, schema, &ids).await? {
             found.push(row);

@@ -187,9 +187,20 @@ impl Placement {
         }
     }
 
-    /// The name of the database `chat` is read from now (a shard's, or the monolith's).
-    pub fn read_name(&self, chat: &Uuid) -> String {
-        self.current.load().routing.read_db(chat).to_string()
+    /// Where `chat` is read from now: the database's name (a shard's, or the monolith's) and
+    /// [`read_pool`](Self::read_pool)'s answer, both from one reading of the routing.
+    pub fn read_source(&self, chat: &Uuid) -> Result<(String, bool, PgPool), crate::errors::ChatError> {
+        let cur = self.current.load();
+        match cur.routing.read_db(chat) {
+            bm_chatmove::plan::LEGACY => Ok((bm_chatmove::plan::LEGACY.to_string(), false, self.main.clone())),
+            name => match cur.pools.get(name) {
+                Some(p) => Ok((name.to_string(), true, p.clone())),
+                None => {
+                    tracing::error!(shard = name, "chat routing: no database URL for this shard");
+                    Err(crate::errors::ChatError::Internal)
+                }
+            },
+        }
     }
 
     /// Whether every chat is written on the monolith's tables (no move has switched writes, none
