@@ -732,10 +732,14 @@ pub mod on_shard {
         let mut event = super::message_sent(&message, chat_title.as_deref(), recipients.clone(), push_in_process);
         event.notifications_written = false;
         // the chat's activity, the sender's read marker, the activity on the inboxes of this
-        // shard and the event, in one round trip (the outbox's relay is woken at the commit)
+        // shard and the event, in one round trip (the outbox's relay is woken at the commit).
+        // The activity only moves forward, like every inbox row: now() is the transaction's
+        // start, and a sender that began first can take the chat's lock second — `now()` alone
+        // moved the chat's time back while the inboxes kept the later one (the e2e chat-list
+        // check caught it, 1–8 ms apart)
         let e = event.to_outbox();
         sqlx::query(
-            "WITH c AS (UPDATE chat.chats SET updated_at = now() WHERE id = $1),
+            "WITH c AS (UPDATE chat.chats SET updated_at = GREATEST(updated_at, now()) WHERE id = $1),
                   r AS (UPDATE chat.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2),
                   i AS (UPDATE chat.inbox SET updated_at = GREATEST(updated_at, now()) WHERE chat_id = $1),
                   o AS (INSERT INTO chat.outbox (id, topic, key, type, version, payload) VALUES ($4, $5, $6, $7, $8, $9))
