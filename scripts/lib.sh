@@ -268,3 +268,34 @@ stop_cutover() {
   local prefix=$1
   stop_bg "$prefix-notification"; stop_bg "$prefix-chat"; stop_bg "$prefix-auth"; stop_bg "$prefix-legacy"; stop_bg "$prefix-fakes"
 }
+
+# Prometheus and promtool from Debian's `prometheus` package (deploy/prometheus). On a machine
+# with systemd the package starts its own service on :9090; the project runs its own instances
+# (scripts/dev-up, scripts/check-dashboard), so a service this install started is stopped and
+# disabled. A Prometheus that was there before is left alone.
+ensure_prometheus() {
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && return 0
+  apt_install prometheus
+  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+    say "stopping the prometheus system service the package started (the stack runs its own)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+}
+
+# Starts Prometheus as start_bg NAME with CONFIG, on 127.0.0.1:PORT, keeping its data in
+# $RUN_DIR/NAME-data, and waits until it is ready.
+start_prometheus() {
+  local name=$1 config=$2 port=$3
+  ensure_prometheus
+  mkdir -p "$RUN_DIR/$name-data"
+  start_bg "$name" prometheus --config.file="$config" --web.listen-address="127.0.0.1:$port" \
+    --storage.tsdb.path="$RUN_DIR/$name-data" --storage.tsdb.retention.time=7d --log.level=warn
+  for _ in $(seq 100); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/-/ready" 2>/dev/null && return 0
+    kill -0 "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  die "Prometheus ($name) did not start on 127.0.0.1:$port (see $RUN_DIR/$name.log)"
+}
