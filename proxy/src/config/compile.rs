@@ -140,6 +140,7 @@ impl<'a> Cx<'a> {
             }
         };
 
+        let plan = self.plan(&raw);
         let mut routes = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for raw_route in &raw.routes {
@@ -154,7 +155,7 @@ impl<'a> Cx<'a> {
             if !valid_name(name) {
                 self.push(r.name.span(), K::BadRouteName(name.clone()));
             }
-            if let Some(route) = self.route(r, line, &known) {
+            if let Some(route) = self.route(r, line, &known, &plan) {
                 routes.push((Arc::new(route), raw_route.span()));
             }
         }
@@ -190,6 +191,7 @@ impl<'a> Cx<'a> {
             graphql,
             graphql_paths,
             hash: content_hash(self.src.text.as_bytes()),
+            plan,
         };
         // Dry-run copies of writes go only to upstreams that roll them back.
         for ((route, span), raw_route) in table.routes.iter().zip(spans).zip(&raw.routes) {
@@ -553,7 +555,69 @@ impl<'a> Cx<'a> {
         Some((tls, host.to_string(), port))
     }
 
-    fn route(&mut self, r: &RawRoute, line: usize, known: &[String]) -> Option<Route> {
+    /// `[plan]`: every stage once, named as a route can write it, with well-formed service
+    /// names. A stage with a bad name is still listed, so routes naming it get no second error.
+    fn plan(&mut self, raw: &RawConfig) -> Vec<Stage> {
+        let Some(plan) = raw.plan.as_ref().map(|p| p.get_ref()) else { return Vec::new() };
+        if plan.stages.get_ref().is_empty() {
+            let reason = "list the stages in the order they happen, e.g. [{ name = \"january\", services = [\"auth\"] }]".into();
+            self.push(plan.stages.span(), K::BadValue { what: "plan stages", value: "[]".into(), reason });
+        }
+        let mut out: Vec<Stage> = Vec::new();
+        let mut lines: Vec<usize> = Vec::new();
+        for stage in plan.stages.get_ref() {
+            let st = stage.get_ref();
+            let name = st.name.get_ref();
+            if !valid_stage_name(name) {
+                let reason = "1 to 40 letters, digits, spaces, `-`, `_` or `.`, such as \"january\" or \"2027-02 chat\"".into();
+                self.push(st.name.span(), K::BadValue { what: "stage name", value: name.clone(), reason });
+            }
+            if let Some(i) = out.iter().position(|s| &*s.name == name.as_str()) {
+                self.push(st.name.span(), K::DuplicateStage { name: name.clone(), first_line: lines[i] });
+                continue;
+            }
+            let mut services = Vec::new();
+            for service in st.services.iter().flat_map(|s| s.get_ref()) {
+                if !valid_name(service.get_ref()) {
+                    let reason = "an upstream name: letters, digits, `-`, `_` and `.`".into();
+                    self.push(service.span(), K::BadValue { what: "service name", value: service.get_ref().clone(), reason });
+                } else if !services.contains(service.get_ref()) {
+                    services.push(service.get_ref().clone());
+                }
+            }
+            lines.push(self.src.locate(st.name.span().start).line);
+            out.push(Stage { name: Arc::from(name.as_str()), services });
+        }
+        out
+    }
+
+    /// The stage a route names, which `[plan]` must declare.
+    fn stage(&mut self, r: &RawRoute, plan: &[Stage]) -> Option<Arc<str>> {
+        let s = r.stage.as_ref()?;
+        let (name, route, target) = (s.get_ref(), r.name.get_ref(), r.target.get_ref());
+        let Some(stage) = plan.iter().find(|st| &*st.name == name.as_str()) else {
+            let known: Vec<&str> = plan.iter().map(|st| &*st.name).filter(|n| valid_stage_name(n)).collect();
+            let kind = K::UnknownStage {
+                route: route.clone(),
+                stage: name.clone(),
+                suggestion: schema::suggest(name, &known).map(str::to_string),
+                known: known.iter().map(|k| k.to_string()).collect(),
+            };
+            self.push(s.span(), kind);
+            return None;
+        };
+        // a route filed under one month while the plan moves its service in another
+        if !stage.services.contains(target) {
+            if let Some(other) = plan.iter().find(|st| st.services.contains(target)) {
+                let message =
+                    format!("route `{route}` is in stage `{name}`, but [plan] lists its target `{target}` under stage `{}`", other.name);
+                self.warn(s.span(), message);
+            }
+        }
+        Some(stage.name.clone())
+    }
+
+    fn route(&mut self, r: &RawRoute, line: usize, known: &[String], plan: &[Stage]) -> Option<Route> {
         let name = r.name.get_ref().clone();
         let target = UpstreamName::from(r.target.get_ref().as_str());
         if !known.contains(r.target.get_ref()) {
@@ -630,8 +694,10 @@ impl<'a> Cx<'a> {
                 min_requests: self.number(&d.min_requests, "min_requests", 1..=1_000_000, "1..=1000000", 20) as u64,
             }
         });
+        let stage = self.stage(r, plan);
         let matcher = self.route_match(&name, r.matcher.as_ref(), r.name.span())?;
         Some(Route {
+            stage,
             demote,
             shadow,
             name: RouteName::from(name.as_str()),
@@ -902,6 +968,15 @@ impl Cx<'_> {
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// A stage name: short, printable, no surrounding spaces (routes repeat it exactly).
+fn valid_stage_name(name: &str) -> bool {
+    let n = name.chars().count();
+    (1..=40).contains(&n)
+        && name.chars().all(|c| c.is_alphanumeric() || " -_.".contains(c))
+        && !name.starts_with(' ')
+        && !name.ends_with(' ')
 }
 
 /// An environment variable name as shells accept it.

@@ -141,6 +141,10 @@ impl RouteTable {
                     if o.breaker != r.breaker {
                         what.push("breaker settings".to_string());
                     }
+                    if o.stage != r.stage {
+                        let name = |s: &Option<std::sync::Arc<str>>| s.as_deref().map_or_else(|| "(none)".to_string(), str::to_string);
+                        what.push(format!("stage {} → {}", name(&o.stage), name(&r.stage)));
+                    }
                     if !what.is_empty() {
                         changes.push(Change::RouteChanged { route: r.name.to_string(), what });
                     }
@@ -176,6 +180,24 @@ impl RouteTable {
         if old.graphql != new.graphql {
             changes
                 .push(Change::RouteChanged { route: "[graphql]".into(), what: vec!["schema, limits or mixed-operation handling".into()] });
+        }
+
+        if old.plan != new.plan {
+            let list = |t: &RouteTable| {
+                let stages: Vec<String> = t
+                    .plan
+                    .iter()
+                    .map(
+                        |st| if st.services.is_empty() { st.name.to_string() } else { format!("{} ({})", st.name, st.services.join(", ")) },
+                    )
+                    .collect();
+                if stages.is_empty() {
+                    "none".to_string()
+                } else {
+                    stages.join(", ")
+                }
+            };
+            changes.push(Change::RouteChanged { route: "[plan]".into(), what: vec![format!("stages {} → {}", list(old), list(new))] });
         }
 
         let (os, ns) = (&old.server, &new.server);

@@ -125,6 +125,10 @@ pub enum ConfigErrorKind {
     UnknownField { field: String, schema: String, suggestion: Option<String> },
     #[error("routes `{by}` and `{route}` both claim subscription fields on `{path}`, but a WebSocket can only go to one")]
     TwoWebSocketOwners { path: String, route: String, by: String },
+    #[error("route `{route}` names stage `{stage}`, which [plan] does not declare")]
+    UnknownStage { route: String, stage: String, suggestion: Option<String>, known: Vec<String> },
+    #[error("stage `{name}` is declared twice (first at line {first_line})")]
+    DuplicateStage { name: String, first_line: usize },
 }
 
 impl ConfigErrorKind {
@@ -173,6 +177,12 @@ impl ConfigErrorKind {
             UnknownField { suggestion: Some(s), .. } => format!("did you mean `{s}`?"),
             UnknownField { .. } => "claim only root fields of Query, Mutation or Subscription".into(),
             TwoWebSocketOwners { .. } => "claim all subscription fields of one endpoint in one route".into(),
+            UnknownStage { suggestion: Some(s), .. } => format!("did you mean `{s}`?"),
+            UnknownStage { stage, known, .. } if known.is_empty() => {
+                format!("declare the plan's stages in order: [plan] stages = [{{ name = \"{stage}\", services = [\"…\"] }}, …]")
+            }
+            UnknownStage { known, .. } => format!("use one of: {}, or add the stage to [plan] stages", known.join(", ")),
+            DuplicateStage { .. } => "each stage appears once in [plan] stages, in the order the migration runs".into(),
             DryRunUnsupported { upstream, why, .. } => format!(
                 "{why}; an upstream that ignores the dry-run header would run each copy for real (a second write). \
                  Set `dry_run = true` on [upstreams.{upstream}] only if it rolls dry runs back (services built on \

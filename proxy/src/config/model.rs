@@ -287,6 +287,17 @@ pub struct Route {
     pub shadow: RouteShadow,
     /// Automatic demotion of a canary (see `demote.rs`); `None` when not configured.
     pub demote: Option<DemoteSettings>,
+    /// The stage of the migration plan this route belongs to (a name declared in `[plan]`).
+    pub stage: Option<Arc<str>>,
+}
+
+/// One stage of the migration plan (`[plan] stages`): a month, and the services it moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    pub name: Arc<str>,
+    /// Upstream names of the services this stage moves out of the monolith; a service may have
+    /// no upstream yet (a later month's).
+    pub services: Vec<String>,
 }
 
 /// Limits past which a canary is demoted to shadow.
@@ -575,6 +586,8 @@ pub struct RouteTable {
     pub graphql_paths: BTreeMap<String, GraphQlPath>,
     /// SHA-256 of the file's bytes, hex: tells which version is being served.
     pub hash: String,
+    /// The migration plan's stages, in order (empty without `[plan]`).
+    pub plan: Vec<Stage>,
 }
 
 impl RouteTable {

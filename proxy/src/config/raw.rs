@@ -29,6 +29,30 @@ pub struct RawConfig {
     pub shadow: Option<Spanned<RawShadow>>,
     #[serde(default)]
     pub graphql: Option<Spanned<RawGraphQl>>,
+    /// The migration plan: its stages (months) in order, each with the services it moves out of
+    /// the monolith. Routes name their stage with `stage`; progress is reported per stage.
+    #[serde(default)]
+    pub plan: Option<Spanned<RawPlan>>,
+}
+
+/// `[plan]`: the stages of the migration, in the order they happen.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    /// The stages in order, e.g. `[{ name = "january", services = ["auth"] }, …]`.
+    pub stages: Spanned<Vec<Spanned<RawStage>>>,
+}
+
+/// One stage of the plan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    /// The stage's name, as routes write it in `stage` (1 to 40 letters, digits, spaces, `-`,
+    /// `_` or `.`), e.g. "january" or "2027-02 chat".
+    pub name: Spanned<String>,
+    /// The services this stage moves out of the monolith (their upstream names; they need not
+    /// exist yet): a stage whose services have no routes yet is reported as not started.
+    pub services: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +126,9 @@ pub struct RawRoute {
     pub breaker: Option<Spanned<RawBreaker>>,
     pub shadow: Option<Spanned<RawRouteShadow>>,
     pub demote: Option<Spanned<RawDemote>>,
+    /// The stage of `[plan]` this route belongs to (e.g. "february"): `strangler plan`, the
+    /// admin API's `/plan` and the dashboard report the migration's progress per stage.
+    pub stage: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

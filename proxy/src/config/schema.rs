@@ -89,8 +89,12 @@ static ROUTE: Shape = Shape::Table(&[
     ("breaker", &BREAKER),
     ("shadow", &ROUTE_SHADOW),
     ("demote", &DEMOTE),
+    ("stage", &ANY),
 ]);
 static ROUTES: Shape = Shape::ArrayOf(&ROUTE);
+static STAGE: Shape = Shape::Table(&[("name", &ANY), ("services", &ANY)]);
+static STAGES: Shape = Shape::ArrayOf(&STAGE);
+static PLAN: Shape = Shape::Table(&[("stages", &STAGES)]);
 pub(crate) static ROOT: Shape = Shape::Table(&[
     ("server", &SERVER),
     ("listeners", &LISTENERS),
@@ -99,6 +103,7 @@ pub(crate) static ROOT: Shape = Shape::Table(&[
     ("routes", &ROUTES),
     ("shadow", &SHADOW),
     ("graphql", &GRAPHQL),
+    ("plan", &PLAN),
 ]);
 
 /// A key that the schema does not know.

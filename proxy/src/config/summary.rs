@@ -42,6 +42,22 @@ impl RouteTable {
             let _ = writeln!(s, "  {:<w$}  {:<40} → {:<10} {mode}", r.name.as_str(), r.matcher.to_string(), r.target.as_str());
         }
         let _ = write!(s, "  {:<w$}  {:<40} → {}", "(unmatched)", "anything else", self.default_upstream);
+        if !self.plan.is_empty() {
+            let _ = write!(s, "\n\nplan ({} stages):", self.plan.len());
+            let unplanned: Vec<&str> = self.routes.iter().filter(|r| r.stage.is_none()).map(|r| r.name.as_str()).collect();
+            let w =
+                self.plan.iter().map(|st| st.name.chars().count()).chain(unplanned.first().map(|_| "(no stage)".len())).max().unwrap_or(0);
+            for st in &self.plan {
+                let routes: Vec<&str> =
+                    self.routes.iter().filter(|r| r.stage.as_deref() == Some(&*st.name)).map(|r| r.name.as_str()).collect();
+                let routes = if routes.is_empty() { "no routes yet".to_string() } else { format!("routes {}", routes.join(", ")) };
+                let services = if st.services.is_empty() { "-".to_string() } else { st.services.join(", ") };
+                let _ = write!(s, "\n  {:<w$}  {services:<24} {routes}", &*st.name);
+            }
+            if !unplanned.is_empty() {
+                let _ = write!(s, "\n  {:<w$}  {:<24} routes {}", "(no stage)", "", unplanned.join(", "));
+            }
+        }
         s
     }
 
@@ -62,7 +78,13 @@ impl RouteTable {
                 "percent": r.percent.get(),
                 "sticky": r.sticky.to_string(),
                 "fallback": r.fallback,
+                "stage": r.stage.as_deref(),
                 "line": r.line,
+            })).collect::<Vec<_>>(),
+            "plan": self.plan.iter().map(|st| json!({
+                "stage": &*st.name,
+                "services": st.services,
+                "routes": self.routes.iter().filter(|r| r.stage.as_deref() == Some(&*st.name)).map(|r| r.name.as_str()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })
     }

@@ -12,6 +12,7 @@
 //! compared). Everything else — `date`, `server`, `etag`, `content-length`, framing, request
 //! ids, `x-powered-by` — is transport noise. A route adds names with `rules.headers`.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::io::Read;
 
@@ -183,6 +184,10 @@ pub fn compare(legacy: &Exchange, candidate: &Exchange, rules: &Rules) -> Vec<Di
     }
     compare_headers(legacy, candidate, rules, &mut out);
     let (lb, cb) = (decoded(legacy), decoded(candidate));
+    if lb == cb {
+        // the same bytes cannot differ in any field or line: no parse (the usual case)
+        return out;
+    }
     match (as_json(legacy, &lb), as_json(candidate, &cb)) {
         (Some(a), Some(b)) => compare_json(&a, &b, &FieldPath::root(), rules, &mut out),
         (None, None) => {
@@ -271,8 +276,11 @@ fn cookie_shapes(e: &Exchange) -> Vec<String> {
 }
 
 /// The body with its `content-encoding` undone; undecodable bodies are compared as received.
-pub fn decoded(e: &Exchange) -> Vec<u8> {
+pub fn decoded(e: &Exchange) -> Cow<'_, [u8]> {
     let enc = e.header("content-encoding").unwrap_or("").trim().to_ascii_lowercase();
+    if enc.is_empty() || enc == "identity" {
+        return Cow::Borrowed(&e.body);
+    }
     let mut out = Vec::new();
     let ok = match enc.as_str() {
         "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(&e.body[..]).read_to_end(&mut out).is_ok(),
@@ -281,9 +289,9 @@ pub fn decoded(e: &Exchange) -> Vec<u8> {
         _ => false,
     };
     if ok {
-        out
+        Cow::Owned(out)
     } else {
-        e.body.clone()
+        Cow::Borrowed(&e.body)
     }
 }
 

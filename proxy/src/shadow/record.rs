@@ -156,6 +156,19 @@ const MAX_ANSWER_IDS: usize = 256;
 /// The UUIDs in an answer body (decoded as the diff engine does), by JSON path, for a replay to
 /// map recorded ids to its own ([`Record::answer_ids`]). Ids are not secrets.
 pub fn answer_ids(answer: &Exchange) -> BTreeMap<String, String> {
+    answer_facts(answer).1
+}
+
+/// [`answer_secrets`] and [`answer_ids`] from one parse of the body: the tee asks for both for
+/// every comparison, and parsing the monolith's answer is most of their cost.
+pub fn answer_facts(answer: &Exchange) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    match serde_json::from_slice::<Value>(&decoded(answer)) {
+        Ok(v) => (secrets_in(&v), ids_in(&v)),
+        Err(_) => Default::default(),
+    }
+}
+
+fn ids_in(v: &Value) -> BTreeMap<String, String> {
     fn walk(v: &Value, path: &FieldPath, out: &mut BTreeMap<String, String>) {
         if out.len() >= MAX_ANSWER_IDS {
             return;
@@ -170,9 +183,7 @@ pub fn answer_ids(answer: &Exchange) -> BTreeMap<String, String> {
         }
     }
     let mut out = BTreeMap::new();
-    if let Ok(v) = serde_json::from_slice::<Value>(&decoded(answer)) {
-        walk(&v, &FieldPath::root(), &mut out);
-    }
+    walk(v, &FieldPath::root(), &mut out);
     out
 }
 
@@ -192,10 +203,12 @@ pub fn is_uuid(s: &str) -> bool {
 /// does), by JSON path (`$.refreshToken`, `$.items[0].token`). A string counts when its own
 /// key, or the key of an enclosing object or array, names a secret (passwords never count).
 pub fn answer_secrets(answer: &Exchange) -> BTreeMap<String, String> {
+    answer_facts(answer).0
+}
+
+fn secrets_in(v: &Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    if let Ok(v) = serde_json::from_slice::<Value>(&decoded(answer)) {
-        collect_secrets(&v, &FieldPath::root(), false, &mut out);
-    }
+    collect_secrets(v, &FieldPath::root(), false, &mut out);
     out
 }
 

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use super::diff::{compare, Exchange, Rules};
 use super::noise::NoiseModel;
-use super::record::{answer_ids, answer_secrets, redact_headers, redact_uri, Outcome, Record, Summary};
+use super::record::{answer_facts, redact_headers, redact_uri, Outcome, Record, Summary};
 use crate::config::{Route, Upstream};
 use crate::metrics as m;
 use strangler_protocol::dry_run::Signed;
@@ -185,8 +185,7 @@ impl Tee {
         }
         // The monolith's answer: the fingerprints of its secrets let a replay follow a session.
         let legacy_answer = if cap.primary_is_legacy { Some(&cap.primary) } else { other.as_ref().ok() };
-        let answer_secrets = legacy_answer.map(answer_secrets).unwrap_or_default();
-        let answer_ids = legacy_answer.map(answer_ids).unwrap_or_default();
+        let (answer_secrets, answer_ids) = legacy_answer.map(answer_facts).unwrap_or_default();
         let (outcome, regressions, noise, error, statuses) = match other {
             Err(o) => {
                 (o, Vec::new(), Vec::new(), Some(format!("shadow request to {} failed ({})", cap.other.name, o.as_str())), (None, None))
