@@ -466,3 +466,96 @@ fn graphql_routes_compile_to_claims_and_field_moves_show_in_diffs() {
     assert!(plain.warnings.iter().any(|w| w.message.contains("without [graphql] schema")), "{:?}", plain.warnings);
     assert_eq!(plain.table.graphql_paths["/graphql"].websocket, None);
 }
+
+// ---- the migration plan ----
+
+const PLAN: &str = r#"
+[plan]
+stages = [
+  { name = "january", services = ["auth"] },
+  { name = "february", services = ["chat", "notification"] },
+  { name = "march", services = ["call", "payment"] },
+]
+"#;
+
+#[test]
+fn plan_labels_routes_and_lists_stages_in_order() {
+    let text = format!(
+        "{BASE}{PLAN}\n[[routes]]\nname = \"auth\"\nmatch = {{ path_prefix = \"/auth\" }}\ntarget = \"auth\"\nmode = \"extracted\"\nstage = \"january\"\n\n[[routes]]\nname = \"misc\"\nmatch = {{ path_prefix = \"/misc\" }}\ntarget = \"auth\"\n"
+    );
+    let compiled = compile(&text).unwrap();
+    let t = &compiled.table;
+    let stages: Vec<(&str, Vec<&str>)> = t.plan.iter().map(|s| (&*s.name, s.services.iter().map(String::as_str).collect())).collect();
+    assert_eq!(stages, [("january", vec!["auth"]), ("february", vec!["chat", "notification"]), ("march", vec!["call", "payment"])]);
+    assert_eq!(t.route("auth").unwrap().stage.as_deref(), Some("january"));
+    assert_eq!(t.route("misc").unwrap().stage, None);
+    assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+    insta::assert_snapshot!("plan_summary", t.summary());
+    let json = t.to_json();
+    assert_eq!(json["routes"][0]["stage"], "january");
+    assert_eq!(json["plan"][0]["routes"][0], "auth");
+    assert_eq!(json["plan"][2]["routes"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn plan_errors_point_at_the_stage() {
+    // a typo'd stage (with a suggestion), a stage the plan lacks, a stage declared twice, bad
+    // names, an unknown key in a stage
+    let text = format!(
+        r#"{BASE}
+[plan]
+stages = [
+  {{ name = "january", services = ["auth"] }},
+  {{ name = "february", services = ["chat", "no tification"] }},
+  {{ name = "january" }},
+  {{ name = " spaced", servcies = ["x"] }},
+]
+
+[[routes]]
+name = "auth"
+match = {{ path_prefix = "/auth" }}
+target = "auth"
+stage = "feburary"
+
+[[routes]]
+name = "other"
+match = {{ path_prefix = "/other" }}
+target = "auth"
+stage = "june"
+"#
+    );
+    insta::assert_snapshot!("plan_errors", errors(&text));
+}
+
+#[test]
+fn a_stage_without_a_plan_and_an_empty_plan_are_errors() {
+    let text = format!("{BASE}\n[[routes]]\nname = \"auth\"\ntarget = \"auth\"\nstage = \"january\"\n");
+    insta::assert_snapshot!("stage_without_plan", errors(&text));
+    let text = format!("{BASE}\n[plan]\nstages = []\n");
+    insta::assert_snapshot!("empty_plan", errors(&text));
+    // `[plan]` without `stages`: serde's message, at the table
+    let text = format!("{BASE}\n[plan]\n");
+    assert!(errors(&text).contains("missing field `stages`"), "{}", errors(&text));
+}
+
+#[test]
+fn a_route_filed_under_another_month_than_its_service_warns() {
+    let text = format!("{BASE}{PLAN}\n[[routes]]\nname = \"auth\"\ntarget = \"auth\"\nstage = \"march\"\n");
+    let warnings: Vec<String> = compile(&text).unwrap().warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        ["routes.toml:19:9: warning: route `auth` is in stage `march`, but [plan] lists its target `auth` under stage `january`"]
+    );
+}
+
+#[test]
+fn diff_shows_stage_and_plan_changes() {
+    let route = "\n[[routes]]\nname = \"auth\"\nmatch = { path_prefix = \"/auth\" }\ntarget = \"auth\"\nmode = \"extracted\"\n";
+    let old = compile(&format!("{BASE}{route}")).unwrap().table;
+    let new = compile(&format!("{BASE}{PLAN}{route}stage = \"january\"\n")).unwrap().table;
+    assert_eq!(
+        RouteTable::diff(&old, &new).to_string(),
+        "~ route `auth`: stage (none) → january\n~ route `[plan]`: stages none → january (auth), february (chat, notification), march (call, payment)"
+    );
+    assert!(RouteTable::diff(&new, &new).is_empty());
+}
