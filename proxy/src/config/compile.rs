@@ -12,7 +12,6 @@ use http::{HeaderName, Method};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::de::DeTable;
-use toml::Spanned;
 
 use super::error::{ConfigError, ConfigErrorKind as K, ConfigErrors, ConfigWarning, Source};
 use super::model::*;

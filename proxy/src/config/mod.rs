@@ -7,14 +7,17 @@
 mod compile;
 mod diff;
 mod error;
+mod json_schema;
 mod model;
 pub mod raw;
 mod schema;
+mod spanned;
 mod summary;
 
 pub use compile::{content_hash, Compiled, DEFAULT_ADMIN, DEFAULT_LISTEN};
 pub use diff::{route_summary, Change, RoutingDiff};
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, ConfigWarning, Location, Source};
+pub use json_schema::{routes_schema, routes_schema_text, SCHEMA_FILE};
 pub use model::*;
 
 #[cfg(test)]
