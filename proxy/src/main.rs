@@ -128,6 +128,9 @@ enum Command {
         #[arg(long)]
         setup: Vec<String>,
     },
+    /// Print the JSON Schema of routes.toml, for editors (docs/routes.schema.json is a copy;
+    /// docs/routes.md says how an editor picks it up).
+    Schema,
     /// Validate a route table and print it; with --against, print what it changes.
     Check {
         file: PathBuf,
@@ -208,6 +211,13 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_FAILURE)
                 }
             },
+            Err(e) => {
+                eprintln!("strangler: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Command::Schema => match print_out(&strangler::config::routes_schema_text()) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("strangler: {e:#}");
                 ExitCode::from(EXIT_FAILURE)
