@@ -103,3 +103,16 @@ fn unreadable_file_exits_2() {
     assert_eq!(code, 2);
     assert!(err.contains("reading /nonexistent/routes.toml"), "{err}");
 }
+
+/// `strangler schema` prints what docs/routes.schema.json holds (the unit tests in
+/// config/json_schema.rs hold that file to the compiler).
+#[test]
+fn schema_prints_the_json_schema_the_repository_keeps() {
+    let (code, out, err) = strangler(&["schema"]);
+    assert_eq!(code, 0, "{err}");
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/routes.schema.json")).unwrap();
+    assert_eq!(out, committed);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["$schema"], "http://json-schema.org/draft-07/schema#");
+    assert!(v["definitions"]["Route"]["properties"]["mode"]["enum"].as_array().is_some_and(|m| m.len() == 4), "{v}");
+}
