@@ -114,30 +114,87 @@ impl CircuitBreaker {
     }
 }
 
+/// Transitions kept per route, for the operator's view (`/plan`, the dashboard).
+pub const HISTORY: usize = 20;
+
+/// A breaker changing state (`at` is when the request that changed it was handled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub at: Instant,
+    pub from: BreakerState,
+    pub to: BreakerState,
+}
+
+/// A route's breaker as the admin API shows it: its state and its last transitions.
+#[derive(Debug, Clone)]
+pub struct RouteBreaker {
+    pub route: RouteName,
+    pub state: BreakerState,
+    /// Oldest first, at most [`HISTORY`].
+    pub transitions: Vec<Transition>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    breaker: CircuitBreaker,
+    history: std::collections::VecDeque<Transition>,
+}
+
 /// One breaker per route, shared by all requests and kept across reloads.
 #[derive(Debug, Default)]
 pub struct Breakers {
     // A std mutex: held for a few instructions, never across an `.await`.
-    map: Mutex<HashMap<RouteName, CircuitBreaker>>,
+    map: Mutex<HashMap<RouteName, Entry>>,
 }
 
 impl Breakers {
     /// Runs `f` on the route's breaker, creating (or, when settings changed, resetting) it.
-    /// Returns `f`'s result and the state after it.
+    /// Returns `f`'s result and the state after it. A change of state is kept in the route's
+    /// history, stamped `now` (the time `f` was given).
     pub fn with<T>(&self, route: &RouteName, settings: BreakerSettings, f: impl FnOnce(&mut CircuitBreaker) -> T) -> (T, BreakerState) {
+        self.with_at(route, settings, None, f)
+    }
+
+    /// [`Breakers::with`], stamping a change of state with `now`.
+    pub fn with_at<T>(
+        &self,
+        route: &RouteName,
+        settings: BreakerSettings,
+        now: Option<Instant>,
+        f: impl FnOnce(&mut CircuitBreaker) -> T,
+    ) -> (T, BreakerState) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let b = map.entry(route.clone()).or_insert_with(|| CircuitBreaker::new(settings));
-        if b.settings != settings {
-            *b = CircuitBreaker::new(settings);
+        let e = map.entry(route.clone()).or_insert_with(|| Entry { breaker: CircuitBreaker::new(settings), history: Default::default() });
+        let before = e.breaker.state();
+        if e.breaker.settings != settings {
+            e.breaker = CircuitBreaker::new(settings);
         }
-        let out = f(b);
-        (out, b.state())
+        let out = f(&mut e.breaker);
+        let after = e.breaker.state();
+        if before != after {
+            e.history.push_back(Transition { at: now.unwrap_or_else(Instant::now), from: before, to: after });
+            if e.history.len() > HISTORY {
+                e.history.pop_front();
+            }
+        }
+        (out, after)
     }
 
     pub fn states(&self) -> Vec<(RouteName, BreakerState)> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = map.iter().map(|(k, b)| (k.clone(), b.state())).collect();
+        let mut v: Vec<_> = map.iter().map(|(k, e)| (k.clone(), e.breaker.state())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Every route's breaker with its last transitions, by route name.
+    pub fn history(&self) -> Vec<RouteBreaker> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map
+            .iter()
+            .map(|(k, e)| RouteBreaker { route: k.clone(), state: e.breaker.state(), transitions: e.history.iter().copied().collect() })
+            .collect();
+        v.sort_by(|a, b| a.route.cmp(&b.route));
         v
     }
 }
@@ -201,5 +258,39 @@ mod tests {
         assert_eq!(reg.with(&name, settings(), |_| ()).1, BreakerState::Open);
         let other = BreakerSettings { failures: 5, ..settings() };
         assert_eq!(reg.with(&name, other, |_| ()).1, BreakerState::Closed);
+    }
+
+    #[test]
+    fn registry_keeps_each_routes_last_transitions() {
+        let reg = Breakers::default();
+        let name = RouteName::from("auth");
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            reg.with_at(&name, settings(), Some(t0), |b| b.record(false, t0));
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(reg.with_at(&name, settings(), Some(t1), |b| b.admit(t1)).0, Admit::Probe);
+        reg.with_at(&name, settings(), Some(t1), |b| b.record(true, t1));
+        let h = reg.history();
+        assert_eq!(h.len(), 1);
+        let seen: Vec<(BreakerState, BreakerState, Instant)> = h[0].transitions.iter().map(|t| (t.from, t.to, t.at)).collect();
+        assert_eq!(
+            seen,
+            [
+                (BreakerState::Closed, BreakerState::Open, t0),
+                (BreakerState::Open, BreakerState::HalfOpen, t1),
+                (BreakerState::HalfOpen, BreakerState::Closed, t1)
+            ]
+        );
+        // bounded: a flapping breaker keeps only the last HISTORY transitions
+        for i in 0..HISTORY as u64 {
+            let t = t1 + Duration::from_secs(100 * (i + 1));
+            for _ in 0..3 {
+                reg.with_at(&name, settings(), Some(t), |b| b.record(false, t));
+            }
+            reg.with_at(&name, settings(), Some(t + Duration::from_secs(10)), |b| b.admit(t + Duration::from_secs(10)));
+            reg.with_at(&name, settings(), Some(t + Duration::from_secs(10)), |b| b.record(true, t));
+        }
+        assert_eq!(reg.history()[0].transitions.len(), HISTORY);
     }
 }

@@ -64,6 +64,18 @@ pub struct Demotion {
     pub at_unix_secs: u64,
 }
 
+/// A demotion as the history keeps it: when, why, and when a reload re-promoted the route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DemotionEvent {
+    pub route: String,
+    pub reason: String,
+    pub at_unix_secs: u64,
+    pub promoted_at_unix_secs: Option<u64>,
+}
+
+/// Demotions kept in the history (of all routes).
+pub const HISTORY: usize = 50;
+
 #[derive(Debug)]
 struct RouteWatch {
     settings: DemoteSettings,
@@ -76,6 +88,8 @@ struct RouteWatch {
 pub struct Demoter {
     // A std mutex: held briefly, never across an `.await`.
     inner: Mutex<(HashMap<RouteName, RouteWatch>, HashMap<RouteName, Demotion>)>,
+    /// The last demotions, oldest first; a reload does not clear it.
+    history: Mutex<VecDeque<DemotionEvent>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,9 +111,21 @@ impl Demoter {
         v
     }
 
+    /// The last demotions of every route, oldest first.
+    pub fn history(&self) -> Vec<DemotionEvent> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
     /// Re-promotes every route and forgets the windows (called on reload).
     pub fn reset(&self) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.1.is_empty() {
+            let now = crate::clock::now_unix_secs();
+            let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            for e in history.iter_mut().filter(|e| e.promoted_at_unix_secs.is_none()) {
+                e.promoted_at_unix_secs = Some(now);
+            }
+        }
         for route in g.1.keys() {
             metrics::gauge!(m::ROUTE_DEMOTED, "route" => route.to_string()).set(0.0);
         }
@@ -139,7 +165,13 @@ impl Demoter {
         error!(route = %route, reason = %reason, "canary demoted to shadow: all users back on the monolith; reload to re-promote");
         metrics::gauge!(m::ROUTE_DEMOTED, "route" => route.to_string()).set(1.0);
         metrics::counter!(m::DEMOTIONS_TOTAL, "route" => route.to_string(), "reason" => if matches!(signal, Signal::Answer(_)) { "errors" } else { "mismatches" }).increment(1);
-        demoted.insert(route.clone(), Demotion { reason, at_unix_secs: crate::clock::now_unix_secs() });
+        let at_unix_secs = crate::clock::now_unix_secs();
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.push_back(DemotionEvent { route: route.to_string(), reason: reason.clone(), at_unix_secs, promoted_at_unix_secs: None });
+        if history.len() > HISTORY {
+            history.pop_front();
+        }
+        demoted.insert(route.clone(), Demotion { reason, at_unix_secs });
         true
     }
 }
@@ -180,8 +212,14 @@ mod tests {
         }
         assert!(d.is_demoted(&r));
         assert!(d.demotions()[0].1.reason.starts_with("5xx answers: 5 of 10"));
+        assert_eq!(d.history().len(), 1);
+        assert_eq!(d.history()[0].promoted_at_unix_secs, None);
         d.reset();
         assert!(!d.is_demoted(&r));
+        // the history outlives the reload, which it records as the re-promotion
+        assert_eq!(d.history().len(), 1);
+        assert!(d.history()[0].promoted_at_unix_secs.is_some());
+        assert_eq!(d.history()[0].route, "auth");
         // At the limit is allowed: 1 of 20 mismatches = 5% (the bad one last, so the share never passes 5%).
         for i in 0..20 {
             assert!(!d.observe(&r, settings(), Signal::Comparison(i == 19), now));

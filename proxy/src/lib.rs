@@ -11,7 +11,10 @@
 //! - [`edge`]: the Pingora `ProxyHttp` implementation: per-request decisions, header hygiene,
 //!   fallback.
 //! - [`reload`]: the live table behind an `ArcSwap`, file watching, SIGHUP and the admin reload.
-//! - [`admin`]: the admin API (routes, health, readiness, metrics, reload).
+//! - [`admin`]: the admin API (routes, health, readiness, metrics, reload, the migration's
+//!   progress and the cut-over dashboard).
+//! - [`progress`]: the migration's progress measured from live traffic (lock-free counters per
+//!   route and backend, the monolith's endpoints), and the report built from it.
 //! - [`outbound`]: the proxy's own HTTP clients (shadow copies, health checks) and their TLS trust.
 //! - [`metrics`]: metric names, in one place.
 //! - [`serve`]: assembling the Pingora server from a table.
@@ -31,6 +34,7 @@ pub mod graphql;
 pub mod health;
 pub mod metrics;
 pub mod outbound;
+pub mod progress;
 pub mod reload;
 pub mod routing;
 pub mod serve;

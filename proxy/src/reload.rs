@@ -79,6 +79,8 @@ pub struct LiveState {
     pub health: Arc<crate::health::HealthTable>,
     /// Canary routes demoted at run time; any successful reload re-promotes them.
     pub demoter: Arc<crate::demote::Demoter>,
+    /// Who answered each route's requests, and since when each route has its mode.
+    pub progress: Arc<crate::progress::Progress>,
 }
 
 impl LiveState {
@@ -86,7 +88,10 @@ impl LiveState {
         let hash = table.hash.clone();
         metrics::gauge!(m::CONFIG_LOADED_TIMESTAMP_SECONDS).set(unix_secs(SystemTime::now()) as f64);
         metrics::gauge!(m::CONFIG_IN_SYNC).set(1.0);
+        let progress = Arc::new(crate::progress::Progress::default());
+        progress.adopt(&table, SystemTime::now());
         Arc::new(LiveState {
+            progress,
             table: Arc::new(ArcSwap::from_pointee(table)),
             config_path,
             breakers: Breakers::default(),
@@ -146,6 +151,8 @@ impl LiveState {
             Ok((table, warnings)) => {
                 let diff = RouteTable::diff(&current, &table);
                 let hash = table.hash.clone();
+                // the mode history first: a request that sees the new table finds its new routes
+                self.progress.adopt(&table, SystemTime::now());
                 self.table.store(Arc::new(table));
                 self.demoter.reset();
                 *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner()) = SystemTime::now();

@@ -96,6 +96,9 @@ pub struct RequestCtx {
     /// The kind of the GraphQL operation read from the request, when one was: a query is
     /// idempotent and safe whatever the method, a mutation is neither.
     operation: Option<crate::graphql::OperationKind>,
+    /// That operation's root fields (moved out of the parse, not copied): what the monolith
+    /// answered, when it did, is counted per field (`crate::progress`).
+    graphql_root: Option<std::collections::BTreeSet<String>>,
 }
 
 /// What is captured for the shadow copy while the request is served.
@@ -418,7 +421,7 @@ impl Edge {
             }
         };
         ctx.operation = Some(fields.kind);
-        Ok(match owner(&fields.fields, &gql.claims) {
+        let pick = match owner(&fields.fields, &gql.claims) {
             Owner::Route(i) => {
                 count("owned", "");
                 GraphQlPick::Route(i)
@@ -442,7 +445,57 @@ impl Edge {
                     ))
                 }
             },
-        })
+        };
+        if !matches!(pick, GraphQlPick::Reject(_)) {
+            ctx.graphql_root = Some(fields.fields);
+        }
+        Ok(pick)
+    }
+
+    /// Counts the request for the migration's progress (`crate::progress`): who answered it,
+    /// and, when the monolith did, under which endpoint template (a GraphQL operation: under
+    /// each of its root fields). Atomic counters only; a template's text is built the first
+    /// time it is seen.
+    fn count_progress(&self, session: &Session, ctx: &RequestCtx, now: Instant) {
+        use crate::progress::monolith::{graphql_template, graphql_template_key, Named};
+        use crate::progress::Backend;
+        // an answer the proxy gave itself (a refused request, an open breaker without
+        // fallback) is no backend's
+        if ctx.upstream_started.is_none() {
+            return;
+        }
+        let backend = match (ctx.fell_back, ctx.side) {
+            (Some(_), _) => Backend::Fallback,
+            (None, Side::Extracted) => Backend::Target,
+            (None, Side::Legacy) => Backend::Legacy,
+        };
+        let progress = &self.state.progress;
+        let route = ctx.route.as_ref().map(|r| &r.name);
+        progress.record(route, backend, now);
+        if backend == Backend::Target {
+            return;
+        }
+        let req = session.req_header();
+        let path = req.uri.path();
+        match (&ctx.graphql_root, ctx.operation) {
+            (Some(fields), Some(kind)) => {
+                for field in fields {
+                    let key = graphql_template_key(path, kind.as_str(), field);
+                    progress.record_monolith(key, now, || Named {
+                        template: graphql_template(path, kind.as_str(), field).into(),
+                        route: route.cloned(),
+                    });
+                }
+            }
+            _ => {
+                let method = req.method.as_str();
+                let key = crate::shadow::template::endpoint_template_key(method, path);
+                progress.record_monolith(key, now, || Named {
+                    template: crate::shadow::endpoint_template(method, path).into(),
+                    route: route.cloned(),
+                });
+            }
+        }
     }
 }
 
@@ -483,6 +536,7 @@ impl ProxyHttp for Edge {
             aborted: None,
             graphql: false,
             operation: None,
+            graphql_root: None,
         }
     }
 
@@ -777,10 +831,12 @@ impl ProxyHttp for Edge {
                 self.state.demoter.observe(&route.name, limits, crate::demote::Signal::Answer(failed), Instant::now());
             }
         }
+        let now = Instant::now();
+        self.count_progress(session, ctx, now);
         let route = ctx.route_label();
         let target = ctx.target_label();
         let mode = ctx.mode_label();
-        let elapsed = ctx.started.elapsed();
+        let elapsed = now.saturating_duration_since(ctx.started);
         let status_label = if ctx.aborted.is_some() { "aborted" } else { m::status_class(status) };
         metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "target" => target.clone(), "mode" => mode, "status" => status_label).increment(1);
         metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route.clone()).record(elapsed.as_secs_f64());

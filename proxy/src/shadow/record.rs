@@ -483,6 +483,9 @@ pub struct RouteSummary {
     /// Places seen differing that are noise (shown, not counted).
     pub noise_fields: BTreeMap<String, u64>,
     pub endpoints: BTreeMap<String, u64>,
+    /// When the newest comparison was recorded (for the operator's view; not in reports).
+    #[serde(skip)]
+    pub last_unix_ms: Option<u64>,
 }
 
 impl RouteSummary {
@@ -505,6 +508,7 @@ impl Summary {
     pub fn add(&mut self, r: &Record) {
         let s = self.routes.entry(r.route.clone()).or_default();
         s.compared += 1;
+        s.last_unix_ms = s.last_unix_ms.max(Some(r.ts_unix_ms));
         *s.endpoints.entry(r.endpoint.clone()).or_default() += 1;
         match r.outcome {
             Outcome::Match => s.matches += 1,

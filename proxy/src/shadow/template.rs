@@ -11,6 +11,59 @@ pub fn endpoint_template(method: &str, path: &str) -> String {
     format!("{} {}", method.to_ascii_uppercase(), if joined.is_empty() { "/" } else { &joined })
 }
 
+/// FNV-1a (64-bit) of the text [`endpoint_template`] returns, computed without building it: the
+/// edge counts requests per template on the request path (`crate::progress`), and builds a
+/// template's text only the first time it is seen.
+pub fn endpoint_template_key(method: &str, path: &str) -> u64 {
+    let mut h = Fnv64::new();
+    for b in method.bytes() {
+        h.byte(b.to_ascii_uppercase());
+    }
+    h.byte(b' ');
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() {
+        h.byte(b'/');
+        return h.finish();
+    }
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            h.byte(b'/');
+        }
+        h.bytes(if is_id(seg) { b"{id}" } else { seg.as_bytes() });
+    }
+    h.finish()
+}
+
+/// FNV-1a, 64-bit, fed piece by piece.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fnv64 {
+    pub fn new() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+    pub fn byte(&mut self, b: u8) {
+        self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|&b| self.byte(b));
+    }
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+    pub fn of(bytes: &[u8]) -> u64 {
+        let mut h = Fnv64::new();
+        h.bytes(bytes);
+        h.finish()
+    }
+}
+
 pub fn is_id(seg: &str) -> bool {
     if seg.is_empty() {
         return false;
@@ -30,6 +83,32 @@ pub fn is_id(seg: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The key computed on the request path is the hash of the template's text.
+        #[test]
+        fn key_is_the_hash_of_the_template(
+            method in prop::sample::select(vec!["GET", "post", "DELETE", "m-séarch"]),
+            segs in prop::collection::vec(prop_oneof![
+                Just(String::new()),
+                "[a-z]{1,8}",
+                "[0-9]{1,6}",
+                "[0-9a-f]{16,24}",
+                Just("5f1c2a9e-8d4b-4e1a-9c3f-2b7d6e8a1f00".to_string()),
+                "[a-zA-Z0-9_-]{14,20}",
+            ], 0..6),
+            query in prop::option::of("[a-z=&]{0,8}"),
+        ) {
+            let mut path = segs.join("/");
+            if let Some(q) = query {
+                path = format!("{path}?{q}");
+            }
+            for p in [path.clone(), format!("/{path}")] {
+                prop_assert_eq!(endpoint_template_key(method, &p), Fnv64::of(endpoint_template(method, &p).as_bytes()), "{}", p);
+            }
+        }
+    }
 
     #[test]
     fn ids_become_placeholders() {
