@@ -8,9 +8,13 @@
 //! | `GET /shadow` | shadow comparisons per route: parity, mismatching fields with examples, noise, drops |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /reload` | reload now; 200 with the routing diff, or 422 with every error (old table kept) |
+//! | `GET /plan` | the migration's progress from live traffic, per route and per stage of the plan (`progress::report`) |
+//! | `GET /dashboard` | the cut-over dashboard: a page that draws `/plan` (no token needed for the page itself) |
 //!
-//! When `[admin] token_env` names a variable, every path but the probes needs
-//! `Authorization: Bearer <token>`; compile refuses a non-loopback admin address without one.
+//! When `[admin] token_env` names a variable, every path but the probes and the dashboard's
+//! static files needs `Authorization: Bearer <token>`; compile refuses a non-loopback admin
+//! address without one. The dashboard page holds no data: its script asks for the token (kept in
+//! the tab's `sessionStorage`) and sends it with each request for `/plan`, as any client does.
 
 use std::sync::Arc;
 
@@ -67,6 +71,28 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
         .expect("static parts are valid")
 }
 
+/// The cut-over dashboard: one page, its script and its style, embedded (no build step, nothing
+/// fetched from elsewhere at run time).
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
+
+/// A dashboard file, with a policy that lets the page run only its own script and style and
+/// talk only to this listener, and never be framed.
+fn dashboard_file(content_type: &str, body: &str) -> Response<Vec<u8>> {
+    let mut r = reply(StatusCode::OK, content_type, body.as_bytes().to_vec());
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(http::header::X_CONTENT_TYPE_OPTIONS, http::HeaderValue::from_static("nosniff"));
+    h.insert(http::header::REFERRER_POLICY, http::HeaderValue::from_static("no-referrer"));
+    r
+}
+
 fn reply_json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
     let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
     body.push(b'\n');
@@ -92,6 +118,35 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    }
+
+    /// The migration's progress: counters, modes and their ages, parity, breaker and demotion
+    /// histories, the last reload.
+    fn plan(&self) -> crate::progress::report::PlanReport {
+        use crate::progress::report::{ConfigState, Inputs, PlanReport, ReloadError};
+        let table = self.state.table.load_full();
+        let config = ConfigState {
+            path: Some(self.state.config_path.display().to_string()),
+            hash: table.hash.clone(),
+            loaded_at_unix_secs: Some(unix_secs(self.state.loaded_at())),
+            last_reload_error: self.state.last_error().map(|e| ReloadError {
+                at_unix_secs: e.at_unix_secs,
+                trigger: e.trigger.to_string(),
+                errors: e.errors,
+            }),
+        };
+        PlanReport::build(Inputs {
+            table: &table,
+            progress: &self.state.progress,
+            shadow: &self.tee.summary(),
+            breakers: self.state.breakers.history(),
+            demoted: self.state.demoter.demotions(),
+            demotion_history: self.state.demoter.history(),
+            config,
+            live: true,
+            now: std::time::Instant::now(),
+            now_wall: std::time::SystemTime::now(),
+        })
     }
 
     fn routes(&self) -> serde_json::Value {
@@ -157,6 +212,16 @@ impl ServeHttp for Admin {
                 return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"starting\n".to_vec())
             }
             (&Method::GET, "/readyz") => return reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+            // the dashboard's files hold no data (they fetch /plan with the token), so a browser
+            // can load them before it has been given the token
+            (&Method::GET, "/") => {
+                let mut r = reply(StatusCode::FOUND, "text/plain", b"see /dashboard\n".to_vec());
+                r.headers_mut().insert(http::header::LOCATION, http::HeaderValue::from_static("/dashboard"));
+                return r;
+            }
+            (&Method::GET, "/dashboard") => return dashboard_file("text/html; charset=utf-8", DASHBOARD_HTML),
+            (&Method::GET, "/dashboard.js") => return dashboard_file("text/javascript; charset=utf-8", DASHBOARD_JS),
+            (&Method::GET, "/dashboard.css") => return dashboard_file("text/css; charset=utf-8", DASHBOARD_CSS),
             _ => {}
         }
         if !self.authorized(session) {
@@ -181,12 +246,13 @@ impl ServeHttp for Admin {
                 reply(StatusCode::OK, "text/plain; version=0.0.4", self.prometheus.render().into_bytes())
             }
             (&Method::POST, "/reload") => self.reload().await,
-            (_, "/routes" | "/shadow" | "/metrics" | "/reload" | "/healthz" | "/readyz") => {
+            (&Method::GET, "/plan") => reply_json(StatusCode::OK, serde_json::to_value(self.plan()).unwrap_or_default()),
+            (_, "/routes" | "/shadow" | "/metrics" | "/reload" | "/healthz" | "/readyz" | "/plan" | "/dashboard" | "/") => {
                 reply_json(StatusCode::METHOD_NOT_ALLOWED, json!({ "statusCode": 405, "message": "method not allowed" }))
             }
             _ => reply_json(
                 StatusCode::NOT_FOUND,
-                json!({ "statusCode": 404, "message": "no such admin endpoint", "endpoints": ["/healthz", "/readyz", "/routes", "/metrics", "POST /reload"] }),
+                json!({ "statusCode": 404, "message": "no such admin endpoint", "endpoints": ["/healthz", "/readyz", "/routes", "/shadow", "/plan", "/dashboard", "/metrics", "POST /reload"] }),
             ),
         }
     }

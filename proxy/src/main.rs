@@ -141,6 +141,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The migration's progress: per stage of the plan and per route, who answered the requests
+    /// (service, monolith, fallback), each mode and since when, parity, breakers, demotions, and
+    /// the endpoints the monolith still answers. From a running proxy (--admin), or from a route
+    /// table and a shadow store (--config with --store or --database-url-env: no traffic).
+    Plan {
+        /// The proxy's admin API, e.g. http://127.0.0.1:9901.
+        #[arg(long, value_name = "URL", required_unless_present = "config")]
+        admin: Option<String>,
+        /// The environment variable holding the admin token, when the proxy's [admin] has
+        /// token_env (read only if set).
+        #[arg(long, value_name = "NAME", default_value = "STRANGLER_ADMIN_TOKEN")]
+        token_env: String,
+        /// Without --admin: the route table to report on.
+        #[arg(long, value_name = "FILE", conflicts_with = "admin")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        store: PlanStore,
+        /// Only comparisons recorded at or after this time (RFC 3339), with a store.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<strangler::shadow::store::Since>,
+        /// Print JSON (the admin API's GET /plan) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where `strangler plan` reads parity from instead of the proxy's own: at most one store.
+#[derive(Args)]
+#[group(required = false, multiple = false)]
+struct PlanStore {
+    /// A JSONL shadow store folder (or one JSONL file).
+    #[arg(long = "store", value_name = "DIR")]
+    plan_store: Option<PathBuf>,
+    /// The environment variable holding the Postgres URL of the shared store.
+    #[arg(long = "database-url-env", value_name = "NAME")]
+    plan_database_url_env: Option<String>,
+}
+
+impl PlanStore {
+    fn open(self) -> anyhow::Result<Option<StoredRecords>> {
+        use strangler::shadow::store::postgres::Database;
+        Ok(match (self.plan_store, self.plan_database_url_env) {
+            (Some(dir), _) => Some(StoredRecords::Jsonl(dir)),
+            (None, Some(var)) => Some(StoredRecords::Postgres(Box::new(Database::from_env(&var)?))),
+            (None, None) => None,
+        })
+    }
 }
 
 /// Logs to stderr, filtered by `STRANGLER_LOG` (default `info`), through the buffered
@@ -230,7 +277,59 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
+        Command::Plan { admin, token_env, config, store, since, json } => match plan(admin, &token_env, config, store, since, json) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("strangler: {e:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
     }
+}
+
+fn plan(
+    admin: Option<String>,
+    token_env: &str,
+    config: Option<PathBuf>,
+    store: PlanStore,
+    since: Option<strangler::shadow::store::Since>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use strangler::shadow::store::Filter;
+    let store = store.open()?;
+    let report = block_on(async {
+        let stored = match &store {
+            Some(s) => Some(s.summarize(&Filter { since, route: None }).await.context("reading the shadow store")?.0),
+            None => None,
+        };
+        let report = match (&admin, &config) {
+            (Some(admin), _) => {
+                let token = std::env::var(token_env).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+                strangler::cli::plan::fetch(admin, token.as_deref(), token_env).await?
+            }
+            (None, Some(path)) => {
+                let table = match compile(path, None)? {
+                    Ok(c) => c.table,
+                    Err(errors) => anyhow::bail!("{errors}"),
+                };
+                if stored.is_none() {
+                    eprintln!("note: no --store or --database-url-env: parity is not known without a running proxy");
+                }
+                strangler::cli::plan::offline(&table, &path.display().to_string(), &stored.clone().unwrap_or_default())
+            }
+            (None, None) => anyhow::bail!("give --admin URL (a running proxy) or --config FILE"),
+        };
+        Ok(match &stored {
+            Some(summary) => report.with_parity(summary),
+            None => report,
+        })
+    })?;
+    if json {
+        print_out(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+    } else {
+        print_out(&report.text())?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_since(s: &str) -> Result<strangler::shadow::store::Since, String> {
