@@ -38,6 +38,13 @@ enum ReportFormat {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -137,8 +144,12 @@ enum Command {
         /// The previous version (e.g. from `git show main:routes.toml`): print the routing diff.
         #[arg(long)]
         against: Option<PathBuf>,
-        /// Print JSON instead of text.
-        #[arg(long)]
+        /// text for a terminal, json for tools, markdown for a pull-request comment (a table of
+        /// the routes that change, before and after; errors with file:line:col).
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
+        /// Same as --format json.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
     },
     /// The migration's progress: per stage of the plan and per route, who answered the requests
@@ -270,13 +281,15 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
-        Command::Check { file, against, json } => match check(&file, against.as_deref(), json) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("strangler: {e:#}");
-                ExitCode::from(EXIT_FAILURE)
+        Command::Check { file, against, format, json } => {
+            match check(&file, against.as_deref(), if json { CheckFormat::Json } else { format }) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("strangler: {e:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
             }
-        },
+        }
         Command::Plan { admin, token_env, config, store, since, json } => match plan(admin, &token_env, config, store, since, json) {
             Ok(code) => code,
             Err(e) => {
@@ -409,39 +422,52 @@ fn compile(path: &Path, files_from: Option<&Path>) -> anyhow::Result<Result<stra
     Ok(compiled)
 }
 
-fn check(file: &Path, against: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+fn check(file: &Path, against: Option<&Path>, format: CheckFormat) -> anyhow::Result<ExitCode> {
+    use strangler::config::CheckReport;
+    let (name, against_name) = (file.display().to_string(), against.map(|p| p.display().to_string()));
     let new = match compile(file, None)? {
         Ok(c) => c,
         Err(errors) => {
-            if json {
-                let v = serde_json::json!({ "valid": false, "errors": errors.0.iter().map(|e| serde_json::json!({
-                    "file": e.at.file, "line": e.at.line, "column": e.at.column,
-                    "message": e.kind.to_string(), "hint": e.kind.hint(),
-                })).collect::<Vec<_>>() });
-                print_out(&(serde_json::to_string_pretty(&v)? + "\n"))?;
-            } else {
-                eprintln!("{errors}");
+            match format {
+                CheckFormat::Json => {
+                    let v = serde_json::json!({ "valid": false, "errors": errors.0.iter().map(|e| serde_json::json!({
+                        "file": e.at.file, "line": e.at.line, "column": e.at.column,
+                        "message": e.kind.to_string(), "hint": e.kind.hint(),
+                    })).collect::<Vec<_>>() });
+                    print_out(&(serde_json::to_string_pretty(&v)? + "\n"))?;
+                }
+                CheckFormat::Markdown => {
+                    print_out(&CheckReport { file: &name, new: Err(&errors), against: against_name.as_deref(), old: None }.markdown())?
+                }
+                CheckFormat::Text => eprintln!("{errors}"),
             }
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
+    // the old version may have no folder of its own (`<(git show main:routes.toml)`): the files
+    // it names (the GraphQL schema) are read beside the new one, else beside itself
     let old = match against {
         None => None,
-        // the old version may have no folder of its own (`<(git show main:routes.toml)`): the
-        // files it names (the GraphQL schema) are read beside the new one, else beside itself
-        Some(old_path) => match match compile(old_path, Some(file))? {
+        Some(old_path) => Some(match compile(old_path, Some(file))? {
             Err(beside_new) => compile(old_path, None)?.map_err(|_| beside_new),
             ok => ok,
-        } {
-            Ok(c) => Some(c.table),
-            Err(errors) => {
-                eprintln!("{errors}\nnote: the --against file is itself invalid; showing the new table only");
-                None
-            }
-        },
+        }),
+    };
+    if let CheckFormat::Markdown = format {
+        let old = old.as_ref().map(|o| o.as_ref().map(|c| &c.table));
+        print_out(&CheckReport { file: &name, new: Ok(&new), against: against_name.as_deref(), old }.markdown())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let old = match old {
+        None => None,
+        Some(Ok(c)) => Some(c.table),
+        Some(Err(errors)) => {
+            eprintln!("{errors}\nnote: the --against file is itself invalid; showing the new table only");
+            None
+        }
     };
     let mut out = String::new();
-    if json {
+    if let CheckFormat::Json = format {
         let mut v = serde_json::json!({ "valid": true, "table": new.table.to_json(), "warnings": new.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>() });
         if let Some(old) = &old {
             v["changes"] = serde_json::to_value(RouteTable::diff(old, &new.table))?;

@@ -116,3 +116,25 @@ fn schema_prints_the_json_schema_the_repository_keeps() {
     assert_eq!(v["$schema"], "http://json-schema.org/draft-07/schema#");
     assert!(v["definitions"]["Route"]["properties"]["mode"]["enum"].as_array().is_some_and(|m| m.len() == 4), "{v}");
 }
+
+/// `--format markdown`: the comment a pull request gets; the same exit codes as the text.
+#[test]
+fn check_against_prints_markdown_for_a_pull_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write(dir.path(), "old.toml", GOOD);
+    let new = write(dir.path(), "new.toml", &GOOD.replace("mode = \"shadow\"", "mode = \"canary\"\npercent = 5"));
+    let (code, out, err) = strangler(&["check", &new, "--against", &old, "--format", "markdown"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("### `{new}`: 1 route changes\n")), "{out}");
+    assert!(out.contains("| ~ | `auth` | `auth` · shadow | **`auth` · canary 5%** | mode shadow → canary; percent 0 → 5 |"), "{out}");
+    assert!(err.is_empty(), "{err}");
+
+    let broken = write(dir.path(), "broken.toml", &format!("{GOOD}mdoe = \"x\"\n"));
+    let (code, out, _) = strangler(&["check", &broken, "--against", &old, "--format", "markdown"]);
+    assert_eq!(code, 1);
+    assert!(out.contains(&format!("- **`{broken}:11:1`** unknown key `mdoe` in routes[1]")), "{out}");
+    assert!(out.contains("  hint: did you mean `mode`?"), "{out}");
+
+    let (code, _, err) = strangler(&["check", &new, "--json", "--format", "markdown"]);
+    assert_eq!(code, 2, "{err}");
+}

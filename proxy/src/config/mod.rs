@@ -8,6 +8,7 @@ mod compile;
 mod diff;
 mod error;
 mod json_schema;
+mod markdown;
 mod model;
 pub mod raw;
 mod schema;
@@ -18,6 +19,7 @@ pub use compile::{content_hash, Compiled, DEFAULT_ADMIN, DEFAULT_LISTEN};
 pub use diff::{route_summary, Change, RoutingDiff};
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, ConfigWarning, Location, Source};
 pub use json_schema::{routes_schema, routes_schema_text, SCHEMA_FILE};
+pub use markdown::CheckReport;
 pub use model::*;
 
 #[cfg(test)]
