@@ -285,10 +285,14 @@ ensure_prometheus() {
 }
 
 # Starts Prometheus as start_bg NAME with CONFIG, on 127.0.0.1:PORT, keeping its data in
-# $RUN_DIR/NAME-data, and waits until it is ready.
+# $RUN_DIR/NAME-data, and waits until it is ready. One already running re-reads its config and rules.
 start_prometheus() {
   local name=$1 config=$2 port=$3
   ensure_prometheus
+  if [ -f "$RUN_DIR/$name.pid" ] && kill -0 "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null; then
+    say "$name already running (pid $(cat "$RUN_DIR/$name.pid")); reloading its config and rules"
+    kill -HUP "$(cat "$RUN_DIR/$name.pid")"
+  fi
   mkdir -p "$RUN_DIR/$name-data"
   start_bg "$name" prometheus --config.file="$config" --web.listen-address="127.0.0.1:$port" \
     --storage.tsdb.path="$RUN_DIR/$name-data" --storage.tsdb.retention.time=7d --log.level=warn
@@ -297,5 +301,5 @@ start_prometheus() {
     kill -0 "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null || break
     sleep 0.1
   done
-  die "Prometheus ($name) did not start on 127.0.0.1:$port (see $RUN_DIR/$name.log)"
+  die "Prometheus ($name) did not start on 127.0.0.1:$port (port taken? see $RUN_DIR/$name.log)"
 }
