@@ -19,10 +19,11 @@ Two ways to run it:
       what scripts/check-dashboard runs inside scripts/test: starts the proxy (`--strangler`,
       on port 0) in front of these services with a route table of its own, drives a short load
       through it (sign-ups, logins, refreshes, chat GraphQL, notifications, a route whose
-      upstream is gone so its breaker opens and its canary is demoted, a malformed request, a
-      WebSocket, a broken reload), starts Prometheus scraping the proxy and the services with
-      deploy/prometheus's rules, waits until every target has been scraped twice after the load, checks
-      the dashboard, and stops what it started.
+      upstream is gone so its breaker opens, one whose upstream answers 500 so its canary is
+      demoted, a malformed request, a WebSocket, a broken reload) while a Prometheus with
+      deploy/prometheus's rules starts scraping the proxy and the services, waits until every
+      target has been scraped twice after the load, checks the dashboard, and stops what it
+      started.
 """
 import argparse
 import base64
