@@ -4,8 +4,8 @@
 //!
 //! Derived from the serde types the compile stage reads ([`RawConfig`], `raw.rs`), so a key the
 //! compiler knows is a key the schema knows; doc comments there become descriptions, and
-//! `#[schemars]` attributes there add the value rules (enumerations, ranges, patterns). Draft 7,
-//! the newest taplo validates. The schema never refuses what the compiler accepts, and refuses
+//! `#[schemars]` attributes there add the value rules (enumerations, ranges, patterns). Draft 7:
+//! the newest draft taplo validates. The schema never refuses what the compiler accepts, and refuses
 //! what it can express of the rest: unknown keys, wrong types, unknown enumeration values, numbers
 //! out of range. Cross-references (a route's `target` naming an upstream, two routes claiming one
 //! GraphQL field, dry runs reaching an upstream that does not roll them back) stay the compiler's.
@@ -532,7 +532,7 @@ mod tests {
         }
     }
 
-    fn definition_name<'a>(schema: &'a Value) -> Option<&'a str> {
+    fn definition_name(schema: &Value) -> Option<&str> {
         let r = schema.get("$ref").or_else(|| schema.get("allOf")?.get(0)?.get("$ref"))?;
         r.as_str()?.strip_prefix("#/definitions/")
     }
