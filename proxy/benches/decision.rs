@@ -1,5 +1,6 @@
 //! The per-request decision path without the network (issue 14): route lookup, the canary's
-//! sticky bucket, the breaker's admission and its record, and the metrics a request records —
+//! sticky bucket, the breaker's admission and its record, the metrics a request records, and the
+//! migration's progress counters (issue 15: who answered, and the monolith's endpoint template) —
 //! each alone and all together, on a 50-route table with a Prometheus recorder installed as in
 //! `serve`. A regression in what every request pays shows here without the whole stack.
 //! `cargo bench -p strangler --bench decision`.
@@ -12,8 +13,12 @@ use http::{HeaderMap, HeaderValue, Method};
 use strangler::breaker::Breakers;
 use strangler::config::{RouteTable, Source};
 use strangler::metrics as m;
+use strangler::progress::monolith::Named;
+use strangler::progress::{Backend, Progress};
 use strangler::routing::RequestFacts;
 use strangler::routing::{bucket, in_canary, sticky_key};
+use strangler::shadow::endpoint_template;
+use strangler::shadow::template::endpoint_template_key;
 
 fn table() -> RouteTable {
     let mut text = String::from("[upstreams.legacy]\nurl = \"http://127.0.0.1:3000\"\n[upstreams.svc]\nurl = \"http://127.0.0.1:4000\"\n");
@@ -43,6 +48,19 @@ fn bench(c: &mut Criterion) {
     let req = RequestFacts { method: &Method::GET, path: "/svc37/v1/items/42", host: None, headers: &headers };
     let route = t.find(&req).expect("the bench route");
 
+    let progress = Progress::default();
+    progress.adopt(&t, std::time::SystemTime::now());
+    // what `Edge::count_progress` does for a request the monolith answered: the route's counter,
+    // then the endpoint template's (its text built only the first time)
+    let count = |name: &strangler::config::RouteName, extracted: bool, path: &str| {
+        let now = Instant::now();
+        progress.record(Some(name), if extracted { Backend::Target } else { Backend::Legacy }, now);
+        if !extracted {
+            let key = endpoint_template_key("GET", path);
+            progress.record_monolith(key, now, || Named { template: endpoint_template("GET", path).into(), route: Some(name.clone()) });
+        }
+    };
+
     let mut g = c.benchmark_group("decision");
     g.bench_function("match", |b| b.iter(|| black_box(t.find(black_box(&req)).map(|r| r.line))));
     g.bench_function("canary", |b| {
@@ -61,6 +79,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("metrics", |b| b.iter(|| record_metrics(black_box(route.name.as_str()), "svc", 0.001)));
+    g.bench_function("progress", |b| b.iter(|| count(&route.name, false, black_box(req.path))));
     g.bench_function("all", |b| {
         b.iter(|| {
             let r = t.find(black_box(&req)).unwrap();
@@ -71,6 +90,7 @@ fn bench(c: &mut Criterion) {
             breakers.with(&r.name, r.breaker, |br| br.state());
             breakers.with(&r.name, r.breaker, |br| br.record(true, now));
             record_metrics(r.name.as_str(), if extracted { "svc" } else { "legacy" }, 0.001);
+            count(&r.name, extracted, req.path);
             black_box(admit)
         })
     });

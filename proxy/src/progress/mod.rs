@@ -19,7 +19,6 @@ pub mod report;
 pub mod ring;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -73,7 +72,6 @@ impl Backend {
 #[derive(Debug, Default)]
 pub struct Traffic {
     slots: [Ring<SLOTS>; 3],
-    totals: [AtomicU64; 3],
 }
 
 /// Requests per backend over some span.
@@ -113,7 +111,6 @@ impl std::ops::Add for Split {
 impl Traffic {
     pub fn record(&self, backend: Backend, slot: u32) {
         self.slots[backend.index()].add(slot, 1);
-        self.totals[backend.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests in the last `n` slots up to `slot`, per backend.
@@ -124,7 +121,7 @@ impl Traffic {
     }
 
     pub fn since_start(&self) -> Split {
-        let t = |b: Backend| self.totals[b.index()].load(Ordering::Relaxed);
+        let t = |b: Backend| self.slots[b.index()].total();
         Split { target: t(Backend::Target), legacy: t(Backend::Legacy), fallback: t(Backend::Fallback) }
     }
 
@@ -192,12 +189,16 @@ impl RouteProgress {
     }
 }
 
+type RouteMap = HashMap<RouteName, Arc<RouteProgress>, std::hash::BuildHasherDefault<crate::shadow::template::Fnv64>>;
+
 /// Progress of every route, the unmatched requests, and the monolith's templates.
 pub struct Progress {
     /// Slot numbers count from here.
     epoch: Instant,
     started_at: SystemTime,
-    routes: ArcSwap<HashMap<RouteName, Arc<RouteProgress>>>,
+    /// By route name, hashed with FNV (names come from the file, not from clients): the map
+    /// is read on every request.
+    routes: ArcSwap<RouteMap>,
     /// Requests no route claimed (the default upstream answers them).
     pub unmatched: Traffic,
     pub monolith: Templates,
@@ -223,7 +224,7 @@ impl Progress {
         Progress {
             epoch,
             started_at,
-            routes: ArcSwap::from_pointee(HashMap::new()),
+            routes: ArcSwap::from_pointee(RouteMap::default()),
             unmatched: Traffic::default(),
             monolith: Templates::new(),
             adopted: Mutex::new(false),

@@ -39,20 +39,18 @@ pub fn graphql_template_key(path: &str, kind: &str, field: &str) -> u64 {
     h.bytes(kind.as_bytes());
     h.byte(b' ');
     h.bytes(field.as_bytes());
-    h.finish()
+    std::hash::Hasher::finish(&h)
 }
 
 /// Requests per minute for the last few minutes, and since the proxy started.
 #[derive(Debug, Default)]
 pub struct Counter {
     minutes: Ring<MINUTES>,
-    total: AtomicU64,
 }
 
 impl Counter {
     pub fn add(&self, minute: u32) {
         self.minutes.add(minute, 1);
-        self.total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests in minutes `minute - (n - 1) ..= minute`.
@@ -61,7 +59,7 @@ impl Counter {
     }
 
     pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
+        self.minutes.total()
     }
 }
 
