@@ -336,6 +336,21 @@ async fn two_proxies_share_the_postgres_store_and_one_report_covers_both() {
     assert_eq!(code, 0, "{err}");
     assert!(serde_json::from_str::<Value>(&out).unwrap()["routes"].get(&route).is_none(), "{out}");
 
+    // `strangler plan` from proxy A's admin API, with the parity of both proxies from the store:
+    // A's own traffic, every proxy's comparisons (issue #15)
+    let admin = format!("http://{}", a.admin);
+    let (code, out, err) = strangler_cli(&["plan", "--admin", &admin, "--database-url-env", "STRANGLER_TEST_SHADOW_DB", "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let r = v["routes"].as_array().unwrap().iter().find(|r| r["name"] == route.as_str()).unwrap();
+    assert_eq!((r["parity"]["compared"].as_u64(), r["parity"]["mismatches"].as_u64()), (Some(5), Some(5)), "{r:#}");
+    assert_eq!(r["traffic"]["since_start"]["legacy"], 3, "{r:#}");
+    // without a proxy: the table and the store
+    let (code, out, err) =
+        strangler_cli(&["plan", "--config", a.config.to_str().unwrap(), "--database-url-env", "STRANGLER_TEST_SHADOW_DB"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no live traffic") && out.contains("parity 0.00% of 5 compared (5 mismatches"), "{out}");
+
     // The corpus: every request, redacted, in order per proxy.
     let (code, out, err) = strangler_cli(&["corpus", "--database-url-env", "STRANGLER_TEST_SHADOW_DB", "--route", &route], &env);
     assert_eq!(code, 0, "{err}");
