@@ -55,6 +55,10 @@ pub fn for_each(path: &Path, filter: &Filter, mut f: impl FnMut(Record)) -> std:
 /// Records written together at most (what is queued when the writer wakes), and their bytes.
 const BATCH_RECORDS: usize = 256;
 const BATCH_BYTES: usize = 1 << 20;
+/// How long the writer lets records gather after the first of a batch: at most 100 wake-ups a
+/// second, and well inside the queue (`STORE_QUEUE`, 1024) at the ~12k comparisons a second one
+/// worker makes (100 ms was tried: the queue overflowed at every-request shadowing).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The JSONL back end's writer: appends to `dir`, keeping it under `max_bytes`.
 pub struct StoreWriter {
@@ -84,14 +88,28 @@ impl StoreWriter {
             .and_then(|f| f.last().and_then(|p| p.file_stem()?.to_str()?.strip_prefix("shadow-")?.parse::<u64>().ok()))
             .unwrap_or(0);
         let mut file: Option<(tokio::fs::File, u64)> = None;
+        // (a oneshot must not be polled again once it has fired)
+        let mut stopping = false;
         loop {
             let record = tokio::select! {
                 r = rx.recv() => match r { Some(r) => r, None => break },
-                _ = &mut stop => {
+                _ = &mut stop, if !stopping => {
+                    stopping = true;
                     rx.close();
                     match rx.recv().await { Some(r) => r, None => break }
                 }
             };
+            if !stopping {
+                // let a batch gather: at a sampled route's pace every record woke this task (a
+                // thread wake-up each); what arrives meanwhile is not waited for by anyone
+                tokio::select! {
+                    _ = tokio::time::sleep(GATHER) => {}
+                    _ = &mut stop => {
+                        stopping = true;
+                        rx.close();
+                    }
+                }
+            }
             // with it, whatever else is already queued (up to a bound): one write and one flush
             // for the lot, not one per record through the blocking pool
             let mut line = Vec::with_capacity(4096);
