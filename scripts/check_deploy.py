@@ -383,11 +383,15 @@ class Checker:
             doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": g.get("name")}, "data": data}
             resources.append(Resource(f"{klabel}, configMapGenerator {g.get('name')}", doc, sources))
         # the schema copy the ConfigMap carries is the one the repository records
-        copy_, original = self.root / K8S / "chat.graphql", self.root / "docs/api/chat.graphql"
-        if copy_.is_file() and original.is_file() and copy_.read_bytes() != original.read_bytes():
-            self.problem(f"{K8S}/chat.graphql", "differs from docs/api/chat.graphql, the schema the proxy is tested with",
-                         "cp docs/api/chat.graphql deploy/k8s/chat.graphql (scripts/chat-schema writes both)")
+        self.same_schema_copy(f"{K8S}/chat.graphql")
         return resources
+
+    def same_schema_copy(self, copy_path: str) -> None:
+        """A deployment's copy of the GraphQL schema is the one the repository records."""
+        copy_, original = self.root / copy_path, self.root / "docs/api/chat.graphql"
+        if copy_.is_file() and original.is_file() and copy_.read_bytes() != original.read_bytes():
+            self.problem(copy_path, "differs from docs/api/chat.graphql, the schema the proxy is tested with",
+                         f"cp docs/api/chat.graphql {copy_path} (scripts/chat-schema writes every copy)")
 
     def validate_schema(self, r: Resource) -> bool:
         if not isinstance(r.doc, dict) or "apiVersion" not in r.doc or "kind" not in r.doc:
@@ -576,6 +580,8 @@ class Checker:
     # ---- docker compose ----------------------------------------------------------------------
 
     def check_compose(self) -> None:
+        # the proxy's folder mounted whole carries its own copy of the schema
+        self.same_schema_copy("deploy/compose/chat.graphql")
         path = self.root / COMPOSE
         try:
             doc = yaml.load(path.read_text(), Loader=YAML_LOADER)
@@ -682,16 +688,30 @@ class Checker:
         for v in s.get("volumes") or []:
             if isinstance(v, str) and v.startswith("."):
                 src, dst = v.split(":")[:2]
-                mounts[dst] = src
-        if config not in mounts:
-            self.problem(COMPOSE, f"{where}: --config {config} is no bind mount", f"mount the route table at {config}")
+                mounts[dst.rstrip("/")] = src
+        config_dir = os.path.dirname(config)
+        if config in mounts:
+            # an editor saves by writing a new file and renaming it over the old one; a file bind
+            # mount keeps the old inode, so the proxy would never see the edit (nor a reload)
+            self.problem(COMPOSE, f"{where}: the route table is bind-mounted as a file ({mounts[config]}:{config}): an edit saved by "
+                         "renaming a new file over it never reaches the container, and neither the watcher nor POST /reload sees it",
+                         f"mount its folder instead: {os.path.dirname(mounts[config]) or '.'}:{config_dir}:ro")
+            source = os.path.normpath(mounts[config])
+        elif config_dir in mounts:
+            source = os.path.normpath(os.path.join(mounts[config_dir], os.path.basename(config)))
+        else:
+            self.problem(COMPOSE, f"{where}: --config {config} is in no bind-mounted folder", f"mount the route table's folder at {config_dir}")
             return
-        source = os.path.normpath(mounts[config])
         with tempfile.TemporaryDirectory(prefix="check-deploy-") as tmp:
             for dst, src in mounts.items():
                 if (self.root / src).is_file():
                     (Path(tmp + os.path.dirname(dst))).mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(self.root / src, tmp + dst)
+                elif (self.root / src).is_dir():
+                    shutil.copytree(self.root / src, tmp + dst, dirs_exist_ok=True)
+            if not (self.root / source).is_file():
+                self.problem(COMPOSE, f"{where}: --config {config} is `{source}` on the host, which does not exist", "fix the path or the mount")
+                return
             if not Path(tmp + config).is_file():
                 return  # the missing host file is reported with the volumes
             table = self.table_json(Path(tmp + config), source, f"(mounted at {config} in {where})", os.path.dirname(config),
@@ -770,9 +790,10 @@ BREAKS = [
     ("docker-compose.yml", "target: notification }\n    environment:", "target: notifications }\n    environment:", "builds target `notifications`, which deploy/Dockerfile does not define"),
     ("docker-compose.yml", "depends_on: [legacy, auth, chat, notification]", "depends_on: [legacy, auth, chat, notifications]", "depends on `notifications`, which is no service"),
     ("docker-compose.yml", "    stop_signal: SIGINT", "    stop_signall: SIGINT", "services.kafka: Unevaluated properties are not allowed ('stop_signall' was unexpected)"),
-    ("docker-compose.yml", "./deploy/compose/routes.toml:", "./deploy/compose/route.toml:", "mounts `./deploy/compose/route.toml`, which does not exist"),
+    ("docker-compose.yml", "./deploy/compose:", "./deploy/compose-x:", "mounts `./deploy/compose-x`, which does not exist"),
     ("docker-compose.yml", "stop_grace_period: 15s", "stop_grace_period: 10s", "Docker kills it mid-drain"),
-    ("docker-compose.yml", "      - ./docs/api/chat.graphql:/etc/strangler/chat.graphql:ro\n", "", "/etc/strangler/chat.graphql: No such file or directory (os error 2)\n  fix: bind-mount the file"),
+    ("deploy/compose/chat.graphql", "type Query", "type  Query", "deploy/compose/chat.graphql: differs from docs/api/chat.graphql"),
+    ("docker-compose.yml", "      - ./deploy/compose:/etc/strangler:ro\n", "      - ./deploy/compose/routes.toml:/etc/strangler/routes.toml:ro\n      - ./deploy/compose/chat.graphql:/etc/strangler/chat.graphql:ro\n", "is bind-mounted as a file"),
     ("deploy/compose/routes.toml", "mode = \"extracted\"\nfallback = true               # GETs", "mode = \"canary\"\npercent = 50\nfallback = true               # GETs", "route `notification`: mode is 'canary'"),
     ("deploy/compose/routes.toml", 'url = "http://auth:4001"', 'url = "http://auth:4011"', "service `auth` listens on 4001"),
     ("deploy/compose/routes.toml", "[[routes]]\nname = \"jwks\"", "[[routes]]\nname = \"jwks\"\nmdoe = \"x\"", r"re:deploy/compose/routes\.toml:\d+:\d+ \(mounted at /etc/strangler/routes\.toml in service `strangler`\): unknown key `mdoe`"),
