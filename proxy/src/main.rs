@@ -212,6 +212,7 @@ fn init_logging(format: LogFormat) -> strangler::accesslog::Guard {
     use tracing_subscriber::{fmt, EnvFilter};
     let filter = EnvFilter::try_from_env("STRANGLER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let (log, guard) = strangler::accesslog::start(std::io::stderr());
+    strangler::accesslog::install_direct(&log, matches!(format, LogFormat::Json));
     let (access, other) = (log.access(), log.other());
     let ansi = std::io::stderr().is_terminal();
     let registry = tracing_subscriber::registry().with(filter);
