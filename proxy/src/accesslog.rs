@@ -107,20 +107,27 @@ fn writer(s: Arc<Shared>, mut out: impl Write) {
     }
 }
 
-impl Write for LineWriter {
-    /// Appends one formatted line (tracing-subscriber writes each event with one call), or drops
-    /// it if the buffer is full.
-    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+impl LineWriter {
+    /// Appends one formatted line, or drops (and counts) it if the buffer is full.
+    fn append(&self, line: &[u8]) {
         let mut buf = self.shared.buf.lock().unwrap_or_else(|e| e.into_inner());
         if buf.len() + line.len() > self.limit {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(line.len());
+            return;
         }
         buf.extend_from_slice(line);
         if self.urgent || buf.len() >= FLUSH_AT {
             self.shared.urgent.store(true, Ordering::Relaxed);
             self.shared.wake.notify_one();
         }
+    }
+}
+
+impl Write for LineWriter {
+    /// Appends one formatted line (tracing-subscriber writes each event with one call), or drops
+    /// it if the buffer is full.
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.append(line);
         Ok(line.len())
     }
 
@@ -182,9 +189,39 @@ thread_local! {
 }
 
 impl AccessLine<'_> {
-    /// Writes the line if [`install_direct`] ran and access lines are enabled; `false` when not
-    /// installed (the caller logs it through `tracing`).
-    pub fn write_direct(&self) -> bool {
+    /// Logs the line: straight into the buffer if [`install_direct`] ran, else (a library user)
+    /// through `tracing`.
+    pub fn log(&self) {
+        if !self.write_direct() {
+            self.log_through_tracing();
+        }
+    }
+
+    /// The same line as a `tracing` event (what the direct path stands in for).
+    fn log_through_tracing(&self) {
+        tracing::info!(
+            target: "access",
+            request_id = %self.request_id,
+            method = %self.method,
+            path = %self.path,
+            route = %self.route,
+            target_upstream = %self.target_upstream,
+            mode = self.mode,
+            side = self.side,
+            fallback = self.fallback,
+            status = self.status,
+            aborted = self.aborted,
+            upstream_status = self.upstream_status,
+            duration_ms = self.duration_ms,
+            client = %self.client.map(|ip| ip.to_string()).unwrap_or_default(),
+            error = %self.error.map(|e| e.to_string()).unwrap_or_default(),
+            "request"
+        );
+    }
+
+    /// Writes the line if [`install_direct`] ran (nothing if access lines are filtered out);
+    /// `false` when not installed.
+    fn write_direct(&self) -> bool {
         let Some((writer, json)) = DIRECT.get() else { return false };
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return true;
@@ -203,7 +240,7 @@ impl AccessLine<'_> {
             } else {
                 self.text(line, prefix, now.subsec_micros());
             }
-            let _ = writer.clone().write(line.as_bytes());
+            writer.append(line.as_bytes());
         });
         true
     }
@@ -320,8 +357,7 @@ mod tests {
         }
     }
 
-    /// What `tracing_subscriber::fmt` writes for the edge's access event (the `info!` the
-    /// direct path replaces, with the same fields), text or JSON.
+    /// What `tracing_subscriber::fmt` writes for the same line as a `tracing` event, text or JSON.
     fn through_tracing(json: bool, line: &AccessLine) -> String {
         use tracing_subscriber::prelude::*;
         let sink = Sink::default();
@@ -331,26 +367,7 @@ mod tests {
         };
         let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer);
         let subscriber = tracing_subscriber::registry();
-        let emit = || {
-            tracing::info!(
-                target: "access",
-                request_id = %line.request_id,
-                method = %line.method,
-                path = %line.path,
-                route = %line.route,
-                target_upstream = %line.target_upstream,
-                mode = line.mode,
-                side = line.side,
-                fallback = line.fallback,
-                status = line.status,
-                aborted = line.aborted,
-                upstream_status = line.upstream_status,
-                duration_ms = line.duration_ms,
-                client = %line.client.map(|ip| ip.to_string()).unwrap_or_default(),
-                error = %line.error.map(|e| e.to_string()).unwrap_or_default(),
-                "request"
-            )
-        };
+        let emit = || line.log_through_tracing();
         if json {
             tracing::subscriber::with_default(subscriber.with(layer.json().flatten_event(true)), emit);
         } else {

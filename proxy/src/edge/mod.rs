@@ -841,7 +841,7 @@ impl ProxyHttp for Edge {
         metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "target" => target.clone(), "mode" => mode, "status" => status_label).increment(1);
         metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route.clone()).record(elapsed.as_secs_f64());
         let req = session.req_header();
-        let line = crate::accesslog::AccessLine {
+        crate::accesslog::AccessLine {
             request_id: &ctx.request_id,
             method: req.method.as_str(),
             path: req.uri.path(),
@@ -856,29 +856,8 @@ impl ProxyHttp for Edge {
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             client: ctx.client_ip,
             error: e.map(|e| e as &dyn std::fmt::Display),
-        };
-        if line.write_direct() {
-            return;
         }
-        // (a library user that did not install the direct path: the same line through tracing)
-        info!(
-            target: "access",
-            request_id = %ctx.request_id,
-            method = %req.method,
-            path = %req.uri.path(),
-            route = %route,
-            target_upstream = %target,
-            mode,
-            side = ctx.side.as_str(),
-            fallback = ctx.fell_back.unwrap_or(""),
-            status,
-            aborted = ctx.aborted.unwrap_or(""),
-            upstream_status = ctx.upstream_status.unwrap_or(0),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            client = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            error = %e.map(|e| e.to_string()).unwrap_or_default(),
-            "request"
-        );
+        .log();
     }
 }
 

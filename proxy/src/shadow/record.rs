@@ -153,14 +153,10 @@ fn redact_json_with(v: &Value, secret: &dyn Fn(&str, &Value) -> Value) -> Value 
 /// Ids (UUID-shaped strings) kept per answer, at most.
 const MAX_ANSWER_IDS: usize = 256;
 
-/// The UUIDs in an answer body (decoded as the diff engine does), by JSON path, for a replay to
-/// map recorded ids to its own ([`Record::answer_ids`]). Ids are not secrets.
-pub fn answer_ids(answer: &Exchange) -> BTreeMap<String, String> {
-    answer_facts(answer).1
-}
-
-/// [`answer_secrets`] and [`answer_ids`] from one parse of the body: the tee asks for both for
-/// every comparison, and parsing the monolith's answer is most of their cost.
+/// [`answer_secrets`] and the UUIDs in the answer body (decoded as the diff engine does), by
+/// JSON path, for a replay to map recorded ids to its own ([`Record::answer_ids`]; ids are not
+/// secrets) — from one parse of the body: the tee asks for both for every comparison, and
+/// parsing the monolith's answer is most of their cost.
 pub fn answer_facts(answer: &Exchange) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     match serde_json::from_slice::<Value>(&decoded(answer)) {
         Ok(v) => (secrets_in(&v), ids_in(&v)),
