@@ -62,6 +62,7 @@ EVENT_ONLY = {
     "chat_inbox_rows_written_total": "a chat placed on a shard (the gate's chats are on the monolith's tables)",
     "chat_inbox_errors_total": "the inbox projection failing to write",
     "chat_inbox_consumer_errors_total": "the inbox projection failing to consume",
+    "chat_inbox_consumer_lag": "the inbox projection holding partitions (its consumer group, chat-inbox, is shared with every chat service on the broker) and librdkafka's first statistics (1 s)",
     "chat_writes_paused_total": "a chat data move at its write fence",
     "chat_writes_rerouted_total": "a chat moved under a write",
     "chat_pushes_total": "the chat service sending pushes itself",

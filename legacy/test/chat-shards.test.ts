@@ -330,6 +330,12 @@ describe('reads from the shards', () => {
     const latest = await send(b, group, 'bumps the group');
     const aList = await chatList(a, [direct, group, newGroup.id]);
     assert.equal(aList[0].id, group, `Ben's message ${latest} puts the group first in Ana's list`);
+    // the projection reports its lag per topic and partition (librdkafka's statistics, each second)
+    await waitFor(
+      async () => /^chat_inbox_consumer_lag\{[^}]*topic="message\.sent"[^}]*\} \d/m.test(await (await fetch(`${env.stack.chatUrl}/metrics`)).text()),
+      "the inbox projection's lag on the chat service's /metrics",
+      30_000,
+    );
 
     // message.sent from the shard's outbox, through the broker; the push job writes the
     // recipients' notifications from it (one each, however often the event comes)

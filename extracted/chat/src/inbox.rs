@@ -7,7 +7,7 @@
 //!
 //! Rows are derived from the truth each time, and an upsert only moves `updated_at` forward, so
 //! an event seen twice, late, or out of order with the mover's derivation changes nothing; a
-//! member's list lags another member's message by this consumer's lag (`chat_inbox_lag…`).
+//! member's list lags another member's message by this consumer's lag (`chat_inbox_consumer_lag`).
 //! Nothing to do while every chat is written on the monolith's tables (then `chats` reads them):
 //! events are consumed and their offsets committed.
 
@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bm_events::event::{chat_of, CHAT_CREATED_TOPIC, MESSAGE_SENT_TOPIC};
 use bm_events::KafkaConfig;
+use bm_events::kafka::LagContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use sqlx::PgPool;
@@ -84,6 +85,9 @@ pub async fn project(placement: &Placement, chats: &[Uuid]) -> crate::errors::Re
     Ok(written)
 }
 
+/// The projection's lag per partition of its topics (`topic`, `partition`; NaN once revoked).
+const LAG_GAUGE: &str = "chat_inbox_consumer_lag";
+
 /// Consumes until `stop`; a database error is retried (the event waits, nothing is skipped).
 pub async fn run(placement: Arc<Placement>, kafka: KafkaConfig, group: String, mut stop: watch::Receiver<bool>) {
     let mut config = kafka.consumer_config(&group);
@@ -91,7 +95,8 @@ pub async fn run(placement: Arc<Placement>, kafka: KafkaConfig, group: String, m
     // made an idle broker answer a fetch every 10 ms for this group alone (the dev broker spent
     // 0.45 of a core on it, idle: docs/benchmarks.md)
     config.set("fetch.wait.max.ms", FETCH_WAIT_MS);
-    let consumer: StreamConsumer = match config.create() {
+    bm_events::kafka::with_lag_statistics(&mut config);
+    let consumer: StreamConsumer<LagContext> = match config.create_with_context(LagContext(LAG_GAUGE)) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "inbox projection: no consumer; other members' chat lists will not follow");

@@ -164,3 +164,49 @@ mod tests {
         assert!(e.finish().unwrap_err().to_string().contains("empty entry"));
     }
 }
+
+/// A group consumer's lag per partition, from librdkafka's statistics (the client must set
+/// `statistics.interval.ms`: [`with_lag_statistics`]), as the gauge `name{topic, partition}`.
+pub fn export_lag(name: &'static str, stats: &rdkafka::statistics::Statistics) {
+    for (t, topic) in &stats.topics {
+        for (p, part) in &topic.partitions {
+            if *p >= 0 && part.consumer_lag >= 0 {
+                metrics::gauge!(name, "topic" => t.clone(), "partition" => p.to_string()).set(part.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+/// Partitions revoked from this instance: librdkafka reports lag for assigned partitions only,
+/// and a revoked partition's last value would stay on /metrics looking current. NaN says "not
+/// measured here" (the alert rules sum `>= 0`).
+pub fn forget_lag(name: &'static str, revoked: &rdkafka::TopicPartitionList) {
+    for e in revoked.elements() {
+        metrics::gauge!(name, "topic" => e.topic().to_string(), "partition" => e.partition().to_string()).set(f64::NAN);
+    }
+}
+
+/// Statistics once a second (what [`export_lag`] reads), unless `KAFKA_CONFIG` chose otherwise.
+pub fn with_lag_statistics(c: &mut ClientConfig) {
+    if c.get("statistics.interval.ms").is_none() {
+        c.set("statistics.interval.ms", "1000");
+    }
+}
+
+/// The context of a consumer that exports its lag as the gauge named here and does nothing
+/// else on a rebalance.
+pub struct LagContext(pub &'static str);
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, stats: rdkafka::statistics::Statistics) {
+        export_lag(self.0, &stats);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, r: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = r {
+            forget_lag(self.0, tpl);
+        }
+    }
+}

@@ -84,15 +84,11 @@ impl Job {
 /// statistics exported per partition.
 pub struct Ctx;
 
+const LAG_GAUGE: &str = "notification_consumer_lag";
+
 impl ClientContext for Ctx {
     fn stats(&self, stats: Statistics) {
-        for topic in stats.topics.values() {
-            for (p, part) in &topic.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    metrics::gauge!("notification_consumer_lag", "partition" => p.to_string()).set(part.consumer_lag as f64);
-                }
-            }
-        }
+        bm_events::kafka::export_lag(LAG_GAUGE, &stats);
     }
 }
 
@@ -106,11 +102,7 @@ impl ConsumerContext for Ctx {
         metrics::counter!("notification_rebalances_total", "phase" => what).increment(1);
         tracing::info!(phase = what, "consumer group rebalance");
         if let Rebalance::Revoke(tpl) = r {
-            // librdkafka reports lag for assigned partitions only: a revoked partition's last
-            // value would stay on /metrics and look current. NaN says "not measured here"
-            for e in tpl.elements() {
-                metrics::gauge!("notification_consumer_lag", "partition" => e.partition().to_string()).set(f64::NAN);
-            }
+            bm_events::kafka::forget_lag(LAG_GAUGE, tpl);
         }
     }
 
@@ -131,9 +123,7 @@ pub type PushConsumer = StreamConsumer<Ctx>;
 impl Job {
     pub fn consumer(&self) -> anyhow::Result<PushConsumer> {
         let mut c = self.cfg.kafka.consumer_config(&self.cfg.job.group);
-        if c.get("statistics.interval.ms").is_none() {
-            c.set("statistics.interval.ms", "1000");
-        }
+        bm_events::kafka::with_lag_statistics(&mut c);
         Ok(c.create_with_context(Ctx)?)
     }
 
