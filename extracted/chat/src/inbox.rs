@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bm_events::event::{chat_of, CHAT_CREATED_TOPIC, MESSAGE_SENT_TOPIC};
-use bm_events::KafkaConfig;
 use bm_events::kafka::LagContext;
+use bm_events::KafkaConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use sqlx::PgPool;

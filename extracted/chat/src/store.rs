@@ -565,32 +565,6 @@ pub mod on_shard {
     // written from the event (`notificationsWritten: false`), the event goes to the shard's
     // outbox.
 
-    /// `sendMessage`'s first step on a shard: the chat locked for this sender until the commit
-    /// (`FOR NO KEY UPDATE`: a chat's messages commit in seq order, as on the monolith's tables)
-    /// and the membership checked, in one round trip — 404 unknown, 403 not a member.
-    pub async fn lock_member(c: &mut PgConnection, chat: Uuid, user: Uuid) -> Result<ChatRow> {
-        #[derive(sqlx::FromRow)]
-        struct Locked {
-            #[sqlx(flatten)]
-            chat: ChatRow,
-            is_member: bool,
-        }
-        let row: Option<Locked> = sqlx::query_as(
-            "SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at,
-                    EXISTS (SELECT 1 FROM chat.chat_members cm WHERE cm.chat_id = c.id AND cm.user_id = $2) AS is_member
-             FROM chat.chats c WHERE c.id = $1 FOR NO KEY UPDATE OF c",
-        )
-        .bind(chat)
-        .bind(user)
-        .fetch_optional(&mut *c)
-        .await?;
-        let row = row.ok_or_else(ChatError::not_found_chat)?;
-        if !row.is_member {
-            return Err(ChatError::not_a_member());
-        }
-        Ok(row.chat)
-    }
-
     /// A page of a chat's messages if `user` is a member — the membership in the same query.
     /// No rows: [`require_member`] tells an empty page from a 404 or a 403 (one more query only
     /// then).
@@ -684,70 +658,93 @@ pub mod on_shard {
     }
 
     /// `sendMessage` on the chat's shard, as [`super::send_message`] on the monolith's tables:
-    /// the same lock, idempotency, `updated_at`, read marker and event — the event in the
-    /// shard's outbox, saying that its notifications are still to be written. Touches only the
-    /// shard (`from`: read before); the recipients' devices, for an in-process push, are read
-    /// after the commit (`NewMessage::devices` is empty).
+    /// the same lock, membership check, idempotency, `updated_at`, read marker and event — the
+    /// event in the shard's outbox, saying that its notifications are still to be written.
+    /// Touches only the shard (`from`: read before); the recipients' devices, for an in-process
+    /// push, are read after the commit (`NewMessage::devices` is empty). Returns the chat's row
+    /// as locked.
+    ///
+    /// Two statements. The first takes the chat's lock (one sender at a time per chat, to the
+    /// commit: the chat's messages commit, reach the outbox and the bus in seq order), checks
+    /// the membership, inserts the message and moves the chat's activity, the sender's read
+    /// marker and the inboxes on this shard. Its parts run in that order: the insert reads the
+    /// locked row, and every update names the inserted message, so `nextval` and the updates
+    /// come after the lock (a row another sender updated while this one waited is updated in
+    /// its newest version, as READ COMMITTED's updates are). The second writes the event, which
+    /// needs the message's seq and time. One round trip fewer while the chat's lock is held
+    /// than lock, insert, updates apart (the lock is what a busy chat's senders queue on).
     pub async fn send_message(
         c: &mut PgConnection,
         from: &SenderFacts,
         sender: Uuid,
-        chat: &ChatRow,
+        chat_id: Uuid,
         body: &str,
         client_message_id: &str,
-    ) -> Result<(MessageRow, Option<NewMessage>)> {
-        // (the chat is locked by `lock_member`: one sender at a time per chat, to the commit)
-        // the message and who it notifies, in one round trip
-        type Inserted =
-            (Uuid, i64, Uuid, Uuid, String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Vec<Uuid>);
-        let inserted: Option<Inserted> =
-            sqlx::query_as(&format!(
-                "WITH ins AS (
-                    INSERT INTO chat.messages (id, chat_id, sender_id, body, client_message_id, created_at) VALUES ($5, $1, $2, $3, $4, now())
-                    ON CONFLICT (chat_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
-                    RETURNING {COLUMNS})
-                 SELECT ins.*, ARRAY(SELECT user_id FROM chat.chat_members WHERE chat_id = $1 AND user_id <> $2 ORDER BY user_id) FROM ins"
-            ))
-            .bind(chat.id)
-            .bind(sender)
-            .bind(body)
-            .bind(client_message_id)
-            .bind(bm_shards::mint_chat_id(&chat.id))
-            .fetch_optional(&mut *c)
-            .await?;
-        let Some((id, seq, chat_id, sender_id, text, cmid, created_at, edited_at, deleted_at, recipients)) = inserted else {
+    ) -> Result<(ChatRow, MessageRow, Option<NewMessage>)> {
+        #[derive(sqlx::FromRow)]
+        struct Sent {
+            #[sqlx(flatten)]
+            chat: ChatRow,
+            is_member: bool,
+            m_id: Option<Uuid>,
+            m_seq: Option<i64>,
+            m_created_at: Option<DateTime<Utc>>,
+            recipients: Vec<Uuid>,
+        }
+        let sent: Option<Sent> = sqlx::query_as(
+            "WITH l AS (
+                SELECT c.id, c.title, c.is_group, c.created_at, c.updated_at,
+                       EXISTS (SELECT 1 FROM chat.chat_members cm WHERE cm.chat_id = c.id AND cm.user_id = $2) AS is_member
+                FROM chat.chats c WHERE c.id = $1 FOR NO KEY UPDATE OF c),
+             ins AS (
+                INSERT INTO chat.messages (id, chat_id, sender_id, body, client_message_id, created_at)
+                SELECT $5, l.id, $2, $3, $4, now() FROM l WHERE l.is_member
+                ON CONFLICT (chat_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
+                RETURNING id, seq, chat_id, created_at),
+             a AS (UPDATE chat.chats SET updated_at = GREATEST(updated_at, now()) WHERE id IN (SELECT chat_id FROM ins)),
+             r AS (UPDATE chat.chat_members cm SET last_read_seq = GREATEST(cm.last_read_seq, ins.seq)
+                   FROM ins WHERE cm.chat_id = ins.chat_id AND cm.user_id = $2),
+             i AS (UPDATE chat.inbox SET updated_at = GREATEST(updated_at, now()) WHERE chat_id IN (SELECT chat_id FROM ins))
+             SELECT l.*, ins.id AS m_id, ins.seq AS m_seq, ins.created_at AS m_created_at,
+                    ARRAY(SELECT user_id FROM chat.chat_members WHERE chat_id = $1 AND user_id <> $2 ORDER BY user_id) AS recipients
+             FROM l LEFT JOIN ins ON true",
+        )
+        .bind(chat_id)
+        .bind(sender)
+        .bind(body)
+        .bind(client_message_id)
+        .bind(bm_shards::mint_chat_id(&chat_id))
+        .fetch_optional(&mut *c)
+        .await?;
+        let sent = sent.ok_or_else(ChatError::not_found_chat)?;
+        if !sent.is_member {
+            return Err(ChatError::not_a_member());
+        }
+        let chat = sent.chat;
+        let (Some(id), Some(seq), Some(created_at)) = (sent.m_id, sent.m_seq, sent.m_created_at) else {
             let prev: Row = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM chat.messages WHERE chat_id = $1 AND sender_id = $2 AND client_message_id = $3"
             ))
-            .bind(chat.id)
+            .bind(chat_id)
             .bind(sender)
             .bind(client_message_id)
             .fetch_one(&mut *c)
             .await?;
-            return Ok((from.message(prev), None));
+            return Ok((chat, from.message(prev), None));
         };
-        let message = from.message((id, seq, chat_id, sender_id, text, cmid, created_at, edited_at, deleted_at));
+        let recipients = sent.recipients;
+        let message =
+            from.message((id, seq, chat_id, sender, body.to_string(), Some(client_message_id.to_string()), created_at, None, None));
         let chat_title = if chat.is_group { chat.title.clone() } else { None };
         let push_in_process = from.push_in_process;
         let mut event = super::message_sent(&message, chat_title.as_deref(), recipients.clone(), push_in_process);
         event.notifications_written = false;
-        // the chat's activity, the sender's read marker, the activity on the inboxes of this
-        // shard and the event, in one round trip (the outbox's relay is woken at the commit).
-        // The activity only moves forward, like every inbox row: now() is the transaction's
-        // start, and a sender that began first can take the chat's lock second — `now()` alone
-        // moved the chat's time back while the inboxes kept the later one (the e2e chat-list
-        // check caught it, 1–8 ms apart)
+        // the event (the outbox's relay is woken at the commit)
         let e = event.to_outbox();
         sqlx::query(
-            "WITH c AS (UPDATE chat.chats SET updated_at = GREATEST(updated_at, now()) WHERE id = $1),
-                  r AS (UPDATE chat.chat_members SET last_read_seq = GREATEST(last_read_seq, $3) WHERE chat_id = $1 AND user_id = $2),
-                  i AS (UPDATE chat.inbox SET updated_at = GREATEST(updated_at, now()) WHERE chat_id = $1),
-                  o AS (INSERT INTO chat.outbox (id, topic, key, type, version, payload) VALUES ($4, $5, $6, $7, $8, $9))
-             SELECT pg_notify($10, '')",
+            "WITH o AS (INSERT INTO chat.outbox (id, topic, key, type, version, payload) VALUES ($1, $2, $3, $4, $5, $6))
+             SELECT pg_notify($7, '')",
         )
-        .bind(chat.id)
-        .bind(sender)
-        .bind(message.seq)
         .bind(e.id)
         .bind(e.topic)
         .bind(&e.key)
@@ -759,7 +756,7 @@ pub mod on_shard {
         .await?;
         let devices_later = push_in_process && !recipients.is_empty();
         let new = NewMessage { message: message.clone(), chat_title, recipients, devices: Vec::new(), devices_later };
-        Ok((message, Some(new)))
+        Ok((chat, message, Some(new)))
     }
 
     pub async fn edit_message(c: &mut PgConnection, main: &PgPool, id: Uuid, body: &str) -> Result<Option<MessageRow>> {
