@@ -116,6 +116,20 @@ struct VerifierInner {
     source: Source,
     keys: RwLock<Keys>,
     validation: Validation,
+    /// Tokens already verified, by their SHA-256: a client sends the same access token with
+    /// every request until it expires, and an RS256 check (pure-Rust RSA) was ~12% of the chat
+    /// service's CPU under the 1000-user load (docs/benchmarks.md). A hit is the exact token
+    /// bytes that passed; its expiry is checked again on every use; new keys clear it.
+    verified: quick_cache::sync::Cache<[u8; 32], Claims>,
+}
+
+/// Verified tokens kept (a few hundred bytes each): more than the users active at once on one
+/// instance; past it the least used are dropped and verified again when they come back.
+const VERIFIED_TOKENS: usize = 16_384;
+
+/// `exp` as `jsonwebtoken` checks it: valid until `leeway` seconds after it.
+fn unexpired(claims: &Claims, now: u64, leeway: u64) -> bool {
+    claims.exp >= now.saturating_sub(leeway)
 }
 
 const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(30);
@@ -140,6 +154,7 @@ impl Verifier {
             source: Source::Static,
             keys: RwLock::new(Keys { by_kid: HashMap::new(), default: Some(key), fetched: None }),
             validation: Self::validation(issuer, audience),
+            verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS),
         }))
     }
 
@@ -161,6 +176,7 @@ impl Verifier {
             source: Source::Jwks { url: url.into(), http },
             keys: RwLock::new(Keys { by_kid: HashMap::new(), default: None, fetched: None }),
             validation: Self::validation(issuer, audience),
+            verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS),
         }));
         v.refresh().await?;
         Ok(v)
@@ -191,11 +207,36 @@ impl Verifier {
             }
         }
         *self.0.keys.write().await = Keys { by_kid, default, fetched: Some(Instant::now()) };
+        // a key the issuer withdrew must stop vouching for the tokens it signed
+        self.0.verified.clear();
         Ok(())
     }
 
-    /// Verifies a token: signature, `exp`, `iss`, `aud`.
+    /// Verifies a token: signature, `exp`, `iss`, `aud` — the signature once per token (then
+    /// `exp` alone: verified tokens are kept by their SHA-256).
     pub async fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        self.verify_at(token, jsonwebtoken::get_current_timestamp()).await
+    }
+
+    /// [`Verifier::verify`] with the cache's clock given (`now`, Unix seconds; the signature's
+    /// check reads its own).
+    async fn verify_at(&self, token: &str, now: u64) -> Result<Claims, JwtError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.0.verified.get(&digest) {
+            if unexpired(&claims, now, self.0.validation.leeway) {
+                return Ok(claims);
+            }
+            // the same bytes passed before: now they are only expired
+            self.0.verified.remove(&digest);
+            return Err(JwtError::Invalid(jsonwebtoken::errors::ErrorKind::ExpiredSignature.into()));
+        }
+        let claims = self.verify_signed(token).await?;
+        self.0.verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    async fn verify_signed(&self, token: &str) -> Result<Claims, JwtError> {
         let kid = decode_header(token)?.kid;
         for attempt in 0..2 {
             {
@@ -259,5 +300,85 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
                 Err(unauthorized())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn key_pair() -> (EncodingKey, Vec<u8>) {
+        let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+        let private = rsa.private_key_to_pem().unwrap();
+        let public = rsa.public_key_to_pem().unwrap();
+        (EncodingKey::from_rsa_pem(&private).unwrap(), public)
+    }
+
+    fn token(key: &EncodingKey, exp: u64) -> String {
+        token_of(key, exp, "u-1")
+    }
+
+    fn token_of(key: &EncodingKey, exp: u64, sub: &str) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: sub.into(),
+            email: "a@x.io".into(),
+            sid: "s-1".into(),
+            iss: "https://iss".into(),
+            aud: "aud".into(),
+            iat: now,
+            exp,
+        };
+        encode(&Header::new(Algorithm::RS256), &claims, key).unwrap()
+    }
+
+    #[test]
+    fn expiry_is_checked_as_jsonwebtoken_checks_it() {
+        let c = |exp| Claims { sub: String::new(), email: String::new(), sid: String::new(), iss: String::new(), aud: String::new(), iat: 0, exp };
+        assert!(unexpired(&c(1000), 1000, 30));
+        assert!(unexpired(&c(970), 1000, 30), "within the leeway");
+        assert!(!unexpired(&c(969), 1000, 30));
+        assert!(unexpired(&c(0), 10, 30), "no underflow near the epoch");
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_kept_and_only_its_exact_bytes_are() {
+        let (key, public) = key_pair();
+        let v = Verifier::from_pem(&public, "https://iss", "aud").unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let t = token(&key, now + 600);
+        let first = v.verify(&t).await.unwrap();
+        assert_eq!(v.0.verified.len(), 1);
+        assert_eq!(v.verify(&t).await.unwrap(), first, "the kept claims");
+        // one character of the signature changed: not the kept token, and refused
+        let mut forged = t.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(v.verify(&forged).await.is_err());
+        // another user's claims under the kept token's signature: refused
+        let other = token_of(&key, now + 600, "u-2");
+        let spliced = format!("{}.{}", other.rsplit_once('.').unwrap().0, t.rsplit_once('.').unwrap().1);
+        assert!(v.verify(&spliced).await.is_err());
+        assert_eq!(v.0.verified.len(), 1, "refused tokens are not kept");
+    }
+
+    #[tokio::test]
+    async fn a_kept_token_expires_like_any_other() {
+        let (key, public) = key_pair();
+        let v = Verifier::from_pem(&public, "https://iss", "aud").unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let t = token(&key, now + 60);
+        v.verify(&t).await.unwrap();
+        assert!(v.verify_at(&t, now + 60 + 30).await.is_ok(), "within the leeway");
+        let late = v.verify_at(&t, now + 60 + 31).await.unwrap_err();
+        assert!(matches!(&late, JwtError::Invalid(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature)), "{late}");
+        assert_eq!(v.0.verified.len(), 0, "dropped once expired");
+        v.verify(&t).await.unwrap();
+        // a token that is expired when it first comes is refused by the full check
+        let old = token(&key, now - 120);
+        assert!(v.verify(&old).await.is_err());
+        assert_eq!(v.0.verified.len(), 1, "the live token kept again, the expired one not kept");
     }
 }
