@@ -50,12 +50,24 @@ pub struct AppState(pub Arc<Inner>);
 pub struct Inner {
     pub cfg: Config,
     pub pool: PgPool,
+    /// Single-statement reads on the monolith's database by a request that holds a shard's
+    /// connection meanwhile (`sendMessage` on a shard reads its sender's profile while its
+    /// shard transaction begins). A pool of its own: its connections are held for one
+    /// statement by tasks that wait on nothing else, so waiting for one while holding a shard's
+    /// can never close a circle of waits (requests on `pool` may wait for shards' connections).
+    pub side_reads: PgPool,
     pub bus: bus::Bus,
     /// FCM
     pub http: reqwest::Client,
     pub verifier: Verifier,
     /// where each chat's rows are read (the chat data move's routing)
     pub placement: Arc<placement::Placement>,
+}
+
+/// The side-reads pool's size: a quarter of the main pool's, at least two (each is held for one
+/// round trip, the main pool's for a whole request).
+pub fn side_reads_max(pool_max: u32) -> u32 {
+    (pool_max / 4).max(2)
 }
 
 impl std::ops::Deref for AppState {
@@ -74,7 +86,9 @@ impl AppState {
         placement: Arc<placement::Placement>,
     ) -> anyhow::Result<AppState> {
         let http = cfg.tls.client_builder().timeout(cfg.http_timeout).build()?;
-        Ok(AppState(Arc::new(Inner { cfg, pool, bus, http, verifier, placement })))
+        let side_reads = bm_common::config::pool_options(side_reads_max(cfg.database.pool_max), cfg.database.acquire_timeout)
+            .connect_lazy(&cfg.database.url)?;
+        Ok(AppState(Arc::new(Inner { cfg, pool, side_reads, bus, http, verifier, placement })))
     }
 }
 

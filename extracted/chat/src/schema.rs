@@ -739,7 +739,6 @@ impl Mutation {
         crate::validate::send_message(&input.chat_id, &input.body, &input.client_message_id)?;
         let chat_id = store::parse_uuid(&input.chat_id, "chatId")?;
         let tx = tx(ctx)?;
-        let main = &state(ctx).pool;
         let (message, new) = where_routed!(ctx, {
             match state(ctx).placement.write_target(&chat_id).await? {
                 Target::Legacy => {
@@ -751,10 +750,12 @@ impl Mutation {
                     Ok(sent)
                 }
                 Target::Shard { name, pool } => {
-                    // what the monolith's database has to say, before the shard's transaction
-                    // holds a connection (nothing waits for the main pool while holding a shard's)
-                    let from = store::on_shard::SenderFacts::read(main, me).await?;
-                    let mut c = tx.conn_on(&name, &pool).await?;
+                    // what the monolith's database has to say, read while the shard's transaction
+                    // begins: two round trips at once (each one waits for a core on a busy host:
+                    // docs/benchmarks.md). On the side-reads pool, never the main one: nothing
+                    // waits for the main pool while holding a shard's connection
+                    let (from, c) = tokio::join!(store::on_shard::SenderFacts::read(&state(ctx).side_reads, me), tx.conn_on(&name, &pool));
+                    let (from, mut c) = (from?, c?);
                     in_unit!(c, {
                         let mut sp = unit(&mut c).await?;
                         // (the chat's activity on the inboxes here is in the message's transaction;
