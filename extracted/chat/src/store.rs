@@ -704,7 +704,7 @@ pub mod on_shard {
              a AS (UPDATE chat.chats SET updated_at = GREATEST(updated_at, now()) WHERE id IN (SELECT chat_id FROM ins)),
              r AS (UPDATE chat.chat_members cm SET last_read_seq = GREATEST(cm.last_read_seq, ins.seq)
                    FROM ins WHERE cm.chat_id = ins.chat_id AND cm.user_id = $2),
-             i AS (UPDATE chat.inbox SET updated_at = GREATEST(updated_at, now()) WHERE chat_id IN (SELECT chat_id FROM ins))
+             i AS (UPDATE chat.inbox SET updated_at = now() WHERE chat_id IN (SELECT chat_id FROM ins) AND updated_at < now())
              SELECT l.*, ins.id AS m_id, ins.seq AS m_seq, ins.created_at AS m_created_at,
                     ARRAY(SELECT user_id FROM chat.chat_members WHERE chat_id = $1 AND user_id <> $2 ORDER BY user_id) AS recipients
              FROM l LEFT JOIN ins ON true",

@@ -335,7 +335,15 @@ mod tests {
 
     #[test]
     fn expiry_is_checked_as_jsonwebtoken_checks_it() {
-        let c = |exp| Claims { sub: String::new(), email: String::new(), sid: String::new(), iss: String::new(), aud: String::new(), iat: 0, exp };
+        let c = |exp| Claims {
+            sub: String::new(),
+            email: String::new(),
+            sid: String::new(),
+            iss: String::new(),
+            aud: String::new(),
+            iat: 0,
+            exp,
+        };
         assert!(unexpired(&c(1000), 1000, 30));
         assert!(unexpired(&c(970), 1000, 30), "within the leeway");
         assert!(!unexpired(&c(969), 1000, 30));

@@ -47,11 +47,15 @@ pub fn mint_chat_id(home: &uuid::Uuid) -> uuid::Uuid {
 /// Upserts inbox rows (`chat.inbox`, migrations/chat/0003_inbox.sql) given as six arrays: user
 /// ids, chat ids, titles, is_group, created_at, updated_at. `updated_at` only moves forward, so
 /// the mover's derivation, the service's writes and the projection of events can land in any
-/// order, any number of times, and end in the same rows.
+/// order, any number of times, and end in the same rows. A row it would not change is left
+/// alone: no new row version for an event that arrives after the message's own transaction (or
+/// the sender's write) already moved the row.
 pub const INBOX_UPSERT_SQL: &str = "INSERT INTO chat.inbox (user_id, chat_id, title, is_group, created_at, updated_at)
      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::timestamptz[], $6::timestamptz[])
      ON CONFLICT (user_id, chat_id) DO UPDATE SET title = EXCLUDED.title, is_group = EXCLUDED.is_group,
-         updated_at = GREATEST(chat.inbox.updated_at, EXCLUDED.updated_at)";
+         updated_at = GREATEST(chat.inbox.updated_at, EXCLUDED.updated_at)
+     WHERE chat.inbox.updated_at < EXCLUDED.updated_at OR chat.inbox.title IS DISTINCT FROM EXCLUDED.title
+        OR chat.inbox.is_group <> EXCLUDED.is_group";
 
 #[cfg(test)]
 mod tests {
