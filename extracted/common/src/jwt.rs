@@ -315,6 +315,12 @@ mod tests {
         (EncodingKey::from_rsa_pem(&private).unwrap(), public)
     }
 
+    /// A fresh key's signer, a verifier of its tokens, and the time now.
+    fn signer_and_verifier() -> (EncodingKey, Verifier, u64) {
+        let (key, public) = key_pair();
+        (key, Verifier::from_pem(&public, "https://iss", "aud").unwrap(), jsonwebtoken::get_current_timestamp())
+    }
+
     fn token(key: &EncodingKey, exp: u64) -> String {
         token_of(key, exp, "u-1")
     }
@@ -352,9 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verified_token_is_kept_and_only_its_exact_bytes_are() {
-        let (key, public) = key_pair();
-        let v = Verifier::from_pem(&public, "https://iss", "aud").unwrap();
-        let now = jsonwebtoken::get_current_timestamp();
+        let (key, v, now) = signer_and_verifier();
         let t = token(&key, now + 600);
         let first = v.verify(&t).await.unwrap();
         assert_eq!(v.0.verified.len(), 1);
@@ -374,9 +378,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_token_expires_like_any_other() {
-        let (key, public) = key_pair();
-        let v = Verifier::from_pem(&public, "https://iss", "aud").unwrap();
-        let now = jsonwebtoken::get_current_timestamp();
+        let (key, v, now) = signer_and_verifier();
         let t = token(&key, now + 60);
         v.verify(&t).await.unwrap();
         assert!(v.verify_at(&t, now + 60 + 30).await.is_ok(), "within the leeway");
