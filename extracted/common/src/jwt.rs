@@ -150,9 +150,14 @@ impl Verifier {
     }
 
     fn with_key(key: DecodingKey, issuer: &str, audience: &str) -> Self {
+        Self::new(Source::Static, Some(key), issuer, audience)
+    }
+
+    /// A verifier of `source`'s keys (`default` until the first fetch), nothing verified yet.
+    fn new(source: Source, default: Option<DecodingKey>, issuer: &str, audience: &str) -> Self {
         Verifier(Arc::new(VerifierInner {
-            source: Source::Static,
-            keys: RwLock::new(Keys { by_kid: HashMap::new(), default: Some(key), fetched: None }),
+            source,
+            keys: RwLock::new(Keys { by_kid: HashMap::new(), default, fetched: None }),
             validation: Self::validation(issuer, audience),
             verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS),
         }))
@@ -172,12 +177,7 @@ impl Verifier {
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| JwtError::Jwks { url: url.into(), reason: e.to_string() })?;
-        let v = Verifier(Arc::new(VerifierInner {
-            source: Source::Jwks { url: url.into(), http },
-            keys: RwLock::new(Keys { by_kid: HashMap::new(), default: None, fetched: None }),
-            validation: Self::validation(issuer, audience),
-            verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS),
-        }));
+        let v = Self::new(Source::Jwks { url: url.into(), http }, None, issuer, audience);
         v.refresh().await?;
         Ok(v)
     }
