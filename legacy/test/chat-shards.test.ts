@@ -340,6 +340,40 @@ describe('reads from the shards', () => {
     // message.sent from the shard's outbox, through the broker; the push job writes the
     // recipients' notifications from it (one each, however often the event comes)
     await waitFor(async () => (await onShard(shardOf(group), 'SELECT 1 FROM chat.outbox WHERE published_at IS NOT NULL AND payload LIKE $1', [`%${inGroup}%`])).length, 'the shard\'s event published', 30_000);
+    // each message's event in its chat's shard's outbox: every field what the message's row, its
+    // chat and its members say
+    for (const [id, chatId, sender, title, others] of [
+      [fresh, direct, a, null, [b]],
+      [inGroup, group, c, 'trio', [a, b]],
+    ] as [string, string, TestUser, string | null, TestUser[]][]) {
+      const [m] = await onShard(shardOf(chatId), `SELECT seq::text, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') AS at, body FROM chat.messages WHERE id = $1`, [id]);
+      const events = await onShard(shardOf(chatId), 'SELECT key, type, version, payload FROM chat.outbox WHERE payload LIKE $1', [`%"messageId":%${id}%`]);
+      assert.equal(events.length, 1, `one event for ${id}`);
+      const e = JSON.parse(events[0].payload);
+      assert.deepEqual([events[0].key, events[0].type, events[0].version], [chatId, 'message.sent', 1]);
+      assert.deepEqual(
+        { ...e, id: undefined },
+        {
+          id: undefined,
+          type: 'message.sent',
+          version: 1,
+          occurredAt: `${m.at.slice(0, 23)}Z`, // milliseconds, truncated as chrono's
+          producer: 'chat',
+          chatId,
+          messageId: id,
+          seq: m.seq,
+          senderId: sender.id,
+          senderName: sender.displayName,
+          chatTitle: title,
+          body: m.body,
+          recipients: others.map((u) => u.id).sort(),
+          pushedInProcess: e.pushedInProcess,
+          notificationsWritten: false,
+        },
+        `the event of ${id}`,
+      );
+      assert.equal(typeof e.pushedInProcess, 'boolean');
+    }
     for (const u of [a, b]) {
       await waitFor(
         async () => (await env.db.query("SELECT 1 FROM legacy.notifications WHERE user_id = $1 AND kind = 'message.new' AND payload->>'messageId' = $2", [u.id, inGroup])).rowCount,
