@@ -51,6 +51,9 @@ pub const GRAPHQL_OPERATIONS_TOTAL: &str = "strangler_graphql_operations_total";
 /// Log lines dropped because the log's writer fell behind (never waited for), by `kind`
 /// (`access`: a request's line; `other`).
 pub const LOG_LINES_DROPPED_TOTAL: &str = "strangler_log_lines_dropped_total";
+/// Requests the lean HTTP/1 path served (`edge::lean`); the rest of `strangler_requests_total`
+/// went through Pingora's proxy.
+pub const LEAN_REQUESTS_TOTAL: &str = "strangler_lean_requests_total";
 /// Health-check result per `upstream`: 1 up, 0 down.
 pub const UPSTREAM_UP: &str = "strangler_upstream_up";
 
@@ -87,6 +90,7 @@ fn describe() {
     describe_gauge!(UPSTREAM_UP, "Health check per upstream: 1 up, 0 down");
     describe_counter!(GRAPHQL_OPERATIONS_TOTAL, "Requests on GraphQL paths by how their operation was routed");
     describe_counter!(REQUESTS_REFUSED_TOTAL, "Requests refused before routing, by reason");
+    describe_counter!(LEAN_REQUESTS_TOTAL, "Requests served by the lean HTTP/1 path instead of Pingora's proxy");
     describe_counter!(RESPONSES_ABORTED_TOTAL, "Responses aborted after their head was sent, by route and reason");
 }
 

@@ -204,3 +204,112 @@ async fn every_spelling_of_a_path_routes_and_forwards_as_its_normal_form() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("encoded slash"), "{out}");
 }
+
+/// An upstream on raw sockets answering by path: `/chunked` (a chunked body), `/length`
+/// (`Content-Length`), `/until-close` (no length: the body ends when the connection does),
+/// `/stale` (`Content-Length`, then the connection closes without saying so, as an upstream
+/// dropping idle keep-alive connections does). Counts connections and keeps each request head.
+async fn framing_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let (acc, hs) = (accepted.clone(), heads.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            acc.fetch_add(1, Ordering::SeqCst);
+            let hs = hs.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let end = loop {
+                        if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end);
+                    hs.lock().unwrap().push(head.clone());
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let answer: &[u8] = match path.as_str() {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+                        "/until-close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: X-Private\r\nX-Private: secret\r\n\r\nfive!",
+                    };
+                    if s.write_all(answer).await.is_err() || path == "/until-close" || path == "/stale" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, heads)
+}
+
+/// The lean HTTP/1 path (`edge::lean`) and Pingora's proxy frame answers alike: a chunked body
+/// whole with its trailers and the connection kept, a body delimited by the upstream's close
+/// ends the client's connection too, an upstream that drops its idle connections costs no
+/// request, and both send the upstream the same headers. Run once with each path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lean_path_and_pingora_frame_answers_alike() {
+    use std::sync::atomic::Ordering;
+    for lean in ["1", "0"] {
+        let (up, accepted, heads) = framing_upstream().await;
+        let routes = Routes::new().upstream("legacy", &format!("http://{up}")).build();
+        let proxy = Proxy::start_opts(&routes, Opts { env: &[("STRANGLER_LEAN_HTTP1", lean)], ..Opts::default() }).await;
+
+        // three pipelined requests on one client connection, over one upstream connection
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(
+            b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\nGET /length HTTP/1.1\r\nHost: a\r\nConnection: X-Hop\r\nX-Hop: 1\r\nX-Forwarded-For: 10.9.8.7\r\nX-Request-Id: mine\r\n\r\nGET /length HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (out, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(closed, "lean={lean}: the connection was not closed after `Connection: close`: {out}");
+        // the lean path passes the chunks as they came (extensions, trailers); Pingora re-chunks
+        let chunked = if lean == "1" { "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n" } else { "B\r\nhello world\r\n0\r\n\r\n" };
+        assert!(out.contains(chunked), "lean={lean}: the chunked body was not passed whole: {out:?}");
+        assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "lean={lean}: {out}");
+        assert_eq!(out.matches("\r\n\r\nfive!").count(), 2, "lean={lean}: {out}");
+        assert!(!out.contains("X-Private"), "lean={lean}: a header the upstream's Connection named was forwarded: {out}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "lean={lean}: the upstream connection was not reused");
+        let seen = heads.lock().unwrap().clone();
+        let second = seen[1].to_ascii_lowercase();
+        assert!(!second.contains("x-hop") && !second.contains("connection:"), "lean={lean}: hop-by-hop forwarded: {second}");
+        assert!(second.contains("x-forwarded-for: 10.9.8.7, 127.0.0.1\r\n"), "lean={lean}: {second}");
+        assert!(second.contains("x-forwarded-proto: http\r\n") && second.contains("x-request-id: mine\r\n"), "lean={lean}: {second}");
+        assert!(seen[0].to_ascii_lowercase().contains("x-request-id: "), "lean={lean}: no request id made: {}", seen[0]);
+
+        // a body that ends with the upstream's connection: whole, chunked for the client, whose
+        // connection stays good for another request
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET /until-close HTTP/1.1\r\nHost: a\r\n\r\nGET /length HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        let (out, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(closed && out.contains("\r\n\r\n9\r\nall of it\r\n0\r\n\r\nHTTP/1.1 200"), "lean={lean}: {out:?}");
+        assert!(out.ends_with("five!") && out.to_ascii_lowercase().contains("transfer-encoding: chunked"), "lean={lean}: {out}");
+
+        // an upstream that closes every connection after one answer, without saying so: the
+        // pooled connection is found dead or the request retried on a fresh one, never a 502
+        for i in 0..10 {
+            let (out, _) = exchange(proxy.addr, b"GET /stale HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+            assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("five!"), "lean={lean}, request {i}: {out}");
+        }
+        let metrics = proxy.admin_get("/metrics").await.unwrap().1;
+        let lean_served = metrics.lines().find(|l| l.starts_with("strangler_lean_requests_total")).map(|l| l.to_string());
+        match lean {
+            "1" => assert_eq!(lean_served.as_deref(), Some("strangler_lean_requests_total 15"), "{metrics}"),
+            _ => assert_eq!(lean_served, None, "the lean path served with STRANGLER_LEAN_HTTP1=0"),
+        }
+    }
+}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::head::{self, Body, Head, Invalid};
+use super::lean::Served;
 use super::Edge;
 use crate::metrics as m;
 
@@ -47,12 +48,17 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub struct EdgeApp {
     proxy: Arc<HttpProxy<Edge>>,
+    /// The same edge (its state and tee shared) for the lean path, or `None` when it is off.
+    lean: Option<Edge>,
     h2c: bool,
 }
 
 impl EdgeApp {
-    pub fn new(proxy: HttpProxy<Edge>, h2c: bool) -> EdgeApp {
-        EdgeApp { proxy: Arc::new(proxy), h2c }
+    /// `lean`: an [`Edge`] over the same state as `proxy`'s, serving the requests the lean
+    /// HTTP/1 path takes ([`super::lean`]); it is dropped when `STRANGLER_LEAN_HTTP1=0`.
+    pub fn new(proxy: HttpProxy<Edge>, lean: Edge, h2c: bool) -> EdgeApp {
+        let lean = super::lean::enabled().then_some(lean);
+        EdgeApp { proxy: Arc::new(proxy), lean, h2c }
     }
 }
 
@@ -151,11 +157,37 @@ impl ServerApp for EdgeApp {
                 Body::Length(n) => len + usize::try_from(n).unwrap_or(usize::MAX).min(buf.len() - len),
                 Body::Chunked | Body::Tunnel => buf.len(),
             };
+            // the common request, whole in hand: the lean path, unless it declines
+            let whole = match body {
+                Body::None => true,
+                Body::Length(n) => (take - len) as u64 == n,
+                Body::Chunked | Body::Tunnel => false,
+            };
+            let mut sample = None;
+            if let (Some(edge), true) = (&self.lean, whole) {
+                let closing = *shutdown.borrow();
+                match super::lean::serve(edge, &mut stream, &buf[..take], closing).await {
+                    Served::Declined => {}
+                    Served::Copied(draw) => sample = Some(draw),
+                    Served::KeepAlive => {
+                        buf.advance(take);
+                        continue;
+                    }
+                    Served::Close => {
+                        let _ = stream.shutdown().await;
+                        return None;
+                    }
+                }
+            }
             let prefix = buf.split_to(take);
             let mut session = ServerSession::new_http1(stream);
             session.set_keepalive(if *shutdown.borrow() { None } else { Some(KEEPALIVE.as_secs()) });
             session.set_pipelined_prefix(prefix);
-            let reused = HttpServerApp::process_new_http(&self.proxy, session, &shutdown).await?;
+            let served = HttpServerApp::process_new_http(&self.proxy, session, &shutdown);
+            let reused = match sample {
+                Some(draw) => super::lean::SAMPLE.scope(draw, served).await,
+                None => served.await,
+            }?;
             // Pingora's persistent settings hold nothing we use: keep-alive is set per request
             // here, and overread bytes never come back (with pipelining off, Pingora does not
             // reuse a connection it read past)

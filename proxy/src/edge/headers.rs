@@ -44,9 +44,31 @@ fn hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> 
     names
 }
 
+/// The names a `Connection` header value lists (trimmed, as sent), for [`is_hop_by_hop`].
+pub fn connection_tokens_raw(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+/// Whether a header named `name` is hop-by-hop in a message whose `Connection` headers list
+/// `tokens` — the rule [`prepare_upstream_request`] and [`clean_upstream_response`] apply to
+/// Pingora's header maps, for the lean path's raw heads (never an upgrade there).
+pub fn is_hop_by_hop(name: &str, tokens: &[&[u8]]) -> bool {
+    if name.eq_ignore_ascii_case("connection") || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        return true;
+    }
+    // framing headers and Host are never dropped, even when a client lists them
+    !(name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("host"))
+        && tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// A client's request id, when it sent a usable one (otherwise the proxy makes one).
+pub fn client_request_id(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| !v.is_empty() && v.len() <= 200)
+}
+
 /// Returns the request's id, generating one when the client sent none.
 pub fn ensure_request_id(req: &mut RequestHeader) -> String {
-    if let Some(id) = req.headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 200) {
+    if let Some(id) = client_request_id(req.headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok())) {
         return id.to_string();
     }
     let id = uuid::Uuid::new_v4().to_string();
@@ -115,6 +137,19 @@ mod tests {
         assert_eq!(req.headers["connection"], "upgrade");
         assert_eq!(req.headers["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert_eq!(req.headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn the_raw_rule_drops_what_the_header_map_rule_drops() {
+        let tokens: Vec<&[u8]> = connection_tokens_raw(b" keep-alive, X-Secret ,,Content-Length").collect();
+        assert_eq!(tokens, vec![&b"keep-alive"[..], b"X-Secret", b"Content-Length"]);
+        for gone in ["Connection", "keep-alive", "x-secret", "Proxy-Connection", "TE", "trailer", "upgrade", "proxy-authorization"] {
+            assert!(is_hop_by_hop(gone, &tokens), "{gone} kept");
+        }
+        for kept in ["content-length", "Transfer-Encoding", "host", "traceparent", "x-secretive"] {
+            assert!(!is_hop_by_hop(kept, &tokens), "{kept} dropped");
+        }
+        assert!(!is_hop_by_hop("x-secret", &[]));
     }
 
     #[test]

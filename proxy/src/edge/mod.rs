@@ -26,6 +26,7 @@
 mod h1;
 pub mod head;
 mod headers;
+mod lean;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -234,12 +235,7 @@ impl Edge {
     /// Decides whether this request is copied to the other side, and to which upstream.
     fn plan_shadow(&self, session: &Session, ctx: &mut RequestCtx, table: &RouteTable) {
         let Some(route) = ctx.route.clone() else { return };
-        let other = match (route.mode, ctx.side) {
-            (Mode::Shadow, _) | (Mode::Canary, Side::Legacy) => table.upstream(&route.target).clone(),
-            (Mode::Canary, Side::Extracted) => table.default_upstream().clone(),
-            (Mode::Extracted, _) if route.shadow.reverse => table.default_upstream().clone(),
-            _ => return,
-        };
+        let Some(other) = shadow_other(&route, ctx.side, table) else { return };
         // sampling: the leading digits of the request's draw (noise sampling uses the last two,
         // so the two choices are independent)
         if ctx.sample / 100 >= u32::from(route.shadow.sample_percent) {
@@ -327,6 +323,38 @@ impl Edge {
         warn!(route = %route, reason, request_id = %ctx.request_id, "extracted upstream unavailable; serving from legacy");
     }
 
+    /// The breaker's word on a request the route sends to the extracted service, and whether it
+    /// may fall back to the monolith (`ctx.fallback_ok`, `ctx.breaker_pending`, or already sent
+    /// there with `ctx.fell_back`). Requests served by the monolith pass untouched.
+    fn admit(&self, ctx: &mut RequestCtx, table: &RouteTable, idempotent: bool) -> Admission {
+        let (Side::Extracted, Some(route)) = (ctx.side, ctx.route.clone()) else { return Admission::Go { replayable: false } };
+        // the monolith still serves these routes until it is switched off: a request the
+        // service never saw can go there instead
+        ctx.fallback_ok = matches!(route.mode, Mode::Extracted | Mode::Canary)
+            && route.fallback
+            && table.default_upstream != route.target
+            // A GraphQL mutation stays with the owner of its fields, even when the service
+            // never saw it: the owner's store is where the data lives (or will, once the data
+            // moves), so the client gets a GraphQL error and retries (its mutations are
+            // idempotent by client id) rather than a write on the monolith's side.
+            && ctx.operation != Some(crate::graphql::OperationKind::Mutation);
+        let (admit, _) = self.state.breakers.with(&route.name, route.breaker, |b| b.admit(Instant::now()));
+        match admit {
+            Admit::Yes | Admit::Probe => {
+                ctx.breaker_pending = true;
+                Admission::Go { replayable: ctx.fallback_ok && idempotent }
+            }
+            Admit::No if ctx.fallback_ok => {
+                self.fall_back(ctx, "breaker_open");
+                Admission::Go { replayable: false }
+            }
+            Admit::No => {
+                metrics::counter!(m::FALLBACKS_TOTAL, "route" => route.name.to_string(), "reason" => "breaker_rejected").increment(1);
+                Admission::Refuse(route.breaker.cooldown.as_secs().max(1).to_string())
+            }
+        }
+    }
+
     /// Normalises the request's path in place; `Err` is the reason to refuse it.
     fn normalize_path(session: &mut Session, table: &RouteTable) -> std::result::Result<(), crate::routing::PathError> {
         let req = session.req_header();
@@ -344,6 +372,26 @@ impl Edge {
         }
         Ok(())
     }
+}
+
+/// The upstream a request on `route`, served by `side`, is copied to (before sampling), if any.
+fn shadow_other(route: &Route, side: Side, table: &RouteTable) -> Option<Arc<Upstream>> {
+    match (route.mode, side) {
+        (Mode::Shadow, _) | (Mode::Canary, Side::Legacy) => Some(table.upstream(&route.target).clone()),
+        (Mode::Canary, Side::Extracted) => Some(table.default_upstream().clone()),
+        (Mode::Extracted, _) if route.shadow.reverse => Some(table.default_upstream().clone()),
+        _ => None,
+    }
+}
+
+/// What the extracted service's breaker and the route's fallback make of a request.
+enum Admission {
+    /// Proxy it (to the service, or to the monolith when the breaker is open and the route
+    /// falls back). `replayable`: it may be sent to the monolith after a failed attempt, so a
+    /// body must be kept.
+    Go { replayable: bool },
+    /// Answer 503 with this `Retry-After` (seconds): the breaker is open and there is no fallback.
+    Refuse(String),
 }
 
 /// Where a request on a GraphQL path goes.
@@ -456,7 +504,7 @@ impl Edge {
     /// and, when the monolith did, under which endpoint template (a GraphQL operation: under
     /// each of its root fields). Atomic counters only; a template's text is built the first
     /// time it is seen.
-    fn count_progress(&self, session: &Session, ctx: &RequestCtx, now: Instant) {
+    fn count_progress(&self, method: &str, path: &str, ctx: &RequestCtx, now: Instant) {
         use crate::progress::monolith::{graphql_template, graphql_template_key, Named};
         use crate::progress::Backend;
         // an answer the proxy gave itself (a refused request, an open breaker without
@@ -475,8 +523,6 @@ impl Edge {
         if backend == Backend::Target {
             return;
         }
-        let req = session.req_header();
-        let path = req.uri.path();
         match (&ctx.graphql_root, ctx.operation) {
             (Some(fields), Some(kind)) => {
                 for field in fields {
@@ -488,7 +534,6 @@ impl Edge {
                 }
             }
             _ => {
-                let method = req.method.as_str();
                 let key = crate::shadow::template::endpoint_template_key(method, path);
                 progress.record_monolith(key, now, || Named {
                     template: crate::shadow::endpoint_template(method, path).into(),
@@ -527,7 +572,8 @@ impl ProxyHttp for Edge {
             fell_back: None,
             breaker_pending: false,
             request_id: String::new(),
-            sample: fastrand::u32(..crate::routing::BUCKETS),
+            // the lean path's draw when it handed this request on to be copied
+            sample: lean::SAMPLE.try_with(|draw| *draw).unwrap_or_else(|_| fastrand::u32(..crate::routing::BUCKETS)),
             client_ip: None,
             upstream_started: None,
             upstream_status: None,
@@ -595,34 +641,17 @@ impl ProxyHttp for Edge {
         });
         self.plan_shadow(session, ctx, &table);
 
-        if let (Side::Extracted, Some(route)) = (ctx.side, ctx.route.clone()) {
-            // the monolith still serves these routes until it is switched off: a request the
-            // service never saw can go there instead
-            ctx.fallback_ok = matches!(route.mode, Mode::Extracted | Mode::Canary)
-                && route.fallback
-                && table.default_upstream != route.target
-                // A GraphQL mutation stays with the owner of its fields, even when the service
-                // never saw it: the owner's store is where the data lives (or will, once the data
-                // moves), so the client gets a GraphQL error and retries (its mutations are
-                // idempotent by client id) rather than a write on the monolith's side.
-                && ctx.operation != Some(crate::graphql::OperationKind::Mutation);
-            let (admit, _) = self.state.breakers.with(&route.name, route.breaker, |b| b.admit(Instant::now()));
-            match admit {
-                Admit::Yes | Admit::Probe => {
-                    ctx.breaker_pending = true;
-                    if ctx.fallback_ok && idempotent && !session.is_body_empty() {
-                        // Keep a copy of the body (up to Pingora's retry buffer) for a retry
-                        // after a failure mid-request.
-                        session.enable_retry_buffering();
-                    }
+        match self.admit(ctx, &table, idempotent) {
+            Admission::Go { replayable } => {
+                if replayable && !session.is_body_empty() {
+                    // Keep a copy of the body (up to Pingora's retry buffer) for a retry after a
+                    // failure mid-request.
+                    session.enable_retry_buffering();
                 }
-                Admit::No if ctx.fallback_ok => self.fall_back(ctx, "breaker_open"),
-                Admit::No => {
-                    let retry_after = route.breaker.cooldown.as_secs().max(1).to_string();
-                    metrics::counter!(m::FALLBACKS_TOTAL, "route" => route.name.to_string(), "reason" => "breaker_rejected").increment(1);
-                    respond_error(session, ctx, 503, "service temporarily unavailable", &[("retry-after", retry_after)]).await?;
-                    return Ok(true);
-                }
+            }
+            Admission::Refuse(retry_after) => {
+                respond_error(session, ctx, 503, "service temporarily unavailable", &[("retry-after", retry_after)]).await?;
+                return Ok(true);
             }
         }
         Ok(false)
@@ -819,12 +848,21 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.finish_shadow(session, ctx, e.is_some());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        self.finish_request(req.method.as_str(), req.uri.path(), status, e.map(|e| e as &dyn std::fmt::Display), ctx);
+    }
+}
+
+impl Edge {
+    /// The end of every request, whichever path served it: the breaker's last word, the
+    /// canary's demotion signal, the progress counters, the metrics and the access line.
+    fn finish_request(&self, method: &str, path: &str, status: u16, e: Option<&dyn std::fmt::Display>, ctx: &mut RequestCtx) {
         if ctx.breaker_pending {
             // The extracted attempt failed in a way no other phase saw (e.g. read timeout).
             self.record_breaker(ctx, e.is_none());
         }
-        self.finish_shadow(session, ctx, e.is_some());
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         if let (Some(route), Side::Extracted, None) = (&ctx.route, ctx.side, ctx.fell_back) {
             if let (Mode::Canary, Some(limits)) = (route.mode, route.demote) {
                 let failed = e.is_some() || status >= 500;
@@ -832,7 +870,7 @@ impl ProxyHttp for Edge {
             }
         }
         let now = Instant::now();
-        self.count_progress(session, ctx, now);
+        self.count_progress(method, path, ctx, now);
         let route = ctx.route_label();
         let target = ctx.target_label();
         let mode = ctx.mode_label();
@@ -840,11 +878,10 @@ impl ProxyHttp for Edge {
         let status_label = if ctx.aborted.is_some() { "aborted" } else { m::status_class(status) };
         metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "target" => target.clone(), "mode" => mode, "status" => status_label).increment(1);
         metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route.clone()).record(elapsed.as_secs_f64());
-        let req = session.req_header();
         crate::accesslog::AccessLine {
             request_id: &ctx.request_id,
-            method: req.method.as_str(),
-            path: req.uri.path(),
+            method,
+            path,
             route: &route,
             target_upstream: &target,
             mode,
@@ -855,7 +892,7 @@ impl ProxyHttp for Edge {
             upstream_status: ctx.upstream_status.unwrap_or(0),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             client: ctx.client_ip,
-            error: e.map(|e| e as &dyn std::fmt::Display),
+            error: e,
         }
         .log();
     }

@@ -1,0 +1,827 @@
+//! The lean HTTP/1 data path: the common request proxied without Pingora's proxy framework.
+//!
+//! Pingora's `HttpProxy` pays a fixed price per request whatever the request needs: a boxed
+//! future per phase, a copy of the request head, two channels and a join between the
+//! downstream and upstream halves, and a connection pool whose every return takes a mutex,
+//! updates an LRU and spawns a task to watch the idle connection. For the request most traffic
+//! is — HTTP/1.1, its whole body already read with its head, routed to a plain-HTTP upstream,
+//! not copied anywhere — [`serve`] does the exchange itself on the connection loop's task:
+//! the client's head bytes are rewritten once into the upstream request (hop-by-hop headers
+//! dropped, `X-Forwarded-*` and `X-Request-Id` set, exactly as the Pingora path does), the
+//! upstream connection comes from a per-thread pool (the workers are no-steal runtimes: a task
+//! never changes thread, so the pool needs no lock), and the answer is streamed back as it
+//! arrives, its framing checked (`Content-Length`, chunked, or until close).
+//!
+//! Everything else is declined *before anything is sent*, and the connection loop hands the
+//! request to Pingora as before: other HTTP versions, a body not yet read whole, chunked or
+//! `Expect` requests, upgrades, GraphQL paths, a path that normalises to something else, a
+//! request its route copies to the other side (shadow, canary, reverse shadow: the sampling
+//! draw is made here and handed on, so a route copying 10% of its requests has the other 90%
+//! served here), a demoted canary, TLS upstreams.
+//!
+//! The rules are the Pingora path's, in the same shared functions: the breaker's admission
+//! ([`Edge::admit`]), failover to the monolith (a connection the service refused → any method;
+//! a reset before any answer byte or a 502/503/504 → idempotent requests only; a timeout never),
+//! an answer cut short after its head is out is aborted (the client's connection closes short
+//! of its length or last chunk, never completed), errors in the monolith's shape, and the same
+//! access line, metrics and progress counters ([`Edge::finish_request`]). The integration tests
+//! in `proxy/tests` run over this path wherever it applies; `STRANGLER_LEAN_HTTP1=0` turns it
+//! off (for comparisons in `scripts/bench`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pingora::protocols::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::headers::{client_request_id, connection_tokens_raw, is_hop_by_hop};
+use super::head::MAX_HEADERS;
+use super::{error_body, shadow_other, Admission, Edge, DRY_RUN_HEADER, REQUEST_ID_HEADER};
+use crate::config::{Mode, Upstream};
+use crate::metrics as m;
+use crate::routing::{decide, host_of, RequestFacts, Side};
+
+/// At most this many bytes of an upstream's response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Attempts per request: a stale pooled connection retried once, a fallback, and its retry.
+const MAX_ATTEMPTS: usize = 4;
+
+/// What became of a request offered to the lean path.
+pub(super) enum Served {
+    /// Answered; the client connection can take its next request.
+    KeepAlive,
+    /// Answered (or cut short); the client connection must close.
+    Close,
+    /// Not for this path: nothing was sent anywhere, the request goes to Pingora.
+    Declined,
+    /// The route copies this request (its sampling draw, which Pingora's path is to use, is
+    /// here: see [`SAMPLE`]); nothing was sent, the request goes to Pingora.
+    Copied(u32),
+}
+
+tokio::task_local! {
+    /// The shadow-sampling draw of a request the lean path handed to Pingora because it is to be
+    /// copied: `Edge::new_ctx` takes it instead of drawing again (which would sample the route's
+    /// share of its share).
+    pub(super) static SAMPLE: u32;
+}
+
+/// Whether the lean path is on (`STRANGLER_LEAN_HTTP1=0` turns it off).
+pub(super) fn enabled() -> bool {
+    std::env::var("STRANGLER_LEAN_HTTP1").map_or(true, |v| v != "0")
+}
+
+/// Why an upstream exchange failed before its answer's head reached the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    ConnectRefused,
+    ConnectTimedOut,
+    /// Reset or closed before a whole response head arrived.
+    Reset,
+    TimedOut,
+    /// The response head was not HTTP/1.x we can frame.
+    Invalid,
+}
+
+impl Failure {
+    fn status(self) -> u16 {
+        match self {
+            Failure::ConnectTimedOut | Failure::TimedOut => 504,
+            _ => 502,
+        }
+    }
+    fn message(self) -> &'static str {
+        match self {
+            Failure::ConnectTimedOut | Failure::TimedOut => "upstream timed out",
+            _ => "upstream unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Failure::ConnectRefused => "upstream connection refused",
+            Failure::ConnectTimedOut => "upstream connect timed out",
+            Failure::Reset => "upstream closed the connection before a response",
+            Failure::TimedOut => "upstream read timed out",
+            Failure::Invalid => "upstream sent an invalid response head",
+        })
+    }
+}
+
+/// Offers one request — `request` holds its head and its whole body — to the lean path.
+/// `closing`: the server is shutting down, the answer says `Connection: close`.
+pub(super) async fn serve(edge: &Edge, stream: &mut Stream, request: &[u8], closing: bool) -> Served {
+    let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut header_slots);
+    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(request) else { return Served::Declined };
+    let (Some(method_text), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version) else { return Served::Declined };
+    if !target.starts_with('/') {
+        return Served::Declined;
+    }
+    let mut client_close = false;
+    let mut tokens: Vec<&[u8]> = Vec::new();
+    let mut lengths = 0;
+    for h in parsed.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("expect") || n.eq_ignore_ascii_case("transfer-encoding") || n.eq_ignore_ascii_case("upgrade") {
+            return Served::Declined;
+        }
+        if n.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            if lengths > 1 || h.value.contains(&b',') {
+                return Served::Declined;
+            }
+        } else if n.eq_ignore_ascii_case("connection") {
+            for t in connection_tokens_raw(h.value) {
+                client_close |= t.eq_ignore_ascii_case(b"close");
+                tokens.push(t);
+            }
+        }
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let table = edge.state.table.load_full();
+    if !matches!(crate::routing::normalize(path, table.server.encoded_slash), Ok(std::borrow::Cow::Borrowed(_)))
+        || table.graphql_paths.contains_key(path)
+    {
+        return Served::Declined;
+    }
+    let Ok(method) = Method::from_bytes(method_text.as_bytes()) else { return Served::Declined };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) else {
+            return Served::Declined;
+        };
+        headers.append(name, value);
+    }
+
+    let mut ctx = <Edge as pingora::proxy::ProxyHttp>::new_ctx(edge);
+    ctx.client_ip = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+    let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(host_of);
+    let facts = RequestFacts { method: &method, path, host: host.as_deref(), headers: &headers };
+    let decision = decide(&table, &facts, ctx.client_ip);
+    let mut not_sampled = None;
+    if let Some(route) = &decision.route {
+        if route.mode == Mode::Canary && edge.state.demoter.is_demoted(&route.name) {
+            return Served::Declined;
+        }
+        if shadow_other(route, decision.side, &table).is_some() {
+            // the draw `Edge::plan_shadow` makes: a request to be copied goes to Pingora with it
+            if ctx.sample / 100 < u32::from(route.shadow.sample_percent) {
+                return Served::Copied(ctx.sample);
+            }
+            not_sampled = Some(route.name.to_string());
+        }
+    }
+    let primary = match (decision.side, &decision.route) {
+        (Side::Extracted, Some(route)) => table.upstream(&route.target).clone(),
+        _ => table.default_upstream().clone(),
+    };
+    let plain = |u: &Upstream| !u.tls && u.addr.is_some();
+    if !plain(&primary) || !plain(table.default_upstream()) {
+        return Served::Declined;
+    }
+
+    // From here on the request is this path's.
+    served_counter().increment(1);
+    if let Some(route) = not_sampled {
+        // a metric only, as on the Pingora path: reports count copies made
+        metrics::counter!(m::SHADOW_DROPPED_TOTAL, "route" => route, "reason" => "not_sampled").increment(1);
+    }
+    let generated_id = client_request_id(headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok())).is_none();
+    ctx.request_id = match headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(id) if !generated_id => id.to_string(),
+        _ => uuid::Uuid::new_v4().to_string(),
+    };
+    ctx.table = Some(table.clone());
+    ctx.route = decision.route;
+    ctx.side = decision.side;
+    ctx.upstream = Some(primary);
+    let idempotent = method.is_idempotent();
+    let head_only = method == Method::HEAD;
+    let keep_client = !client_close && !closing;
+
+    if let Admission::Refuse(retry_after) = edge.admit(&mut ctx, &table, idempotent) {
+        let status = 503;
+        let _ = answer_error(stream, status, "service temporarily unavailable", &ctx.request_id, Some(&retry_after)).await;
+        edge.finish_request(method_text, path, status, None, &mut ctx);
+        return Served::Close;
+    }
+
+    // the upstream request: the client's head with the Pingora path's header rules, then the body
+    let tls = stream.get_ssl_digest().is_some();
+    let mut out = Vec::with_capacity(request.len() + 192);
+    out.extend_from_slice(method_text.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Option<&[u8]> = None;
+    for h in parsed.headers.iter() {
+        let n = h.name;
+        if is_hop_by_hop(n, &tokens)
+            || n.eq_ignore_ascii_case(DRY_RUN_HEADER)
+            || n.eq_ignore_ascii_case("x-forwarded-proto")
+            || (generated_id && n.eq_ignore_ascii_case(REQUEST_ID_HEADER))
+        {
+            continue;
+        }
+        if n.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded_for.get_or_insert(h.value);
+            continue;
+        }
+        push_header(&mut out, n.as_bytes(), h.value);
+    }
+    if let Some(ip) = ctx.client_ip {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prior) = forwarded_for.map(<[u8]>::trim_ascii).filter(|p| !p.is_empty()) {
+            out.extend_from_slice(prior);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(ip.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    } else if let Some(prior) = forwarded_for {
+        push_header(&mut out, b"x-forwarded-for", prior);
+    }
+    push_header(&mut out, b"x-forwarded-proto", if tls { b"https" } else { b"http" });
+    if generated_id {
+        push_header(&mut out, REQUEST_ID_HEADER.as_bytes(), ctx.request_id.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&request[head_len..]);
+
+    // the exchange: attempts until an answer's head arrives, or a failure that is final
+    let mut rbuf = BytesMut::with_capacity(8 * 1024);
+    let mut fresh_only = false;
+    let mut attempts = 0;
+    let got = loop {
+        attempts += 1;
+        let u = ctx.upstream.clone().expect("an upstream is chosen before the exchange");
+        let addr = u.addr.expect("lean upstreams are resolved");
+        ctx.upstream_started = Some(Instant::now());
+        rbuf.clear();
+        let pooled = if fresh_only { None } else { pool::take(addr, u.idle_timeout) };
+        let (mut conn, reused) = match pooled {
+            Some(c) => (c, true),
+            None => match connect(addr, u.connect_timeout).await {
+                Ok(c) => (c, false),
+                Err(f) => {
+                    if ctx.breaker_pending && ctx.on_extracted_attempt() {
+                        edge.record_breaker(&mut ctx, false);
+                        if ctx.fallback_ok && attempts < MAX_ATTEMPTS {
+                            // the service never saw the request: any method may go elsewhere
+                            edge.fall_back(&mut ctx, "connect_error");
+                            continue;
+                        }
+                    }
+                    break Err(f);
+                }
+            },
+        };
+        let result = match with_timeout(u.write_timeout, conn.write_all(&out)).await {
+            Ok(()) => read_head(&mut conn, &mut rbuf, u.read_timeout).await,
+            Err(f) => Err(f),
+        };
+        match result {
+            Ok(head) => {
+                ctx.upstream_status = Some(head.status);
+                if let Some(route) = &ctx.route {
+                    metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "route" => route.name.to_string(), "target" => ctx.target_label())
+                        .record(ctx.upstream_started.map_or(0.0, |s| s.elapsed().as_secs_f64()));
+                }
+                if ctx.breaker_pending && ctx.on_extracted_attempt() {
+                    let failed = matches!(head.status, 502..=504);
+                    edge.record_breaker(&mut ctx, !failed);
+                    if failed && ctx.fallback_ok && idempotent && attempts < MAX_ATTEMPTS {
+                        edge.fall_back(&mut ctx, "bad_status");
+                        ctx.upstream_status = None;
+                        continue;
+                    }
+                }
+                break Ok((conn, head, u));
+            }
+            Err(f) => {
+                // a pooled connection the upstream had already closed: nothing reached it
+                if reused && f == Failure::Reset && idempotent && attempts < MAX_ATTEMPTS {
+                    fresh_only = true;
+                    continue;
+                }
+                if ctx.breaker_pending && ctx.on_extracted_attempt() {
+                    edge.record_breaker(&mut ctx, false);
+                    if f == Failure::Reset && idempotent && ctx.fallback_ok && attempts < MAX_ATTEMPTS {
+                        edge.fall_back(&mut ctx, "upstream_reset");
+                        continue;
+                    }
+                }
+                break Err(f);
+            }
+        }
+    };
+    let (mut conn, head, upstream) = match got {
+        Ok(g) => g,
+        Err(f) => {
+            let status = f.status();
+            let _ = answer_error(stream, status, f.message(), &ctx.request_id, None).await;
+            edge.finish_request(method_text, path, status, Some(&f), &mut ctx);
+            return Served::Close;
+        }
+    };
+
+    // the answer: its head rewritten for the client, then its body as it arrives
+    let framing = if head_only || head.status == 204 || head.status == 304 { Framing::Empty } else { head.framing };
+    let mut wbuf = Vec::with_capacity(head.len + 128 + rbuf.len().min(16 * 1024));
+    // a body that ends with the upstream's connection goes to the client chunked, so the
+    // client's connection can stay open (as Pingora does)
+    client_head(&mut wbuf, &rbuf[..head.len], &ctx.request_id, keep_client, framing == Framing::Close);
+    rbuf.advance(head.len);
+    let status = head.status;
+    let relayed = match relay_body(stream, &mut conn, &mut rbuf, wbuf, framing, upstream.read_timeout).await {
+        Ok(reusable) => {
+            if reusable && head.keep_alive {
+                pool::put(addr_of(&upstream), conn, upstream.pool_size);
+            }
+            stream.flush().await.map_err(|_| "downstream")
+        }
+        Err(reason) => Err(reason),
+    };
+    let served = match relayed {
+        Ok(()) if keep_client => Served::KeepAlive,
+        Ok(()) => Served::Close,
+        Err(reason) => {
+            ctx.aborted = Some(reason);
+            metrics::counter!(m::RESPONSES_ABORTED_TOTAL, "route" => ctx.route_label(), "reason" => reason).increment(1);
+            Served::Close
+        }
+    };
+    let error = ctx.aborted.map(|reason| format!("response aborted: {reason}"));
+    edge.finish_request(method_text, path, status, error.as_ref().map(|e| e as &dyn std::fmt::Display), &mut ctx);
+    served
+}
+
+/// `strangler_lean_requests_total`, resolved once (the recorder is installed before serving).
+fn served_counter() -> &'static metrics::Counter {
+    static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| metrics::counter!(m::LEAN_REQUESTS_TOTAL))
+}
+
+fn addr_of(u: &Upstream) -> SocketAddr {
+    u.addr.expect("lean upstreams are resolved")
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn with_timeout<T>(limit: Duration, io: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, io).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(Failure::Reset),
+        Err(_) => Err(Failure::TimedOut),
+    }
+}
+
+async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Failure> {
+    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(c)) => {
+            let _ = c.set_nodelay(true);
+            Ok(c)
+        }
+        Ok(Err(_)) => Err(Failure::ConnectRefused),
+        Err(_) => Err(Failure::ConnectTimedOut),
+    }
+}
+
+/// How an answer's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes: the client's connection closes after it too.
+    Close,
+}
+
+/// What the proxy needs of an upstream's response head.
+struct ResponseHead {
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// HTTP/1.1 without `Connection: close`: the upstream connection may be reused.
+    keep_alive: bool,
+}
+
+/// Reads until a final response head is in `rbuf` (interim 1xx answers are read past; a `101`
+/// to a request that asked for no upgrade is invalid).
+async fn read_head(conn: &mut TcpStream, rbuf: &mut BytesMut, limit: Duration) -> Result<ResponseHead, Failure> {
+    loop {
+        if !rbuf.is_empty() {
+            match parse_head(rbuf)? {
+                Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
+                    rbuf.advance(head.len);
+                    continue;
+                }
+                Some(head) if head.status == 101 => return Err(Failure::Invalid),
+                Some(head) => return Ok(head),
+                None if rbuf.len() >= MAX_RESPONSE_HEAD => return Err(Failure::Invalid),
+                None => {}
+            }
+        }
+        if rbuf.capacity() - rbuf.len() < 1024 {
+            rbuf.reserve(8 * 1024);
+        }
+        match with_timeout(limit, conn.read_buf(rbuf)).await? {
+            0 => return Err(Failure::Reset),
+            _ => {}
+        }
+    }
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, Failure> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Failure::Invalid),
+    };
+    let status = resp.code.ok_or(Failure::Invalid)?;
+    let mut keep_alive = resp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            for part in h.value.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                let n = std::str::from_utf8(part).ok().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                let n = n.and_then(|p| p.parse::<u64>().ok()).ok_or(Failure::Invalid)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Failure::Invalid);
+                }
+                length = Some(n);
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // the last coding decides whether the body is chunked
+            chunked = h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()).last().map(|c| c.eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            keep_alive &= !connection_tokens_raw(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
+        }
+    }
+    let framing = match (chunked, length) {
+        (Some(true), _) => Framing::Chunked,
+        (Some(false), _) => Framing::Close,
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::Close,
+    };
+    Ok(Some(ResponseHead { len, status, framing, keep_alive }))
+}
+
+/// Writes the client's response head: the upstream's status and headers without its hop-by-hop
+/// ones, `Date` (Pingora's cached one), `X-Request-Id` when the upstream set none, whether the
+/// connection stays open, and `Transfer-Encoding: chunked` when the proxy chunks the body.
+fn client_head(out: &mut Vec<u8>, upstream_head: &[u8], request_id: &str, keep_alive: bool, chunk: bool) {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    // parsed once already: it is complete and valid
+    let _ = resp.parse(upstream_head);
+    let status = resp.code.unwrap_or(502);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut tokens: Vec<&[u8]> = Vec::new();
+    for h in resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        tokens.extend(connection_tokens_raw(h.value));
+    }
+    let chunked = chunk || resp.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let mut has_id = false;
+    for h in resp.headers.iter() {
+        let n = h.name;
+        if is_hop_by_hop(n, &tokens) || n.eq_ignore_ascii_case("date") || (chunked && n.eq_ignore_ascii_case("content-length")) {
+            continue;
+        }
+        has_id |= n.eq_ignore_ascii_case(REQUEST_ID_HEADER);
+        push_header(out, n.as_bytes(), h.value);
+    }
+    push_header(out, b"date", pingora::protocols::http::date::get_cached_date().as_bytes());
+    if chunk {
+        push_header(out, b"transfer-encoding", b"chunked");
+    }
+    if !has_id {
+        push_header(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
+    }
+    out.extend_from_slice(if keep_alive { b"connection: keep-alive\r\n\r\n" } else { b"connection: close\r\n\r\n" });
+}
+
+/// Sends `head` and the body after it to the client as the upstream sends it. `Ok(reusable)`:
+/// the body arrived whole (and nothing after it, so the upstream connection can serve another
+/// request); `Err(reason)`: the client's answer was cut short.
+async fn relay_body(
+    client: &mut Stream,
+    upstream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    mut head: Vec<u8>,
+    framing: Framing,
+    read_timeout: Duration,
+) -> Result<bool, &'static str> {
+    let mut remaining = match framing {
+        Framing::Empty => {
+            client.write_all(&head).await.map_err(|_| "downstream")?;
+            return Ok(rbuf.is_empty());
+        }
+        Framing::Length(n) => n,
+        Framing::Chunked | Framing::Close => u64::MAX,
+    };
+    let mut chunks = Chunks::default();
+    let mut chunked_out = Vec::new();
+    let mut first = Some(&mut head);
+    loop {
+        // the part of what arrived that belongs to this body
+        let take = match framing {
+            Framing::Length(_) => usize::try_from(remaining).unwrap_or(usize::MAX).min(rbuf.len()),
+            Framing::Chunked => match chunks.feed(rbuf).map_err(|()| "upstream")? {
+                Some(end) => end,
+                None => rbuf.len(),
+            },
+            _ => rbuf.len(),
+        };
+        let done = match framing {
+            Framing::Length(_) => {
+                remaining -= take as u64;
+                remaining == 0
+            }
+            Framing::Chunked => chunks.done(),
+            _ => false,
+        };
+        let out: &[u8] = match (first.take(), framing) {
+            (Some(h), Framing::Close) => {
+                chunk_into(h, &rbuf[..take]);
+                h
+            }
+            (Some(h), _) => {
+                h.extend_from_slice(&rbuf[..take]);
+                h
+            }
+            (None, Framing::Close) => {
+                chunked_out.clear();
+                chunk_into(&mut chunked_out, &rbuf[..take]);
+                &chunked_out
+            }
+            (None, _) => &rbuf[..take],
+        };
+        if !out.is_empty() {
+            client.write_all(out).await.map_err(|_| "downstream")?;
+        }
+        rbuf.advance(take);
+        if done {
+            return Ok(rbuf.is_empty());
+        }
+        rbuf.clear();
+        if rbuf.capacity() < 8 * 1024 {
+            rbuf.reserve(16 * 1024);
+        }
+        match tokio::time::timeout(read_timeout, upstream.read_buf(rbuf)).await {
+            Ok(Ok(0)) if framing == Framing::Close => {
+                client.write_all(b"0\r\n\r\n").await.map_err(|_| "downstream")?;
+                return Ok(false);
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Err("upstream"),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err("timeout"),
+        }
+    }
+}
+
+/// Appends `data` to `out` as one chunk (nothing for no data: an empty chunk would end the body).
+fn chunk_into(out: &mut Vec<u8>, data: &[u8]) {
+    if !data.is_empty() {
+        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Follows a chunked body's framing (RFC 9112 §7.1) across reads, to know where it ends.
+#[derive(Debug, Default)]
+struct Chunks {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl Chunks {
+    fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Reads `buf`, the next bytes of the body. `Some(n)`: the body ends after `n` of them.
+    fn feed(&mut self, buf: &[u8]) -> Result<Option<usize>, ()> {
+        use ChunkState as S;
+        let mut i = 0;
+        while i < buf.len() {
+            let b = buf[i];
+            self.state = match self.state {
+                S::Size => match (b as char).to_digit(16) {
+                    Some(d) if self.digits < 15 => {
+                        self.size = self.size * 16 + u64::from(d);
+                        self.digits += 1;
+                        S::Size
+                    }
+                    None if self.digits > 0 && b == b'\r' => S::SizeLf,
+                    None if self.digits > 0 && matches!(b, b';' | b' ' | b'\t') => S::Extension,
+                    _ => return Err(()),
+                },
+                S::Extension if b == b'\r' => S::SizeLf,
+                S::Extension if b == b'\n' => return Err(()),
+                S::Extension => S::Extension,
+                S::SizeLf if b == b'\n' => {
+                    let size = std::mem::take(&mut self.size);
+                    self.digits = 0;
+                    if size == 0 {
+                        S::TrailerStart
+                    } else {
+                        S::Data(size)
+                    }
+                }
+                S::Data(n) => {
+                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len() - i);
+                    i += take;
+                    let left = n - take as u64;
+                    self.state = if left == 0 { S::DataCr } else { S::Data(left) };
+                    continue;
+                }
+                S::DataCr if b == b'\r' => S::DataLf,
+                S::DataLf if b == b'\n' => S::Size,
+                S::TrailerStart if b == b'\r' => S::EndLf,
+                S::TrailerStart | S::TrailerLine if b != b'\r' => S::TrailerLine,
+                S::TrailerLine => S::TrailerLf,
+                S::TrailerLf if b == b'\n' => S::TrailerStart,
+                S::EndLf if b == b'\n' => {
+                    self.state = S::Done;
+                    return Ok(Some(i + 1));
+                }
+                S::Done => return Ok(Some(i)),
+                _ => return Err(()),
+            };
+            i += 1;
+        }
+        Ok(if self.done() { Some(i) } else { None })
+    }
+}
+
+/// Writes an error answer in the monolith's shape and closes the connection after it.
+async fn answer_error(stream: &mut Stream, status: u16, message: &str, request_id: &str, retry_after: Option<&str>) -> std::io::Result<()> {
+    let body = error_body(status, message);
+    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    push_header(&mut out, b"content-type", b"application/json; charset=utf-8");
+    push_header(&mut out, b"content-length", body.len().to_string().as_bytes());
+    if let Some(r) = retry_after {
+        push_header(&mut out, b"retry-after", r.as_bytes());
+    }
+    push_header(&mut out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
+    push_header(&mut out, b"date", pingora::protocols::http::date::get_cached_date().as_bytes());
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(&body);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Idle upstream connections, per worker thread and upstream address. The proxy's workers are
+/// no-steal runtimes, so a connection is only ever used by tasks of the thread that pooled it.
+mod pool {
+    use super::*;
+
+    thread_local! {
+        static IDLE: RefCell<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>> = RefCell::new(HashMap::new());
+    }
+
+    /// The most recently pooled live connection to `addr` idle for less than `idle_timeout`.
+    pub(super) fn take(addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.get_mut(&addr)?;
+            while let Some((conn, since)) = list.pop() {
+                if since.elapsed() < idle_timeout && alive(&conn) {
+                    return Some(conn);
+                }
+            }
+            None
+        })
+    }
+
+    pub(super) fn put(addr: SocketAddr, conn: TcpStream, limit: usize) {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.entry(addr).or_default();
+            if list.len() < limit {
+                list.push((conn, Instant::now()));
+            }
+        });
+    }
+
+    /// An idle connection with nothing to read is alive; one that reads end-of-file (the
+    /// upstream closed it) or bytes nobody asked for is not. Costs no system call unless the
+    /// reactor saw it readable.
+    fn alive(conn: &TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(conn.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n";
+
+    #[test]
+    fn a_chunked_body_ends_where_its_last_chunk_and_trailers_do_whatever_the_reads() {
+        let mut extended = BODY.to_vec();
+        extended.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        for split in 0..=BODY.len() {
+            let mut c = Chunks::default();
+            let first = c.feed(&extended[..split]).unwrap();
+            let end = match first {
+                Some(n) => n,
+                None => split + c.feed(&extended[split..]).unwrap().expect("ends in the second read"),
+            };
+            assert_eq!(end, BODY.len(), "split at {split}");
+        }
+        // byte by byte
+        let mut c = Chunks::default();
+        let ends: Vec<usize> = (0..BODY.len()).filter(|&i| c.feed(&BODY[i..=i]).unwrap().is_some()).collect();
+        assert_eq!(ends, vec![BODY.len() - 1]);
+    }
+
+    #[test]
+    fn a_chunked_body_without_its_end_is_not_done_and_a_bad_one_is_an_error() {
+        let mut c = Chunks::default();
+        assert_eq!(c.feed(&BODY[..BODY.len() - 2]).unwrap(), None);
+        assert!(!c.done());
+        for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiXX", b"4\nWiki", b"fffffffffffffffff\r\n"] {
+            assert!(Chunks::default().feed(bad).is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn response_heads_are_framed_as_rfc_9112_says() {
+        let head = |s: &str| parse_head(s.as_bytes()).unwrap().unwrap();
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!((h.status, h.framing, h.keep_alive, h.len), (200, Framing::Length(5), true, 38));
+        assert_eq!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n").framing, Framing::Chunked);
+        assert_eq!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").framing, Framing::Close);
+        assert_eq!(head("HTTP/1.1 200 OK\r\n\r\n").framing, Framing::Close);
+        assert!(!head("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert!(!head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        assert_eq!(head("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n").framing, Framing::Length(7));
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 8\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_clients_head_drops_hop_by_hop_headers_and_says_how_the_connection_goes_on() {
+        let upstream = b"HTTP/1.1 201 Created\r\nConnection: X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nDate: yesterday\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nX-Kept: yes\r\n\r\n";
+        let mut out = Vec::new();
+        client_head(&mut out, upstream, "rid-1", false, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 201 Created\r\n"), "{text}");
+        for gone in ["X-Private", "Keep-Alive", "yesterday", "Content-Length", "keep-alive"] {
+            assert!(!text.contains(gone), "{gone} in {text}");
+        }
+        for kept in ["Transfer-Encoding: chunked\r\n", "X-Kept: yes\r\n", "x-request-id: rid-1\r\n", "date: ", "connection: close\r\n\r\n"] {
+            assert!(text.contains(kept), "{kept} not in {text}");
+        }
+        let mut out = Vec::new();
+        client_head(&mut out, b"HTTP/1.1 200 OK\r\nX-Request-Id: theirs\r\nContent-Length: 9\r\n\r\n", "ours", true, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("X-Request-Id: theirs") && !text.contains("ours") && text.ends_with("connection: keep-alive\r\n\r\n"));
+        assert!(text.contains("transfer-encoding: chunked\r\n") && !text.contains("Content-Length"), "{text}");
+    }
+}
