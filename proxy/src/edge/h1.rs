@@ -124,6 +124,7 @@ impl ServerApp for EdgeApp {
 
         let mut shutdown = shutdown.clone();
         let mut buf = BytesMut::with_capacity(4096);
+        let mut scratch = super::lean::Scratch::default();
         loop {
             // a whole head, or a reason to stop
             let mut deadline = Instant::now() + KEEPALIVE;
@@ -166,7 +167,7 @@ impl ServerApp for EdgeApp {
             let mut sample = None;
             if let (Some(edge), true) = (&self.lean, whole) {
                 let closing = *shutdown.borrow();
-                match super::lean::serve(edge, &mut stream, &buf[..take], closing).await {
+                match super::lean::serve(edge, &mut stream, &mut scratch, &buf[..take], closing).await {
                     Served::Declined => {}
                     Served::Copied(draw) => sample = Some(draw),
                     Served::KeepAlive => {

@@ -115,9 +115,23 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// What the lean path keeps for a client connection between its requests: buffers (cleared,
+/// never shrunk below what a request needed) and the client's address, looked up once.
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// The upstream request.
+    out: Vec<u8>,
+    /// The upstream's answer as it is read.
+    rbuf: BytesMut,
+    /// The client's response head (and the first of its body).
+    wbuf: Vec<u8>,
+    /// The client's address, and as text for `X-Forwarded-For`.
+    client: Option<(Option<std::net::IpAddr>, String)>,
+}
+
 /// Offers one request — `request` holds its head and its whole body — to the lean path.
 /// `closing`: the server is shutting down, the answer says `Connection: close`.
-pub(super) async fn serve(edge: &Edge, stream: &mut Stream, request: &[u8], closing: bool) -> Served {
+pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratch, request: &[u8], closing: bool) -> Served {
     let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut header_slots);
     let Ok(httparse::Status::Complete(head_len)) = parsed.parse(request) else { return Served::Declined };
@@ -162,7 +176,11 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, request: &[u8], clos
     }
 
     let mut ctx = <Edge as pingora::proxy::ProxyHttp>::new_ctx(edge);
-    ctx.client_ip = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+    let (client_ip, client_text) = scratch.client.get_or_insert_with(|| {
+        let ip = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        (ip, ip.map(|ip| ip.to_string()).unwrap_or_default())
+    });
+    ctx.client_ip = *client_ip;
     let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(host_of);
     let facts = RequestFacts { method: &method, path, host: host.as_deref(), headers: &headers };
     let decision = decide(&table, &facts, ctx.client_ip);
@@ -216,7 +234,8 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, request: &[u8], clos
 
     // the upstream request: the client's head with the Pingora path's header rules, then the body
     let tls = stream.get_ssl_digest().is_some();
-    let mut out = Vec::with_capacity(request.len() + 192);
+    let out = &mut scratch.out;
+    out.clear();
     out.extend_from_slice(method_text.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -235,28 +254,29 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, request: &[u8], clos
             forwarded_for.get_or_insert(h.value);
             continue;
         }
-        push_header(&mut out, n.as_bytes(), h.value);
+        push_header(out, n.as_bytes(), h.value);
     }
-    if let Some(ip) = ctx.client_ip {
+    if ctx.client_ip.is_some() {
         out.extend_from_slice(b"x-forwarded-for: ");
         if let Some(prior) = forwarded_for.map(<[u8]>::trim_ascii).filter(|p| !p.is_empty()) {
             out.extend_from_slice(prior);
             out.extend_from_slice(b", ");
         }
-        out.extend_from_slice(ip.to_string().as_bytes());
+        out.extend_from_slice(client_text.as_bytes());
         out.extend_from_slice(b"\r\n");
     } else if let Some(prior) = forwarded_for {
-        push_header(&mut out, b"x-forwarded-for", prior);
+        push_header(out, b"x-forwarded-for", prior);
     }
-    push_header(&mut out, b"x-forwarded-proto", if tls { b"https" } else { b"http" });
+    push_header(out, b"x-forwarded-proto", if tls { b"https" } else { b"http" });
     if generated_id {
-        push_header(&mut out, REQUEST_ID_HEADER.as_bytes(), ctx.request_id.as_bytes());
+        push_header(out, REQUEST_ID_HEADER.as_bytes(), ctx.request_id.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&request[head_len..]);
 
     // the exchange: attempts until an answer's head arrives, or a failure that is final
-    let mut rbuf = BytesMut::with_capacity(8 * 1024);
+    let out = &scratch.out;
+    let rbuf = &mut scratch.rbuf;
     let mut fresh_only = false;
     let mut attempts = 0;
     let got = loop {
@@ -283,8 +303,8 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, request: &[u8], clos
                 }
             },
         };
-        let result = match with_timeout(u.write_timeout, conn.write_all(&out)).await {
-            Ok(()) => read_head(&mut conn, &mut rbuf, u.read_timeout).await,
+        let result = match write_all(&mut conn, out, u.write_timeout).await {
+            Ok(()) => read_head(&mut conn, rbuf, u.read_timeout).await,
             Err(f) => Err(f),
         };
         match result {
@@ -334,13 +354,14 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, request: &[u8], clos
 
     // the answer: its head rewritten for the client, then its body as it arrives
     let framing = if head_only || head.status == 204 || head.status == 304 { Framing::Empty } else { head.framing };
-    let mut wbuf = Vec::with_capacity(head.len + 128 + rbuf.len().min(16 * 1024));
+    let wbuf = &mut scratch.wbuf;
+    wbuf.clear();
     // a body that ends with the upstream's connection goes to the client chunked, so the
     // client's connection can stay open (as Pingora does)
-    client_head(&mut wbuf, &rbuf[..head.len], &ctx.request_id, keep_client, framing == Framing::Close);
+    client_head(wbuf, &rbuf[..head.len], &ctx.request_id, keep_client, framing == Framing::Close);
     rbuf.advance(head.len);
     let status = head.status;
-    let relayed = match relay_body(stream, &mut conn, &mut rbuf, wbuf, framing, upstream.read_timeout).await {
+    let relayed = match relay_body(stream, &mut conn, rbuf, wbuf, framing, upstream.read_timeout).await {
         Ok(reusable) => {
             if reusable && head.keep_alive {
                 pool::put(addr_of(&upstream), conn, upstream.pool_size);
@@ -386,6 +407,17 @@ async fn with_timeout<T>(limit: Duration, io: impl std::future::Future<Output = 
         Ok(Err(_)) => Err(Failure::Reset),
         Err(_) => Err(Failure::TimedOut),
     }
+}
+
+/// Writes all of `buf`, with a timer only when the socket cannot take it at once.
+async fn write_all(conn: &mut TcpStream, buf: &[u8], limit: Duration) -> Result<(), Failure> {
+    let rest = match conn.try_write(buf) {
+        Ok(n) if n == buf.len() => return Ok(()),
+        Ok(n) => &buf[n..],
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buf,
+        Err(_) => return Err(Failure::Reset),
+    };
+    with_timeout(limit, conn.write_all(rest)).await
 }
 
 async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Failure> {
@@ -528,7 +560,7 @@ async fn relay_body(
     client: &mut Stream,
     upstream: &mut TcpStream,
     rbuf: &mut BytesMut,
-    mut head: Vec<u8>,
+    head: &mut Vec<u8>,
     framing: Framing,
     read_timeout: Duration,
 ) -> Result<bool, &'static str> {
@@ -542,7 +574,7 @@ async fn relay_body(
     };
     let mut chunks = Chunks::default();
     let mut chunked_out = Vec::new();
-    let mut first = Some(&mut head);
+    let mut first = Some(head);
     loop {
         // the part of what arrived that belongs to this body
         let take = match framing {
