@@ -136,7 +136,10 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         http.server_options = Some(options);
     }
     // our connection loop in front of Pingora's: strict HTTP/1 heads, pipelining in order
-    let mut proxy = Service::new("strangler edge".to_string(), EdgeApp::new(http, Edge::new(state.clone(), tee.clone(), shadow.max_body_bytes), settings.h2c));
+    let mut proxy = Service::new(
+        "strangler edge".to_string(),
+        EdgeApp::new(http, Edge::new(state.clone(), tee.clone(), shadow.max_body_bytes), settings.h2c),
+    );
     let mut holds = PortHolds::default();
     let mut bound = Vec::new();
     for l in &settings.listeners {

@@ -277,7 +277,8 @@ async fn the_lean_path_and_pingora_frame_answers_alike() {
         let out = String::from_utf8_lossy(&out).into_owned();
         assert!(closed, "lean={lean}: the connection was not closed after `Connection: close`: {out}");
         // the lean path passes the chunks as they came (extensions, trailers); Pingora re-chunks
-        let chunked = if lean == "1" { "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n" } else { "B\r\nhello world\r\n0\r\n\r\n" };
+        let chunked =
+            if lean == "1" { "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n" } else { "B\r\nhello world\r\n0\r\n\r\n" };
         assert!(out.contains(chunked), "lean={lean}: the chunked body was not passed whole: {out:?}");
         assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "lean={lean}: {out}");
         assert_eq!(out.matches("\r\n\r\nfive!").count(), 2, "lean={lean}: {out}");
@@ -293,7 +294,9 @@ async fn the_lean_path_and_pingora_frame_answers_alike() {
         // a body that ends with the upstream's connection: whole, chunked for the client, whose
         // connection stays good for another request
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(b"GET /until-close HTTP/1.1\r\nHost: a\r\n\r\nGET /length HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /until-close HTTP/1.1\r\nHost: a\r\n\r\nGET /length HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let (out, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
         let out = String::from_utf8_lossy(&out).into_owned();
         assert!(closed && out.contains("\r\n\r\n9\r\nall of it\r\n0\r\n\r\nHTTP/1.1 200"), "lean={lean}: {out:?}");

@@ -164,12 +164,10 @@ impl ServerApp for EdgeApp {
                 Body::Length(n) => (take - len) as u64 == n,
                 Body::Chunked | Body::Tunnel => false,
             };
-            let mut sample = None;
             if let (Some(edge), true) = (&self.lean, whole) {
                 let closing = *shutdown.borrow();
                 match super::lean::serve(edge, &mut stream, &mut scratch, &buf[..take], closing).await {
                     Served::Declined => {}
-                    Served::Copied(draw) => sample = Some(draw),
                     Served::KeepAlive => {
                         buf.advance(take);
                         continue;
@@ -184,11 +182,7 @@ impl ServerApp for EdgeApp {
             let mut session = ServerSession::new_http1(stream);
             session.set_keepalive(if *shutdown.borrow() { None } else { Some(KEEPALIVE.as_secs()) });
             session.set_pipelined_prefix(prefix);
-            let served = HttpServerApp::process_new_http(&self.proxy, session, &shutdown);
-            let reused = match sample {
-                Some(draw) => super::lean::SAMPLE.scope(draw, served).await,
-                None => served.await,
-            }?;
+            let reused = HttpServerApp::process_new_http(&self.proxy, session, &shutdown).await?;
             // Pingora's persistent settings hold nothing we use: keep-alive is set per request
             // here, and overread bytes never come back (with pipelining off, Pingora does not
             // reuse a connection it read past)

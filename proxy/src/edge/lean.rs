@@ -4,20 +4,21 @@
 //! future per phase, a copy of the request head, two channels and a join between the
 //! downstream and upstream halves, and a connection pool whose every return takes a mutex,
 //! updates an LRU and spawns a task to watch the idle connection. For the request most traffic
-//! is — HTTP/1.1, its whole body already read with its head, routed to a plain-HTTP upstream,
-//! not copied anywhere — [`serve`] does the exchange itself on the connection loop's task:
-//! the client's head bytes are rewritten once into the upstream request (hop-by-hop headers
-//! dropped, `X-Forwarded-*` and `X-Request-Id` set, exactly as the Pingora path does), the
-//! upstream connection comes from a per-thread pool (the workers are no-steal runtimes: a task
-//! never changes thread, so the pool needs no lock), and the answer is streamed back as it
-//! arrives, its framing checked (`Content-Length`, chunked, or until close).
+//! is — HTTP/1.1, its whole body already read with its head, routed to a plain-HTTP upstream —
+//! [`serve`] does the exchange itself on the connection loop's task: the client's head bytes
+//! are rewritten once into the upstream request (hop-by-hop headers dropped, `X-Forwarded-*`
+//! and `X-Request-Id` set, exactly as the Pingora path does), the upstream connection comes
+//! from a per-thread pool (the workers are no-steal runtimes: a task never changes thread, so
+//! the pool needs no lock), and the answer is streamed back as it arrives, its framing checked
+//! (`Content-Length`, chunked, or until close, which the client gets chunked). A request its
+//! route copies to the other side is captured here as on the Pingora path (request headers as
+//! forwarded, body, the answer's status, headers and de-chunked body, within the shadow bound)
+//! and handed to the same tee.
 //!
 //! Everything else is declined *before anything is sent*, and the connection loop hands the
 //! request to Pingora as before: other HTTP versions, a body not yet read whole, chunked or
-//! `Expect` requests, upgrades, GraphQL paths, a path that normalises to something else, a
-//! request its route copies to the other side (shadow, canary, reverse shadow: the sampling
-//! draw is made here and handed on, so a route copying 10% of its requests has the other 90%
-//! served here), a demoted canary, TLS upstreams.
+//! `Expect` requests, upgrades, GraphQL paths (their operation is read from the body), a path
+//! that normalises to something else, TLS upstreams.
 //!
 //! The rules are the Pingora path's, in the same shared functions: the breaker's admission
 //! ([`Edge::admit`]), failover to the monolith (a connection the service refused → any method;
@@ -39,9 +40,9 @@ use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::headers::{client_request_id, connection_tokens_raw, is_hop_by_hop};
 use super::head::MAX_HEADERS;
-use super::{error_body, shadow_other, Admission, Edge, DRY_RUN_HEADER, REQUEST_ID_HEADER};
+use super::headers::{client_request_id, connection_tokens_raw, is_hop_by_hop};
+use super::{error_body, Admission, Edge, ShadowCtx, DRY_RUN_HEADER, REQUEST_ID_HEADER};
 use crate::config::{Mode, Upstream};
 use crate::metrics as m;
 use crate::routing::{decide, host_of, RequestFacts, Side};
@@ -59,16 +60,6 @@ pub(super) enum Served {
     Close,
     /// Not for this path: nothing was sent anywhere, the request goes to Pingora.
     Declined,
-    /// The route copies this request (its sampling draw, which Pingora's path is to use, is
-    /// here: see [`SAMPLE`]); nothing was sent, the request goes to Pingora.
-    Copied(u32),
-}
-
-tokio::task_local! {
-    /// The shadow-sampling draw of a request the lean path handed to Pingora because it is to be
-    /// copied: `Edge::new_ctx` takes it instead of drawing again (which would sample the route's
-    /// share of its share).
-    pub(super) static SAMPLE: u32;
 }
 
 /// Whether the lean path is on (`STRANGLER_LEAN_HTTP1=0` turns it off).
@@ -183,18 +174,12 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
     ctx.client_ip = *client_ip;
     let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(host_of);
     let facts = RequestFacts { method: &method, path, host: host.as_deref(), headers: &headers };
-    let decision = decide(&table, &facts, ctx.client_ip);
-    let mut not_sampled = None;
+    let mut decision = decide(&table, &facts, ctx.client_ip);
     if let Some(route) = &decision.route {
+        // A demoted canary serves everyone from the monolith and keeps comparing.
         if route.mode == Mode::Canary && edge.state.demoter.is_demoted(&route.name) {
-            return Served::Declined;
-        }
-        if shadow_other(route, decision.side, &table).is_some() {
-            // the draw `Edge::plan_shadow` makes: a request to be copied goes to Pingora with it
-            if ctx.sample / 100 < u32::from(route.shadow.sample_percent) {
-                return Served::Copied(ctx.sample);
-            }
-            not_sampled = Some(route.name.to_string());
+            decision.side = Side::Legacy;
+            ctx.demoted = true;
         }
     }
     let primary = match (decision.side, &decision.route) {
@@ -208,10 +193,6 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
 
     // From here on the request is this path's.
     served_counter().increment(1);
-    if let Some(route) = not_sampled {
-        // a metric only, as on the Pingora path: reports count copies made
-        metrics::counter!(m::SHADOW_DROPPED_TOTAL, "route" => route, "reason" => "not_sampled").increment(1);
-    }
     let generated_id = client_request_id(headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok())).is_none();
     ctx.request_id = match headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
         Some(id) if !generated_id => id.to_string(),
@@ -223,6 +204,8 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
     ctx.upstream = Some(primary);
     let idempotent = method.is_idempotent();
     let head_only = method == Method::HEAD;
+    let body = &request[head_len..];
+    edge.plan_shadow_for(&mut ctx, &table, method.is_safe(), Some(body.len()));
     let keep_client = !client_close && !closing;
 
     if let Admission::Refuse(retry_after) = edge.admit(&mut ctx, &table, idempotent) {
@@ -272,7 +255,12 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
         push_header(out, REQUEST_ID_HEADER.as_bytes(), ctx.request_id.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&request[head_len..]);
+    if let Some(shadow) = ctx.shadow.as_mut() {
+        // what the copy is sent with: the headers as forwarded, and the body
+        shadow.headers = header_pairs(out, false);
+        shadow.body = body.to_vec();
+    }
+    out.extend_from_slice(body);
 
     // the exchange: attempts until an answer's head arrives, or a failure that is final
     let out = &scratch.out;
@@ -323,6 +311,11 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
                         continue;
                     }
                 }
+                if let Some(shadow) = ctx.shadow.as_mut() {
+                    shadow.answered = true;
+                    shadow.response.status = head.status;
+                    shadow.response.headers = header_pairs(&rbuf[..head.len], true);
+                }
                 break Ok((conn, head, u));
             }
             Err(f) => {
@@ -347,6 +340,7 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
         Err(f) => {
             let status = f.status();
             let _ = answer_error(stream, status, f.message(), &ctx.request_id, None).await;
+            edge.dispatch_shadow(&method, path, target.to_string(), &mut ctx, true);
             edge.finish_request(method_text, path, status, Some(&f), &mut ctx);
             return Served::Close;
         }
@@ -361,7 +355,9 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
     client_head(wbuf, &rbuf[..head.len], &ctx.request_id, keep_client, framing == Framing::Close);
     rbuf.advance(head.len);
     let status = head.status;
-    let relayed = match relay_body(stream, &mut conn, rbuf, wbuf, framing, upstream.read_timeout).await {
+    let max = edge.shadow_max_body;
+    let capture = ctx.shadow.as_mut().map(|s| Capture { body: &mut s.response.body, too_large: &mut s.too_large, max });
+    let relayed = match relay_body(stream, &mut conn, rbuf, wbuf, framing, upstream.read_timeout, capture).await {
         Ok(reusable) => {
             if reusable && head.keep_alive {
                 pool::put(addr_of(&upstream), conn, upstream.pool_size);
@@ -379,6 +375,8 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
             Served::Close
         }
     };
+    let aborted = ctx.aborted.is_some();
+    edge.dispatch_shadow(&method, path, target.to_string(), &mut ctx, aborted);
     let error = ctx.aborted.map(|reason| format!("response aborted: {reason}"));
     edge.finish_request(method_text, path, status, error.as_ref().map(|e| e as &dyn std::fmt::Display), &mut ctx);
     served
@@ -501,7 +499,13 @@ fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, Failure> {
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // the last coding decides whether the body is chunked
-            chunked = h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()).last().map(|c| c.eq_ignore_ascii_case(b"chunked"));
+            chunked = h
+                .value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|c| !c.is_empty())
+                .last()
+                .map(|c| c.eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
             keep_alive &= !connection_tokens_raw(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
         }
@@ -563,6 +567,7 @@ async fn relay_body(
     head: &mut Vec<u8>,
     framing: Framing,
     read_timeout: Duration,
+    mut capture: Option<Capture<'_>>,
 ) -> Result<bool, &'static str> {
     let mut remaining = match framing {
         Framing::Empty => {
@@ -579,7 +584,7 @@ async fn relay_body(
         // the part of what arrived that belongs to this body
         let take = match framing {
             Framing::Length(_) => usize::try_from(remaining).unwrap_or(usize::MAX).min(rbuf.len()),
-            Framing::Chunked => match chunks.feed(rbuf).map_err(|()| "upstream")? {
+            Framing::Chunked => match chunks.feed(rbuf, |data| capture.iter_mut().for_each(|c| c.append(data))).map_err(|()| "upstream")? {
                 Some(end) => end,
                 None => rbuf.len(),
             },
@@ -593,6 +598,11 @@ async fn relay_body(
             Framing::Chunked => chunks.done(),
             _ => false,
         };
+        if framing != Framing::Chunked {
+            if let Some(c) = capture.as_mut() {
+                c.append(&rbuf[..take]);
+            }
+        }
         let out: &[u8] = match (first.take(), framing) {
             (Some(h), Framing::Close) => {
                 chunk_into(h, &rbuf[..take]);
@@ -630,6 +640,46 @@ async fn relay_body(
             Err(_) => return Err("timeout"),
         }
     }
+}
+
+/// Where a shadowed answer's body is kept for the comparison, up to the shadow bound.
+struct Capture<'a> {
+    body: &'a mut Vec<u8>,
+    too_large: &'a mut bool,
+    max: usize,
+}
+
+impl Capture<'_> {
+    fn append(&mut self, data: &[u8]) {
+        ShadowCtx::append(self.body, data, self.max, self.too_large);
+    }
+}
+
+/// The headers of a message head (`head`: its bytes), names lowercase, for a shadow copy: as
+/// forwarded (a request, already cleaned) or without the hop-by-hop ones (an upstream's answer,
+/// as the Pingora path captures it).
+fn header_pairs(head: &[u8], clean: bool) -> Vec<(String, String)> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let headers: &[httparse::Header<'_>] = if clean {
+        let mut resp = httparse::Response::new(&mut slots);
+        let _ = resp.parse(head);
+        resp.headers
+    } else {
+        let mut req = httparse::Request::new(&mut slots);
+        let _ = req.parse(head);
+        req.headers
+    };
+    let mut tokens: Vec<&[u8]> = Vec::new();
+    if clean {
+        for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+            tokens.extend(connection_tokens_raw(h.value));
+        }
+    }
+    headers
+        .iter()
+        .filter(|h| !h.name.is_empty() && !(clean && is_hop_by_hop(h.name, &tokens)))
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect()
 }
 
 /// Appends `data` to `out` as one chunk (nothing for no data: an empty chunk would end the body).
@@ -670,8 +720,9 @@ impl Chunks {
         self.state == ChunkState::Done
     }
 
-    /// Reads `buf`, the next bytes of the body. `Some(n)`: the body ends after `n` of them.
-    fn feed(&mut self, buf: &[u8]) -> Result<Option<usize>, ()> {
+    /// Reads `buf`, the next bytes of the body, handing each piece of chunk data to `data`.
+    /// `Some(n)`: the body ends after `n` of them.
+    fn feed(&mut self, buf: &[u8], mut data: impl FnMut(&[u8])) -> Result<Option<usize>, ()> {
         use ChunkState as S;
         let mut i = 0;
         while i < buf.len() {
@@ -701,6 +752,7 @@ impl Chunks {
                 }
                 S::Data(n) => {
                     let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len() - i);
+                    data(&buf[i..i + take]);
                     i += take;
                     let left = n - take as u64;
                     self.state = if left == 0 { S::DataCr } else { S::Data(left) };
@@ -798,26 +850,29 @@ mod tests {
         extended.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         for split in 0..=BODY.len() {
             let mut c = Chunks::default();
-            let first = c.feed(&extended[..split]).unwrap();
+            let first = c.feed(&extended[..split], |_| {}).unwrap();
             let end = match first {
                 Some(n) => n,
-                None => split + c.feed(&extended[split..]).unwrap().expect("ends in the second read"),
+                None => split + c.feed(&extended[split..], |_| {}).unwrap().expect("ends in the second read"),
             };
             assert_eq!(end, BODY.len(), "split at {split}");
         }
         // byte by byte
         let mut c = Chunks::default();
-        let ends: Vec<usize> = (0..BODY.len()).filter(|&i| c.feed(&BODY[i..=i]).unwrap().is_some()).collect();
+        let mut data = Vec::new();
+        let ends: Vec<usize> =
+            (0..BODY.len()).filter(|&i| c.feed(&BODY[i..=i], |d| data.extend_from_slice(d)).unwrap().is_some()).collect();
         assert_eq!(ends, vec![BODY.len() - 1]);
+        assert_eq!(String::from_utf8(data).unwrap(), "Wikipedia in\r\n\r\nchunks.", "the chunks' data, byte by byte");
     }
 
     #[test]
     fn a_chunked_body_without_its_end_is_not_done_and_a_bad_one_is_an_error() {
         let mut c = Chunks::default();
-        assert_eq!(c.feed(&BODY[..BODY.len() - 2]).unwrap(), None);
+        assert_eq!(c.feed(&BODY[..BODY.len() - 2], |_| {}).unwrap(), None);
         assert!(!c.done());
         for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiXX", b"4\nWiki", b"fffffffffffffffff\r\n"] {
-            assert!(Chunks::default().feed(bad).is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
+            assert!(Chunks::default().feed(bad, |_| {}).is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
         }
     }
 
@@ -847,7 +902,8 @@ mod tests {
         for gone in ["X-Private", "Keep-Alive", "yesterday", "Content-Length", "keep-alive"] {
             assert!(!text.contains(gone), "{gone} in {text}");
         }
-        for kept in ["Transfer-Encoding: chunked\r\n", "X-Kept: yes\r\n", "x-request-id: rid-1\r\n", "date: ", "connection: close\r\n\r\n"] {
+        for kept in ["Transfer-Encoding: chunked\r\n", "X-Kept: yes\r\n", "x-request-id: rid-1\r\n", "date: ", "connection: close\r\n\r\n"]
+        {
             assert!(text.contains(kept), "{kept} not in {text}");
         }
         let mut out = Vec::new();

@@ -116,14 +116,12 @@ struct ShadowCtx {
 }
 
 impl ShadowCtx {
-    fn append(buf: &mut Vec<u8>, chunk: &Option<Bytes>, max: usize, too_large: &mut bool) {
-        if let Some(c) = chunk {
-            if buf.len() + c.len() > max {
-                *too_large = true;
-                *buf = Vec::new();
-            } else if !*too_large {
-                buf.extend_from_slice(c);
-            }
+    fn append(buf: &mut Vec<u8>, chunk: &[u8], max: usize, too_large: &mut bool) {
+        if buf.len() + chunk.len() > max {
+            *too_large = true;
+            *buf = Vec::new();
+        } else if !*too_large {
+            buf.extend_from_slice(chunk);
         }
     }
 }
@@ -234,6 +232,15 @@ fn normalize_content_length(req: &mut RequestHeader) -> Result<()> {
 impl Edge {
     /// Decides whether this request is copied to the other side, and to which upstream.
     fn plan_shadow(&self, session: &Session, ctx: &mut RequestCtx, table: &RouteTable) {
+        let req = session.req_header();
+        let safe = ctx.safe(&req.method);
+        let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        self.plan_shadow_for(ctx, table, safe, declared);
+    }
+
+    /// [`Edge::plan_shadow`] for a request that changes nothing (`safe`) or may, with the body
+    /// length it declared: sets `ctx.shadow` when the request is to be copied.
+    fn plan_shadow_for(&self, ctx: &mut RequestCtx, table: &RouteTable, safe: bool, declared: Option<usize>) {
         let Some(route) = ctx.route.clone() else { return };
         let Some(other) = shadow_other(&route, ctx.side, table) else { return };
         // sampling: the leading digits of the request's draw (noise sampling uses the last two,
@@ -243,8 +250,6 @@ impl Edge {
             metrics::counter!(m::SHADOW_DROPPED_TOTAL, "route" => route.name.to_string(), "reason" => "not_sampled").increment(1);
             return;
         }
-        let req = session.req_header();
-        let safe = ctx.safe(&req.method);
         if !safe && route.shadow.writes == Writes::Skip {
             self.tee.dropped(route.name.as_str(), "unsafe_method");
             return;
@@ -255,7 +260,6 @@ impl Edge {
             self.tee.dropped(route.name.as_str(), "no_dry_run_support");
             return;
         }
-        let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > self.shadow_max_body) {
             self.tee.dropped(route.name.as_str(), "too_large");
             return;
@@ -275,6 +279,16 @@ impl Edge {
 
     /// Hands the captured exchange to the tee once the client's exchange is complete.
     fn finish_shadow(&self, session: &Session, ctx: &mut RequestCtx, failed: bool) {
+        if ctx.shadow.is_none() {
+            return;
+        }
+        let req = session.req_header();
+        let uri = req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string());
+        self.dispatch_shadow(&req.method, req.uri.path(), uri, ctx, failed);
+    }
+
+    /// [`Edge::finish_shadow`] for a request by its method, path and target (path and query).
+    fn dispatch_shadow(&self, method: &http::Method, path: &str, uri: String, ctx: &mut RequestCtx, failed: bool) {
         let Some(shadow) = ctx.shadow.take() else { return };
         let Some(route) = ctx.route.clone() else { return };
         if failed || !shadow.answered || ctx.fell_back.is_some() {
@@ -285,12 +299,10 @@ impl Edge {
             return;
         }
         let Some(table) = ctx.table.as_ref() else { return };
-        let req = session.req_header();
-        let uri = req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string());
         self.tee.dispatch(Capture {
-            endpoint: crate::shadow::endpoint_template(req.method.as_str(), req.uri.path()),
+            endpoint: crate::shadow::endpoint_template(method.as_str(), path),
             request_id: ctx.request_id.clone(),
-            method: req.method.clone(),
+            method: method.clone(),
             uri,
             headers: shadow.headers,
             body: shadow.body,
@@ -572,8 +584,7 @@ impl ProxyHttp for Edge {
             fell_back: None,
             breaker_pending: false,
             request_id: String::new(),
-            // the lean path's draw when it handed this request on to be copied
-            sample: lean::SAMPLE.try_with(|draw| *draw).unwrap_or_else(|_| fastrand::u32(..crate::routing::BUCKETS)),
+            sample: fastrand::u32(..crate::routing::BUCKETS),
             client_ip: None,
             upstream_started: None,
             upstream_status: None,
@@ -692,7 +703,7 @@ impl ProxyHttp for Edge {
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut RequestCtx) -> Result<()> {
         if let Some(s) = ctx.shadow.as_mut() {
-            ShadowCtx::append(&mut s.body, body, self.shadow_max_body, &mut s.too_large);
+            ShadowCtx::append(&mut s.body, body.as_deref().unwrap_or_default(), self.shadow_max_body, &mut s.too_large);
         }
         Ok(())
     }
@@ -705,7 +716,7 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(s) = ctx.shadow.as_mut() {
-            ShadowCtx::append(&mut s.response.body, body, self.shadow_max_body, &mut s.too_large);
+            ShadowCtx::append(&mut s.response.body, body.as_deref().unwrap_or_default(), self.shadow_max_body, &mut s.too_large);
         }
         Ok(None)
     }
