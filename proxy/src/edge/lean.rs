@@ -106,18 +106,58 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// What the lean path keeps for a client connection between its requests: buffers (cleared,
-/// never shrunk below what a request needed) and the client's address, looked up once.
+/// What the lean path keeps for a client connection between its requests: the client's
+/// address, looked up and formatted once. (Buffers are not kept here: an idle keep-alive
+/// connection holds no buffer, see [`Lent`].)
 #[derive(Default)]
 pub(super) struct Scratch {
+    /// The client's address, and as text for `X-Forwarded-For`.
+    client: Option<(Option<std::net::IpAddr>, String)>,
+}
+
+/// The buffers one request needs.
+#[derive(Default)]
+struct Buffers {
     /// The upstream request.
     out: Vec<u8>,
     /// The upstream's answer as it is read.
     rbuf: BytesMut,
     /// The client's response head (and the first of its body).
     wbuf: Vec<u8>,
-    /// The client's address, and as text for `X-Forwarded-For`.
-    client: Option<(Option<std::net::IpAddr>, String)>,
+}
+
+thread_local! {
+    /// Buffers between requests, per worker thread: a request borrows a set and gives it back,
+    /// so neither an allocation per request nor memory per idle connection.
+    static SPARE: RefCell<Vec<Buffers>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers lent to one request by its thread's spares, given back (cleared) when it ends;
+/// sets grown past 256 KiB, and spares past 256 sets, are freed instead.
+struct Lent(Buffers);
+
+impl Lent {
+    fn take() -> Lent {
+        Lent(SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten().unwrap_or_default())
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut b = std::mem::take(&mut self.0);
+        if b.out.capacity() + b.rbuf.capacity() + b.wbuf.capacity() > 256 * 1024 {
+            return;
+        }
+        b.out.clear();
+        b.rbuf.clear();
+        b.wbuf.clear();
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < 256 {
+                s.push(b);
+            }
+        });
+    }
 }
 
 /// Offers one request — `request` holds its head and its whole body — to the lean path.
@@ -217,8 +257,8 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
 
     // the upstream request: the client's head with the Pingora path's header rules, then the body
     let tls = stream.get_ssl_digest().is_some();
-    let out = &mut scratch.out;
-    out.clear();
+    let mut lent = Lent::take();
+    let Buffers { out, rbuf, wbuf } = &mut lent.0;
     out.extend_from_slice(method_text.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -263,8 +303,7 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
     out.extend_from_slice(body);
 
     // the exchange: attempts until an answer's head arrives, or a failure that is final
-    let out = &scratch.out;
-    let rbuf = &mut scratch.rbuf;
+    let out = &*out;
     let mut fresh_only = false;
     let mut attempts = 0;
     let got = loop {
@@ -348,8 +387,6 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
 
     // the answer: its head rewritten for the client, then its body as it arrives
     let framing = if head_only || head.status == 204 || head.status == 304 { Framing::Empty } else { head.framing };
-    let wbuf = &mut scratch.wbuf;
-    wbuf.clear();
     // a body that ends with the upstream's connection goes to the client chunked, so the
     // client's connection can stay open (as Pingora does)
     client_head(wbuf, &rbuf[..head.len], &ctx.request_id, keep_client, framing == Framing::Close);
