@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 
 use super::head::MAX_HEADERS;
 use super::headers::{client_request_id, connection_tokens_raw, is_hop_by_hop};
-use super::{error_body, Admission, Edge, ShadowCtx, DRY_RUN_HEADER, REQUEST_ID_HEADER};
+use super::{error_body, Admission, Edge, RequestCtx, ShadowCtx, DRY_RUN_HEADER, REQUEST_ID_HEADER};
 use crate::config::{Mode, Upstream};
 use crate::metrics as m;
 use crate::routing::{decide, host_of, RequestFacts, Side};
@@ -160,15 +160,34 @@ impl Drop for Lent {
     }
 }
 
-/// Offers one request — `request` holds its head and its whole body — to the lean path.
-/// `closing`: the server is shutting down, the answer says `Connection: close`.
-pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratch, request: &[u8], closing: bool) -> Served {
+/// A request the lean path has taken on, its upstream request written.
+struct Owned<'r> {
+    ctx: RequestCtx,
+    method: Method,
+    method_text: &'r str,
+    target: &'r str,
+    path: &'r str,
+    /// The client's connection can stay open after the answer.
+    keep_client: bool,
+}
+
+enum Prepared<'r> {
+    Declined,
+    /// The breaker is open and the route has no fallback: `503` with this `Retry-After`.
+    Refused(Owned<'r>, String),
+    Go(Owned<'r>),
+}
+
+/// Reads and routes the request and writes the upstream request into `out`, synchronously: the
+/// parse's header slots (8 KiB) never live across an await, so they are not part of the
+/// connection's future, which every idle keep-alive connection holds.
+fn prepare<'r>(edge: &Edge, stream: &Stream, scratch: &mut Scratch, request: &'r [u8], closing: bool, out: &mut Vec<u8>) -> Prepared<'r> {
     let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut header_slots);
-    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(request) else { return Served::Declined };
-    let (Some(method_text), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version) else { return Served::Declined };
+    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(request) else { return Prepared::Declined };
+    let (Some(method_text), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version) else { return Prepared::Declined };
     if !target.starts_with('/') {
-        return Served::Declined;
+        return Prepared::Declined;
     }
     let mut client_close = false;
     let mut tokens: Vec<&[u8]> = Vec::new();
@@ -176,12 +195,12 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
     for h in parsed.headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("expect") || n.eq_ignore_ascii_case("transfer-encoding") || n.eq_ignore_ascii_case("upgrade") {
-            return Served::Declined;
+            return Prepared::Declined;
         }
         if n.eq_ignore_ascii_case("content-length") {
             lengths += 1;
             if lengths > 1 || h.value.contains(&b',') {
-                return Served::Declined;
+                return Prepared::Declined;
             }
         } else if n.eq_ignore_ascii_case("connection") {
             for t in connection_tokens_raw(h.value) {
@@ -195,13 +214,13 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
     if !matches!(crate::routing::normalize(path, table.server.encoded_slash), Ok(std::borrow::Cow::Borrowed(_)))
         || table.graphql_paths.contains_key(path)
     {
-        return Served::Declined;
+        return Prepared::Declined;
     }
-    let Ok(method) = Method::from_bytes(method_text.as_bytes()) else { return Served::Declined };
+    let Ok(method) = Method::from_bytes(method_text.as_bytes()) else { return Prepared::Declined };
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) else {
-            return Served::Declined;
+            return Prepared::Declined;
         };
         headers.append(name, value);
     }
@@ -228,7 +247,7 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
     };
     let plain = |u: &Upstream| !u.tls && u.addr.is_some();
     if !plain(&primary) || !plain(table.default_upstream()) {
-        return Served::Declined;
+        return Prepared::Declined;
     }
 
     // From here on the request is this path's.
@@ -242,23 +261,15 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
     ctx.route = decision.route;
     ctx.side = decision.side;
     ctx.upstream = Some(primary);
-    let idempotent = method.is_idempotent();
-    let head_only = method == Method::HEAD;
     let body = &request[head_len..];
     edge.plan_shadow_for(&mut ctx, &table, method.is_safe(), Some(body.len()));
     let keep_client = !client_close && !closing;
-
-    if let Admission::Refuse(retry_after) = edge.admit(&mut ctx, &table, idempotent) {
-        let status = 503;
-        let _ = answer_error(stream, status, "service temporarily unavailable", &ctx.request_id, Some(&retry_after)).await;
-        edge.finish_request(method_text, path, status, None, &mut ctx);
-        return Served::Close;
+    if let Admission::Refuse(retry_after) = edge.admit(&mut ctx, &table, method.is_idempotent()) {
+        return Prepared::Refused(Owned { ctx, method, method_text, target, path, keep_client }, retry_after);
     }
 
     // the upstream request: the client's head with the Pingora path's header rules, then the body
     let tls = stream.get_ssl_digest().is_some();
-    let mut lent = Lent::take();
-    let Buffers { out, rbuf, wbuf } = &mut lent.0;
     out.extend_from_slice(method_text.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -301,6 +312,26 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
         shadow.body = body.to_vec();
     }
     out.extend_from_slice(body);
+    Prepared::Go(Owned { ctx, method, method_text, target, path, keep_client })
+}
+
+/// Offers one request — `request` holds its head and its whole body — to the lean path.
+/// `closing`: the server is shutting down, the answer says `Connection: close`.
+pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratch, request: &[u8], closing: bool) -> Served {
+    let mut lent = Lent::take();
+    let Buffers { out, rbuf, wbuf } = &mut lent.0;
+    let Owned { mut ctx, method, method_text, target, path, keep_client } = match prepare(edge, stream, scratch, request, closing, out) {
+        Prepared::Declined => return Served::Declined,
+        Prepared::Refused(Owned { mut ctx, method_text, path, .. }, retry_after) => {
+            let status = 503;
+            let _ = answer_error(stream, status, "service temporarily unavailable", &ctx.request_id, Some(&retry_after)).await;
+            edge.finish_request(method_text, path, status, None, &mut ctx);
+            return Served::Close;
+        }
+        Prepared::Go(owned) => owned,
+    };
+    let idempotent = method.is_idempotent();
+    let head_only = method == Method::HEAD;
 
     // the exchange: attempts until an answer's head arrives, or a failure that is final
     let out = &*out;
