@@ -94,6 +94,60 @@ fn describe() {
     describe_counter!(RESPONSES_ABORTED_TOTAL, "Responses aborted after their head was sent, by route and reason");
 }
 
+/// Handles of the metrics every request records, by their label values, resolved once per
+/// worker thread: a request then pays a hash lookup, not the label strings' allocation and the
+/// recorder's registry lookup (issue 14). Names only grow the maps as they grow the exporter's
+/// own registry (routes and upstreams of the tables served).
+pub mod per_request {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use metrics::{Counter, Histogram};
+
+    type Name = Arc<str>;
+
+    thread_local! {
+        static REQUESTS: RefCell<HashMap<(Name, Name, &'static str, &'static str), Counter>> = RefCell::new(HashMap::new());
+        static DURATIONS: RefCell<HashMap<Name, Histogram>> = RefCell::new(HashMap::new());
+        static UPSTREAM: RefCell<HashMap<(Name, Name), Histogram>> = RefCell::new(HashMap::new());
+    }
+
+    /// `strangler_requests_total{route,target,mode,status}`.
+    pub fn requests_total(route: &Name, target: &Name, mode: &'static str, status: &'static str) -> Counter {
+        REQUESTS.with(|m| {
+            m.borrow_mut()
+                .entry((route.clone(), target.clone(), mode, status))
+                .or_insert_with(|| {
+                    metrics::counter!(super::REQUESTS_TOTAL, "route" => route.to_string(), "target" => target.to_string(), "mode" => mode, "status" => status)
+                })
+                .clone()
+        })
+    }
+
+    /// `strangler_request_duration_seconds{route}`.
+    pub fn request_duration(route: &Name) -> Histogram {
+        DURATIONS.with(|m| {
+            m.borrow_mut()
+                .entry(route.clone())
+                .or_insert_with(|| metrics::histogram!(super::REQUEST_DURATION_SECONDS, "route" => route.to_string()))
+                .clone()
+        })
+    }
+
+    /// `strangler_upstream_response_seconds{route,target}`.
+    pub fn upstream_duration(route: &Name, target: &Name) -> Histogram {
+        UPSTREAM.with(|m| {
+            m.borrow_mut()
+                .entry((route.clone(), target.clone()))
+                .or_insert_with(
+                    || metrics::histogram!(super::UPSTREAM_DURATION_SECONDS, "route" => route.to_string(), "target" => target.to_string()),
+                )
+                .clone()
+        })
+    }
+}
+
 /// `2xx`, `4xx`…; `0xx` when no response was sent (client gone).
 pub fn status_class(status: u16) -> &'static str {
     match status / 100 {

@@ -369,7 +369,7 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
             Ok(head) => {
                 ctx.upstream_status = Some(head.status);
                 if let Some(route) = &ctx.route {
-                    metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "route" => route.name.to_string(), "target" => ctx.target_label())
+                    m::per_request::upstream_duration(&route.name.0, &ctx.target_name())
                         .record(ctx.upstream_started.map_or(0.0, |s| s.elapsed().as_secs_f64()));
                 }
                 if ctx.breaker_pending && ctx.on_extracted_attempt() {

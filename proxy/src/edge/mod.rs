@@ -126,12 +126,22 @@ impl ShadowCtx {
     }
 }
 
+thread_local! {
+    /// The `route` label of requests no route matched, and the `target` of those no upstream
+    /// was chosen for, as shared names (no allocation per request).
+    static DEFAULT_ROUTE: Arc<str> = Arc::from("default");
+    static NO_TARGET: Arc<str> = Arc::from("none");
+}
+
 impl RequestCtx {
     fn route_label(&self) -> String {
-        self.route.as_ref().map_or_else(|| "default".to_string(), |r| r.name.to_string())
+        self.route_name().to_string()
     }
-    fn target_label(&self) -> String {
-        self.upstream.as_ref().map_or_else(|| "none".to_string(), |u| u.name.to_string())
+    fn route_name(&self) -> Arc<str> {
+        self.route.as_ref().map_or_else(|| DEFAULT_ROUTE.with(Arc::clone), |r| r.name.0.clone())
+    }
+    fn target_name(&self) -> Arc<str> {
+        self.upstream.as_ref().map_or_else(|| NO_TARGET.with(Arc::clone), |u| u.name.0.clone())
     }
     fn mode_label(&self) -> &'static str {
         if self.demoted {
@@ -744,8 +754,7 @@ impl ProxyHttp for Edge {
         }
         ctx.upstream_status = Some(status);
         if let (Some(start), Some(route)) = (ctx.upstream_started, &ctx.route) {
-            metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "route" => route.name.to_string(), "target" => ctx.target_label())
-                .record(start.elapsed().as_secs_f64());
+            m::per_request::upstream_duration(&route.name.0, &ctx.target_name()).record(start.elapsed().as_secs_f64());
         }
         if ctx.breaker_pending && ctx.on_extracted_attempt() {
             let failed = matches!(status, 502..=504);
@@ -882,13 +891,13 @@ impl Edge {
         }
         let now = Instant::now();
         self.count_progress(method, path, ctx, now);
-        let route = ctx.route_label();
-        let target = ctx.target_label();
+        let route = ctx.route_name();
+        let target = ctx.target_name();
         let mode = ctx.mode_label();
         let elapsed = now.saturating_duration_since(ctx.started);
         let status_label = if ctx.aborted.is_some() { "aborted" } else { m::status_class(status) };
-        metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "target" => target.clone(), "mode" => mode, "status" => status_label).increment(1);
-        metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route.clone()).record(elapsed.as_secs_f64());
+        m::per_request::requests_total(&route, &target, mode, status_label).increment(1);
+        m::per_request::request_duration(&route).record(elapsed.as_secs_f64());
         crate::accesslog::AccessLine {
             request_id: &ctx.request_id,
             method,
