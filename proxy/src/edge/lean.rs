@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 
 use super::head::MAX_HEADERS;
 use super::headers::{client_request_id, connection_tokens_raw, is_hop_by_hop};
-use super::{error_body, Admission, Edge, RequestCtx, ShadowCtx, DRY_RUN_HEADER, REQUEST_ID_HEADER};
+use super::{Admission, Edge, RequestCtx, ShadowCtx, DRY_RUN_HEADER, REQUEST_ID_HEADER};
 use crate::config::{Mode, Upstream};
 use crate::metrics as m;
 use crate::routing::{decide, host_of, RequestFacts, Side};
@@ -361,8 +361,9 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
                 }
             },
         };
+        let mut client = ClientHead { out: wbuf, request_id: &ctx.request_id, keep_alive: keep_client, head_only };
         let result = match write_all(&mut conn, out, u.write_timeout).await {
-            Ok(()) => read_head(&mut conn, rbuf, u.read_timeout).await,
+            Ok(()) => read_head(&mut conn, rbuf, u.read_timeout, &mut client).await,
             Err(f) => Err(f),
         };
         match result {
@@ -386,7 +387,7 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
                     shadow.response.status = head.status;
                     shadow.response.headers = header_pairs(&rbuf[..head.len], true);
                 }
-                break Ok((conn, head, u));
+                break Ok((conn, head, u, addr));
             }
             Err(f) => {
                 // a pooled connection the upstream had already closed: nothing reached it
@@ -405,22 +406,19 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
             }
         }
     };
-    let (mut conn, head, upstream) = match got {
+    let (mut conn, head, upstream, addr) = match got {
         Ok(g) => g,
         Err(f) => {
             let status = f.status();
             let _ = answer_error(stream, status, f.message(), &ctx.request_id, None).await;
-            edge.dispatch_shadow(&method, path, target.to_string(), &mut ctx, true);
+            edge.dispatch_shadow(&method, path, target, &mut ctx, true);
             edge.finish_request(method_text, path, status, Some(&f), &mut ctx);
             return Served::Close;
         }
     };
 
-    // the answer: its head rewritten for the client, then its body as it arrives
-    let framing = if head_only || head.status == 204 || head.status == 304 { Framing::Empty } else { head.framing };
-    // a body that ends with the upstream's connection goes to the client chunked, so the
-    // client's connection can stay open (as Pingora does)
-    client_head(wbuf, &rbuf[..head.len], &ctx.request_id, keep_client, framing == Framing::Close);
+    // the answer: its head (written by `read_head`) for the client, then its body as it arrives
+    let framing = head.framing;
     rbuf.advance(head.len);
     let status = head.status;
     let max = edge.shadow_max_body;
@@ -428,7 +426,7 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
     let relayed = match relay_body(stream, &mut conn, rbuf, wbuf, framing, upstream.read_timeout, capture).await {
         Ok(reusable) => {
             if reusable && head.keep_alive {
-                pool::put(addr_of(&upstream), conn, upstream.pool_size);
+                pool::put(addr, conn, upstream.pool_size);
             }
             stream.flush().await.map_err(|_| "downstream")
         }
@@ -444,7 +442,7 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
         }
     };
     let aborted = ctx.aborted.is_some();
-    edge.dispatch_shadow(&method, path, target.to_string(), &mut ctx, aborted);
+    edge.dispatch_shadow(&method, path, target, &mut ctx, aborted);
     let error = ctx.aborted.map(|reason| format!("response aborted: {reason}"));
     edge.finish_request(method_text, path, status, error.as_ref().map(|e| e as &dyn std::fmt::Display), &mut ctx);
     served
@@ -454,10 +452,6 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
 fn served_counter() -> &'static metrics::Counter {
     static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
     COUNTER.get_or_init(|| metrics::counter!(m::LEAN_REQUESTS_TOTAL))
-}
-
-fn addr_of(u: &Upstream) -> SocketAddr {
-    u.addr.expect("lean upstreams are resolved")
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -516,12 +510,28 @@ struct ResponseHead {
     keep_alive: bool,
 }
 
+/// What goes into the client's response head besides the upstream's status and headers.
+struct ClientHead<'a> {
+    /// Where the head is written (replacing what is there).
+    out: &'a mut Vec<u8>,
+    request_id: &'a str,
+    /// The client's connection stays open after this answer.
+    keep_alive: bool,
+    /// The request was `HEAD`: the answer has no body whatever its headers say.
+    head_only: bool,
+}
+
 /// Reads until a final response head is in `rbuf` (interim 1xx answers are read past; a `101`
-/// to a request that asked for no upgrade is invalid).
-async fn read_head(conn: &mut TcpStream, rbuf: &mut BytesMut, limit: Duration) -> Result<ResponseHead, Failure> {
+/// to a request that asked for no upgrade is invalid), and writes the client's head from it.
+async fn read_head(
+    conn: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    limit: Duration,
+    client: &mut ClientHead<'_>,
+) -> Result<ResponseHead, Failure> {
     loop {
         if !rbuf.is_empty() {
-            match parse_head(rbuf)? {
+            match parse_head(rbuf, Some(&mut *client))? {
                 Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
                     rbuf.advance(head.len);
                     continue;
@@ -542,7 +552,10 @@ async fn read_head(conn: &mut TcpStream, rbuf: &mut BytesMut, limit: Duration) -
     }
 }
 
-fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, Failure> {
+/// Parses an upstream's response head: its length, status, framing and whether its connection
+/// can be reused. With `client`, a final head's framing is the one the client's answer has (no
+/// body for `HEAD`, 204, 304) and the client's head is written from the same parse.
+fn parse_head(buf: &[u8], client: Option<&mut ClientHead<'_>>) -> Result<Option<ResponseHead>, Failure> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf) {
@@ -578,23 +591,28 @@ fn parse_head(buf: &[u8]) -> Result<Option<ResponseHead>, Failure> {
             keep_alive &= !connection_tokens_raw(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
         }
     }
-    let framing = match (chunked, length) {
+    let mut framing = match (chunked, length) {
         (Some(true), _) => Framing::Chunked,
         (Some(false), _) => Framing::Close,
         (None, Some(n)) => Framing::Length(n),
         (None, None) => Framing::Close,
     };
+    if let (Some(c), false) = (client, (100..200).contains(&status)) {
+        if c.head_only || status == 204 || status == 304 {
+            framing = Framing::Empty;
+        }
+        c.out.clear();
+        // a body that ends with the upstream's connection goes to the client chunked, so the
+        // client's connection can stay open (as Pingora does)
+        write_client_head(c.out, &resp, c.request_id, c.keep_alive, framing == Framing::Close);
+    }
     Ok(Some(ResponseHead { len, status, framing, keep_alive }))
 }
 
 /// Writes the client's response head: the upstream's status and headers without its hop-by-hop
 /// ones, `Date` (Pingora's cached one), `X-Request-Id` when the upstream set none, whether the
 /// connection stays open, and `Transfer-Encoding: chunked` when the proxy chunks the body.
-fn client_head(out: &mut Vec<u8>, upstream_head: &[u8], request_id: &str, keep_alive: bool, chunk: bool) {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    // parsed once already: it is complete and valid
-    let _ = resp.parse(upstream_head);
+fn write_client_head(out: &mut Vec<u8>, resp: &httparse::Response<'_, '_>, request_id: &str, keep_alive: bool, chunk: bool) {
     let status = resp.code.unwrap_or(502);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.to_string().as_bytes());
@@ -845,23 +863,16 @@ impl Chunks {
     }
 }
 
-/// Writes an error answer in the monolith's shape and closes the connection after it.
+/// An error answer with the request's id and `Date`; the connection closes after it.
 async fn answer_error(stream: &mut Stream, status: u16, message: &str, request_id: &str, retry_after: Option<&str>) -> std::io::Result<()> {
-    let body = error_body(status, message);
-    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
-    let mut out = Vec::with_capacity(256 + body.len());
-    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
-    push_header(&mut out, b"content-type", b"application/json; charset=utf-8");
-    push_header(&mut out, b"content-length", body.len().to_string().as_bytes());
+    let date = pingora::protocols::http::date::get_cached_date();
+    let date = date.to_str().unwrap_or_default();
+    let mut extra = Vec::with_capacity(3);
     if let Some(r) = retry_after {
-        push_header(&mut out, b"retry-after", r.as_bytes());
+        extra.push(("retry-after", r));
     }
-    push_header(&mut out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
-    push_header(&mut out, b"date", pingora::protocols::http::date::get_cached_date().as_bytes());
-    out.extend_from_slice(b"connection: close\r\n\r\n");
-    out.extend_from_slice(&body);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    extra.extend([(REQUEST_ID_HEADER, request_id), ("date", date)]);
+    super::h1::write_error(stream, status, message, &extra).await
 }
 
 /// Idle upstream connections, per worker thread and upstream address. The proxy's workers are
@@ -946,7 +957,7 @@ mod tests {
 
     #[test]
     fn response_heads_are_framed_as_rfc_9112_says() {
-        let head = |s: &str| parse_head(s.as_bytes()).unwrap().unwrap();
+        let head = |s: &str| parse_head(s.as_bytes(), None).unwrap().unwrap();
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
         assert_eq!((h.status, h.framing, h.keep_alive, h.len), (200, Framing::Length(5), true, 38));
         assert_eq!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n").framing, Framing::Chunked);
@@ -955,9 +966,16 @@ mod tests {
         assert!(!head("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close\r\nContent-Length: 0\r\n\r\n").keep_alive);
         assert!(!head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
         assert_eq!(head("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n").framing, Framing::Length(7));
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 8\r\n\r\n").is_err());
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 8\r\n\r\n", None).is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", None).is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le", None).unwrap().is_none());
+    }
+
+    fn client_head(out: &mut Vec<u8>, upstream_head: &[u8], request_id: &str, keep_alive: bool, chunk: bool) {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        resp.parse(upstream_head).unwrap();
+        write_client_head(out, &resp, request_id, keep_alive, chunk);
     }
 
     #[test]

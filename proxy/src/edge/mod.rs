@@ -293,12 +293,12 @@ impl Edge {
             return;
         }
         let req = session.req_header();
-        let uri = req.uri.path_and_query().map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string());
+        let uri = req.uri.path_and_query().map_or_else(|| req.uri.path(), |pq| pq.as_str());
         self.dispatch_shadow(&req.method, req.uri.path(), uri, ctx, failed);
     }
 
     /// [`Edge::finish_shadow`] for a request by its method, path and target (path and query).
-    fn dispatch_shadow(&self, method: &http::Method, path: &str, uri: String, ctx: &mut RequestCtx, failed: bool) {
+    fn dispatch_shadow(&self, method: &http::Method, path: &str, uri: &str, ctx: &mut RequestCtx, failed: bool) {
         let Some(shadow) = ctx.shadow.take() else { return };
         let Some(route) = ctx.route.clone() else { return };
         if failed || !shadow.answered || ctx.fell_back.is_some() {
@@ -313,7 +313,7 @@ impl Edge {
             endpoint: crate::shadow::endpoint_template(method.as_str(), path),
             request_id: ctx.request_id.clone(),
             method: method.clone(),
-            uri,
+            uri: uri.to_string(),
             headers: shadow.headers,
             body: shadow.body,
             primary_is_legacy: ctx.side == Side::Legacy,
