@@ -88,33 +88,12 @@ async fn read_more(stream: &mut Stream, buf: &mut BytesMut, deadline: Instant, s
     }
 }
 
-/// Writes an error answer in the monolith's shape with `extra` headers and `Connection: close`
-/// (the caller closes). For answers the proxy gives before or instead of an upstream's on the
-/// connection loop (here and on the lean path).
-pub(super) async fn write_error(stream: &mut Stream, status: u16, message: &str, extra: &[(&str, &str)]) -> std::io::Result<()> {
-    let body = super::error_body(status, message);
-    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
-    let mut out =
-        format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n", body.len());
-    for (name, value) in extra {
-        out.push_str(name);
-        out.push_str(": ");
-        out.push_str(value);
-        out.push_str("\r\n");
-    }
-    out.push_str("connection: close\r\n\r\n");
-    let mut out = out.into_bytes();
-    out.extend_from_slice(&body);
-    stream.write_all(&out).await?;
-    stream.flush().await
-}
-
 /// Writes a refusal with `Connection: close` and closes. The body has the monolith's error shape.
 async fn refuse(stream: &mut Stream, invalid: Invalid) {
     metrics::counter!(m::REQUESTS_REFUSED_TOTAL, "reason" => invalid.reason).increment(1);
     let client = stream.get_socket_digest().and_then(|d| d.peer_addr().map(|a| a.to_string())).unwrap_or_default();
     info!(target: "access", status = invalid.status, refused = invalid.reason, client = %client, "request refused before routing");
-    let _ = write_error(stream, invalid.status, &format!("bad request: {}", invalid.reason.replace('_', " ")), &[]).await;
+    let _ = super::write_error(stream, invalid.status, &format!("bad request: {}", invalid.reason.replace('_', " ")), &[]).await;
     let _ = stream.shutdown().await;
 }
 

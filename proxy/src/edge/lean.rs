@@ -872,7 +872,7 @@ async fn answer_error(stream: &mut Stream, status: u16, message: &str, request_i
         extra.push(("retry-after", r));
     }
     extra.extend([(REQUEST_ID_HEADER, request_id), ("date", date)]);
-    super::h1::write_error(stream, status, message, &extra).await
+    super::write_error(stream, status, message, &extra).await
 }
 
 /// Idle upstream connections, per worker thread and upstream address. The proxy's workers are

@@ -175,6 +175,27 @@ fn error_body(status: u16, message: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "statusCode": status, "message": message, "error": reason }).to_string())
 }
 
+/// Writes an error answer in the monolith's shape with `extra` headers and `Connection: close`
+/// (the caller closes). For answers the proxy gives before or instead of an upstream's on the
+/// connection loop (`h1`'s refusals, the lean path's errors).
+async fn write_error(stream: &mut pingora::protocols::Stream, status: u16, message: &str, extra: &[(&str, &str)]) -> std::io::Result<()> {
+    let body = error_body(status, message);
+    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let mut out =
+        format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n", body.len());
+    for (name, value) in extra {
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(value);
+        out.push_str("\r\n");
+    }
+    out.push_str("connection: close\r\n\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&body);
+    tokio::io::AsyncWriteExt::write_all(stream, &out).await?;
+    tokio::io::AsyncWriteExt::flush(stream).await
+}
+
 /// A GraphQL-shaped error body (`{"errors":[…],"data":null}`), for the proxy's own answers on a
 /// GraphQL path: clients read `errors[].extensions.code` there, not a REST error.
 fn graphql_error_body(status: u16, message: &str, code: &str) -> Bytes {
