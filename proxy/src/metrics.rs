@@ -106,11 +106,25 @@ pub mod per_request {
     use metrics::{Counter, Histogram};
 
     type Name = Arc<str>;
+    /// `requests_total`'s labels: route, target, mode, status class.
+    type RequestLabels = (Name, Name, &'static str, &'static str);
 
     thread_local! {
-        static REQUESTS: RefCell<HashMap<(Name, Name, &'static str, &'static str), Counter>> = RefCell::new(HashMap::new());
+        static REQUESTS: RefCell<HashMap<RequestLabels, Counter>> = RefCell::new(HashMap::new());
         static DURATIONS: RefCell<HashMap<Name, Histogram>> = RefCell::new(HashMap::new());
         static UPSTREAM: RefCell<HashMap<(Name, Name), Histogram>> = RefCell::new(HashMap::new());
+        static SHADOW_DROPPED: RefCell<HashMap<(Name, &'static str), Counter>> = RefCell::new(HashMap::new());
+    }
+
+    /// `strangler_shadow_dropped_total{route,reason}`: counted for every request a sampled route
+    /// leaves out, and for every copy a saturated or slow target cannot take.
+    pub fn shadow_dropped(route: &Name, reason: &'static str) -> Counter {
+        SHADOW_DROPPED.with(|m| {
+            m.borrow_mut()
+                .entry((route.clone(), reason))
+                .or_insert_with(|| metrics::counter!(super::SHADOW_DROPPED_TOTAL, "route" => route.to_string(), "reason" => reason))
+                .clone()
+        })
     }
 
     /// `strangler_requests_total{route,target,mode,status}`.

@@ -57,7 +57,7 @@ impl EdgeApp {
     /// `lean`: an [`Edge`] over the same state as `proxy`'s, serving the requests the lean
     /// HTTP/1 path takes ([`super::lean`]); it is dropped when `STRANGLER_LEAN_HTTP1=0`.
     pub fn new(proxy: HttpProxy<Edge>, lean: Edge, h2c: bool) -> EdgeApp {
-        let lean = super::lean::enabled().then_some(lean);
+        let lean = super::wire::enabled().then_some(lean);
         EdgeApp { proxy: Arc::new(proxy), lean, h2c }
     }
 }

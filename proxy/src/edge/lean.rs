@@ -30,8 +30,6 @@
 //! off (for comparisons in `scripts/bench`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -42,13 +40,12 @@ use tokio::net::TcpStream;
 
 use super::head::MAX_HEADERS;
 use super::headers::{client_request_id, connection_tokens_raw, is_hop_by_hop};
+use super::wire::{chunk_into, connect, header_pairs, pairs, pool, push_header, read_head, write_all, Chunks, Failure, Framing};
 use super::{Admission, Edge, RequestCtx, ShadowCtx, DRY_RUN_HEADER, REQUEST_ID_HEADER};
 use crate::config::{Mode, Upstream};
 use crate::metrics as m;
 use crate::routing::{decide, host_of, RequestFacts, Side};
 
-/// At most this many bytes of an upstream's response head.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Attempts per request: a stale pooled connection retried once, a fallback, and its retry.
 const MAX_ATTEMPTS: usize = 4;
 
@@ -60,50 +57,6 @@ pub(super) enum Served {
     Close,
     /// Not for this path: nothing was sent anywhere, the request goes to Pingora.
     Declined,
-}
-
-/// Whether the lean path is on (`STRANGLER_LEAN_HTTP1=0` turns it off).
-pub(super) fn enabled() -> bool {
-    std::env::var("STRANGLER_LEAN_HTTP1").map_or(true, |v| v != "0")
-}
-
-/// Why an upstream exchange failed before its answer's head reached the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    ConnectRefused,
-    ConnectTimedOut,
-    /// Reset or closed before a whole response head arrived.
-    Reset,
-    TimedOut,
-    /// The response head was not HTTP/1.x we can frame.
-    Invalid,
-}
-
-impl Failure {
-    fn status(self) -> u16 {
-        match self {
-            Failure::ConnectTimedOut | Failure::TimedOut => 504,
-            _ => 502,
-        }
-    }
-    fn message(self) -> &'static str {
-        match self {
-            Failure::ConnectTimedOut | Failure::TimedOut => "upstream timed out",
-            _ => "upstream unavailable",
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Failure::ConnectRefused => "upstream connection refused",
-            Failure::ConnectTimedOut => "upstream connect timed out",
-            Failure::Reset => "upstream closed the connection before a response",
-            Failure::TimedOut => "upstream read timed out",
-            Failure::Invalid => "upstream sent an invalid response head",
-        })
-    }
 }
 
 /// What the lean path keeps for a client connection between its requests: the client's
@@ -361,9 +314,22 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
                 }
             },
         };
-        let mut client = ClientHead { out: wbuf, request_id: &ctx.request_id, keep_alive: keep_client, head_only };
+        let mut shadow_headers = None;
         let result = match write_all(&mut conn, out, u.write_timeout).await {
-            Ok(()) => read_head(&mut conn, rbuf, u.read_timeout, &mut client).await,
+            Ok(()) => {
+                let (request_id, shadowed) = (&ctx.request_id, ctx.shadow.is_some());
+                // the client's head written from the one parse of the upstream's
+                let mut on_final = |resp: &httparse::Response<'_, '_>, framing: Framing| {
+                    // a body that ends with the upstream's connection goes to the client
+                    // chunked, so the client's connection can stay open (as Pingora does)
+                    wbuf.clear();
+                    write_client_head(wbuf, resp, request_id, keep_client, framing == Framing::Close);
+                    if shadowed {
+                        shadow_headers = Some(pairs(resp.headers, true));
+                    }
+                };
+                read_head(&mut conn, rbuf, u.read_timeout, head_only, &mut on_final).await
+            }
             Err(f) => Err(f),
         };
         match result {
@@ -385,7 +351,7 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
                 if let Some(shadow) = ctx.shadow.as_mut() {
                     shadow.answered = true;
                     shadow.response.status = head.status;
-                    shadow.response.headers = header_pairs(&rbuf[..head.len], true);
+                    shadow.response.headers = shadow_headers.unwrap_or_default();
                 }
                 break Ok((conn, head, u, addr));
             }
@@ -411,13 +377,13 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
         Err(f) => {
             let status = f.status();
             let _ = answer_error(stream, status, f.message(), &ctx.request_id, None).await;
-            edge.dispatch_shadow(&method, path, target, &mut ctx, true);
+            edge.dispatch_shadow(&method, target, &mut ctx, true);
             edge.finish_request(method_text, path, status, Some(&f), &mut ctx);
             return Served::Close;
         }
     };
 
-    // the answer: its head (written by `read_head`) for the client, then its body as it arrives
+    // the answer: its head (written as `read_head` parsed it) for the client, then its body as it arrives
     let framing = head.framing;
     rbuf.advance(head.len);
     let status = head.status;
@@ -442,7 +408,7 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
         }
     };
     let aborted = ctx.aborted.is_some();
-    edge.dispatch_shadow(&method, path, target, &mut ctx, aborted);
+    edge.dispatch_shadow(&method, target, &mut ctx, aborted);
     let error = ctx.aborted.map(|reason| format!("response aborted: {reason}"));
     edge.finish_request(method_text, path, status, error.as_ref().map(|e| e as &dyn std::fmt::Display), &mut ctx);
     served
@@ -452,161 +418,6 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
 fn served_counter() -> &'static metrics::Counter {
     static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
     COUNTER.get_or_init(|| metrics::counter!(m::LEAN_REQUESTS_TOTAL))
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-async fn with_timeout<T>(limit: Duration, io: impl std::future::Future<Output = std::io::Result<T>>) -> Result<T, Failure> {
-    match tokio::time::timeout(limit, io).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) => Err(Failure::Reset),
-        Err(_) => Err(Failure::TimedOut),
-    }
-}
-
-/// Writes all of `buf`, with a timer only when the socket cannot take it at once.
-async fn write_all(conn: &mut TcpStream, buf: &[u8], limit: Duration) -> Result<(), Failure> {
-    let rest = match conn.try_write(buf) {
-        Ok(n) if n == buf.len() => return Ok(()),
-        Ok(n) => &buf[n..],
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buf,
-        Err(_) => return Err(Failure::Reset),
-    };
-    with_timeout(limit, conn.write_all(rest)).await
-}
-
-async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Failure> {
-    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(c)) => {
-            let _ = c.set_nodelay(true);
-            Ok(c)
-        }
-        Ok(Err(_)) => Err(Failure::ConnectRefused),
-        Err(_) => Err(Failure::ConnectTimedOut),
-    }
-}
-
-/// How an answer's body is delimited (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Until the upstream closes: the client's connection closes after it too.
-    Close,
-}
-
-/// What the proxy needs of an upstream's response head.
-struct ResponseHead {
-    len: usize,
-    status: u16,
-    framing: Framing,
-    /// HTTP/1.1 without `Connection: close`: the upstream connection may be reused.
-    keep_alive: bool,
-}
-
-/// What goes into the client's response head besides the upstream's status and headers.
-struct ClientHead<'a> {
-    /// Where the head is written (replacing what is there).
-    out: &'a mut Vec<u8>,
-    request_id: &'a str,
-    /// The client's connection stays open after this answer.
-    keep_alive: bool,
-    /// The request was `HEAD`: the answer has no body whatever its headers say.
-    head_only: bool,
-}
-
-/// Reads until a final response head is in `rbuf` (interim 1xx answers are read past; a `101`
-/// to a request that asked for no upgrade is invalid), and writes the client's head from it.
-async fn read_head(
-    conn: &mut TcpStream,
-    rbuf: &mut BytesMut,
-    limit: Duration,
-    client: &mut ClientHead<'_>,
-) -> Result<ResponseHead, Failure> {
-    loop {
-        if !rbuf.is_empty() {
-            match parse_head(rbuf, Some(&mut *client))? {
-                Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
-                    rbuf.advance(head.len);
-                    continue;
-                }
-                Some(head) if head.status == 101 => return Err(Failure::Invalid),
-                Some(head) => return Ok(head),
-                None if rbuf.len() >= MAX_RESPONSE_HEAD => return Err(Failure::Invalid),
-                None => {}
-            }
-        }
-        if rbuf.capacity() - rbuf.len() < 1024 {
-            rbuf.reserve(8 * 1024);
-        }
-        match with_timeout(limit, conn.read_buf(rbuf)).await? {
-            0 => return Err(Failure::Reset),
-            _ => {}
-        }
-    }
-}
-
-/// Parses an upstream's response head: its length, status, framing and whether its connection
-/// can be reused. With `client`, a final head's framing is the one the client's answer has (no
-/// body for `HEAD`, 204, 304) and the client's head is written from the same parse.
-fn parse_head(buf: &[u8], client: Option<&mut ClientHead<'_>>) -> Result<Option<ResponseHead>, Failure> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Failure::Invalid),
-    };
-    let status = resp.code.ok_or(Failure::Invalid)?;
-    let mut keep_alive = resp.version == Some(1);
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            for part in h.value.split(|&b| b == b',') {
-                let part = part.trim_ascii();
-                let n = std::str::from_utf8(part).ok().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-                let n = n.and_then(|p| p.parse::<u64>().ok()).ok_or(Failure::Invalid)?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Failure::Invalid);
-                }
-                length = Some(n);
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // the last coding decides whether the body is chunked
-            chunked = h
-                .value
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|c| !c.is_empty())
-                .last()
-                .map(|c| c.eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            keep_alive &= !connection_tokens_raw(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
-        }
-    }
-    let mut framing = match (chunked, length) {
-        (Some(true), _) => Framing::Chunked,
-        (Some(false), _) => Framing::Close,
-        (None, Some(n)) => Framing::Length(n),
-        (None, None) => Framing::Close,
-    };
-    if let (Some(c), false) = (client, (100..200).contains(&status)) {
-        if c.head_only || status == 204 || status == 304 {
-            framing = Framing::Empty;
-        }
-        c.out.clear();
-        // a body that ends with the upstream's connection goes to the client chunked, so the
-        // client's connection can stay open (as Pingora does)
-        write_client_head(c.out, &resp, c.request_id, c.keep_alive, framing == Framing::Close);
-    }
-    Ok(Some(ResponseHead { len, status, framing, keep_alive }))
 }
 
 /// Writes the client's response head: the upstream's status and headers without its hop-by-hop
@@ -657,7 +468,7 @@ async fn relay_body(
 ) -> Result<bool, &'static str> {
     let mut remaining = match framing {
         Framing::Empty => {
-            client.write_all(&head).await.map_err(|_| "downstream")?;
+            client.write_all(head).await.map_err(|_| "downstream")?;
             return Ok(rbuf.is_empty());
         }
         Framing::Length(n) => n,
@@ -741,128 +552,6 @@ impl Capture<'_> {
     }
 }
 
-/// The headers of a message head (`head`: its bytes), names lowercase, for a shadow copy: as
-/// forwarded (a request, already cleaned) or without the hop-by-hop ones (an upstream's answer,
-/// as the Pingora path captures it).
-fn header_pairs(head: &[u8], clean: bool) -> Vec<(String, String)> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let headers: &[httparse::Header<'_>] = if clean {
-        let mut resp = httparse::Response::new(&mut slots);
-        let _ = resp.parse(head);
-        resp.headers
-    } else {
-        let mut req = httparse::Request::new(&mut slots);
-        let _ = req.parse(head);
-        req.headers
-    };
-    let mut tokens: Vec<&[u8]> = Vec::new();
-    if clean {
-        for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
-            tokens.extend(connection_tokens_raw(h.value));
-        }
-    }
-    headers
-        .iter()
-        .filter(|h| !h.name.is_empty() && !(clean && is_hop_by_hop(h.name, &tokens)))
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
-        .collect()
-}
-
-/// Appends `data` to `out` as one chunk (nothing for no data: an empty chunk would end the body).
-fn chunk_into(out: &mut Vec<u8>, data: &[u8]) {
-    if !data.is_empty() {
-        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// Follows a chunked body's framing (RFC 9112 §7.1) across reads, to know where it ends.
-#[derive(Debug, Default)]
-struct Chunks {
-    state: ChunkState,
-    size: u64,
-    digits: u8,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Size,
-    Extension,
-    SizeLf,
-    Data(u64),
-    DataCr,
-    DataLf,
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-impl Chunks {
-    fn done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    /// Reads `buf`, the next bytes of the body, handing each piece of chunk data to `data`.
-    /// `Some(n)`: the body ends after `n` of them.
-    fn feed(&mut self, buf: &[u8], mut data: impl FnMut(&[u8])) -> Result<Option<usize>, ()> {
-        use ChunkState as S;
-        let mut i = 0;
-        while i < buf.len() {
-            let b = buf[i];
-            self.state = match self.state {
-                S::Size => match (b as char).to_digit(16) {
-                    Some(d) if self.digits < 15 => {
-                        self.size = self.size * 16 + u64::from(d);
-                        self.digits += 1;
-                        S::Size
-                    }
-                    None if self.digits > 0 && b == b'\r' => S::SizeLf,
-                    None if self.digits > 0 && matches!(b, b';' | b' ' | b'\t') => S::Extension,
-                    _ => return Err(()),
-                },
-                S::Extension if b == b'\r' => S::SizeLf,
-                S::Extension if b == b'\n' => return Err(()),
-                S::Extension => S::Extension,
-                S::SizeLf if b == b'\n' => {
-                    let size = std::mem::take(&mut self.size);
-                    self.digits = 0;
-                    if size == 0 {
-                        S::TrailerStart
-                    } else {
-                        S::Data(size)
-                    }
-                }
-                S::Data(n) => {
-                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len() - i);
-                    data(&buf[i..i + take]);
-                    i += take;
-                    let left = n - take as u64;
-                    self.state = if left == 0 { S::DataCr } else { S::Data(left) };
-                    continue;
-                }
-                S::DataCr if b == b'\r' => S::DataLf,
-                S::DataLf if b == b'\n' => S::Size,
-                S::TrailerStart if b == b'\r' => S::EndLf,
-                S::TrailerStart | S::TrailerLine if b != b'\r' => S::TrailerLine,
-                S::TrailerLine => S::TrailerLf,
-                S::TrailerLf if b == b'\n' => S::TrailerStart,
-                S::EndLf if b == b'\n' => {
-                    self.state = S::Done;
-                    return Ok(Some(i + 1));
-                }
-                S::Done => return Ok(Some(i)),
-                _ => return Err(()),
-            };
-            i += 1;
-        }
-        Ok(if self.done() { Some(i) } else { None })
-    }
-}
-
 /// An error answer with the request's id and `Date`; the connection closes after it.
 async fn answer_error(stream: &mut Stream, status: u16, message: &str, request_id: &str, retry_after: Option<&str>) -> std::io::Result<()> {
     let date = pingora::protocols::http::date::get_cached_date();
@@ -875,101 +564,9 @@ async fn answer_error(stream: &mut Stream, status: u16, message: &str, request_i
     super::write_error(stream, status, message, &extra).await
 }
 
-/// Idle upstream connections, per worker thread and upstream address. The proxy's workers are
-/// no-steal runtimes, so a connection is only ever used by tasks of the thread that pooled it.
-mod pool {
-    use super::*;
-
-    thread_local! {
-        static IDLE: RefCell<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>> = RefCell::new(HashMap::new());
-    }
-
-    /// The most recently pooled live connection to `addr` idle for less than `idle_timeout`.
-    pub(super) fn take(addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
-        IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let list = idle.get_mut(&addr)?;
-            while let Some((conn, since)) = list.pop() {
-                if since.elapsed() < idle_timeout && alive(&conn) {
-                    return Some(conn);
-                }
-            }
-            None
-        })
-    }
-
-    pub(super) fn put(addr: SocketAddr, conn: TcpStream, limit: usize) {
-        IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let list = idle.entry(addr).or_default();
-            if list.len() < limit {
-                list.push((conn, Instant::now()));
-            }
-        });
-    }
-
-    /// An idle connection with nothing to read is alive; one that reads end-of-file (the
-    /// upstream closed it) or bytes nobody asked for is not. Costs no system call unless the
-    /// reactor saw it readable.
-    fn alive(conn: &TcpStream) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(conn.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const BODY: &[u8] = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n";
-
-    #[test]
-    fn a_chunked_body_ends_where_its_last_chunk_and_trailers_do_whatever_the_reads() {
-        let mut extended = BODY.to_vec();
-        extended.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        for split in 0..=BODY.len() {
-            let mut c = Chunks::default();
-            let first = c.feed(&extended[..split], |_| {}).unwrap();
-            let end = match first {
-                Some(n) => n,
-                None => split + c.feed(&extended[split..], |_| {}).unwrap().expect("ends in the second read"),
-            };
-            assert_eq!(end, BODY.len(), "split at {split}");
-        }
-        // byte by byte
-        let mut c = Chunks::default();
-        let mut data = Vec::new();
-        let ends: Vec<usize> =
-            (0..BODY.len()).filter(|&i| c.feed(&BODY[i..=i], |d| data.extend_from_slice(d)).unwrap().is_some()).collect();
-        assert_eq!(ends, vec![BODY.len() - 1]);
-        assert_eq!(String::from_utf8(data).unwrap(), "Wikipedia in\r\n\r\nchunks.", "the chunks' data, byte by byte");
-    }
-
-    #[test]
-    fn a_chunked_body_without_its_end_is_not_done_and_a_bad_one_is_an_error() {
-        let mut c = Chunks::default();
-        assert_eq!(c.feed(&BODY[..BODY.len() - 2], |_| {}).unwrap(), None);
-        assert!(!c.done());
-        for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiXX", b"4\nWiki", b"fffffffffffffffff\r\n"] {
-            assert!(Chunks::default().feed(bad, |_| {}).is_err(), "{:?} accepted", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn response_heads_are_framed_as_rfc_9112_says() {
-        let head = |s: &str| parse_head(s.as_bytes(), None).unwrap().unwrap();
-        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-        assert_eq!((h.status, h.framing, h.keep_alive, h.len), (200, Framing::Length(5), true, 38));
-        assert_eq!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n").framing, Framing::Chunked);
-        assert_eq!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").framing, Framing::Close);
-        assert_eq!(head("HTTP/1.1 200 OK\r\n\r\n").framing, Framing::Close);
-        assert!(!head("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close\r\nContent-Length: 0\r\n\r\n").keep_alive);
-        assert!(!head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
-        assert_eq!(head("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n").framing, Framing::Length(7));
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 8\r\n\r\n", None).is_err());
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", None).is_err());
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le", None).unwrap().is_none());
-    }
 
     fn client_head(out: &mut Vec<u8>, upstream_head: &[u8], request_id: &str, keep_alive: bool, chunk: bool) {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -27,6 +27,7 @@ mod h1;
 pub mod head;
 mod headers;
 mod lean;
+pub(crate) mod wire;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -278,21 +279,21 @@ impl Edge {
         // so the two choices are independent)
         if ctx.sample / 100 >= u32::from(route.shadow.sample_percent) {
             // a metric only: reports count copies made, not requests left out by design
-            metrics::counter!(m::SHADOW_DROPPED_TOTAL, "route" => route.name.to_string(), "reason" => "not_sampled").increment(1);
+            m::per_request::shadow_dropped(&route.name.0, "not_sampled").increment(1);
             return;
         }
         if !safe && route.shadow.writes == Writes::Skip {
-            self.tee.dropped(route.name.as_str(), "unsafe_method");
+            self.tee.dropped(&route.name, "unsafe_method");
             return;
         }
         if !safe && !other.dry_run {
             // compile refuses such a table; kept so a copy of a write can never reach an
             // upstream that would run it for real
-            self.tee.dropped(route.name.as_str(), "no_dry_run_support");
+            self.tee.dropped(&route.name, "no_dry_run_support");
             return;
         }
         if declared.is_some_and(|n| n > self.shadow_max_body) {
-            self.tee.dropped(route.name.as_str(), "too_large");
+            self.tee.dropped(&route.name, "too_large");
             return;
         }
         let sample_noise = ctx.sample % 100 < u32::from(route.shadow.noise_sample_percent);
@@ -315,23 +316,22 @@ impl Edge {
         }
         let req = session.req_header();
         let uri = req.uri.path_and_query().map_or_else(|| req.uri.path(), |pq| pq.as_str());
-        self.dispatch_shadow(&req.method, req.uri.path(), uri, ctx, failed);
+        self.dispatch_shadow(&req.method, uri, ctx, failed);
     }
 
-    /// [`Edge::finish_shadow`] for a request by its method, path and target (path and query).
-    fn dispatch_shadow(&self, method: &http::Method, path: &str, uri: &str, ctx: &mut RequestCtx, failed: bool) {
+    /// [`Edge::finish_shadow`] for a request by its method and target (path and query).
+    fn dispatch_shadow(&self, method: &http::Method, uri: &str, ctx: &mut RequestCtx, failed: bool) {
         let Some(shadow) = ctx.shadow.take() else { return };
         let Some(route) = ctx.route.clone() else { return };
         if failed || !shadow.answered || ctx.fell_back.is_some() {
             return;
         }
         if shadow.too_large {
-            self.tee.dropped(route.name.as_str(), "too_large");
+            self.tee.dropped(&route.name, "too_large");
             return;
         }
         let Some(table) = ctx.table.as_ref() else { return };
         self.tee.dispatch(Capture {
-            endpoint: crate::shadow::endpoint_template(method.as_str(), path),
             request_id: ctx.request_id.clone(),
             method: method.clone(),
             uri: uri.to_string(),

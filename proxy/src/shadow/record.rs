@@ -530,7 +530,17 @@ impl Summary {
     }
 
     pub fn dropped(&mut self, route: &str, reason: &str) {
-        *self.routes.entry(route.to_string()).or_default().dropped.entry(reason.to_string()).or_default() += 1;
+        // counted per request on a route whose target is saturated: no allocation once seen
+        let counts = match self.routes.get_mut(route) {
+            Some(r) => &mut r.dropped,
+            None => &mut self.routes.entry(route.to_string()).or_default().dropped,
+        };
+        match counts.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(reason.to_string(), 1);
+            }
+        }
     }
 }
 
