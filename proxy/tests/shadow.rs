@@ -191,7 +191,14 @@ async fn writes_are_shadowed_only_as_dry_runs_and_big_bodies_not_at_all() {
 
     let payload = "{\"text\":\"hello\",\"password\":\"hunter2\"}";
     c.post(proxy.url("/rw/messages")).header("content-type", "application/json").body(payload).send().await.unwrap();
-    compared(&proxy, "rw", 1).await;
+    let v = compared(&proxy, "rw", 1).await;
+    // both echoes hash the body they got: the copy carried the client's body byte for byte
+    let fields = &v["routes"]["rw"]["mismatched_fields"];
+    assert!(fields.get("$.server").is_some(), "the echoes differ in their name: {v}");
+    assert!(fields.get("$.body_len").is_none() && fields.get("$.body_sha256").is_none(), "the copy's body is not the client's: {v}");
+    // and the headers the monolith got, but for the two the proxy adds to a copy
+    let headers: Vec<&str> = fields.as_object().unwrap().keys().filter_map(|k| k.strip_prefix("$.headers.")).collect();
+    assert_eq!(headers, ["x-strangler-dry-run", "x-strangler-shadow"], "{v}");
     let reqs = svc.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 1);
     let header = |name: &str| reqs[0].2.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
