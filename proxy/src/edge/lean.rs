@@ -40,11 +40,12 @@ use tokio::net::TcpStream;
 
 use super::head::MAX_HEADERS;
 use super::headers::{client_request_id, connection_tokens_raw, is_hop_by_hop};
-use super::wire::{chunk_into, connect, header_pairs, pairs, pool, push_header, read_head, write_all, Chunks, Failure, Framing};
+use super::wire::{chunk_into, connect, pool, push_header, read_head, write_all, Chunks, Failure, Framing};
 use super::{Admission, Edge, RequestCtx, ShadowCtx, DRY_RUN_HEADER, REQUEST_ID_HEADER};
 use crate::config::{Mode, Upstream};
 use crate::metrics as m;
 use crate::routing::{decide, host_of, RequestFacts, Side};
+use crate::shadow::tee::RawHeads;
 
 /// Attempts per request: a stale pooled connection retried once, a fallback, and its retry.
 const MAX_ATTEMPTS: usize = 4;
@@ -260,8 +261,9 @@ fn prepare<'r>(edge: &Edge, stream: &Stream, scratch: &mut Scratch, request: &'r
     }
     out.extend_from_slice(b"\r\n");
     if let Some(shadow) = ctx.shadow.as_mut() {
-        // what the copy is sent with: the headers as forwarded, and the body
-        shadow.headers = header_pairs(out, false);
+        // what the copy is sent with: the headers as forwarded (read on the shadow thread), and
+        // the body
+        shadow.raw = Some(RawHeads { request: out.clone(), response: Vec::new() });
         shadow.body = body.to_vec();
     }
     out.extend_from_slice(body);
@@ -314,19 +316,15 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
                 }
             },
         };
-        let mut shadow_headers = None;
         let result = match write_all(&mut conn, out, u.write_timeout).await {
             Ok(()) => {
-                let (request_id, shadowed) = (&ctx.request_id, ctx.shadow.is_some());
+                let request_id = &ctx.request_id;
                 // the client's head written from the one parse of the upstream's
                 let mut on_final = |resp: &httparse::Response<'_, '_>, framing: Framing| {
                     // a body that ends with the upstream's connection goes to the client
                     // chunked, so the client's connection can stay open (as Pingora does)
                     wbuf.clear();
                     write_client_head(wbuf, resp, request_id, keep_client, framing == Framing::Close);
-                    if shadowed {
-                        shadow_headers = Some(pairs(resp.headers, true));
-                    }
                 };
                 read_head(&mut conn, rbuf, u.read_timeout, head_only, &mut on_final).await
             }
@@ -351,7 +349,9 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
                 if let Some(shadow) = ctx.shadow.as_mut() {
                     shadow.answered = true;
                     shadow.response.status = head.status;
-                    shadow.response.headers = shadow_headers.unwrap_or_default();
+                    if let Some(raw) = shadow.raw.as_mut() {
+                        raw.response = rbuf[..head.len].to_vec();
+                    }
                 }
                 break Ok((conn, head, u, addr));
             }

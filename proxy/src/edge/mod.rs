@@ -47,7 +47,7 @@ use crate::config::{Mode, Route, RouteTable, Upstream, Writes};
 use crate::metrics as m;
 use crate::reload::LiveState;
 use crate::routing::{decide, host_of, RequestFacts, Side};
-use crate::shadow::tee::{Capture, Tee};
+use crate::shadow::tee::{Capture, RawHeads, Tee};
 use crate::shadow::Exchange;
 
 pub use h1::EdgeApp;
@@ -109,6 +109,8 @@ struct ShadowCtx {
     dry_run: bool,
     sample_noise: bool,
     headers: Vec<(String, String)>,
+    /// The lean path's heads as bytes (the Pingora path fills `headers` and `response.headers`).
+    raw: Option<RawHeads>,
     body: Vec<u8>,
     response: Exchange,
     /// A body passed the bound: nothing is shadowed.
@@ -302,6 +304,7 @@ impl Edge {
             dry_run: !safe,
             sample_noise,
             headers: Vec::new(),
+            raw: None,
             body: Vec::new(),
             response: Exchange::default(),
             too_large: false,
@@ -336,6 +339,7 @@ impl Edge {
             method: method.clone(),
             uri: uri.to_string(),
             headers: shadow.headers,
+            raw: shadow.raw,
             body: shadow.body,
             primary_is_legacy: ctx.side == Side::Legacy,
             primary: shadow.response,

@@ -42,6 +42,9 @@ pub struct Capture {
     pub uri: String,
     /// Request headers as forwarded (hop-by-hop already removed).
     pub headers: Vec<(String, String)>,
+    /// Or, from the lean path, both heads as bytes: read into `headers` and `primary.headers`
+    /// on the shadow thread, so the worker only copies them.
+    pub raw: Option<RawHeads>,
     pub body: Vec<u8>,
     /// The side that answered the client: `true` when that was the monolith.
     pub primary_is_legacy: bool,
@@ -53,6 +56,13 @@ pub struct Capture {
     pub legacy: Arc<Upstream>,
     pub dry_run: bool,
     pub sample_noise: bool,
+}
+
+/// A request's head as forwarded and its answer's head as the upstream sent it.
+#[derive(Debug, Default)]
+pub struct RawHeads {
+    pub request: Vec<u8>,
+    pub response: Vec<u8>,
 }
 
 pub struct Tee {
@@ -249,7 +259,11 @@ impl Tee {
         }
     }
 
-    async fn compare(&self, cap: Capture) {
+    async fn compare(&self, mut cap: Capture) {
+        if let Some(raw) = cap.raw.take() {
+            cap.headers = wire::header_pairs(&raw.request, false);
+            cap.primary.headers = wire::header_pairs(&raw.response, true);
+        }
         let route = cap.route.name.to_string();
         let path = cap.uri.split_once('?').map_or(cap.uri.as_str(), |(p, _)| p);
         let endpoint = super::endpoint_template(cap.method.as_str(), path);
@@ -270,8 +284,9 @@ impl Tee {
             }
         }
         // The monolith's answer: the fingerprints of its secrets let a replay follow a session.
+        // Only a stored record is replayed, and finding them parses the answer: not without a store.
         let legacy_answer = if cap.primary_is_legacy { Some(&cap.primary) } else { other.as_ref().ok() };
-        let (answer_secrets, answer_ids) = legacy_answer.map(answer_facts).unwrap_or_default();
+        let (answer_secrets, answer_ids) = legacy_answer.filter(|_| self.store.is_some()).map(answer_facts).unwrap_or_default();
         let (outcome, regressions, noise, error, statuses) = match other {
             Err(o) => {
                 (o, Vec::new(), Vec::new(), Some(format!("shadow request to {} failed ({})", cap.other.name, o.as_str())), (None, None))
