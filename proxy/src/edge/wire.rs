@@ -24,7 +24,8 @@ use crate::config::Upstream;
 /// At most this many bytes of an upstream's response head.
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// Whether the lean path is on (`STRANGLER_LEAN_HTTP1=0` turns it off).
+/// Whether the lean path and the copies' lean client are on (`STRANGLER_LEAN_HTTP1=0` turns both
+/// off), read once.
 pub(crate) fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("STRANGLER_LEAN_HTTP1").map_or(true, |v| v != "0"))
