@@ -101,7 +101,9 @@ fn describe() {
 pub mod per_request {
     use std::cell::RefCell;
     use std::collections::HashMap;
+    use std::hash::Hash;
     use std::sync::Arc;
+    use std::thread::LocalKey;
 
     use metrics::{Counter, Histogram};
 
@@ -116,49 +118,42 @@ pub mod per_request {
         static SHADOW_DROPPED: RefCell<HashMap<(Name, &'static str), Counter>> = RefCell::new(HashMap::new());
     }
 
+    /// The handle under `key` in this thread's `map`, registered with `make` the first time.
+    fn cached<K: Eq + Hash, H: Clone>(map: &'static LocalKey<RefCell<HashMap<K, H>>>, key: K, make: impl FnOnce() -> H) -> H {
+        map.with(|m| m.borrow_mut().entry(key).or_insert_with(make).clone())
+    }
+
     /// `strangler_shadow_dropped_total{route,reason}`: counted for every request a sampled route
     /// leaves out, and for every copy a saturated or slow target cannot take.
     pub fn shadow_dropped(route: &Name, reason: &'static str) -> Counter {
-        SHADOW_DROPPED.with(|m| {
-            m.borrow_mut()
-                .entry((route.clone(), reason))
-                .or_insert_with(|| metrics::counter!(super::SHADOW_DROPPED_TOTAL, "route" => route.to_string(), "reason" => reason))
-                .clone()
-        })
+        cached(
+            &SHADOW_DROPPED,
+            (route.clone(), reason),
+            || metrics::counter!(super::SHADOW_DROPPED_TOTAL, "route" => route.to_string(), "reason" => reason),
+        )
     }
 
     /// `strangler_requests_total{route,target,mode,status}`.
     pub fn requests_total(route: &Name, target: &Name, mode: &'static str, status: &'static str) -> Counter {
-        REQUESTS.with(|m| {
-            m.borrow_mut()
-                .entry((route.clone(), target.clone(), mode, status))
-                .or_insert_with(|| {
-                    metrics::counter!(super::REQUESTS_TOTAL, "route" => route.to_string(), "target" => target.to_string(), "mode" => mode, "status" => status)
-                })
-                .clone()
-        })
+        cached(
+            &REQUESTS,
+            (route.clone(), target.clone(), mode, status),
+            || metrics::counter!(super::REQUESTS_TOTAL, "route" => route.to_string(), "target" => target.to_string(), "mode" => mode, "status" => status),
+        )
     }
 
     /// `strangler_request_duration_seconds{route}`.
     pub fn request_duration(route: &Name) -> Histogram {
-        DURATIONS.with(|m| {
-            m.borrow_mut()
-                .entry(route.clone())
-                .or_insert_with(|| metrics::histogram!(super::REQUEST_DURATION_SECONDS, "route" => route.to_string()))
-                .clone()
-        })
+        cached(&DURATIONS, route.clone(), || metrics::histogram!(super::REQUEST_DURATION_SECONDS, "route" => route.to_string()))
     }
 
     /// `strangler_upstream_response_seconds{route,target}`.
     pub fn upstream_duration(route: &Name, target: &Name) -> Histogram {
-        UPSTREAM.with(|m| {
-            m.borrow_mut()
-                .entry((route.clone(), target.clone()))
-                .or_insert_with(
-                    || metrics::histogram!(super::UPSTREAM_DURATION_SECONDS, "route" => route.to_string(), "target" => target.to_string()),
-                )
-                .clone()
-        })
+        cached(
+            &UPSTREAM,
+            (route.clone(), target.clone()),
+            || metrics::histogram!(super::UPSTREAM_DURATION_SECONDS, "route" => route.to_string(), "target" => target.to_string()),
+        )
     }
 }
 

@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 
 use super::head::MAX_HEADERS;
 use super::headers::{client_request_id, connection_tokens_raw, is_hop_by_hop};
-use super::wire::{chunk_into, connect, pool, push_header, read_head, write_all, Chunks, Failure, Framing};
+use super::wire::{attempt, chunk_into, pool, push_header, Chunks, Failure, Framing};
 use super::{Admission, Edge, RequestCtx, ShadowCtx, DRY_RUN_HEADER, REQUEST_ID_HEADER};
 use crate::config::{Mode, Upstream};
 use crate::metrics as m;
@@ -297,41 +297,16 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
         let u = ctx.upstream.clone().expect("an upstream is chosen before the exchange");
         let addr = u.addr.expect("lean upstreams are resolved");
         ctx.upstream_started = Some(Instant::now());
-        rbuf.clear();
-        let pooled = if fresh_only { None } else { pool::take(addr, u.idle_timeout) };
-        let (mut conn, reused) = match pooled {
-            Some(c) => (c, true),
-            None => match connect(addr, u.connect_timeout).await {
-                Ok(c) => (c, false),
-                Err(f) => {
-                    if ctx.breaker_pending && ctx.on_extracted_attempt() {
-                        edge.record_breaker(&mut ctx, false);
-                        if ctx.fallback_ok && attempts < MAX_ATTEMPTS {
-                            // the service never saw the request: any method may go elsewhere
-                            edge.fall_back(&mut ctx, "connect_error");
-                            continue;
-                        }
-                    }
-                    break Err(f);
-                }
-            },
+        let request_id = &ctx.request_id;
+        // the client's head written from the one parse of the upstream's
+        let mut on_final = |resp: &httparse::Response<'_, '_>, framing: Framing| {
+            // a body that ends with the upstream's connection goes to the client chunked, so
+            // the client's connection can stay open (as Pingora does)
+            wbuf.clear();
+            write_client_head(wbuf, resp, request_id, keep_client, framing == Framing::Close);
         };
-        let result = match write_all(&mut conn, out, u.write_timeout).await {
-            Ok(()) => {
-                let request_id = &ctx.request_id;
-                // the client's head written from the one parse of the upstream's
-                let mut on_final = |resp: &httparse::Response<'_, '_>, framing: Framing| {
-                    // a body that ends with the upstream's connection goes to the client
-                    // chunked, so the client's connection can stay open (as Pingora does)
-                    wbuf.clear();
-                    write_client_head(wbuf, resp, request_id, keep_client, framing == Framing::Close);
-                };
-                read_head(&mut conn, rbuf, u.read_timeout, head_only, &mut on_final).await
-            }
-            Err(f) => Err(f),
-        };
-        match result {
-            Ok(head) => {
+        match attempt(&u, addr, out, rbuf, fresh_only, head_only, &mut on_final).await {
+            Ok((conn, head)) => {
                 ctx.upstream_status = Some(head.status);
                 if let Some(route) = &ctx.route {
                     m::per_request::upstream_duration(&route.name.0, &ctx.target_name())
@@ -355,7 +330,18 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
                 }
                 break Ok((conn, head, u, addr));
             }
-            Err(f) => {
+            Err((f @ (Failure::ConnectRefused | Failure::ConnectTimedOut), _)) => {
+                if ctx.breaker_pending && ctx.on_extracted_attempt() {
+                    edge.record_breaker(&mut ctx, false);
+                    if ctx.fallback_ok && attempts < MAX_ATTEMPTS {
+                        // the service never saw the request: any method may go elsewhere
+                        edge.fall_back(&mut ctx, "connect_error");
+                        continue;
+                    }
+                }
+                break Err(f);
+            }
+            Err((f, reused)) => {
                 // a pooled connection the upstream had already closed: nothing reached it
                 if reused && f == Failure::Reset && idempotent && attempts < MAX_ATTEMPTS {
                     fresh_only = true;

@@ -338,6 +338,33 @@ impl Chunks {
     }
 }
 
+/// One attempt at an exchange with `upstream` at `addr`: a pooled connection (unless
+/// `fresh_only`) or a new one, `request` written, and the answer read up to its final head,
+/// which `on_final` gets (see [`read_head`]); the head's bytes start `rbuf`. A failure says
+/// whether the connection was a pooled one: one the upstream had closed unseen fails with
+/// [`Failure::Reset`] before anything reached it. `ConnectRefused` and `ConnectTimedOut` mean
+/// nothing was sent.
+pub(crate) async fn attempt(
+    upstream: &Upstream,
+    addr: SocketAddr,
+    request: &[u8],
+    rbuf: &mut BytesMut,
+    fresh_only: bool,
+    head_only: bool,
+    on_final: OnFinal<'_>,
+) -> Result<(TcpStream, ResponseHead), (Failure, bool)> {
+    rbuf.clear();
+    let pooled = if fresh_only { None } else { pool::take(addr, upstream.idle_timeout) };
+    let reused = pooled.is_some();
+    let mut conn = match pooled {
+        Some(c) => c,
+        None => connect(addr, upstream.connect_timeout).await.map_err(|f| (f, false))?,
+    };
+    write_all(&mut conn, request, upstream.write_timeout).await.map_err(|f| (f, reused))?;
+    let head = read_head(&mut conn, rbuf, upstream.read_timeout, head_only, on_final).await.map_err(|f| (f, reused))?;
+    Ok((conn, head))
+}
+
 /// A whole answer, read into memory.
 #[derive(Debug)]
 pub(crate) struct Answer {
@@ -362,26 +389,14 @@ pub(crate) async fn fetch(
 ) -> Result<Answer, Failure> {
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let mut fresh_only = false;
-    let (mut conn, head, headers) = loop {
-        let pooled = if fresh_only { None } else { pool::take(addr, upstream.idle_timeout) };
-        let reused = pooled.is_some();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => connect(addr, upstream.connect_timeout).await?,
-        };
-        rbuf.clear();
-        let mut headers = Vec::new();
-        let head = match write_all(&mut conn, request, upstream.write_timeout).await {
-            Ok(()) => {
-                read_head(&mut conn, &mut rbuf, upstream.read_timeout, head_only, &mut |resp, _| headers = pairs(resp.headers, true)).await
-            }
-            Err(f) => Err(f),
-        };
-        match head {
-            Ok(head) => break (conn, head, headers),
+    let mut headers = Vec::new();
+    let (mut conn, head) = loop {
+        let mut on_final = |resp: &httparse::Response<'_, '_>, _: Framing| headers = pairs(resp.headers, true);
+        match attempt(upstream, addr, request, &mut rbuf, fresh_only, head_only, &mut on_final).await {
+            Ok(got) => break got,
             // a pooled connection the upstream had already closed: nothing reached it
-            Err(Failure::Reset) if reused && idempotent => fresh_only = true,
-            Err(f) => return Err(f),
+            Err((Failure::Reset, true)) if idempotent => fresh_only = true,
+            Err((f, _)) => return Err(f),
         }
     };
     rbuf.advance(head.len);
