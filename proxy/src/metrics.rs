@@ -116,6 +116,7 @@ pub mod per_request {
         static DURATIONS: RefCell<HashMap<Name, Histogram>> = RefCell::new(HashMap::new());
         static UPSTREAM: RefCell<HashMap<(Name, Name), Histogram>> = RefCell::new(HashMap::new());
         static SHADOW_DROPPED: RefCell<HashMap<(Name, &'static str), Counter>> = RefCell::new(HashMap::new());
+        static SHADOW_COMPARED: RefCell<HashMap<(Name, &'static str), Counter>> = RefCell::new(HashMap::new());
     }
 
     /// The handle under `key` in this thread's `map`, registered with `make` the first time.
@@ -130,6 +131,16 @@ pub mod per_request {
             &SHADOW_DROPPED,
             (route.clone(), reason),
             || metrics::counter!(super::SHADOW_DROPPED_TOTAL, "route" => route.to_string(), "reason" => reason),
+        )
+    }
+
+    /// `strangler_shadow_comparisons_total{route,outcome}`: one per copy compared (on the shadow
+    /// thread).
+    pub fn shadow_compared(route: &Name, outcome: &'static str) -> Counter {
+        cached(
+            &SHADOW_COMPARED,
+            (route.clone(), outcome),
+            || metrics::counter!(super::SHADOW_COMPARISONS_TOTAL, "route" => route.to_string(), "outcome" => outcome),
         )
     }
 

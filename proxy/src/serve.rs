@@ -126,7 +126,15 @@ pub fn run(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let clients = Arc::new(crate::outbound::Clients::new(shadow.max_in_flight));
-    let tee = Tee::new(shadow.max_in_flight, shadow.timeout, Some(store_tx), state.demoter.clone(), dry_run_key, clients.clone());
+    let tee = Tee::new(
+        shadow.max_in_flight,
+        shadow.max_body_bytes,
+        shadow.timeout,
+        Some(store_tx),
+        state.demoter.clone(),
+        dry_run_key,
+        clients.clone(),
+    );
     let store = StoreService::new(writer, store_rx);
 
     let mut http = pingora::proxy::http_proxy(&server.configuration, Edge::new(state.clone(), tee.clone(), shadow.max_body_bytes));

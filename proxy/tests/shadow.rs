@@ -223,6 +223,59 @@ async fn writes_are_shadowed_only_as_dry_runs_and_big_bodies_not_at_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_answer_passes_the_bound_is_not_read_on_nor_compared() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    let body = format!(
+        "[shadow]\nmax_body_bytes = 1000\n\n{}",
+        routes(&legacy, &svc, "[[routes]]\nname = \"b\"\nmatch = { path_prefix = \"/big\" }\ntarget = \"svc\"\nmode = \"shadow\"\n")
+    );
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    // the monolith answers `small`; the service's answer is five times the bound
+    let r = c.get(proxy.url("/big/5000/svc")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "small".to_string()));
+    let v = wait_for("the copy's answer to be counted as too large", || async {
+        let v = shadow_json(&proxy).await;
+        (v["routes"]["b"]["dropped"]["too_large"].as_u64() == Some(1)).then_some(v)
+    })
+    .await;
+    assert!(v["routes"]["b"]["compared"].as_u64().unwrap_or(0) == 0, "an answer over the bound was compared: {v}");
+    // within the bound the copy is compared (and differs)
+    c.get(proxy.url("/big/900/svc")).send().await.unwrap();
+    let v = compared(&proxy, "b", 1).await;
+    assert_eq!(v["routes"]["b"]["mismatches"], 1, "{v}");
+    assert_eq!(v["routes"]["b"]["dropped"]["too_large"], 1, "{v}");
+    let metrics = proxy.admin_get("/metrics").await.unwrap().1;
+    assert!(metrics.contains("strangler_shadow_dropped_total{route=\"b\",reason=\"too_large\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_sent_together_are_each_compared_with_their_own_answer() {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    // the echoes differ only in their name and the copy's shadow header: any other difference
+    // (an answer paired with another copy's request: `$.uri`) is a mismatch
+    let body = format!(
+        "[shadow]\nmax_in_flight = 256\n\n{}",
+        routes(&legacy, &svc, "[[routes]]\nname = \"p\"\nmatch = { path_prefix = \"/p\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { ignore = [\"$.server\", \"$.headers\"], noise_sample_percent = 0 }\n")
+    );
+    let proxy = Proxy::start(&body).await;
+    let c = reqwest::Client::new();
+    const N: usize = 60;
+    // at once, so that copies share batches (and, over the lean client, connections)
+    let sent = futures_util::future::join_all((0..N).map(|i| c.get(proxy.url(&format!("/p/{i}?q={i}"))).send())).await;
+    assert!(sent.iter().all(|r| r.as_ref().is_ok_and(|r| r.status() == 200)));
+    let v = compared(&proxy, "p", N as u64).await;
+    assert_eq!((v["routes"]["p"]["matches"].as_u64(), v["routes"]["p"]["mismatches"].as_u64()), (Some(N as u64), Some(0)), "{v}");
+    let mut seen: Vec<String> = svc.seen.lock().unwrap().clone();
+    seen.sort();
+    let mut expected: Vec<String> = (0..N).map(|i| format!("/p/{i}?q={i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every copy reached the service once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noise_is_learned_stored_redacted_and_reported() {
     let legacy = TestUpstream::start("legacy").await;
     let svc = TestUpstream::start("svc").await;

@@ -291,7 +291,7 @@ pub struct RawShadow {
     /// A shadow copy slower than this counts as a timeout. Default 5000.
     #[schemars(range(min = 1, max = 600000))]
     pub timeout_ms: Option<Spanned<i64>>,
-    /// Larger request bodies are not shadowed (counted as too_large). Default 1048576.
+    /// Larger request or answer bodies are not compared (counted as too_large). Default 1048576.
     #[schemars(range(min = 0, max = 268435456))]
     pub max_body_bytes: Option<Spanned<i64>>,
     /// `jsonl`: the store's folder, relative to this file. Default `shadow-store`.

@@ -41,6 +41,9 @@ pub(crate) enum Failure {
     TimedOut,
     /// The response head was not HTTP/1.x we can frame.
     Invalid,
+    /// A whole answer read into memory ([`fetch`]) would pass its bound; the connection is
+    /// dropped.
+    TooLarge,
 }
 
 impl Failure {
@@ -66,6 +69,7 @@ impl std::fmt::Display for Failure {
             Failure::Reset => "upstream closed the connection before a response",
             Failure::TimedOut => "upstream read timed out",
             Failure::Invalid => "upstream sent an invalid response head",
+            Failure::TooLarge => "upstream answer over the body bound",
         })
     }
 }
@@ -379,13 +383,15 @@ pub(crate) struct Answer {
 /// pooled or new connection, and the answer read whole, within the upstream's timeouts per step
 /// (the caller bounds the whole). A pooled connection that turns out closed before any answer
 /// is replaced by a new one when the request is `idempotent`; the connection goes back to the
-/// pool when its answer ended cleanly and the upstream keeps it open.
+/// pool when its answer ended cleanly and the upstream keeps it open. A body longer than
+/// `max_body` is not read on: [`Failure::TooLarge`].
 pub(crate) async fn fetch(
     upstream: &Upstream,
     addr: SocketAddr,
     request: &[u8],
     idempotent: bool,
     head_only: bool,
+    max_body: usize,
 ) -> Result<Answer, Failure> {
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let mut fresh_only = false;
@@ -400,9 +406,35 @@ pub(crate) async fn fetch(
         }
     };
     rbuf.advance(head.len);
+    let body = read_body(&mut conn, &mut rbuf, &head, upstream.read_timeout, max_body).await?;
+    // bytes after the answer that nobody asked for: the connection is not reused
+    if rbuf.is_empty() && reusable(&head) {
+        pool::put(addr, conn, upstream.pool_size);
+    }
+    Ok(Answer { status: head.status, headers, body })
+}
+
+/// Whether the connection can carry another exchange once this answer is read whole.
+fn reusable(head: &ResponseHead) -> bool {
+    head.keep_alive && head.framing != Framing::Close
+}
+
+/// Reads the body of the answer whose head was `head` (already taken off `rbuf`), de-chunked,
+/// and leaves in `rbuf` whatever came after it (the next answer's, when requests were
+/// pipelined). Longer than `max_body`: [`Failure::TooLarge`], read no further.
+async fn read_body(
+    conn: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    head: &ResponseHead,
+    limit: Duration,
+    max_body: usize,
+) -> Result<Vec<u8>, Failure> {
+    if matches!(head.framing, Framing::Length(n) if n > max_body as u64) {
+        return Err(Failure::TooLarge);
+    }
     let mut body = Vec::new();
     let mut chunks = Chunks::default();
-    let reusable = loop {
+    loop {
         let done = match head.framing {
             Framing::Empty => true,
             Framing::Length(n) => {
@@ -412,32 +444,102 @@ pub(crate) async fn fetch(
                 body.len() as u64 == n
             }
             Framing::Chunked => {
-                let end = chunks.feed(&rbuf, |data| body.extend_from_slice(data)).map_err(|()| Failure::Invalid)?;
+                let end = chunks.feed(rbuf, |data| body.extend_from_slice(data)).map_err(|()| Failure::Invalid)?;
                 rbuf.advance(end.unwrap_or(rbuf.len()));
                 end.is_some()
             }
             Framing::Close => {
-                body.extend_from_slice(&rbuf);
+                body.extend_from_slice(rbuf);
                 rbuf.clear();
                 false
             }
         };
+        if body.len() > max_body {
+            return Err(Failure::TooLarge);
+        }
         if done {
-            // bytes after the answer that nobody asked for: the connection is not reused
-            break rbuf.is_empty() && head.keep_alive;
+            return Ok(body);
         }
-        rbuf.clear();
-        if with_timeout(upstream.read_timeout, conn.read_buf(&mut rbuf)).await? == 0 {
-            if head.framing == Framing::Close {
-                break false;
-            }
-            return Err(Failure::Reset);
+        if with_timeout(limit, conn.read_buf(rbuf)).await? == 0 {
+            return if head.framing == Framing::Close { Ok(body) } else { Err(Failure::Reset) };
         }
-    };
-    if reusable {
-        pool::put(addr, conn, upstream.pool_size);
     }
-    Ok(Answer { status: head.status, headers, body })
+}
+
+/// Requests to `upstream` at `addr` that may be sent twice (idempotent), written together on one
+/// connection (HTTP/1.1 pipelining, RFC 9112 §9.3.2) and their answers read in order: one write
+/// and a few reads for a batch of shadow copies, not a write and a read each. Each request is
+/// its bytes and whether it is `HEAD`. A request whose answer did not come whole because the
+/// connection ended or failed (a pooled connection closed unseen, the upstream closing after
+/// some answers, a broken answer before it) is sent again on its own ([`fetch`]), which is why
+/// only idempotent requests may be given. Answers in the requests' order.
+pub(crate) async fn fetch_all(
+    upstream: &Upstream,
+    addr: SocketAddr,
+    requests: &[(Vec<u8>, bool)],
+    max_body: usize,
+) -> Vec<Result<Answer, Failure>> {
+    let mut out = Vec::with_capacity(requests.len());
+    // a pooled connection, then (what it left unanswered) a new one
+    for fresh_only in [false, true] {
+        if requests.len() - out.len() < 2 {
+            break;
+        }
+        pipelined(upstream, addr, &requests[out.len()..], max_body, fresh_only, &mut out).await;
+    }
+    // what the connections left unanswered
+    for (request, head_only) in &requests[out.len()..] {
+        out.push(fetch(upstream, addr, request, true, *head_only, max_body).await);
+    }
+    out
+}
+
+/// [`fetch_all`]'s one connection (a pooled one unless `fresh_only`): pushes to `out` the answers
+/// read in order, and stops at the first that did not come whole (a failure of its own, such as [`Failure::TooLarge`], is kept
+/// as its answer).
+async fn pipelined(
+    upstream: &Upstream,
+    addr: SocketAddr,
+    requests: &[(Vec<u8>, bool)],
+    max_body: usize,
+    fresh_only: bool,
+    out: &mut Vec<Result<Answer, Failure>>,
+) {
+    let pooled = if fresh_only { None } else { pool::take(addr, upstream.idle_timeout) };
+    let mut conn = match pooled {
+        Some(c) => c,
+        None => match connect(addr, upstream.connect_timeout).await {
+            Ok(c) => c,
+            Err(_) => return,
+        },
+    };
+    let all: Vec<u8> = requests.iter().flat_map(|(r, _)| r.iter().copied()).collect();
+    if write_all(&mut conn, &all, upstream.write_timeout).await.is_err() {
+        return;
+    }
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    for (i, (_, head_only)) in requests.iter().enumerate() {
+        let mut headers = Vec::new();
+        let mut on_final = |resp: &httparse::Response<'_, '_>, _: Framing| headers = pairs(resp.headers, true);
+        let Ok(head) = read_head(&mut conn, &mut rbuf, upstream.read_timeout, *head_only, &mut on_final).await else { return };
+        rbuf.advance(head.len);
+        match read_body(&mut conn, &mut rbuf, &head, upstream.read_timeout, max_body).await {
+            Ok(body) => out.push(Ok(Answer { status: head.status, headers, body })),
+            // its own answer, too long to read: the connection is left mid-answer
+            Err(Failure::TooLarge) => {
+                out.push(Err(Failure::TooLarge));
+                return;
+            }
+            Err(_) => return,
+        }
+        if !reusable(&head) {
+            return;
+        }
+        if i + 1 == requests.len() && rbuf.is_empty() {
+            pool::put(addr, conn, upstream.pool_size);
+            return;
+        }
+    }
 }
 
 /// Idle upstream connections, per thread and upstream address. The proxy's workers (and the
@@ -559,22 +661,22 @@ mod tests {
                 let (mut s, _) = listener.accept().await.unwrap();
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mut buf = Vec::new();
-                loop {
+                'conn: loop {
                     let mut chunk = [0u8; 4096];
                     let n = s.read(&mut chunk).await.unwrap_or(0);
                     if n == 0 {
                         break;
                     }
                     buf.extend_from_slice(&chunk[..n]);
-                    // one request per read is enough here: the requests have no body
-                    if !buf.ends_with(b"\r\n\r\n") {
-                        continue;
-                    }
-                    buf.clear();
-                    let Some((answer, close)) = answers.next() else { return };
-                    s.write_all(answer.as_bytes()).await.unwrap();
-                    if close {
-                        break;
+                    // the requests have no body: each ends its head; pipelined ones are
+                    // answered in order
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let Some((answer, close)) = answers.next() else { return };
+                        s.write_all(answer.as_bytes()).await.unwrap();
+                        if close {
+                            break 'conn;
+                        }
                     }
                 }
             }
@@ -612,15 +714,15 @@ mod tests {
             ("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false),
         ])
         .await;
-        let a = fetch(&u, addr, GET, true, false).await.unwrap();
+        let a = fetch(&u, addr, GET, true, false, 1 << 20).await.unwrap();
         assert_eq!((a.status, a.body.as_slice()), (200, &b"hello"[..]));
         assert_eq!(a.headers, vec![("content-length".to_string(), "5".to_string()), ("x-kept".to_string(), "a".to_string())]);
-        let a = fetch(&u, addr, GET, true, false).await.unwrap();
+        let a = fetch(&u, addr, GET, true, false, 1 << 20).await.unwrap();
         assert_eq!((a.status, a.body.as_slice()), (201, &b"Wikipedia"[..]));
-        let a = fetch(&u, addr, GET, true, false).await.unwrap();
+        let a = fetch(&u, addr, GET, true, false, 1 << 20).await.unwrap();
         assert_eq!((a.status, a.body.as_slice()), (200, &b"until close"[..]));
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1, "three answers on one pooled connection");
-        let a = fetch(&u, addr, GET, true, false).await.unwrap();
+        let a = fetch(&u, addr, GET, true, false, 1 << 20).await.unwrap();
         assert_eq!((a.status, a.body.len()), (304, 0));
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2, "a close-delimited answer's connection is not pooled");
     }
@@ -634,11 +736,66 @@ mod tests {
             ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc", true),
         ])
         .await;
-        assert_eq!(fetch(&u, addr, GET, true, false).await.unwrap().body, b"a");
-        assert_eq!(fetch(&u, addr, GET, true, false).await.unwrap().body, b"b");
+        assert_eq!(fetch(&u, addr, GET, true, false, 1 << 20).await.unwrap().body, b"a");
+        assert_eq!(fetch(&u, addr, GET, true, false, 1 << 20).await.unwrap().body, b"b");
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
         // a truncated body is an error, never a short answer
         let (u, addr, _) = upstream(vec![("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", true)]).await;
-        assert_eq!(fetch(&u, addr, GET, true, false).await.unwrap_err(), Failure::Reset);
+        assert_eq!(fetch(&u, addr, GET, true, false, 1 << 20).await.unwrap_err(), Failure::Reset);
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_bound_is_refused_in_every_framing_and_its_connection_dropped() {
+        let (u, addr, conns) = upstream(vec![
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello!", false),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n", false),
+            ("HTTP/1.1 200 OK\r\n\r\nsix by", true),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz", false),
+        ])
+        .await;
+        // exactly the bound is read whole, and the connection kept
+        assert_eq!(fetch(&u, addr, GET, true, false, 5).await.unwrap().body, b"hello");
+        assert_eq!(fetch(&u, addr, GET, true, false, 5).await.unwrap_err(), Failure::TooLarge);
+        assert_eq!(fetch(&u, addr, GET, true, false, 5).await.unwrap_err(), Failure::TooLarge);
+        assert_eq!(fetch(&u, addr, GET, true, false, 5).await.unwrap_err(), Failure::TooLarge);
+        assert_eq!(fetch(&u, addr, GET, true, false, 5).await.unwrap().body, b"z");
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 4, "no connection is reused after an answer over the bound");
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_share_one_connection_and_what_it_leaves_is_sent_again() {
+        const HEAD: &[u8] = b"HEAD /x HTTP/1.1\r\nhost: t\r\n\r\n";
+        let reqs = |n: usize| (0..n).map(|i| (if i == 2 { HEAD } else { GET }.to_vec(), i == 2)).collect::<Vec<_>>();
+        let (u, addr, conns) = upstream(vec![
+            // four answers on one connection, every framing; the HEAD's length is not a body
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na", false),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nb\r\n0\r\n\r\n", false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", false),
+            ("HTTP/1.1 204 No Content\r\n\r\n", false),
+            // then: the upstream closes after two answers; the other two go on a new connection
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\ne", false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nf", true),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nh", false),
+            // then: an answer over the bound in the middle is that request's, not the others'
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\ni", false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", false),
+            // (written on the connection the client gave up mid-answer: never read)
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nk", false),
+        ])
+        .await;
+        let bodies = |got: Vec<Result<Answer, Failure>>| got.into_iter().map(|a| a.map(|a| (a.status, a.body))).collect::<Vec<_>>();
+        let ok = |status: u16, body: &[u8]| Ok((status, body.to_vec()));
+        let got = bodies(fetch_all(&u, addr, &reqs(4), 10).await);
+        assert_eq!(got, vec![ok(200, b"a"), ok(200, b"b"), ok(200, b""), ok(204, b"")]);
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1, "four answers, one connection");
+        let got = bodies(fetch_all(&u, addr, &reqs(4), 10).await);
+        assert_eq!(got, vec![ok(200, b"e"), ok(200, b"f"), ok(200, b""), ok(200, b"h")]);
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2, "the pooled connection, then a new one for the rest");
+        let got = bodies(fetch_all(&u, addr, &[(GET.to_vec(), false), (GET.to_vec(), false), (GET.to_vec(), false)], 10).await);
+        assert_eq!(got, vec![ok(200, b"i"), Err(Failure::TooLarge), ok(200, b"k")]);
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3, "no answer is read after one left mid-way");
     }
 }

@@ -62,15 +62,41 @@ fn push_key(s: &mut String, k: &str) {
 
 impl fmt::Display for FieldPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::from("$");
-        for seg in &self.0 {
-            match seg {
-                Seg::Key(k) => push_key(&mut s, k),
-                Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        f.write_str(&render(self.0.iter().map(Seg::as_ref)))
+    }
+}
+
+/// A [`Seg`] borrowed from the document being walked: a walk that keeps few of the places it
+/// visits pushes and pops these, and renders a path's text only for a place it keeps (a
+/// [`FieldPath`] per node cost a copy of every segment above it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegRef<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+impl Seg {
+    pub fn as_ref(&self) -> SegRef<'_> {
+        match self {
+            Seg::Key(k) => SegRef::Key(k),
+            Seg::Index(i) => SegRef::Index(*i),
+        }
+    }
+}
+
+/// A concrete path's text (`$.messages[3].createdAt`): what [`FieldPath`] displays as.
+pub fn render<'a>(segs: impl IntoIterator<Item = SegRef<'a>>) -> String {
+    use fmt::Write as _;
+    let mut s = String::from("$");
+    for seg in segs {
+        match seg {
+            SegRef::Key(k) => push_key(&mut s, k),
+            SegRef::Index(i) => {
+                let _ = write!(s, "[{i}]");
             }
         }
-        f.write_str(&s)
     }
+    s
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::diff::{decoded, DiffKind, Difference, Exchange};
-use super::path::FieldPath;
+use super::path::{render, SegRef};
 
 pub const REDACTED: &str = "[redacted]";
 
@@ -54,8 +54,7 @@ pub fn fingerprint(value: &str) -> String {
 /// Whether a secret-named field may be fingerprinted at all: passwords are chosen by people,
 /// so even a long one is never hashed into a record.
 fn fingerprintable(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    !n.contains("password") && !n.contains("passwd")
+    with_folded(name, false, |n| !n.contains("password") && !n.contains("passwd"))
 }
 
 /// `[redacted:<fp>]` for a token-like secret, `[redacted]` otherwise.
@@ -92,38 +91,47 @@ pub fn find_fingerprints(s: &str) -> Vec<(std::ops::Range<usize>, &str)> {
 
 /// Whether a JSON key or query parameter names a secret.
 pub fn is_secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase().replace(['_', '-'], "");
-    ["password", "passwd", "token", "secret", "otp", "authorization", "cookie", "apikey", "privatekey", "signature"]
-        .iter()
-        .any(|s| n.contains(s))
-        || n == "code"
-        || n.ends_with("code") && (n.contains("auth") || n.contains("verif") || n.contains("totp") || n.contains("2fa"))
+    with_folded(name, true, |n| {
+        ["password", "passwd", "token", "secret", "otp", "authorization", "cookie", "apikey", "privatekey", "signature"]
+            .iter()
+            .any(|s| n.contains(s))
+            || n == "code"
+            || n.ends_with("code") && (n.contains("auth") || n.contains("verif") || n.contains("totp") || n.contains("2fa"))
+    })
+}
+
+/// `f` of the name in ASCII lower case (and without `_` and `-` when `squash`), folded on the
+/// stack when it is short: every key of every recorded answer is asked about.
+fn with_folded<R>(name: &str, squash: bool, f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    for b in name.bytes().filter(|b| !squash || (*b != b'_' && *b != b'-')) {
+        if n == buf.len() {
+            let lower = name.to_ascii_lowercase();
+            return f(&if squash { lower.replace(['_', '-'], "") } else { lower });
+        }
+        buf[n] = b.to_ascii_lowercase();
+        n += 1;
+    }
+    // only ASCII bytes were changed or left out: still UTF-8
+    f(std::str::from_utf8(&buf[..n]).expect("ASCII folding keeps UTF-8"))
 }
 
 /// Credential headers replaced; a token-like `Bearer` credential keeps its fingerprint
 /// (`Bearer [redacted:<fp>]`) so a replay can put the matching token back.
-pub fn redact_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
+pub fn redact_headers(mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    for (k, v) in &mut headers {
+        let Some(name) = SECRET_HEADERS.iter().find(|s| k.eq_ignore_ascii_case(s)) else { continue };
+        *v = match v.trim().split_once(' ') {
+            Some((scheme, token))
+                if BEARER_HEADERS.contains(name) && scheme.eq_ignore_ascii_case("bearer") && is_token_like(token.trim()) =>
+            {
+                format!("{scheme} {}", redact_secret(token.trim()))
+            }
+            _ => REDACTED.to_string(),
+        };
+    }
     headers
-        .iter()
-        .map(|(k, v)| {
-            let name = k.to_ascii_lowercase();
-            let value = if !SECRET_HEADERS.contains(&name.as_str()) {
-                v.clone()
-            } else {
-                match v.trim().split_once(' ') {
-                    Some((scheme, token))
-                        if BEARER_HEADERS.contains(&name.as_str())
-                            && scheme.eq_ignore_ascii_case("bearer")
-                            && is_token_like(token.trim()) =>
-                    {
-                        format!("{scheme} {}", redact_secret(token.trim()))
-                    }
-                    _ => REDACTED.to_string(),
-                }
-            };
-            (k.clone(), value)
-        })
-        .collect()
 }
 
 /// Replaces secret-named fields anywhere in a JSON value with `[redacted]` (reported values).
@@ -165,28 +173,36 @@ pub fn answer_facts(answer: &Exchange) -> (BTreeMap<String, String>, BTreeMap<St
 }
 
 fn ids_in(v: &Value) -> BTreeMap<String, String> {
-    fn walk(v: &Value, path: &FieldPath, out: &mut BTreeMap<String, String>) {
+    fn walk<'a>(v: &'a Value, path: &mut Vec<SegRef<'a>>, out: &mut BTreeMap<String, String>) {
         if out.len() >= MAX_ANSWER_IDS {
             return;
         }
         match v {
-            Value::Object(m) => m.iter().for_each(|(k, v)| walk(v, &path.key(k), out)),
-            Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| walk(v, &path.index(i), out)),
+            Value::Object(m) => m.iter().for_each(|(k, v)| {
+                path.push(SegRef::Key(k));
+                walk(v, path, out);
+                path.pop();
+            }),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| {
+                path.push(SegRef::Index(i));
+                walk(v, path, out);
+                path.pop();
+            }),
             Value::String(s) if is_uuid(s) || is_cursor_path(path) => {
-                out.insert(path.to_string(), s.clone());
+                out.insert(render(path.iter().copied()), s.clone());
             }
             _ => {}
         }
     }
     let mut out = BTreeMap::new();
-    walk(v, &FieldPath::root(), &mut out);
+    walk(v, &mut Vec::new(), &mut out);
     out
 }
 
 /// A pagination cursor (`cursor`, `endCursor`, `startCursor`): opaque, so a replay maps it like
 /// an id (whole values only: it is too short to find inside other text).
-fn is_cursor_path(path: &FieldPath) -> bool {
-    matches!(path.0.last(), Some(super::path::Seg::Key(k)) if matches!(k.as_str(), "cursor" | "endCursor" | "startCursor"))
+fn is_cursor_path(path: &[SegRef<'_>]) -> bool {
+    matches!(path.last(), Some(SegRef::Key("cursor" | "endCursor" | "startCursor")))
 }
 
 /// 8-4-4-4-12 hex digits.
@@ -204,26 +220,30 @@ pub fn answer_secrets(answer: &Exchange) -> BTreeMap<String, String> {
 
 fn secrets_in(v: &Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    collect_secrets(v, &FieldPath::root(), false, &mut out);
+    collect_secrets(v, &mut Vec::new(), false, &mut out);
     out
 }
 
-fn collect_secrets(v: &Value, path: &FieldPath, secret: bool, out: &mut BTreeMap<String, String>) {
+fn collect_secrets<'a>(v: &'a Value, path: &mut Vec<SegRef<'a>>, secret: bool, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(m) => {
             for (k, v) in m {
                 if fingerprintable(k) {
-                    collect_secrets(v, &path.key(k), secret || is_secret_name(k), out);
+                    path.push(SegRef::Key(k));
+                    collect_secrets(v, path, secret || is_secret_name(k), out);
+                    path.pop();
                 }
             }
         }
         Value::Array(a) => {
             for (i, v) in a.iter().enumerate() {
-                collect_secrets(v, &path.index(i), secret, out);
+                path.push(SegRef::Index(i));
+                collect_secrets(v, path, secret, out);
+                path.pop();
             }
         }
         Value::String(s) if secret && is_token_like(s) => {
-            out.insert(path.to_string(), fingerprint(s));
+            out.insert(render(path.iter().copied()), fingerprint(s));
         }
         _ => {}
     }
@@ -502,10 +522,19 @@ pub struct Summary {
 
 impl Summary {
     pub fn add(&mut self, r: &Record) {
-        let s = self.routes.entry(r.route.clone()).or_default();
+        // one per copy compared: no allocation once the route and endpoint are known
+        if !self.routes.contains_key(&r.route) {
+            self.routes.insert(r.route.clone(), Default::default());
+        }
+        let s = self.routes.get_mut(&r.route).expect("inserted above");
         s.compared += 1;
         s.last_unix_ms = s.last_unix_ms.max(Some(r.ts_unix_ms));
-        *s.endpoints.entry(r.endpoint.clone()).or_default() += 1;
+        match s.endpoints.get_mut(&r.endpoint) {
+            Some(n) => *n += 1,
+            None => {
+                s.endpoints.insert(r.endpoint.clone(), 1);
+            }
+        }
         match r.outcome {
             Outcome::Match => s.matches += 1,
             Outcome::Noise => s.noise_only += 1,
@@ -558,7 +587,26 @@ fn place_key(d: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        /// Folding on the stack answers as lower-casing (and squashing) a copy of the name did,
+        /// for short and long names, ASCII or not.
+        #[test]
+        fn folded_names_answer_as_the_allocating_fold(name in "([a-zA-Z_-]{0,12}(Token|PASS_word|Pass-wd|auth_Code|é|ß|2fa|code)?){0,8}") {
+            let squashed = name.to_ascii_lowercase().replace(['_', '-'], "");
+            let by_copy = ["password", "passwd", "token", "secret", "otp", "authorization", "cookie", "apikey", "privatekey", "signature"]
+                .iter()
+                .any(|s| squashed.contains(s))
+                || squashed == "code"
+                || squashed.ends_with("code")
+                    && (squashed.contains("auth") || squashed.contains("verif") || squashed.contains("totp") || squashed.contains("2fa"));
+            prop_assert_eq!(is_secret_name(&name), by_copy);
+            let lower = name.to_ascii_lowercase();
+            prop_assert_eq!(fingerprintable(&name), !lower.contains("password") && !lower.contains("passwd"));
+        }
+    }
 
     #[test]
     fn secrets_never_survive() {
@@ -570,7 +618,7 @@ mod tests {
         }
         assert_eq!(red["email"], "a@b.c");
         assert_eq!(redact_uri("/auth/google/callback?code=abc&state=s"), "/auth/google/callback?code=[redacted]&state=s");
-        let h = redact_headers(&[("authorization".into(), "Bearer x".into()), ("accept".into(), "*/*".into())]);
+        let h = redact_headers(vec![("authorization".into(), "Bearer x".into()), ("accept".into(), "*/*".into())]);
         assert_eq!(h[0].1, REDACTED);
         assert_eq!(h[1].1, "*/*");
         assert!(!is_secret_name("email") && !is_secret_name("statusCode") && !is_secret_name("countryCode"));
@@ -656,7 +704,7 @@ mod tests {
 
     #[test]
     fn bearer_headers_keep_a_fingerprint() {
-        let h = redact_headers(&[
+        let h = redact_headers(vec![
             ("authorization".into(), format!("Bearer {TOKEN}")),
             ("proxy-authorization".into(), format!("bearer {TOKEN}")),
             ("authorization".into(), "Bearer short".into()),
@@ -672,6 +720,28 @@ mod tests {
             assert_eq!(value, REDACTED, "{name}");
         }
         assert_eq!(h[6].1, "*/*");
+    }
+
+    #[test]
+    fn answer_ids_are_keyed_by_diff_paths() {
+        let (a, b) = ("5f1c2a9e-8d4b-4e1a-9c3f-2b7d6e8a1f00", "c0ffee00-1234-4abc-8def-0123456789ab");
+        let body = json!({
+            "data": { "chats": [{ "id": a, "title": "not an id" }, { "id": b, "members": [{ "userId": a }] }] },
+            "page": { "endCursor": "b3BhcXVl", "count": 2 },
+            "odd key": [b, "5f1c2a9e-8d4b-4e1a-9c3f-2b7d6e8a1f0"]
+        });
+        let (_, ids) = answer_facts(&Exchange { status: 200, headers: vec![], body: body.to_string().into_bytes() });
+        let expected: BTreeMap<String, String> = [
+            ("$.data.chats[0].id", a),
+            ("$.data.chats[1].id", b),
+            ("$.data.chats[1].members[0].userId", a),
+            ("$.page.endCursor", "b3BhcXVl"),
+            ("$[\"odd key\"][0]", b),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(ids, expected);
     }
 
     #[test]

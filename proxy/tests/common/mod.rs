@@ -48,7 +48,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 ///
 /// - any path: JSON `{server, method, uri, headers, body_len, body_sha256}`
 /// - `/status/{code}`: that status
-/// - `/big/{bytes}`: a streamed body of that many pattern bytes
+/// - `/big/{bytes}`: a streamed body of that many pattern bytes; `/big/{bytes}/{server}`: only
+///   from that server, the others answer `small`
 /// - `/slow/{ms}`: answers after a delay
 /// - `/hop`: a response carrying hop-by-hop headers
 /// - `/not-modified`: 304 with an ETag
@@ -184,6 +185,9 @@ async fn handle(
                 .header("x-served-by", &name)
                 .body(full(format!("{{\"server\":\"{name}\",\"status\":{code}}}")))
                 .unwrap());
+        }
+        "big" if segs.get(3).is_some_and(|only| *only != name) => {
+            return Ok(Response::builder().header("x-served-by", &name).body(full("small")).unwrap());
         }
         "big" => {
             let total: u64 = segs.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
