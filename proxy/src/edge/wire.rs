@@ -495,8 +495,9 @@ pub(crate) async fn fetch_all(
 }
 
 /// [`fetch_all`]'s one connection (a pooled one unless `fresh_only`): pushes to `out` the answers
-/// read in order, and stops at the first that did not come whole (a failure of its own, such as [`Failure::TooLarge`], is kept
-/// as its answer).
+/// read in order, and stops at the first that did not come whole. An answer over the bound is
+/// that request's own ([`Failure::TooLarge`] is pushed); any other failure leaves the request
+/// unanswered, for the caller to send again.
 async fn pipelined(
     upstream: &Upstream,
     addr: SocketAddr,
