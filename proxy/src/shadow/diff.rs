@@ -19,7 +19,7 @@ use std::io::Read;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::path::{FieldPath, PathPattern};
+use super::path::{FieldPath, PathPattern, Seg};
 
 /// One side's response.
 #[derive(Debug, Clone, Default)]
@@ -189,7 +189,7 @@ pub fn compare(legacy: &Exchange, candidate: &Exchange, rules: &Rules) -> Vec<Di
         return out;
     }
     match (as_json(legacy, &lb), as_json(candidate, &cb)) {
-        (Some(a), Some(b)) => compare_json(&a, &b, &FieldPath::root(), rules, &mut out),
+        (Some(a), Some(b)) => compare_json(&a, &b, &mut FieldPath::root(), rules, &mut out),
         (None, None) => {
             if normalize_text(legacy, &lb) != normalize_text(candidate, &cb) {
                 out.push(Difference { place: Place::Body, at: "body".into(), kind: changed(body_summary(&lb), body_summary(&cb)) });
@@ -205,27 +205,18 @@ fn changed(legacy: Value, candidate: Value) -> DiffKind {
 }
 
 fn compare_headers(legacy: &Exchange, candidate: &Exchange, rules: &Rules, out: &mut Vec<Difference>) {
-    let names = COMPARED_HEADERS.iter().map(|s| s.to_string()).chain(rules.headers.iter().map(|h| h.to_ascii_lowercase()));
-    for name in names.collect::<BTreeSet<_>>() {
-        let norm = |e: &Exchange| -> Vec<String> {
-            e.all(&name)
-                .into_iter()
-                .map(|v| match name.as_str() {
-                    "content-type" => v
-                        .to_ascii_lowercase()
-                        .split(';')
-                        .map(|p| p.trim().replace(' ', ""))
-                        .filter(|p| !p.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(";"),
-                    _ => v.trim().to_string(),
-                })
-                .collect()
-        };
-        let (a, b) = (norm(legacy), norm(candidate));
-        if a != b {
-            out.push(Difference { place: Place::Header { name: name.clone() }, at: format!("header:{name}"), kind: header_kind(&a, &b) });
+    let mut names: Vec<Cow<'_, str>> = COMPARED_HEADERS.iter().map(|s| Cow::Borrowed(*s)).collect();
+    names.extend(rules.headers.iter().map(|h| Cow::Owned(h.to_ascii_lowercase())));
+    names.sort();
+    names.dedup();
+    for name in &names {
+        // compared without copying the values (every copy asks; they are nearly always alike)
+        if header_values(legacy, name).eq(header_values(candidate, name)) {
+            continue;
         }
+        let all = |e| header_values(e, name).map(Cow::into_owned).collect::<Vec<String>>();
+        let (a, b) = (all(legacy), all(candidate));
+        out.push(Difference { place: Place::Header { name: name.to_string() }, at: format!("header:{name}"), kind: header_kind(&a, &b) });
     }
     let (a, b) = (cookie_shapes(legacy), cookie_shapes(candidate));
     if a != b {
@@ -235,6 +226,28 @@ fn compare_headers(legacy: &Exchange, candidate: &Exchange, rules: &Rules, out: 
             kind: header_kind(&a, &b),
         });
     }
+}
+
+/// A header's values as compared: trimmed; `content-type` also lower-cased, its parameters
+/// without spaces (`text/html; charset=UTF-8` is `text/html;charset=utf-8`).
+fn header_values<'a>(e: &'a Exchange, name: &'a str) -> impl Iterator<Item = Cow<'a, str>> + 'a {
+    e.headers.iter().filter(move |(k, _)| k == name).map(move |(_, v)| match name {
+        "content-type" => Cow::Owned(content_type_form(v)),
+        _ => Cow::Borrowed(v.trim()),
+    })
+}
+
+/// `content-type`'s compared form, in one pass: parts between `;` trimmed, empty ones left out,
+/// spaces removed, lower case.
+fn content_type_form(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for part in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        if !out.is_empty() {
+            out.push(';');
+        }
+        out.extend(part.chars().filter(|c| *c != ' ').map(|c| c.to_ascii_lowercase()));
+    }
+    out
 }
 
 fn header_kind(a: &[String], b: &[String]) -> DiffKind {
@@ -327,7 +340,9 @@ fn body_summary(body: &[u8]) -> Value {
     serde_json::json!({ "bytes": body.len(), "start": text })
 }
 
-fn compare_json(a: &Value, b: &Value, path: &FieldPath, rules: &Rules, out: &mut Vec<Difference>) {
+/// Compares two JSON values at `path` (pushed to and popped back as the walk goes down: one
+/// segment per node, not a copy of the path).
+fn compare_json(a: &Value, b: &Value, path: &mut FieldPath, rules: &Rules, out: &mut Vec<Difference>) {
     if rules.ignore.iter().any(|p| p.matches(path)) {
         return;
     }
@@ -341,28 +356,31 @@ fn compare_json(a: &Value, b: &Value, path: &FieldPath, rules: &Rules, out: &mut
         (Value::Object(x), Value::Object(y)) => {
             let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for k in keys {
-                let p = path.key(k);
+                path.0.push(Seg::Key(k.clone()));
                 match (x.get(k), y.get(k)) {
-                    (Some(va), Some(vb)) => compare_json(va, vb, &p, rules, out),
-                    (Some(va), None) if !ignored(&p, rules) => out.push(field(&p, DiffKind::Missing { legacy: va.clone() })),
-                    (None, Some(vb)) if !ignored(&p, rules) => out.push(field(&p, DiffKind::Extra { candidate: vb.clone() })),
+                    (Some(va), Some(vb)) => compare_json(va, vb, path, rules, out),
+                    (Some(va), None) if !ignored(path, rules) => out.push(field(path, DiffKind::Missing { legacy: va.clone() })),
+                    (None, Some(vb)) if !ignored(path, rules) => out.push(field(path, DiffKind::Extra { candidate: vb.clone() })),
                     _ => {}
                 }
+                path.0.pop();
             }
         }
         (Value::Array(x), Value::Array(y)) => {
-            let (x, y) = match rules.sort.iter().find(|(p, _)| p.matches(path)) {
-                Some((_, by)) => (sorted(x, by), sorted(y, by)),
-                None => (x.clone(), y.clone()),
+            // sorted copies only when a rule sorts this array
+            let (x, y): (Cow<'_, [Value]>, Cow<'_, [Value]>) = match rules.sort.iter().find(|(p, _)| p.matches(path)) {
+                Some((_, by)) => (Cow::Owned(sorted(x, by)), Cow::Owned(sorted(y, by))),
+                None => (Cow::Borrowed(x), Cow::Borrowed(y)),
             };
             for i in 0..x.len().max(y.len()) {
-                let p = path.index(i);
+                path.0.push(Seg::Index(i));
                 match (x.get(i), y.get(i)) {
-                    (Some(va), Some(vb)) => compare_json(va, vb, &p, rules, out),
-                    (Some(va), None) if !ignored(&p, rules) => out.push(field(&p, DiffKind::Missing { legacy: va.clone() })),
-                    (None, Some(vb)) if !ignored(&p, rules) => out.push(field(&p, DiffKind::Extra { candidate: vb.clone() })),
+                    (Some(va), Some(vb)) => compare_json(va, vb, path, rules, out),
+                    (Some(va), None) if !ignored(path, rules) => out.push(field(path, DiffKind::Missing { legacy: va.clone() })),
+                    (None, Some(vb)) if !ignored(path, rules) => out.push(field(path, DiffKind::Extra { candidate: vb.clone() })),
                     _ => {}
                 }
+                path.0.pop();
             }
         }
         (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
@@ -445,4 +463,20 @@ pub fn is_rfc3339(s: &str) -> bool {
 pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36 && b.iter().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() })
+}
+
+#[cfg(test)]
+mod form_tests {
+    use super::content_type_form;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The one-pass form is the one the comparison always used (lower case, split at `;`,
+        /// each part trimmed and without spaces, empty parts left out, joined by `;`).
+        #[test]
+        fn content_type_form_is_the_old_normal_form(v in "[ \t;=a-zA-Z/+.-]{0,40}") {
+            let old = v.to_ascii_lowercase().split(';').map(|p| p.trim().replace(' ', "")).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(";");
+            prop_assert_eq!(content_type_form(&v), old);
+        }
+    }
 }
