@@ -506,23 +506,23 @@ async fn pipelined(
     fresh_only: bool,
     out: &mut Vec<Result<Answer, Failure>>,
 ) {
-    let pooled = if fresh_only { None } else { pool::take(addr, upstream.idle_timeout) };
-    let mut conn = match pooled {
-        Some(c) => c,
-        None => match connect(addr, upstream.connect_timeout).await {
-            Ok(c) => c,
-            Err(_) => return,
-        },
-    };
-    let all: Vec<u8> = requests.iter().flat_map(|(r, _)| r.iter().copied()).collect();
-    if write_all(&mut conn, &all, upstream.write_timeout).await.is_err() {
-        return;
-    }
+    let mut all = Vec::with_capacity(requests.iter().map(|(r, _)| r.len()).sum());
+    requests.iter().for_each(|(r, _)| all.extend_from_slice(r));
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
-    for (i, (_, head_only)) in requests.iter().enumerate() {
-        let mut headers = Vec::new();
+    let mut headers = Vec::new();
+    // the connection, all the requests written, and the first answer's head: one attempt
+    let first = {
         let mut on_final = |resp: &httparse::Response<'_, '_>, _: Framing| headers = pairs(resp.headers, true);
-        let Ok(head) = read_head(&mut conn, &mut rbuf, upstream.read_timeout, *head_only, &mut on_final).await else { return };
+        attempt(upstream, addr, &all, &mut rbuf, fresh_only, requests[0].1, &mut on_final).await
+    };
+    let Ok((mut conn, mut head)) = first else { return };
+    for (i, (_, head_only)) in requests.iter().enumerate() {
+        if i > 0 {
+            let mut on_final = |resp: &httparse::Response<'_, '_>, _: Framing| headers = pairs(resp.headers, true);
+            let Ok(next) = read_head(&mut conn, &mut rbuf, upstream.read_timeout, *head_only, &mut on_final).await else { return };
+            head = next;
+        }
+        let headers = std::mem::take(&mut headers);
         rbuf.advance(head.len);
         match read_body(&mut conn, &mut rbuf, &head, upstream.read_timeout, max_body).await {
             Ok(body) => out.push(Ok(Answer { status: head.status, headers, body })),
