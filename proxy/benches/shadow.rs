@@ -7,7 +7,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use strangler::shadow::record::answer_facts;
-use strangler::shadow::{compare, Exchange, Rules};
+use strangler::shadow::{compare, Exchange, PathPattern, Rules};
 
 const MESSAGE: &str = r#"{"id":"5f1c2a9e-8d4b-4e1a-9c3f-2b7d6e8a1f00","chatId":"c0ffee00-1234-4abc-8def-0123456789ab","senderId":"u-42","text":"Hello from the BrainMessenger benchmark payload, long enough to look like a real message","createdAt":"2026-11-24T23:59:59.000Z","editedAt":null,"readBy":["u-1","u-2","u-3"],"kind":"text","v":1}"#;
 
@@ -30,11 +30,20 @@ fn bench(c: &mut Criterion) {
     let page = answer(format!(r#"{{"messages":[{}],"cursor":"b3BhcXVl"}}"#, vec![MESSAGE; 50].join(",")));
     let page_changed =
         answer(format!(r#"{{"messages":[{}],"cursor":"b3BhcXVl"}}"#, vec![MESSAGE; 50].join(",")).replacen("\"v\":1", "\"v\":2", 1));
+    // what a route's rules look like: a volatile field ignored, an id compared by type, a list
+    // compared in any order
+    let with_rules = Rules {
+        ignore: vec![PathPattern::parse("$..editedAt").unwrap()],
+        types: vec![(PathPattern::parse("$.messages[*].id").unwrap(), strangler::shadow::diff::ValueType::String)],
+        sort: vec![(PathPattern::parse("$.messages[*].readBy").unwrap(), strangler::shadow::diff::SortBy::Value)],
+        ..Rules::default()
+    };
     let mut g = c.benchmark_group("copy");
     g.bench_function("compare-alike", |b| b.iter(|| black_box(compare(&one, black_box(&one), &rules))));
     g.bench_function("facts", |b| b.iter(|| black_box(answer_facts(black_box(&one)))));
     g.bench_function("compare-alike-page", |b| b.iter(|| black_box(compare(&page, black_box(&page), &rules))));
     g.bench_function("compare-differing-page", |b| b.iter(|| black_box(compare(&page, black_box(&page_changed), &rules))));
+    g.bench_function("compare-differing-page-rules", |b| b.iter(|| black_box(compare(&page, black_box(&page_changed), &with_rules))));
     g.bench_function("facts-page", |b| b.iter(|| black_box(answer_facts(black_box(&page)))));
     g.finish();
 }

@@ -19,7 +19,7 @@ use std::io::Read;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::path::{FieldPath, PathPattern, Seg};
+use super::path::{generalize, render, PathPattern, SegRef};
 
 /// One side's response.
 #[derive(Debug, Clone, Default)]
@@ -189,7 +189,7 @@ pub fn compare(legacy: &Exchange, candidate: &Exchange, rules: &Rules) -> Vec<Di
         return out;
     }
     match (as_json(legacy, &lb), as_json(candidate, &cb)) {
-        (Some(a), Some(b)) => compare_json(&a, &b, &mut FieldPath::root(), rules, &mut out),
+        (Some(a), Some(b)) => compare_json(&a, &b, &mut Vec::new(), rules, &mut out),
         (None, None) => {
             if normalize_text(legacy, &lb) != normalize_text(candidate, &cb) {
                 out.push(Difference { place: Place::Body, at: "body".into(), kind: changed(body_summary(&lb), body_summary(&cb)) });
@@ -341,8 +341,8 @@ fn body_summary(body: &[u8]) -> Value {
 }
 
 /// Compares two JSON values at `path` (pushed to and popped back as the walk goes down: one
-/// segment per node, not a copy of the path).
-fn compare_json(a: &Value, b: &Value, path: &mut FieldPath, rules: &Rules, out: &mut Vec<Difference>) {
+/// borrowed segment per node; a path's text is rendered only for a difference).
+fn compare_json<'a>(a: &'a Value, b: &'a Value, path: &mut Vec<SegRef<'a>>, rules: &Rules, out: &mut Vec<Difference>) {
     if rules.ignore.iter().any(|p| p.matches(path)) {
         return;
     }
@@ -354,33 +354,35 @@ fn compare_json(a: &Value, b: &Value, path: &mut FieldPath, rules: &Rules, out: 
     }
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
-            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            let keys: BTreeSet<&'a String> = x.keys().chain(y.keys()).collect();
             for k in keys {
-                path.0.push(Seg::Key(k.clone()));
+                path.push(SegRef::Key(k));
                 match (x.get(k), y.get(k)) {
                     (Some(va), Some(vb)) => compare_json(va, vb, path, rules, out),
                     (Some(va), None) if !ignored(path, rules) => out.push(field(path, DiffKind::Missing { legacy: va.clone() })),
                     (None, Some(vb)) if !ignored(path, rules) => out.push(field(path, DiffKind::Extra { candidate: vb.clone() })),
                     _ => {}
                 }
-                path.0.pop();
+                path.pop();
             }
         }
         (Value::Array(x), Value::Array(y)) => {
-            // sorted copies only when a rule sorts this array
-            let (x, y): (Cow<'_, [Value]>, Cow<'_, [Value]>) = match rules.sort.iter().find(|(p, _)| p.matches(path)) {
-                Some((_, by)) => (Cow::Owned(sorted(x, by)), Cow::Owned(sorted(y, by))),
-                None => (Cow::Borrowed(x), Cow::Borrowed(y)),
-            };
+            // in the order a rule sorts this array by (the elements' references sorted, not
+            // copies), or as they are
+            let order = rules.sort.iter().find(|(p, _)| p.matches(path)).map(|(_, by)| (sorted(x, by), sorted(y, by)));
             for i in 0..x.len().max(y.len()) {
-                path.0.push(Seg::Index(i));
-                match (x.get(i), y.get(i)) {
+                path.push(SegRef::Index(i));
+                let pair = match &order {
+                    Some((x, y)) => (x.get(i).copied(), y.get(i).copied()),
+                    None => (x.get(i), y.get(i)),
+                };
+                match pair {
                     (Some(va), Some(vb)) => compare_json(va, vb, path, rules, out),
                     (Some(va), None) if !ignored(path, rules) => out.push(field(path, DiffKind::Missing { legacy: va.clone() })),
                     (None, Some(vb)) if !ignored(path, rules) => out.push(field(path, DiffKind::Extra { candidate: vb.clone() })),
                     _ => {}
                 }
-                path.0.pop();
+                path.pop();
             }
         }
         (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
@@ -389,21 +391,22 @@ fn compare_json(a: &Value, b: &Value, path: &mut FieldPath, rules: &Rules, out: 
     }
 }
 
-fn ignored(path: &FieldPath, rules: &Rules) -> bool {
+fn ignored(path: &[SegRef<'_>], rules: &Rules) -> bool {
     rules.ignore.iter().any(|p| p.matches(path))
 }
 
-fn field(path: &FieldPath, kind: DiffKind) -> Difference {
-    Difference { place: Place::Field { path: path.generalized() }, at: path.to_string(), kind }
+fn field(path: &[SegRef<'_>], kind: DiffKind) -> Difference {
+    Difference { place: Place::Field { path: generalize(path.iter().copied()) }, at: render(path.iter().copied()), kind }
 }
 
-fn sorted(items: &[Value], by: &SortBy) -> Vec<Value> {
-    let mut v = items.to_vec();
-    let key = |x: &Value| match by {
+/// The elements in the rule's order, each one's key computed once.
+fn sorted<'a>(items: &'a [Value], by: &SortBy) -> Vec<&'a Value> {
+    let mut v: Vec<&Value> = items.iter().collect();
+    let key = |x: &&Value| match by {
         SortBy::Value => canonical(x),
         SortBy::Field(f) => x.get(f).map(canonical).unwrap_or_default(),
     };
-    v.sort_by_key(key);
+    v.sort_by_cached_key(key);
     v
 }
 

@@ -34,15 +34,20 @@ impl FieldPath {
     /// The path with every index replaced by `[*]`: the unit in which noise is learned and
     /// mismatches are grouped (`$.messages[*].createdAt`).
     pub fn generalized(&self) -> String {
-        let mut s = String::from("$");
-        for seg in &self.0 {
-            match seg {
-                Seg::Key(k) => push_key(&mut s, k),
-                Seg::Index(_) => s.push_str("[*]"),
-            }
-        }
-        s
+        generalize(self.0.iter().map(Seg::as_ref))
     }
+}
+
+/// A path's text with every index replaced by `[*]` ([`FieldPath::generalized`]).
+pub fn generalize<'a>(segs: impl IntoIterator<Item = SegRef<'a>>) -> String {
+    let mut s = String::from("$");
+    for seg in segs {
+        match seg {
+            SegRef::Key(k) => push_key(&mut s, k),
+            SegRef::Index(_) => s.push_str("[*]"),
+        }
+    }
+    s
 }
 
 fn simple_key(k: &str) -> bool {
@@ -81,6 +86,24 @@ impl Seg {
             Seg::Key(k) => SegRef::Key(k),
             Seg::Index(i) => SegRef::Index(*i),
         }
+    }
+}
+
+/// A path's segment, owned ([`Seg`], in a [`FieldPath`]) or borrowed from the document being
+/// walked ([`SegRef`]): what a [`PathPattern`] is matched against.
+pub trait PathSeg {
+    fn seg(&self) -> SegRef<'_>;
+}
+
+impl PathSeg for Seg {
+    fn seg(&self) -> SegRef<'_> {
+        self.as_ref()
+    }
+}
+
+impl PathSeg for SegRef<'_> {
+    fn seg(&self) -> SegRef<'_> {
+        *self
     }
 }
 
@@ -187,15 +210,16 @@ impl PathPattern {
         &self.source
     }
 
-    /// Whether the pattern names exactly this path.
-    pub fn matches(&self, path: &FieldPath) -> bool {
-        matches(&self.segs, &path.0)
+    /// Whether the pattern names exactly this path (a [`FieldPath`]'s segments, or those of a
+    /// walk that borrows them).
+    pub fn matches<S: PathSeg>(&self, path: &[S]) -> bool {
+        matches(&self.segs, path)
     }
 
     /// Whether the pattern names this path or one of its ancestors (an ignored object hides
     /// everything inside it).
-    pub fn covers(&self, path: &FieldPath) -> bool {
-        (0..=path.0.len()).any(|n| matches(&self.segs, &path.0[..n]))
+    pub fn covers<S: PathSeg>(&self, path: &[S]) -> bool {
+        (0..=path.len()).any(|n| matches(&self.segs, &path[..n]))
     }
 }
 
@@ -205,17 +229,17 @@ impl fmt::Display for PathPattern {
     }
 }
 
-fn matches(pat: &[PatSeg], path: &[Seg]) -> bool {
+fn matches<S: PathSeg>(pat: &[PatSeg], path: &[S]) -> bool {
     match pat.split_first() {
         None => path.is_empty(),
         Some((PatSeg::Descendant, rest)) => (0..=path.len()).any(|skip| matches(rest, &path[skip..])),
         Some((p, rest)) => match path.split_first() {
             None => false,
             Some((s, tail)) => {
-                let ok = match (p, s) {
-                    (PatSeg::Key(a), Seg::Key(b)) => a == b,
-                    (PatSeg::Index(a), Seg::Index(b)) => a == b,
-                    (PatSeg::AnyIndex, Seg::Index(_)) | (PatSeg::AnyKey, Seg::Key(_)) => true,
+                let ok = match (p, s.seg()) {
+                    (PatSeg::Key(a), SegRef::Key(b)) => a == b,
+                    (PatSeg::Index(a), SegRef::Index(b)) => *a == b,
+                    (PatSeg::AnyIndex, SegRef::Index(_)) | (PatSeg::AnyKey, SegRef::Key(_)) => true,
                     _ => false,
                 };
                 ok && matches(rest, tail)
@@ -243,15 +267,15 @@ mod tests {
     #[test]
     fn patterns_match() {
         let path = FieldPath::root().key("data").key("messages").index(3).key("createdAt");
-        assert!(p("$.data.messages[3].createdAt").matches(&path));
-        assert!(p("$.data.messages[*].createdAt").matches(&path));
-        assert!(p("$..createdAt").matches(&path));
-        assert!(p("$.data.*[*].createdAt").matches(&path));
-        assert!(!p("$.data.messages[2].createdAt").matches(&path));
-        assert!(!p("$..id").matches(&path));
-        assert!(p("$.data").covers(&path));
-        assert!(!p("$.data").matches(&path));
-        assert!(p("$[\"data\"].messages").covers(&path));
+        assert!(p("$.data.messages[3].createdAt").matches(&path.0));
+        assert!(p("$.data.messages[*].createdAt").matches(&path.0));
+        assert!(p("$..createdAt").matches(&path.0));
+        assert!(p("$.data.*[*].createdAt").matches(&path.0));
+        assert!(!p("$.data.messages[2].createdAt").matches(&path.0));
+        assert!(!p("$..id").matches(&path.0));
+        assert!(p("$.data").covers(&path.0));
+        assert!(!p("$.data").matches(&path.0));
+        assert!(p("$[\"data\"].messages").covers(&path.0));
     }
 
     #[test]
