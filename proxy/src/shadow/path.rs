@@ -276,6 +276,23 @@ mod tests {
         assert!(p("$.data").covers(&path.0));
         assert!(!p("$.data").matches(&path.0));
         assert!(p("$[\"data\"].messages").covers(&path.0));
+        // the same answers for the segments a walk borrows from the document
+        let borrowed: Vec<SegRef<'_>> = path.0.iter().map(Seg::as_ref).collect();
+        for pattern in [
+            "$.data.messages[3].createdAt",
+            "$.data.messages[*].createdAt",
+            "$..createdAt",
+            "$.data.*[*].createdAt",
+            "$.data.messages[2].createdAt",
+            "$..id",
+            "$.data",
+            "$[\"data\"].messages",
+        ] {
+            assert_eq!(p(pattern).matches(&borrowed), p(pattern).matches(&path.0), "{pattern}");
+            assert_eq!(p(pattern).covers(&borrowed), p(pattern).covers(&path.0), "{pattern}");
+        }
+        assert_eq!(render(borrowed.iter().copied()), path.to_string());
+        assert_eq!(generalize(borrowed.iter().copied()), path.generalized());
     }
 
     #[test]
