@@ -37,6 +37,24 @@ async fn compared(proxy: &Proxy, route: &str, n: u64) -> Value {
     .await
 }
 
+/// The monolith's and the service's echo upstreams, and a proxy with these `[shadow]` settings
+/// (its lines, `\n`-separated) and routes.
+async fn start_shadow(settings: &str, extra: &str) -> (TestUpstream, TestUpstream, Proxy) {
+    let legacy = TestUpstream::start("legacy").await;
+    let svc = TestUpstream::start("svc").await;
+    let proxy = Proxy::start(&format!("[shadow]\n{settings}\n\n{}", routes(&legacy, &svc, extra))).await;
+    (legacy, svc, proxy)
+}
+
+/// Waits until `route` counts `n` copies dropped for `reason`.
+async fn dropped(proxy: &Proxy, route: &str, reason: &str, n: u64) -> Value {
+    wait_for(&format!("{n} copies on {route} dropped as {reason}"), || async {
+        let v = shadow_json(proxy).await;
+        (v["routes"][route]["dropped"][reason].as_u64() == Some(n)).then_some(v)
+    })
+    .await
+}
+
 fn routes(legacy: &TestUpstream, svc: &TestUpstream, extra: &str) -> String {
     Routes::new().upstream("legacy", &legacy.url()).dry_run_upstream("svc", &svc.url()).raw(extra).build()
 }
@@ -156,11 +174,7 @@ async fn saturation_drops_and_counts_instead_of_queueing() {
     for i in 0..10 {
         assert_eq!(c.get(proxy.url(&format!("/s/{i}"))).send().await.unwrap().status(), 200);
     }
-    let v = wait_for("8 saturated drops", || async {
-        let v = shadow_json(&proxy).await;
-        (v["routes"]["s"]["dropped"]["saturated"].as_u64() == Some(8)).then_some(v)
-    })
-    .await;
+    let v = dropped(&proxy, "s", "saturated", 8).await;
     assert_eq!(svc.requests.lock().unwrap().len(), 2, "{v}");
     svc.release();
     compared(&proxy, "s", 2).await;
@@ -170,21 +184,11 @@ async fn saturation_drops_and_counts_instead_of_queueing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_shadowed_only_as_dry_runs_and_big_bodies_not_at_all() {
-    let legacy = TestUpstream::start("legacy").await;
-    let svc = TestUpstream::start("svc").await;
-    let body = format!(
-        "[shadow]\nmax_body_bytes = 1000\n\n{}",
-        routes(&legacy, &svc, "[[routes]]\nname = \"ro\"\nmatch = { path_prefix = \"/ro\" }\ntarget = \"svc\"\nmode = \"shadow\"\n\n[[routes]]\nname = \"rw\"\nmatch = { path_prefix = \"/rw\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { writes = \"dry-run\", noise_sample_percent = 100 }\n")
-    );
-    let proxy = Proxy::start(&body).await;
+    let (legacy, svc, proxy) = start_shadow("max_body_bytes = 1000", "[[routes]]\nname = \"ro\"\nmatch = { path_prefix = \"/ro\" }\ntarget = \"svc\"\nmode = \"shadow\"\n\n[[routes]]\nname = \"rw\"\nmatch = { path_prefix = \"/rw\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { writes = \"dry-run\", noise_sample_percent = 100 }\n").await;
     let c = reqwest::Client::new();
     // A client cannot send the dry-run header itself.
     c.post(proxy.url("/ro/x")).header("x-strangler-dry-run", "1").body("{\"a\":1}").send().await.unwrap();
-    let v = wait_for("the unsafe method to be counted", || async {
-        let v = shadow_json(&proxy).await;
-        (v["routes"]["ro"]["dropped"]["unsafe_method"].as_u64() == Some(1)).then_some(v)
-    })
-    .await;
+    let v = dropped(&proxy, "ro", "unsafe_method", 1).await;
     assert!(svc.requests.lock().unwrap().is_empty(), "{v}");
     let (_, _, legacy_headers) = legacy.requests.lock().unwrap()[0].clone();
     assert!(!legacy_headers.iter().any(|(k, _)| k == "x-strangler-dry-run"), "the client's dry-run header reached the monolith");
@@ -214,32 +218,22 @@ async fn writes_are_shadowed_only_as_dry_runs_and_big_bodies_not_at_all() {
 
     let big = "x".repeat(5000);
     c.post(proxy.url("/rw/big")).body(big).send().await.unwrap();
-    let v = wait_for("the big body to be counted", || async {
-        let v = shadow_json(&proxy).await;
-        (v["routes"]["rw"]["dropped"]["too_large"].as_u64() == Some(1)).then_some(v)
-    })
-    .await;
+    let v = dropped(&proxy, "rw", "too_large", 1).await;
     assert_eq!(svc.requests.lock().unwrap().len(), 1, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_whose_answer_passes_the_bound_is_not_read_on_nor_compared() {
-    let legacy = TestUpstream::start("legacy").await;
-    let svc = TestUpstream::start("svc").await;
-    let body = format!(
-        "[shadow]\nmax_body_bytes = 1000\n\n{}",
-        routes(&legacy, &svc, "[[routes]]\nname = \"b\"\nmatch = { path_prefix = \"/big\" }\ntarget = \"svc\"\nmode = \"shadow\"\n")
-    );
-    let proxy = Proxy::start(&body).await;
+    let (_legacy, _svc, proxy) = start_shadow(
+        "max_body_bytes = 1000",
+        "[[routes]]\nname = \"b\"\nmatch = { path_prefix = \"/big\" }\ntarget = \"svc\"\nmode = \"shadow\"\n",
+    )
+    .await;
     let c = reqwest::Client::new();
     // the monolith answers `small`; the service's answer is five times the bound
     let r = c.get(proxy.url("/big/5000/svc")).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "small".to_string()));
-    let v = wait_for("the copy's answer to be counted as too large", || async {
-        let v = shadow_json(&proxy).await;
-        (v["routes"]["b"]["dropped"]["too_large"].as_u64() == Some(1)).then_some(v)
-    })
-    .await;
+    let v = dropped(&proxy, "b", "too_large", 1).await;
     assert!(v["routes"]["b"]["compared"].as_u64().unwrap_or(0) == 0, "an answer over the bound was compared: {v}");
     // within the bound the copy is compared (and differs)
     c.get(proxy.url("/big/900/svc")).send().await.unwrap();
@@ -252,15 +246,9 @@ async fn a_copy_whose_answer_passes_the_bound_is_not_read_on_nor_compared() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_sent_together_are_each_compared_with_their_own_answer() {
-    let legacy = TestUpstream::start("legacy").await;
-    let svc = TestUpstream::start("svc").await;
     // the echoes differ only in their name and the copy's shadow header: any other difference
     // (an answer paired with another copy's request: `$.uri`) is a mismatch
-    let body = format!(
-        "[shadow]\nmax_in_flight = 256\n\n{}",
-        routes(&legacy, &svc, "[[routes]]\nname = \"p\"\nmatch = { path_prefix = \"/p\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { ignore = [\"$.server\", \"$.headers\"], noise_sample_percent = 0 }\n")
-    );
-    let proxy = Proxy::start(&body).await;
+    let (_legacy, svc, proxy) = start_shadow("max_in_flight = 256", "[[routes]]\nname = \"p\"\nmatch = { path_prefix = \"/p\" }\ntarget = \"svc\"\nmode = \"shadow\"\nshadow = { ignore = [\"$.server\", \"$.headers\"], noise_sample_percent = 0 }\n").await;
     let c = reqwest::Client::new();
     const N: usize = 60;
     // at once, so that copies share batches (and, over the lean client, connections)

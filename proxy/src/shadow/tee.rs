@@ -170,12 +170,12 @@ async fn drain(tee: std::sync::Weak<Tee>, mut rx: mpsc::Receiver<Queued>, half_f
             };
             lines[line].1.push((cap, permit));
         }
-        for (_, mut line) in lines {
+        for (addr, mut line) in lines {
             let t = t.clone();
             if line.len() == 1 {
                 start_one(t, line.pop().expect("one copy"));
             } else {
-                tokio::spawn(async move { t.compare_pipelined(line).await });
+                tokio::spawn(async move { t.compare_pipelined(addr, line).await });
             }
         }
         drop(t);
@@ -370,11 +370,11 @@ impl Tee {
         Ok(req)
     }
 
-    /// Copies of idempotent requests to one plain-HTTP upstream, sent pipelined on one
-    /// connection ([`wire::fetch_all`]) and compared one by one; the batch shares one timeout.
-    async fn compare_pipelined(&self, batch: Vec<Queued>) {
+    /// Copies of idempotent requests to one plain-HTTP upstream (at `addr`, as `drain` grouped
+    /// them), sent pipelined on one connection ([`wire::fetch_all`]) and compared one by one; the
+    /// batch shares one timeout.
+    async fn compare_pipelined(&self, addr: std::net::SocketAddr, batch: Vec<Queued>) {
         let to = batch[0].0.other.clone();
-        let Some(addr) = to.addr else { return };
         let mut sent = Vec::with_capacity(batch.len());
         let mut requests = Vec::with_capacity(batch.len());
         for (mut cap, permit) in batch {
