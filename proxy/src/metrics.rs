@@ -108,62 +108,113 @@ pub mod per_request {
     use metrics::{Counter, Histogram};
 
     type Name = Arc<str>;
+    /// A name as a key: the address of its shared text. The entry keeps the name itself, so the
+    /// address cannot be reused by another name while the entry lives. A lookup neither clones
+    /// nor hashes the name: each clone of a name shared by the worker threads is an atomic
+    /// write to one cache line they take from each other (issue 14, two workers).
+    type At = usize;
+    fn at(name: &Name) -> At {
+        Arc::as_ptr(name) as *const u8 as usize
+    }
+    /// The caches' hasher: their keys come from the configuration, not from clients.
+    type Fnv = std::hash::BuildHasherDefault<crate::shadow::template::Fnv64>;
+    type Cache<K, H> = HashMap<K, (Vec<Name>, H), Fnv>;
+    /// Entries per thread and metric past which a cache starts afresh: each reload brings new
+    /// names (new addresses), whose old entries would otherwise stay for the process's life.
+    const LIMIT: usize = 4096;
     /// `requests_total`'s labels: route, target, mode, status class.
-    type RequestLabels = (Name, Name, &'static str, &'static str);
+    type RequestKey = (At, At, &'static str, &'static str);
 
     thread_local! {
-        static REQUESTS: RefCell<HashMap<RequestLabels, Counter>> = RefCell::new(HashMap::new());
-        static DURATIONS: RefCell<HashMap<Name, Histogram>> = RefCell::new(HashMap::new());
-        static UPSTREAM: RefCell<HashMap<(Name, Name), Histogram>> = RefCell::new(HashMap::new());
-        static SHADOW_DROPPED: RefCell<HashMap<(Name, &'static str), Counter>> = RefCell::new(HashMap::new());
-        static SHADOW_COMPARED: RefCell<HashMap<(Name, &'static str), Counter>> = RefCell::new(HashMap::new());
+        static REQUESTS: RefCell<Cache<RequestKey, Counter>> = RefCell::default();
+        static DURATIONS: RefCell<Cache<At, Histogram>> = RefCell::default();
+        static UPSTREAM: RefCell<Cache<(At, At), Histogram>> = RefCell::default();
+        static SHADOW_DROPPED: RefCell<Cache<(At, &'static str), Counter>> = RefCell::default();
+        static SHADOW_COMPARED: RefCell<Cache<(At, &'static str), Counter>> = RefCell::default();
     }
 
-    /// The handle under `key` in this thread's `map`, registered with `make` the first time.
-    fn cached<K: Eq + Hash, H: Clone>(map: &'static LocalKey<RefCell<HashMap<K, H>>>, key: K, make: impl FnOnce() -> H) -> H {
-        map.with(|m| m.borrow_mut().entry(key).or_insert_with(make).clone())
+    /// Runs `use_` on the handle under `key` in this thread's `map`, registered with `make` (and
+    /// kept with the `names` its key points at) the first time.
+    fn with<K: Eq + Hash, H>(
+        map: &'static LocalKey<RefCell<Cache<K, H>>>,
+        key: K,
+        names: &[&Name],
+        make: impl FnOnce() -> H,
+        use_: impl FnOnce(&H),
+    ) {
+        map.with(|m| {
+            let mut m = m.borrow_mut();
+            if let Some((_, h)) = m.get(&key) {
+                return use_(h);
+            }
+            if m.len() >= LIMIT {
+                m.clear();
+            }
+            let h = make();
+            use_(&h);
+            m.insert(key, (names.iter().map(|n| Arc::clone(n)).collect(), h));
+        })
     }
 
-    /// `strangler_shadow_dropped_total{route,reason}`: counted for every request a sampled route
+    #[cfg(test)]
+    pub(super) fn tests_limit() -> usize {
+        LIMIT
+    }
+
+    /// `strangler_shadow_dropped_total{route,reason}` + 1: for every request a sampled route
     /// leaves out, and for every copy a saturated or slow target cannot take.
-    pub fn shadow_dropped(route: &Name, reason: &'static str) -> Counter {
-        cached(
+    pub fn shadow_dropped(route: &Name, reason: &'static str) {
+        with(
             &SHADOW_DROPPED,
-            (route.clone(), reason),
+            (at(route), reason),
+            &[route],
             || metrics::counter!(super::SHADOW_DROPPED_TOTAL, "route" => route.to_string(), "reason" => reason),
+            |c| c.increment(1),
         )
     }
 
-    /// `strangler_shadow_comparisons_total{route,outcome}`: one per copy compared (on the shadow
-    /// thread).
-    pub fn shadow_compared(route: &Name, outcome: &'static str) -> Counter {
-        cached(
+    /// `strangler_shadow_comparisons_total{route,outcome}` + 1: one per copy compared (on the
+    /// shadow thread).
+    pub fn shadow_compared(route: &Name, outcome: &'static str) {
+        with(
             &SHADOW_COMPARED,
-            (route.clone(), outcome),
+            (at(route), outcome),
+            &[route],
             || metrics::counter!(super::SHADOW_COMPARISONS_TOTAL, "route" => route.to_string(), "outcome" => outcome),
+            |c| c.increment(1),
         )
     }
 
-    /// `strangler_requests_total{route,target,mode,status}`.
-    pub fn requests_total(route: &Name, target: &Name, mode: &'static str, status: &'static str) -> Counter {
-        cached(
+    /// `strangler_requests_total{route,target,mode,status}` + 1.
+    pub fn count_request(route: &Name, target: &Name, mode: &'static str, status: &'static str) {
+        with(
             &REQUESTS,
-            (route.clone(), target.clone(), mode, status),
+            (at(route), at(target), mode, status),
+            &[route, target],
             || metrics::counter!(super::REQUESTS_TOTAL, "route" => route.to_string(), "target" => target.to_string(), "mode" => mode, "status" => status),
+            |c| c.increment(1),
         )
     }
 
     /// `strangler_request_duration_seconds{route}`.
-    pub fn request_duration(route: &Name) -> Histogram {
-        cached(&DURATIONS, route.clone(), || metrics::histogram!(super::REQUEST_DURATION_SECONDS, "route" => route.to_string()))
+    pub fn request_duration(route: &Name, seconds: f64) {
+        with(
+            &DURATIONS,
+            at(route),
+            &[route],
+            || metrics::histogram!(super::REQUEST_DURATION_SECONDS, "route" => route.to_string()),
+            |h| h.record(seconds),
+        )
     }
 
     /// `strangler_upstream_response_seconds{route,target}`.
-    pub fn upstream_duration(route: &Name, target: &Name) -> Histogram {
-        cached(
+    pub fn upstream_duration(route: &Name, target: &Name, seconds: f64) {
+        with(
             &UPSTREAM,
-            (route.clone(), target.clone()),
+            (at(route), at(target)),
+            &[route, target],
             || metrics::histogram!(super::UPSTREAM_DURATION_SECONDS, "route" => route.to_string(), "target" => target.to_string()),
+            |h| h.record(seconds),
         )
     }
 }
@@ -177,5 +228,41 @@ pub fn status_class(status: u16) -> &'static str {
         4 => "4xx",
         5 => "5xx",
         _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    #[test]
+    fn per_request_handles_count_by_label_text_across_reloaded_names_and_a_cleared_cache() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            // a reload compiles new names with the same text: new addresses, the same series
+            let (chat, svc): (Arc<str>, Arc<str>) = ("chat".into(), "svc".into());
+            let (chat2, svc2): (Arc<str>, Arc<str>) = ("chat".into(), "svc".into());
+            super::per_request::count_request(&chat, &svc, "canary", "2xx");
+            super::per_request::count_request(&chat, &svc, "canary", "2xx");
+            super::per_request::count_request(&chat2, &svc2, "canary", "2xx");
+            super::per_request::count_request(&chat2, &svc2, "canary", "5xx");
+            super::per_request::request_duration(&chat, 0.5);
+            super::per_request::request_duration(&chat2, 1.5);
+            // enough other names to start this thread's cache afresh, then the first again
+            for i in 0..super::per_request::tests_limit() + 1 {
+                let other: Arc<str> = format!("r{i}").into();
+                super::per_request::count_request(&other, &svc, "extracted", "2xx");
+            }
+            super::per_request::count_request(&chat, &svc, "canary", "2xx");
+        });
+        let text = handle.render();
+        assert!(text.contains(r#"strangler_requests_total{route="chat",target="svc",mode="canary",status="2xx"} 4"#), "{text}");
+        assert!(text.contains(r#"strangler_requests_total{route="chat",target="svc",mode="canary",status="5xx"} 1"#), "{text}");
+        assert!(text.contains(r#"strangler_requests_total{route="r4096",target="svc",mode="extracted",status="2xx"} 1"#), "{text}");
+        assert!(text.contains(r#"strangler_request_duration_seconds_sum{route="chat"} 2"#), "{text}");
+        assert!(text.contains(r#"strangler_request_duration_seconds_count{route="chat"} 2"#), "{text}");
     }
 }

@@ -309,8 +309,8 @@ pub(super) async fn serve(edge: &Edge, stream: &mut Stream, scratch: &mut Scratc
             Ok((conn, head)) => {
                 ctx.upstream_status = Some(head.status);
                 if let Some(route) = &ctx.route {
-                    m::per_request::upstream_duration(&route.name.0, &ctx.target_name())
-                        .record(ctx.upstream_started.map_or(0.0, |s| s.elapsed().as_secs_f64()));
+                    let seconds = ctx.upstream_started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+                    m::per_request::upstream_duration(&route.name.0, ctx.target_name(), seconds);
                 }
                 if ctx.breaker_pending && ctx.on_extracted_attempt() {
                     let failed = matches!(head.status, 502..=504);

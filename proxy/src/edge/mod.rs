@@ -80,6 +80,8 @@ pub struct RequestCtx {
     fell_back: Option<&'static str>,
     /// Whether the breaker must be told how the extracted attempt went.
     breaker_pending: bool,
+    /// The route's breaker, once the request was admitted to the extracted service.
+    breaker: Option<Arc<crate::breaker::Cell>>,
     request_id: String,
     /// A number the proxy draws per request (0..10,000) for shadow sampling: not the client's
     /// request id, so clients cannot choose what is copied or compared.
@@ -129,22 +131,20 @@ impl ShadowCtx {
     }
 }
 
-thread_local! {
-    /// The `route` label of requests no route matched, and the `target` of those no upstream
-    /// was chosen for, as shared names (no allocation per request).
-    static DEFAULT_ROUTE: Arc<str> = Arc::from("default");
-    static NO_TARGET: Arc<str> = Arc::from("none");
-}
+/// The `route` label of requests no route matched, and the `target` of those no upstream was
+/// chosen for, as shared names (lent, never cloned, per request).
+static DEFAULT_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("default"));
+static NO_TARGET: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
 
 impl RequestCtx {
     fn route_label(&self) -> String {
         self.route_name().to_string()
     }
-    fn route_name(&self) -> Arc<str> {
-        self.route.as_ref().map_or_else(|| DEFAULT_ROUTE.with(Arc::clone), |r| r.name.0.clone())
+    fn route_name(&self) -> &Arc<str> {
+        self.route.as_ref().map_or(&DEFAULT_ROUTE, |r| &r.name.0)
     }
-    fn target_name(&self) -> Arc<str> {
-        self.upstream.as_ref().map_or_else(|| NO_TARGET.with(Arc::clone), |u| u.name.0.clone())
+    fn target_name(&self) -> &Arc<str> {
+        self.upstream.as_ref().map_or(&NO_TARGET, |u| &u.name.0)
     }
     fn mode_label(&self) -> &'static str {
         if self.demoted {
@@ -281,7 +281,7 @@ impl Edge {
         // so the two choices are independent)
         if ctx.sample / 100 >= u32::from(route.shadow.sample_percent) {
             // a metric only: reports count copies made, not requests left out by design
-            m::per_request::shadow_dropped(&route.name.0, "not_sampled").increment(1);
+            m::per_request::shadow_dropped(&route.name.0, "not_sampled");
             return;
         }
         if !safe && route.shadow.writes == Writes::Skip {
@@ -356,10 +356,10 @@ impl Edge {
         if !std::mem::take(&mut ctx.breaker_pending) {
             return;
         }
-        let Some(route) = ctx.route.clone() else { return };
-        let before = self.state.breakers.with(&route.name, route.breaker, |b| b.state()).0;
-        let ((), after) = self.state.breakers.with(&route.name, route.breaker, |b| b.record(success, Instant::now()));
-        note_breaker(&route, before, after);
+        let (Some(route), Some(cell)) = (&ctx.route, &ctx.breaker) else { return };
+        if let Some(t) = cell.record(success, Instant::now) {
+            note_breaker(route, t.to);
+        }
     }
 
     fn fall_back(&self, ctx: &mut RequestCtx, reason: &'static str) {
@@ -385,7 +385,16 @@ impl Edge {
             // moves), so the client gets a GraphQL error and retries (its mutations are
             // idempotent by client id) rather than a write on the monolith's side.
             && ctx.operation != Some(crate::graphql::OperationKind::Mutation);
-        let (admit, _) = self.state.breakers.with(&route.name, route.breaker, |b| b.admit(Instant::now()));
+        let cell = self.state.breakers.cell(&route.name, route.breaker);
+        if cell.first_use() {
+            metrics::gauge!(m::BREAKER_STATE, "route" => route.name.to_string()).set(cell.state().gauge());
+        }
+        // the request's arrival is its admission's time (one clock read fewer)
+        let (admit, changed) = cell.admit(ctx.started);
+        if let Some(t) = changed {
+            note_breaker(&route, t.to);
+        }
+        ctx.breaker = Some(cell);
         match admit {
             Admit::Yes | Admit::Probe => {
                 ctx.breaker_pending = true;
@@ -591,16 +600,15 @@ impl Edge {
     }
 }
 
-fn note_breaker(route: &Route, before: BreakerState, after: BreakerState) {
+/// A breaker's change of state: the gauge, the transitions counter and a log line.
+fn note_breaker(route: &Route, after: BreakerState) {
     metrics::gauge!(m::BREAKER_STATE, "route" => route.name.to_string()).set(after.gauge());
-    if before != after {
-        metrics::counter!(m::BREAKER_TRANSITIONS_TOTAL, "route" => route.name.to_string(), "state" => after.as_str()).increment(1);
-        match after {
-            BreakerState::Open => {
-                warn!(route = %route.name, target = %route.target, cooldown_secs = route.breaker.cooldown.as_secs(), "circuit breaker opened")
-            }
-            _ => info!(route = %route.name, target = %route.target, state = after.as_str(), "circuit breaker state changed"),
+    metrics::counter!(m::BREAKER_TRANSITIONS_TOTAL, "route" => route.name.to_string(), "state" => after.as_str()).increment(1);
+    match after {
+        BreakerState::Open => {
+            warn!(route = %route.name, target = %route.target, cooldown_secs = route.breaker.cooldown.as_secs(), "circuit breaker opened")
         }
+        _ => info!(route = %route.name, target = %route.target, state = after.as_str(), "circuit breaker state changed"),
     }
 }
 
@@ -618,6 +626,7 @@ impl ProxyHttp for Edge {
             fallback_ok: false,
             fell_back: None,
             breaker_pending: false,
+            breaker: None,
             request_id: String::new(),
             sample: fastrand::u32(..crate::routing::BUCKETS),
             client_ip: None,
@@ -779,7 +788,7 @@ impl ProxyHttp for Edge {
         }
         ctx.upstream_status = Some(status);
         if let (Some(start), Some(route)) = (ctx.upstream_started, &ctx.route) {
-            m::per_request::upstream_duration(&route.name.0, &ctx.target_name()).record(start.elapsed().as_secs_f64());
+            m::per_request::upstream_duration(&route.name.0, ctx.target_name(), start.elapsed().as_secs_f64());
         }
         if ctx.breaker_pending && ctx.on_extracted_attempt() {
             let failed = matches!(status, 502..=504);
@@ -921,14 +930,14 @@ impl Edge {
         let mode = ctx.mode_label();
         let elapsed = now.saturating_duration_since(ctx.started);
         let status_label = if ctx.aborted.is_some() { "aborted" } else { m::status_class(status) };
-        m::per_request::requests_total(&route, &target, mode, status_label).increment(1);
-        m::per_request::request_duration(&route).record(elapsed.as_secs_f64());
+        m::per_request::count_request(route, target, mode, status_label);
+        m::per_request::request_duration(route, elapsed.as_secs_f64());
         crate::accesslog::AccessLine {
             request_id: &ctx.request_id,
             method,
             path,
-            route: &route,
-            target_upstream: &target,
+            route,
+            target_upstream: target,
             mode,
             side: ctx.side.as_str(),
             fallback: ctx.fell_back.unwrap_or(""),

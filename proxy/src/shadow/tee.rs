@@ -247,7 +247,7 @@ impl Tee {
 
     /// A shadow that was not sent, and why (`saturated`, `too_large`, `unsafe_method`, `error_response`).
     pub fn dropped(&self, route: &RouteName, reason: &'static str) {
-        m::per_request::shadow_dropped(&route.0, reason).increment(1);
+        m::per_request::shadow_dropped(&route.0, reason);
         self.summary.lock().unwrap_or_else(|e| e.into_inner()).dropped(route.as_str(), reason);
     }
 
@@ -454,7 +454,7 @@ impl Tee {
                 (outcome, regressions, noise, None, (Some(legacy.status), Some(candidate.status)))
             }
         };
-        m::per_request::shadow_compared(&cap.route.name.0, outcome.as_str()).increment(1);
+        m::per_request::shadow_compared(&cap.route.name.0, outcome.as_str());
         if let (crate::config::Mode::Canary, Some(limits)) = (cap.route.mode, cap.route.demote) {
             let signal = crate::demote::Signal::Comparison(outcome == Outcome::Mismatch);
             self.demoter.observe(&cap.route.name, limits, signal, std::time::Instant::now());
