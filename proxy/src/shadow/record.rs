@@ -165,13 +165,152 @@ const MAX_ANSWER_IDS: usize = 256;
 /// JSON path, for a replay to map recorded ids to its own ([`Record::answer_ids`]; ids are not
 /// secrets) — from one parse of the body: the tee asks for both for every comparison, and
 /// parsing the monolith's answer is most of their cost.
+///
+/// The body is read once, as a stream: no `Value` tree is built (that tree was most of a shadow
+/// copy's allocations, docs/benchmarks.md). Found in document order: past [`MAX_ANSWER_IDS`]
+/// the first ids are kept. A body that is not JSON has none.
 pub fn answer_facts(answer: &Exchange) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    match serde_json::from_slice::<Value>(&decoded(answer)) {
-        Ok(v) => (secrets_in(&v), ids_in(&v)),
+    let body = decoded(answer);
+    let mut facts = facts::Facts::default();
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    match serde::de::DeserializeSeed::deserialize(facts::Node { facts: &mut facts, secret: Some(false) }, &mut de).and_then(|()| de.end()) {
+        Ok(()) => (facts.secrets, facts.ids),
         Err(_) => Default::default(),
     }
 }
 
+/// The one streaming walk of [`answer_facts`]: what [`secrets_in`] and [`ids_in`] find in a
+/// parsed body, found while it is read.
+mod facts {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    use super::{fingerprint, fingerprintable, is_secret_name, is_token_like, is_uuid, render, SegRef, MAX_ANSWER_IDS};
+
+    #[derive(Default)]
+    pub(super) struct Facts<'de> {
+        pub(super) secrets: BTreeMap<String, String>,
+        pub(super) ids: BTreeMap<String, String>,
+        path: Vec<Seg<'de>>,
+    }
+
+    enum Seg<'de> {
+        Key(Cow<'de, str>),
+        Index(usize),
+    }
+
+    impl Facts<'_> {
+        fn segs(&self) -> impl Iterator<Item = SegRef<'_>> {
+            self.path.iter().map(|s| match s {
+                Seg::Key(k) => SegRef::Key(k),
+                Seg::Index(i) => SegRef::Index(*i),
+            })
+        }
+
+        fn string(&mut self, s: &str, secret: Option<bool>) {
+            let cursor = matches!(self.path.last(), Some(Seg::Key(k)) if matches!(k.as_ref(), "cursor" | "endCursor" | "startCursor"));
+            if self.ids.len() < MAX_ANSWER_IDS && (is_uuid(s) || cursor) {
+                self.ids.insert(render(self.segs()), s.to_string());
+            }
+            if secret == Some(true) && is_token_like(s) {
+                self.secrets.insert(render(self.segs()), fingerprint(s));
+            }
+        }
+    }
+
+    /// One value of the body. `secret`: `None` below a key that is never fingerprinted (a
+    /// password: no secret is collected under it), else whether an enclosing key names a secret.
+    pub(super) struct Node<'a, 'de> {
+        pub(super) facts: &'a mut Facts<'de>,
+        pub(super) secret: Option<bool>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Node<'_, 'de> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    /// An object's key, borrowed from the body unless it has escapes.
+    struct Key<'de>(Cow<'de, str>);
+
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(s)))
+                }
+                fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(s.to_string())))
+                }
+                fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(s)))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Node<'_, 'de> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, s: &str) -> Result<(), E> {
+            self.facts.string(s, self.secret);
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            for i in 0.. {
+                self.facts.path.push(Seg::Index(i));
+                let more = seq.next_element_seed(Node { facts: &mut *self.facts, secret: self.secret })?;
+                self.facts.path.pop();
+                if more.is_none() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                let secret = match self.secret {
+                    Some(s) if fingerprintable(&k) => Some(s || is_secret_name(&k)),
+                    _ => None,
+                };
+                self.facts.path.push(Seg::Key(k));
+                map.next_value_seed(Node { facts: &mut *self.facts, secret })?;
+                self.facts.path.pop();
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)] // the tree-walking reference the streaming walk is tested against
 fn ids_in(v: &Value) -> BTreeMap<String, String> {
     fn walk<'a>(v: &'a Value, path: &mut Vec<SegRef<'a>>, out: &mut BTreeMap<String, String>) {
         if out.len() >= MAX_ANSWER_IDS {
@@ -201,6 +340,7 @@ fn ids_in(v: &Value) -> BTreeMap<String, String> {
 
 /// A pagination cursor (`cursor`, `endCursor`, `startCursor`): opaque, so a replay maps it like
 /// an id (whole values only: it is too short to find inside other text).
+#[cfg(test)] // the tree-walking reference the streaming walk is tested against
 fn is_cursor_path(path: &[SegRef<'_>]) -> bool {
     matches!(path.last(), Some(SegRef::Key("cursor" | "endCursor" | "startCursor")))
 }
@@ -218,12 +358,14 @@ pub fn answer_secrets(answer: &Exchange) -> BTreeMap<String, String> {
     answer_facts(answer).0
 }
 
+#[cfg(test)] // the tree-walking reference the streaming walk is tested against
 fn secrets_in(v: &Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     collect_secrets(v, &mut Vec::new(), false, &mut out);
     out
 }
 
+#[cfg(test)] // the tree-walking reference the streaming walk is tested against
 fn collect_secrets<'a>(v: &'a Value, path: &mut Vec<SegRef<'a>>, secret: bool, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(m) => {
@@ -622,6 +764,60 @@ mod tests {
         assert_eq!(h[0].1, REDACTED);
         assert_eq!(h[1].1, "*/*");
         assert!(!is_secret_name("email") && !is_secret_name("statusCode") && !is_secret_name("countryCode"));
+    }
+
+    /// JSON values with the keys and strings the facts look for: secret names, passwords,
+    /// cursors, keys that need escapes; UUIDs, tokens, short and spaced strings.
+    fn facts_json() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("id".to_string()),
+            Just("refreshToken".to_string()),
+            Just("password".to_string()),
+            Just("newPasswordToken".to_string()),
+            Just("endCursor".to_string()),
+            Just("cursor".to_string()),
+            Just("secrets".to_string()),
+            Just("na\"me\n".to_string()),
+            Just("t\u{e9}l\u{e9}token".to_string()),
+            "[a-z]{1,6}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            Just(json!(1.5)),
+            "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}".prop_map(Value::String),
+            "[A-Za-z0-9._-]{16,40}".prop_map(Value::String),
+            "[a-z \"\\\n]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// The streaming walk finds exactly what the two walks of the parsed tree find.
+        #[test]
+        fn answer_facts_stream_finds_what_the_tree_walks_find(v in facts_json()) {
+            let answer = Exchange { status: 200, headers: vec![], body: serde_json::to_vec(&v).unwrap() };
+            let (secrets, ids) = answer_facts(&answer);
+            prop_assert_eq!(secrets, secrets_in(&v));
+            prop_assert_eq!(ids, ids_in(&v));
+        }
+    }
+
+    #[test]
+    fn answer_facts_of_what_is_not_one_json_value_are_empty() {
+        let id = "5f1c2a9e-8d4b-4e1a-9c3f-2b7d6e8a1f00";
+        for body in [format!(r#"{{"id":"{id}"}} trailing"#), format!(r#"{{"id":"{id}""#), "<html>".to_string(), String::new()] {
+            let answer = Exchange { status: 200, headers: vec![], body: body.clone().into_bytes() };
+            assert_eq!(answer_facts(&answer), Default::default(), "{body}");
+        }
+        let answer = Exchange { status: 200, headers: vec![], body: format!(r#" {{"id":"{id}"}} "#).into_bytes() };
+        assert_eq!(answer_facts(&answer).1.get("$.id").map(String::as_str), Some(id));
     }
 
     const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln";
