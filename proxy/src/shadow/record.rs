@@ -188,7 +188,7 @@ mod facts {
 
     use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-    use super::{fingerprint, fingerprintable, is_secret_name, is_token_like, is_uuid, render, SegRef, MAX_ANSWER_IDS};
+    use super::{fingerprint, fingerprintable, is_cursor_key, is_secret_name, is_token_like, is_uuid, render, SegRef, MAX_ANSWER_IDS};
 
     #[derive(Default)]
     pub(super) struct Facts<'de> {
@@ -211,7 +211,7 @@ mod facts {
         }
 
         fn string(&mut self, s: &str, secret: Option<bool>) {
-            let cursor = matches!(self.path.last(), Some(Seg::Key(k)) if matches!(k.as_ref(), "cursor" | "endCursor" | "startCursor"));
+            let cursor = matches!(self.path.last(), Some(Seg::Key(k)) if is_cursor_key(k));
             if self.ids.len() < MAX_ANSWER_IDS && (is_uuid(s) || cursor) {
                 self.ids.insert(render(self.segs()), s.to_string());
             }
@@ -340,9 +340,13 @@ fn ids_in(v: &Value) -> BTreeMap<String, String> {
 
 /// A pagination cursor (`cursor`, `endCursor`, `startCursor`): opaque, so a replay maps it like
 /// an id (whole values only: it is too short to find inside other text).
-#[cfg(test)] // the tree-walking reference the streaming walk is tested against
+fn is_cursor_key(key: &str) -> bool {
+    matches!(key, "cursor" | "endCursor" | "startCursor")
+}
+
+#[cfg(test)] // the tree-walking reference's form of [`is_cursor_key`]
 fn is_cursor_path(path: &[SegRef<'_>]) -> bool {
-    matches!(path.last(), Some(SegRef::Key("cursor" | "endCursor" | "startCursor")))
+    matches!(path.last(), Some(SegRef::Key(k)) if is_cursor_key(k))
 }
 
 /// 8-4-4-4-12 hex digits.
