@@ -138,10 +138,13 @@ impl Database {
 pub const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Every service's pool settings: at most `max` connections, a request waits `acquire_timeout`
-/// for one. sqlx pings every connection when it is returned (that check stays) and, by default,
-/// again when it is handed out — a second round trip (and on a busy host two wake-ups) per
-/// checkout. Here only a connection idle for [`PING_IDLE_AFTER`] is pinged before use (one a
-/// server restart or an idle timeout may have closed since its return); docs/benchmarks.md.
+/// for one. sqlx pings every connection when it is handed out, by default, and (in its release)
+/// when it is returned — two round trips (and on a busy host two wake-ups each) per checkout.
+/// Here only a connection idle for [`PING_IDLE_AFTER`] is pinged before use (one a server
+/// restart or an idle timeout may have closed since its return), and the vendored sqlx-core
+/// (vendor/sqlx-core, "strangler patch") only flushes what is still in flight on return: a
+/// dropped transaction's ROLLBACK, the rest of an abandoned answer (tests/pool_release.rs);
+/// docs/benchmarks.md.
 pub fn pool_options(max: u32, acquire_timeout: std::time::Duration) -> sqlx::postgres::PgPoolOptions {
     use sqlx::Connection;
     sqlx::postgres::PgPoolOptions::new().max_connections(max).acquire_timeout(acquire_timeout).test_before_acquire(false).before_acquire(
