@@ -3,8 +3,9 @@
 //! against the real Postgres of scripts/stack, through a relay that counts what the client sends:
 //! a clean connection goes back without a byte on the wire, and what the ping used to settle is
 //! still settled — a dropped transaction is rolled back when its connection is returned (its
-//! locks freed then, not at the connection's next use), and a statement abandoned mid-answer is
-//! drained before the connection answers anything else.
+//! locks freed then, not at the connection's next use), a connection whose backend died under a
+//! statement is closed, and a statement abandoned mid-answer is drained before the connection
+//! answers anything else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,4 +127,35 @@ async fn a_statement_abandoned_mid_answer_does_not_leak_into_the_next_one() {
     assert_eq!(answer, 42, "the next statement got its own answer, not the abandoned one's rows");
     let again: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.unwrap();
     assert_eq!(again, pid, "the drained connection was kept, not closed and replaced");
+}
+
+#[tokio::test]
+async fn a_connection_whose_backend_died_under_a_statement_is_not_handed_out_again() {
+    let relay = relay().await;
+    let pool = one_connection(&relay).await;
+    let outside = support::pool().await;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.unwrap();
+    let sleeping = {
+        let pool = pool.clone();
+        tokio::spawn(async move { sqlx::query("SELECT pg_sleep(30)").execute(&pool).await })
+    };
+    // terminate the backend once it is inside the statement (as an administrator or a failover would)
+    loop {
+        let active: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'SELECT pg_sleep%')")
+                .bind(pid)
+                .fetch_one(&outside)
+                .await
+                .unwrap();
+        if active {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&outside).await.unwrap();
+    assert!(killed);
+    assert!(sleeping.await.unwrap().is_err(), "the statement failed with its backend");
+    // the next request gets a working connection, not the dead one
+    let again: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.expect("a live connection");
+    assert_ne!(again, pid);
 }
