@@ -46,9 +46,9 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..tasks {
         let pool = pool.clone();
         set.spawn(async move {
-            for i in 0..per_task {
-                let n: i64 = sqlx::query_scalar("SELECT $1::int8").bind(i64::try_from(i).unwrap_or(0)).fetch_one(&pool).await?;
-                debug_assert_eq!(n, i64::try_from(i).unwrap_or(0));
+            for i in 0..i64::try_from(per_task)? {
+                let n: i64 = sqlx::query_scalar("SELECT $1::int8").bind(i).fetch_one(&pool).await?;
+                anyhow::ensure!(n == i, "statement {i} answered {n}");
             }
             anyhow::Ok(())
         });

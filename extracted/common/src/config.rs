@@ -138,8 +138,8 @@ impl Database {
 pub const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Every service's pool settings: at most `max` connections, a request waits `acquire_timeout`
-/// for one. sqlx pings every connection when it is handed out, by default, and (in its release)
-/// when it is returned — two round trips (and on a busy host two wake-ups each) per checkout.
+/// for one. Stock sqlx pings a connection when it is handed out (by default) and again when it
+/// is returned — two round trips (and on a busy host two wake-ups each) per checkout.
 /// Here only a connection idle for [`PING_IDLE_AFTER`] is pinged before use (one a server
 /// restart or an idle timeout may have closed since its return), and the vendored sqlx-core
 /// (vendor/sqlx-core, "strangler patch") only flushes what is still in flight on return: a
