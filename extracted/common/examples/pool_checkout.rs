@@ -6,18 +6,26 @@
 //!
 //! ```text
 //! source .run/stack.env   # scripts/stack up
-//! cargo run --release -p bm-common --example pool_checkout -- 4 8 20000
+//! cargo run --release -p bm-common --example pool_checkout -- 4 8 10000
 //! ```
 //! arguments: pool size, concurrent tasks, statements per task.
 
 use std::time::Instant;
 
-fn ticks_of(pid: u32) -> u64 {
-    // utime + stime, fields 14 and 15 of /proc/<pid>/stat (after the command's closing paren)
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+/// utime + stime of `pid`, fields 14 and 15 of /proc/<pid>/stat (after the command's closing
+/// paren). An error, not a zero, when they cannot be read: a zero would print as a figure.
+fn ticks_of(pid: u32) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("no ')' in /proc/<pid>/stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).with_context(|| format!("field {i} of /proc/{pid}/stat"));
+    Ok(field(11)? + field(12)?)
+}
+
+/// This process's ticks and the sum of `backends`'.
+fn ticks(backends: &[u32]) -> anyhow::Result<(u64, u64)> {
+    Ok((ticks_of(std::process::id())?, backends.iter().map(|p| ticks_of(*p)).sum::<anyhow::Result<u64>>()?))
 }
 
 #[tokio::main]
@@ -39,8 +47,7 @@ async fn main() -> anyhow::Result<()> {
         held.push(c);
     }
     drop(held);
-    let me = std::process::id();
-    let (client0, server0) = (ticks_of(me), backends.iter().map(|p| ticks_of(*p)).sum::<u64>());
+    let (client0, server0) = ticks(&backends)?;
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..tasks {
@@ -57,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         done??;
     }
     let secs = start.elapsed().as_secs_f64();
-    let (client1, server1) = (ticks_of(me), backends.iter().map(|p| ticks_of(*p)).sum::<u64>());
+    let (client1, server1) = ticks(&backends)?;
     let statements = (tasks * per_task) as f64;
     // USER_HZ is 100 on Linux
     let us = |ticks: u64| ticks as f64 * 10_000.0 / statements;
