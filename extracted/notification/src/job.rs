@@ -66,7 +66,26 @@ pub struct Job {
     pub producer: FutureProducer,
     /// comparisons under way ([`SHADOW_SLOTS`] at most)
     pub shadow_slots: Arc<tokio::sync::Semaphore>,
+    /// Writes the lanes' notification rows, several events' in one statement.
+    notifications: NotificationWriter,
 }
+
+/// One event's `message.new` rows and who waits for them to be written.
+struct Notifications {
+    rows: Vec<NotificationRow>,
+    written: tokio::sync::oneshot::Sender<()>,
+}
+
+struct NotificationRow {
+    id: Uuid,
+    user_id: Uuid,
+    /// the payload as JSON text
+    payload: String,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Events whose notification rows go in one statement at most (their lanes wait together).
+pub const NOTIFICATION_BATCH: usize = 256;
 
 /// FCM requests under way for one event at once.
 pub const PUSHES_PER_EVENT: usize = 16;
@@ -75,8 +94,10 @@ pub const PUSHES_PER_EVENT: usize = 16;
 pub const SHADOW_SLOTS: usize = 1024;
 
 impl Job {
+    /// Starts the notification writer on the current runtime: it ends when the job is dropped.
     pub fn new(cfg: Config, pool: PgPool, fcm: fcm::Client, producer: FutureProducer) -> Job {
-        Job { cfg, pool, fcm, producer, shadow_slots: Arc::new(tokio::sync::Semaphore::new(SHADOW_SLOTS)) }
+        let notifications = NotificationWriter::start(pool.clone());
+        Job { cfg, pool, fcm, producer, shadow_slots: Arc::new(tokio::sync::Semaphore::new(SHADOW_SLOTS)), notifications }
     }
 }
 
@@ -239,33 +260,10 @@ impl Job {
         metrics::counter!("notification_events_total", "result" => "pushed").increment(1);
     }
 
-    /// The recipients' `message.new` notifications of a message written on a chat shard (whose
-    /// transaction cannot reach `legacy.notifications`): one row each, with an id derived from
-    /// the event, so a second delivery writes nothing; a recipient whose account is gone is
-    /// skipped (the message's transaction would have written nothing for them either). Waits
-    /// for the database like everything here: the event is not done before its rows are.
+    /// The recipients' `message.new` notifications of a message written on a chat shard
+    /// ([`NotificationWriter::write`]).
     pub async fn write_notifications(&self, e: &MessageSent) {
-        let ids: Vec<Uuid> = e.recipients.iter().map(|r| e.notification_id(*r)).collect();
-        let at = chrono::DateTime::parse_from_rfc3339(&e.occurred_at).map(|t| t.with_timezone(&chrono::Utc)).ok();
-        let payload = e.notification_payload();
-        let written: u64 = retry_db("writing a message's notifications", || async {
-            sqlx::query(
-                "INSERT INTO legacy.notifications (id, user_id, kind, payload, created_at)
-                 SELECT n.id, n.user_id, 'message.new', $3::jsonb, COALESCE($4, now())
-                 FROM unnest($1::uuid[], $2::uuid[]) AS n (id, user_id)
-                 WHERE EXISTS (SELECT 1 FROM legacy.users u WHERE u.id = n.user_id)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&ids)
-            .bind(&e.recipients)
-            .bind(&payload)
-            .bind(at)
-            .execute(&self.pool)
-            .await
-            .map(|r| r.rows_affected())
-        })
-        .await;
-        metrics::counter!("notification_rows_written_total").increment(written);
+        self.notifications.write(e).await;
     }
 
     /// The recipients' devices now (as the monolith read them at push time).
@@ -484,6 +482,91 @@ impl Job {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
+        }
+    }
+}
+
+/// Writes the `message.new` rows of events whose message was written on a chat shard, several
+/// events' in one statement: the lanes hand their rows to one task, which writes the first that
+/// arrives with every other already waiting (up to [`NOTIFICATION_BATCH`] events), then lets
+/// each lane go on. Nothing waits to gather a batch: while one statement runs the next batch
+/// queues (as a group commit does), so under load the lanes share statements (one transaction
+/// on the main database per batch, not one per message) and when idle an event's rows go at
+/// once. The task retries the database until it answers and ends with the writer.
+pub struct NotificationWriter {
+    tx: mpsc::Sender<Notifications>,
+    batches: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl NotificationWriter {
+    /// Starts the writer's task on the current runtime.
+    pub fn start(pool: PgPool) -> NotificationWriter {
+        let (tx, rx) = mpsc::channel(NOTIFICATION_BATCH);
+        let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        tokio::spawn(write_notifications_forever(pool, rx, batches.clone()));
+        NotificationWriter { tx, batches }
+    }
+
+    /// The recipients' `message.new` notifications of a message written on a chat shard (whose
+    /// transaction cannot reach `legacy.notifications`): one row each, with an id derived from
+    /// the event, so a second delivery writes nothing; a recipient whose account is gone is
+    /// skipped (the message's transaction would have written nothing for them either). Returns
+    /// once the rows are written, however long the database takes: the event is not done
+    /// before its rows are.
+    pub async fn write(&self, e: &MessageSent) {
+        let at = chrono::DateTime::parse_from_rfc3339(&e.occurred_at).map(|t| t.with_timezone(&chrono::Utc)).ok();
+        let payload = e.notification_payload().to_string();
+        let rows =
+            e.recipients.iter().map(|r| NotificationRow { id: e.notification_id(*r), user_id: *r, payload: payload.clone(), at }).collect();
+        let (written, done) = tokio::sync::oneshot::channel();
+        // the task lives as long as this writer; if it died (a bug), the lane stops with its event
+        // unfinished and its offset never stored: the job exits and the event is delivered again
+        if self.tx.send(Notifications { rows, written }).await.is_err() || done.await.is_err() {
+            panic!("the notification writer is gone: leaving the event for redelivery");
+        }
+    }
+
+    /// Statements written so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+async fn write_notifications_forever(pool: PgPool, mut rx: mpsc::Receiver<Notifications>, batches: Arc<std::sync::atomic::AtomicU64>) {
+    let mut batch = Vec::with_capacity(NOTIFICATION_BATCH);
+    while rx.recv_many(&mut batch, NOTIFICATION_BATCH).await > 0 {
+        let n: usize = batch.iter().map(|b| b.rows.len()).sum();
+        let (mut ids, mut users, mut payloads, mut ats) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for r in batch.iter().flat_map(|b| &b.rows) {
+            ids.push(r.id);
+            users.push(r.user_id);
+            payloads.push(r.payload.as_str());
+            ats.push(r.at);
+        }
+        let written: u64 = retry_db("writing messages' notifications", || async {
+            sqlx::query(
+                "INSERT INTO legacy.notifications (id, user_id, kind, payload, created_at)
+                 SELECT n.id, n.user_id, 'message.new', n.payload::jsonb, COALESCE(n.at, now())
+                 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) AS n (id, user_id, payload, at)
+                 WHERE EXISTS (SELECT 1 FROM legacy.users u WHERE u.id = n.user_id)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&ids)
+            .bind(&users)
+            .bind(&payloads)
+            .bind(&ats)
+            .execute(&pool)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .await;
+        batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("notification_rows_written_total").increment(written);
+        metrics::counter!("notification_row_batches_total").increment(1);
+        for b in batch.drain(..) {
+            // a lane gone meanwhile (its task aborted) needs no answer
+            let _ = b.written.send(());
         }
     }
 }

@@ -509,3 +509,77 @@ async fn a_second_instance_joins_and_leaves_under_load_and_nothing_is_lost_or_do
     a.stop();
     w.finish().await;
 }
+
+/// The notification rows of events from chat shards: many events written at once share
+/// statements, every existing recipient gets exactly one row per message with the message's
+/// payload, a recipient whose account is gone gets none, and writing the events again (a
+/// redelivery) adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_rows_of_many_events_go_together_once_each() {
+    let (pool, db) = testkit::fresh_database().await;
+    let mut users = Vec::new();
+    for i in 0..4 {
+        let id: Uuid = sqlx::query_scalar("INSERT INTO legacy.users (email, display_name) VALUES ($1, $2) RETURNING id")
+            .bind(format!("{}@rows.test", Uuid::new_v4()))
+            .bind(format!("user {i}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        users.push(id);
+    }
+    let gone = Uuid::new_v4();
+    let (chat, sender) = (Uuid::new_v4(), users[0]);
+    let events: Vec<MessageSent> = (0..200)
+        .map(|seq| {
+            MessageSent::new(
+                "chat",
+                chat,
+                Uuid::new_v4(),
+                seq,
+                sender,
+                "user 0",
+                Some("Ops"),
+                &format!("message {seq}"),
+                vec![users[1], users[2], users[3], gone],
+                false,
+                chrono::Utc::now(),
+            )
+        })
+        .collect();
+    let writer = bm_notification::job::NotificationWriter::start(pool.clone());
+    futures_util::future::join_all(events.iter().map(|e| writer.write(e))).await;
+    let batches = writer.batches();
+    assert!(batches >= 1 && batches < 50, "200 events handed over at once took {batches} statements");
+
+    let rows: Vec<(Uuid, String, Value)> =
+        sqlx::query_as("SELECT user_id, kind, payload FROM legacy.notifications WHERE payload->>'chatId' = $1")
+            .bind(chat.to_string())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 200 * 3, "one row per existing recipient and message");
+    let mut per: HashMap<(Uuid, String), usize> = HashMap::new();
+    for (user, kind, payload) in &rows {
+        assert_eq!(kind, "message.new");
+        assert_ne!(*user, gone);
+        *per.entry((*user, payload["messageId"].as_str().unwrap().to_string())).or_default() += 1;
+    }
+    assert_eq!(per.len(), 600);
+    assert!(per.values().all(|n| *n == 1));
+    for e in &events {
+        let want = e.notification_payload();
+        let got = &rows.iter().find(|(_, _, p)| p["messageId"] == want["messageId"]).unwrap().2;
+        assert_eq!(*got, want, "the payload the message's transaction would have written");
+    }
+
+    // a redelivery of every event writes nothing more
+    futures_util::future::join_all(events.iter().map(|e| writer.write(e))).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM legacy.notifications WHERE payload->>'chatId' = $1")
+        .bind(chat.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 600);
+    drop(writer);
+    testkit::drop_database(pool, &db).await;
+}
