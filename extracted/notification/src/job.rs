@@ -70,18 +70,15 @@ pub struct Job {
     notifications: NotificationWriter,
 }
 
-/// One event's `message.new` rows and who waits for them to be written.
+/// One event's `message.new` rows (a row per recipient, all with the event's payload and time)
+/// and who waits for them to be written.
 struct Notifications {
-    rows: Vec<NotificationRow>,
-    written: tokio::sync::oneshot::Sender<()>,
-}
-
-struct NotificationRow {
-    id: Uuid,
-    user_id: Uuid,
+    ids: Vec<Uuid>,
+    recipients: Vec<Uuid>,
     /// the payload as JSON text
     payload: String,
     at: Option<chrono::DateTime<chrono::Utc>>,
+    written: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Events whose notification rows go in one statement at most (their lanes wait together).
@@ -515,13 +512,13 @@ impl NotificationWriter {
     /// before its rows are.
     pub async fn write(&self, e: &MessageSent) {
         let at = chrono::DateTime::parse_from_rfc3339(&e.occurred_at).map(|t| t.with_timezone(&chrono::Utc)).ok();
+        let ids = e.recipients.iter().map(|r| e.notification_id(*r)).collect();
         let payload = e.notification_payload().to_string();
-        let rows =
-            e.recipients.iter().map(|r| NotificationRow { id: e.notification_id(*r), user_id: *r, payload: payload.clone(), at }).collect();
         let (written, done) = tokio::sync::oneshot::channel();
         // the task lives as long as this writer; if it died (a bug), the lane stops with its event
         // unfinished and its offset never stored: the job exits and the event is delivered again
-        if self.tx.send(Notifications { rows, written }).await.is_err() || done.await.is_err() {
+        let rows = Notifications { ids, recipients: e.recipients.clone(), payload, at, written };
+        if self.tx.send(rows).await.is_err() || done.await.is_err() {
             panic!("the notification writer is gone: leaving the event for redelivery");
         }
     }
@@ -535,14 +532,14 @@ impl NotificationWriter {
 async fn write_notifications_forever(pool: PgPool, mut rx: mpsc::Receiver<Notifications>, batches: Arc<std::sync::atomic::AtomicU64>) {
     let mut batch = Vec::with_capacity(NOTIFICATION_BATCH);
     while rx.recv_many(&mut batch, NOTIFICATION_BATCH).await > 0 {
-        let n: usize = batch.iter().map(|b| b.rows.len()).sum();
+        let n: usize = batch.iter().map(|b| b.ids.len()).sum();
         let (mut ids, mut users, mut payloads, mut ats) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        for r in batch.iter().flat_map(|b| &b.rows) {
-            ids.push(r.id);
-            users.push(r.user_id);
-            payloads.push(r.payload.as_str());
-            ats.push(r.at);
+        for b in &batch {
+            ids.extend_from_slice(&b.ids);
+            users.extend_from_slice(&b.recipients);
+            payloads.extend(std::iter::repeat_n(b.payload.as_str(), b.ids.len()));
+            ats.extend(std::iter::repeat_n(b.at, b.ids.len()));
         }
         let written: u64 = retry_db("writing messages' notifications", || async {
             sqlx::query(
