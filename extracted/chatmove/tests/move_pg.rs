@@ -61,6 +61,17 @@ async fn moves_the_monolith_to_four_shards_under_writes_and_names_what_differs()
         inbox_rows += rows.len();
     }
     assert!(inbox_rows >= members.len(), "{inbox_rows} inbox rows for {} memberships", members.len());
+    // the copied tables vacuumed and analyzed by the mover, not left to autovacuum under traffic
+    for i in 0..4usize {
+        let left: Vec<String> = sqlx::query_scalar(
+            "SELECT relname::text FROM pg_stat_user_tables WHERE schemaname = 'chat'
+               AND relname IN ('chats', 'chat_members', 'messages', 'inbox') AND (last_vacuum IS NULL OR last_analyze IS NULL)",
+        )
+        .fetch_all(&fx.shard(i).await)
+        .await
+        .unwrap();
+        assert!(left.is_empty(), "shard {i}: not vacuumed and analyzed after the copy: {left:?}");
+    }
     let under_writes = m.verify().await.unwrap();
     assert!(under_writes.is_clean(), "verify under writes: {:?}", under_writes.differences);
     assert_eq!(m.stage().await.unwrap(), "following");
