@@ -630,7 +630,7 @@ impl Mover {
             // (the users' inboxes, derived by the copy, are a shard's own table)
             let inbox = (schema == "chat").then_some("inbox");
             let tables: Vec<String> = TABLES.iter().map(|t| t.name).chain(inbox).map(|t| format!("{schema}.{t}")).collect();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             // VACUUM refuses a transaction block: the simple protocol, one statement
             sqlx::raw_sql(&format!("VACUUM (ANALYZE) {}", tables.join(", ")))
                 .execute(self.pool(db))
