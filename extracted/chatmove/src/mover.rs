@@ -624,12 +624,10 @@ impl Mover {
     /// shards (which otherwise shares its host with autovacuum doing the same: docs/benchmarks.md).
     /// Run again by a resumed copy; a repeat is cheap.
     async fn vacuum_targets(&self) -> Result<()> {
-        let targets: BTreeSet<&str> = self.before.iter().zip(&self.after).filter(|(b, a)| b != a).map(|(_, a)| a.as_str()).collect();
+        // the plan's targets are shards (schema `chat`), with the users' inboxes the copy derived
+        let targets: BTreeSet<&str> = self.plan.sources.iter().flat_map(|s| s.targets.keys()).map(String::as_str).collect();
+        let tables: Vec<String> = TABLES.iter().map(|t| t.name).chain(["inbox"]).map(|t| format!("chat.{t}")).collect();
         for db in targets {
-            let schema = plan::schema_of(db);
-            // (the users' inboxes, derived by the copy, are a shard's own table)
-            let inbox = (schema == "chat").then_some("inbox");
-            let tables: Vec<String> = TABLES.iter().map(|t| t.name).chain(inbox).map(|t| format!("{schema}.{t}")).collect();
             let started = Instant::now();
             // VACUUM refuses a transaction block: the simple protocol, one statement
             sqlx::raw_sql(&format!("VACUUM (ANALYZE) {}", tables.join(", ")))
